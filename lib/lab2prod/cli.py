@@ -1,0 +1,117 @@
+"""The `lab2prod` command: run the notebooks into a run folder and say whether the model is ready."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import Lab2ProdError
+from .paths import OUTPUTS_DIR
+
+__all__ = ["main", "build_parser"]
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lab2prod", description="Measure what breaks between a model in the lab and in production.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", help="execute the notebooks into outputs/<run-id>/ and write the report",
+        description="Execute the notebooks with papermill into one run folder; exit 1 when a "
+                    "gate fails or a notebook errors, 2 on bad input.")
+    run.add_argument("--model", default="digits_cnn",
+                     help="reference or torchvision name, a .pt/.pt2 file, or package.module:factory "
+                          "(default: digits_cnn)")
+    run.add_argument("--weights", default="", help="state_dict file, loaded with weights_only=True")
+    run.add_argument("--example-inputs", default="",
+                     help="package.module:fn, fn(batch_size, seed) -> Tensor, for non-image models")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--only", action="append", metavar="NAMES",
+                     help="comma-separated short names: environment, export, parity, ...")
+    run.add_argument("--skip", action="append", metavar="NAMES", help="short names to leave out")
+    run.add_argument("--out", default=str(OUTPUTS_DIR), help="folder that receives the run folder")
+    run.add_argument("--run-id", default="", help="name of the run folder (default: time-model)")
+    run.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                     help="any notebook parameter, typed like papermill: -p atol=1e-5 -p batch_sizes=[1,8]")
+    run.add_argument("--list", action="store_true", help="list the notebooks and their parameters")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    commands.add_parser("models", help="list the model names that --model accepts")
+    return parser
+
+
+def _list_notebooks() -> None:
+    from .runner import available_notebooks, notebook_parameters
+
+    for notebook in available_notebooks():
+        print(f"{notebook.short:<13} notebooks/{notebook.path.name}")
+        for name, info in notebook_parameters(notebook.path).items():
+            comment = f"  # {info['help']}" if info["help"] else ""
+            print(f"    {name} = {info['default']!r}{comment}")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Lab2ProdError("device 'cuda' was asked for but torch sees no CUDA GPU; "
+                            "use --device cpu or --device auto")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .results import resolve_run_dir
+    from .runner import (
+        check_parameters,
+        execute_run,
+        new_run_id,
+        parse_parameter,
+        run_passed,
+        select_notebooks,
+    )
+
+    if args.list:
+        _list_notebooks()
+        return 0
+    notebooks = select_notebooks(_names(args.only), _names(args.skip))
+    extra = check_parameters(dict(parse_parameter(p) for p in args.parameter), notebooks)
+    params = {"model": args.model, "weights": args.weights,
+              "example_inputs": args.example_inputs, "device": args.device, **extra}
+    _check_device(params["device"])
+    print(f"lab2prod: checking model {params['model']!r} ...", file=sys.stderr)
+    load_model(params["model"], params["weights"] or None, params["example_inputs"] or None)
+    out = Path(args.out)
+    run_dir = resolve_run_dir(out / (args.run_id or new_run_id(params["model"])))
+    summary = execute_run(notebooks, params, run_dir, progress=not args.no_progress)
+    for notebook in summary["notebooks"]:
+        line = f"{notebook['name']}: {notebook['status']} in {notebook['seconds']:.1f}s"
+        print(line + (f" ({notebook['error']})" if notebook["error"] else ""))
+    for gate in sorted(summary["gates"], key=lambda g: g["passed"]):
+        print(f"  {'PASS' if gate['passed'] else 'FAIL'} {gate['name']}: {gate['detail']}")
+    passed = run_passed(summary)
+    print(f"{'READY' if passed else 'NOT READY'}: report {run_dir / 'report.html'}")
+    return 0 if passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "models":
+            from .models import available_models
+
+            print("\n".join(available_models()))
+            return 0
+        return _run(args)
+    except Lab2ProdError as exc:
+        print(f"lab2prod: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Serialize a model (TorchScript script/trace, torch.export) and prove the file reloads and agrees.
+
+TorchScript is what many deployed systems load today and is deprecated upstream; torch.export
+(`.pt2`) is its successor. Both are produced side by side so a reader sees what each costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from .models import LoadedModel, set_eval
+from .reload_check import _first_tensor
+
+__all__ = [
+    "FORMATS",
+    "ExportArtifact",
+    "ComparisonRow",
+    "export_model",
+    "compare_outputs",
+    "reload_in_fresh_process",
+    "input_cases",
+    "check_exports",
+    "format_gates",
+    "write_manifest",
+]
+
+FORMATS = ("torchscript_script", "torchscript_trace", "torch_export")
+FILE_SUFFIX = {"torchscript_script": ".pt", "torchscript_trace": ".pt", "torch_export": ".pt2"}
+TRACE_BATCH_SIZE = 2
+
+
+@dataclass
+class ExportArtifact:
+    """One attempt to serialize the model in one format; `error` says why it failed, in one line."""
+
+    format: str
+    path: Path | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    dynamic_batch: bool = False
+    seconds: float = 0.0
+
+    @property
+    def produced(self) -> bool:
+        return self.path is not None
+
+
+@dataclass
+class ComparisonRow:
+    """Eager vs reloaded file on one input case (a batch size, held-out or varied inputs)."""
+
+    format: str
+    batch_size: int
+    inputs: str
+    device: str
+    loaded: bool
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    top1_agreement: float | None = None
+    error: str | None = None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def export_model(
+    loaded: LoadedModel, fmt: str, out_dir: Path, seed: int = 0
+) -> ExportArtifact:
+    """Serialize `loaded` in format `fmt` under `out_dir`; never raises for a model that won't export."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not known; use one of {', '.join(FORMATS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"model.{fmt}{FILE_SUFFIX[fmt]}"
+    # Tracing and export see training-split inputs; comparisons use held-out ones.
+    example = loaded.make_inputs(TRACE_BATCH_SIZE, seed, split="train")
+    module = set_eval(loaded.module)
+    artifact = ExportArtifact(fmt)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if fmt == "torchscript_script":
+                torch.jit.save(torch.jit.script(module), str(path))
+                artifact.dynamic_batch = True
+            elif fmt == "torchscript_trace":
+                with torch.inference_mode(False), torch.no_grad():
+                    traced = torch.jit.trace(module, example, check_trace=False)
+                torch.jit.save(traced, str(path))
+                artifact.dynamic_batch = True  # shapes are not frozen unless the code reads them
+            else:
+                artifact.dynamic_batch, program = _torch_export(module, example)
+                torch.export.save(program, str(path))
+            artifact.path = path
+        except Exception as exc:
+            artifact.error = _one_line(exc)
+            path.unlink(missing_ok=True)
+    artifact.seconds = time.perf_counter() - start
+    artifact.warnings = sorted(
+        {str(w.message).splitlines()[0] for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
+    )
+    return artifact
+
+
+def _torch_export(module: torch.nn.Module, example: torch.Tensor):
+    """torch.export with a dynamic batch dimension, falling back to a static one."""
+    try:
+        dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+        return True, torch.export.export(module, (example,), dynamic_shapes=dynamic)
+    except Exception:
+        return False, torch.export.export(module, (example,))
+
+
+def input_cases(loaded: LoadedModel, batch_sizes: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Comparison inputs the export never saw: held-out data at every batch size, then two
+    varied batches at the largest size (negated, and Gaussian noise of the same scale), which
+    take a different branch in models with data-dependent control flow."""
+    cases = {f"held-out:{bs}": loaded.make_inputs(bs, seed + 1) for bs in batch_sizes}
+    largest = cases[f"held-out:{max(batch_sizes)}"]
+    generator = torch.Generator().manual_seed(seed + 2)
+    cases[f"negated:{max(batch_sizes)}"] = -largest
+    noise = torch.randn(largest.shape, generator=generator) * largest.std() + largest.mean()
+    cases[f"noise:{max(batch_sizes)}"] = noise.to(largest.dtype)
+    return cases
+
+
+def compare_outputs(reference: torch.Tensor, candidate: torch.Tensor) -> dict:
+    """max_abs_diff; max_rel_diff (relative to the largest reference magnitude);
+    top1_agreement (share of rows whose argmax matches, None for non-2D outputs)."""
+    reference, candidate = reference.float(), candidate.float()
+    if reference.shape != candidate.shape:
+        raise ValueError(f"output shape {tuple(candidate.shape)} != eager {tuple(reference.shape)}")
+    diff = (reference - candidate).abs()
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    top1 = None
+    if reference.dim() == 2 and reference.shape[1] > 1:
+        top1 = float((reference.argmax(1) == candidate.argmax(1)).float().mean())
+    return {"max_abs_diff": max_abs, "max_rel_diff": max_abs / scale if scale else max_abs,
+            "top1_agreement": top1}
+
+
+def reload_in_fresh_process(
+    fmt: str, path: Path, cases: dict[str, torch.Tensor], device: str = "cpu", timeout_s: float = 300
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Load `path` in a new Python process and run every case; returns (status, outputs)."""
+    with tempfile.TemporaryDirectory(prefix="lab2prod-reload-") as tmp:
+        inputs_file, outputs_file = Path(tmp) / "inputs.pt", Path(tmp) / "outputs.pt"
+        torch.save({name: t.contiguous() for name, t in cases.items()}, inputs_file)
+        command = [sys.executable, "-m", "lab2prod.reload_check", fmt, str(path),
+                   str(inputs_file), str(outputs_file), device]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        status_lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not status_lines:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return {"loaded": False, "load_error": f"reload process failed: {tail}", "errors": {}}, {}
+        status = json.loads(status_lines[-1])
+        outputs = torch.load(outputs_file, weights_only=True) if outputs_file.exists() else {}
+        return status, outputs
+
+
+def _eager_outputs(loaded: LoadedModel, cases: dict[str, torch.Tensor], device: str) -> dict:
+    module = loaded.module.to(device) if device != "cpu" else loaded.module
+    with torch.inference_mode():
+        result = {name: _first_tensor(module(batch.to(device))).float().cpu() for name, batch in cases.items()}
+    if device != "cpu":
+        loaded.module.to("cpu")
+    return result
+
+
+def check_exports(
+    loaded: LoadedModel, artifacts: list[ExportArtifact], batch_sizes: list[int],
+    devices: list[str], seed: int = 0,
+) -> list[ComparisonRow]:
+    """Compare every produced file, reloaded in a fresh process, with eager on every input case."""
+    cases = input_cases(loaded, batch_sizes, seed)
+    rows = []
+    for device in devices:
+        eager = _eager_outputs(loaded, cases, device)
+        for artifact in artifacts:
+            if not artifact.produced:
+                rows.append(ComparisonRow(artifact.format, 0, "-", device, False, error=artifact.error))
+                continue
+            status, outputs = reload_in_fresh_process(artifact.format, artifact.path, cases, device)
+            for name, reference in eager.items():
+                kind, _, size = name.partition(":")
+                row = ComparisonRow(artifact.format, int(size), kind, device, status["loaded"])
+                if not status["loaded"]:
+                    row.error = status["load_error"]
+                elif name in status["errors"]:
+                    row.error = status["errors"][name]
+                else:
+                    try:
+                        for key, value in compare_outputs(reference, outputs[name]).items():
+                            setattr(row, key, value)
+                    except ValueError as exc:
+                        row.error = str(exc)
+                rows.append(row)
+    return rows
+
+
+def format_gates(
+    artifacts: list[ExportArtifact], rows: list[ComparisonRow], atol: float
+) -> list[dict]:
+    """One gate `parity:<format>` per format: produced, reloaded, every case within atol,
+    top-1 identical, and (trace) no tracer warning that the trace may be wrong."""
+    gates = []
+    for artifact in artifacts:
+        mine = [r for r in rows if r.format == artifact.format]
+        worst = max((r.max_abs_diff for r in mine if r.max_abs_diff is not None), default=None)
+        failures = []
+        if not artifact.produced:
+            failures.append(f"not produced: {artifact.error}")
+        else:
+            for r in mine:
+                label = f"{r.inputs} batch {r.batch_size} on {r.device}"
+                if r.error:
+                    failures.append(f"{label}: {r.error}")
+                elif r.max_abs_diff > atol:
+                    failures.append(f"{label}: max abs diff {r.max_abs_diff:.3g} > {atol:g}")
+                elif r.top1_agreement is not None and r.top1_agreement < 1.0:
+                    failures.append(f"{label}: top-1 agreement {r.top1_agreement:.3f}")
+            if artifact.warnings:
+                failures.append(f"tracer warning: {artifact.warnings[0]}")
+        gates.append({
+            "name": f"parity:{artifact.format}",
+            "passed": not failures,
+            "value": worst,
+            "threshold": atol,
+            "detail": "; ".join(failures[:3]) if failures else
+                      f"{len(mine)} cases reloaded in a fresh process, all within atol",
+        })
+    return gates
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(
+    loaded: LoadedModel, artifacts: list[ExportArtifact], run_dir: Path
+) -> list[dict]:
+    """Write run_dir/manifest.json describing every produced file; return its entries."""
+    import torchvision
+
+    entries = []
+    example = loaded.make_inputs(1, 0)
+    for artifact in artifacts:
+        if not artifact.produced:
+            continue
+        entries.append({
+            "model": loaded.spec,
+            "format": artifact.format,
+            "file": str(artifact.path.relative_to(run_dir)),
+            "sha256": _sha256(artifact.path),
+            "bytes": artifact.path.stat().st_size,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "input_shape": [None if artifact.dynamic_batch else 1, *loaded.input_shape],
+            "dtype": str(example.dtype).replace("torch.", ""),
+            "dynamic_batch": artifact.dynamic_batch,
+            "trained": loaded.trained,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        })
+    (run_dir / "manifest.json").write_text(json.dumps(entries, indent=2))
+    return entries
+
+
+def rows_as_dicts(rows: list[ComparisonRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

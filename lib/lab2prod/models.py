@@ -1,0 +1,471 @@
+"""Load the model under test: a reference model, a torchvision architecture, or the user's own.
+
+Every model comes back as a `LoadedModel` that also knows how to make input batches, so the
+notebooks never need to know where a model came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import pickle
+import re
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import DIGIT_CLASSES, digits_images
+from .errors import Lab2ProdError
+from .paths import CACHE_DIR
+from .transforms import DIGITS_INPUT_SIZE, digits_lab_transform, imagenet_lab_transform
+
+__all__ = [
+    "LoadedModel",
+    "REFERENCE_MODELS",
+    "available_models",
+    "load_model",
+    "load_state_dict_file",
+    "import_object",
+    "digits_batch",
+    "photo_batch",
+    "evaluate_accuracy",
+    "train_reference_model",
+    "set_eval",
+]
+
+InputFn = Callable[[int, int], torch.Tensor]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with what is known about it.
+
+    `make_inputs(batch_size, seed)` returns a float batch; `split` picks held-out ("test") or
+    training ("train") data where the model has labelled data (the reference models).
+    """
+
+    spec: str
+    module: nn.Module
+    source: str  # "reference", "torchvision", "torchscript", "torch.export", "factory"
+    trained: bool
+    input_shape: tuple[int, ...]
+    make_inputs: Callable[..., torch.Tensor]
+    class_names: list[str] | None = None
+    metrics: dict = field(default_factory=dict)
+    notes: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name shown in tables: untrained models say so."""
+        return self.spec if self.trained else f"{self.spec} (untrained)"
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def card(self) -> dict:
+        """A one-row summary of the model for notebooks and the report."""
+        return {
+            "model": self.label,
+            "source": self.source,
+            "trained": self.trained,
+            "parameters": self.num_parameters,
+            "input_shape": list(self.input_shape),
+            **{k: v for k, v in self.metrics.items()},
+        }
+
+
+# ---------------------------------------------------------------- reference models
+
+
+class DigitsCNN(nn.Module):
+    """A small conv net for 3x32x32 digits: two conv blocks and a two-layer head."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class DigitsMLP(nn.Module):
+    """A Linear-heavy net (4.2M parameters, almost all in Linear layers) for 3x32x32 digits."""
+
+    def __init__(self, num_classes: int = 10, width: int = 1024):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(3 * DIGITS_INPUT_SIZE * DIGITS_INPUT_SIZE, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+            nn.Linear(width, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+REFERENCE_MODELS: dict[str, Callable[[], nn.Module]] = {
+    "digits_cnn": DigitsCNN,
+    "digits_mlp": DigitsMLP,
+}
+TRAINING = {"epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0, "threads": 1}
+
+
+def set_eval(module: nn.Module) -> nn.Module:
+    """Put a module in eval mode; a torch.export module refuses .eval() and needs nothing."""
+    try:
+        return module.eval()
+    except NotImplementedError:
+        return module
+
+
+def torchvision_classifiers() -> list[str]:
+    """Names of torchvision's image classifiers (built with random weights here)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def available_models() -> list[str]:
+    """Every model name `load_model` accepts besides files and `package.module:factory`."""
+    return list(REFERENCE_MODELS) + torchvision_classifiers()
+
+
+@lru_cache(maxsize=2)
+def _digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    data = digits_images(split)
+    transform = digits_lab_transform()
+    images = torch.stack([transform(img) for img in data.images])
+    return images, torch.as_tensor(data.labels, dtype=torch.long)
+
+
+def digits_batch(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
+    """A batch of rendered digits through the lab transform, drawn by `seed` from `split`."""
+    images, _ = _digits_tensors(split)
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(images), size=batch_size, replace=batch_size > len(images))
+    return images[torch.as_tensor(idx)].clone()
+
+
+@lru_cache(maxsize=1)
+def _sample_photos() -> tuple:
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    return tuple(Image.fromarray(img) for img in load_sample_images().images)
+
+
+def photo_batch(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
+    """Random crops of scikit-learn's sample photographs through the ImageNet lab transform.
+
+    `split` picks disjoint halves of each photograph (left for "train", right for "test"),
+    so tracing inputs and comparison inputs never share pixels.
+    """
+    photos = _sample_photos()
+    transform = imagenet_lab_transform()
+    rng = np.random.default_rng(seed)
+    batch = []
+    for _ in range(batch_size):
+        photo = photos[int(rng.integers(len(photos)))]
+        width, height = photo.size
+        half = width // 2
+        side = int(rng.integers(min(half, height) // 2, min(half, height) + 1))
+        x0 = (0 if split == "train" else half) + int(rng.integers(0, half - side + 1))
+        y0 = int(rng.integers(0, height - side + 1))
+        batch.append(transform(photo.crop((x0, y0, x0 + side, y0 + side))))
+    return torch.stack(batch)
+
+
+def evaluate_accuracy(module: nn.Module, split: str = "test") -> float:
+    """Top-1 accuracy (0..1) of a digits model on a split of the rendered digits."""
+    images, labels = _digits_tensors(split)
+    module.eval()
+    with torch.inference_mode():
+        predictions = torch.cat([module(chunk).argmax(1) for chunk in images.split(256)])
+    return float((predictions == labels).float().mean())
+
+
+def _training_key(name: str) -> str:
+    from .data import RENDER_SEED
+    from .transforms import DIGITS_MEAN, DIGITS_STD
+
+    config = {"name": name, **TRAINING, "render_seed": RENDER_SEED, "mean": DIGITS_MEAN,
+              "std": DIGITS_STD, "torch": ".".join(torch.__version__.split(".")[:2])}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def train_reference_model(name: str) -> tuple[nn.Module, dict]:
+    """Train a reference model on the rendered digits, deterministically; return it and metrics."""
+    module = REFERENCE_MODELS[name]()
+    images, labels = _digits_tensors("train")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(TRAINING["threads"])  # one thread: same weights on every machine
+    try:
+        generator = torch.Generator().manual_seed(TRAINING["seed"])
+        torch.manual_seed(TRAINING["seed"])
+        module = REFERENCE_MODELS[name]()
+        optimizer = torch.optim.Adam(module.parameters(), lr=TRAINING["lr"])
+        module.train()
+        for _ in range(TRAINING["epochs"]):
+            order = torch.randperm(len(images), generator=generator)
+            for batch in order.split(TRAINING["batch_size"]):
+                optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(module(images[batch]), labels[batch])
+                loss.backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(previous_threads)
+    module.eval()
+    return module, {"heldout_accuracy": round(evaluate_accuracy(module, "test"), 4)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _reference_model(name: str, cache_dir: Path) -> tuple[nn.Module, dict]:
+    """A trained reference model from the checksummed cache, training it when absent or corrupt."""
+    stem = cache_dir / f"{name}-{_training_key(name)}"
+    weights_path, meta_path = stem.with_suffix(".pt"), stem.with_suffix(".json")
+    if weights_path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("sha256") == _sha256(weights_path):
+            module = REFERENCE_MODELS[name]()
+            module.load_state_dict(torch.load(weights_path, weights_only=True))
+            return module.eval(), meta["metrics"]
+    module, metrics = train_reference_model(name)
+    _atomic_write(weights_path, lambda p: torch.save(module.state_dict(), p))
+    meta = {"model": name, "training": TRAINING, "metrics": metrics,
+            "sha256": _sha256(weights_path)}
+    _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    return module, metrics
+
+
+# ---------------------------------------------------------------- user inputs
+
+
+def import_object(spec: str, what: str = "object") -> object:
+    """Import `package.module:attribute`; a clear error when it does not import."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise Lab2ProdError(f"{what} {spec!r} is not of the form package.module:name")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or any error raised while importing user code
+        raise Lab2ProdError(
+            f"{what} {spec!r}: module {module_name!r} does not import "
+            f"({type(exc).__name__}: {exc}); check the name and that it is on PYTHONPATH"
+        ) from None
+    try:
+        obj = module
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise Lab2ProdError(
+            f"{what} {spec!r}: {module_name!r} has no attribute {attribute!r}"
+        ) from None
+    return obj
+
+
+def load_state_dict_file(path: str | Path) -> dict:
+    """Load a state_dict with weights_only=True; refuse files that need unsafe unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise Lab2ProdError(f"weights file {str(path)!r} does not exist; pass a state_dict file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise Lab2ProdError(
+                f"weights file {str(path)!r} needs unsafe unpickling of {found.group(1)}, refused: "
+                "unpickling can run arbitrary code; save model.state_dict() instead of the whole model"
+            ) from None
+        raise Lab2ProdError(
+            f"weights file {str(path)!r} is corrupt or not a torch file; "
+            "re-save it with torch.save(model.state_dict(), path)"
+        ) from None
+    except Exception as exc:  # truncated zip, not a torch file, ...
+        raise Lab2ProdError(
+            f"weights file {str(path)!r} is corrupt or not a torch file "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "re-save it with torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise Lab2ProdError(
+            f"weights file {str(path)!r} holds a {type(state).__name__}, not a state_dict of tensors"
+        )
+    return state
+
+
+def _apply_weights(module: nn.Module, weights: str, spec: str) -> None:
+    state = load_state_dict_file(weights)
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise Lab2ProdError(
+            f"weights {weights!r} do not fit model {spec!r}: "
+            f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}; "
+            "check that the file was saved from this architecture"
+        )
+
+
+def _load_file_model(path: Path) -> tuple[nn.Module, str]:
+    if path.suffix == ".pt2":
+        try:
+            return torch.export.load(str(path)).module(), "torch.export"
+        except Exception as exc:
+            raise Lab2ProdError(
+                f"model file {str(path)!r} is not a loadable torch.export program "
+                f"({type(exc).__name__}); re-create it with torch.export.save"
+            ) from None
+    if not zipfile.is_zipfile(path):
+        raise Lab2ProdError(
+            f"model file {str(path)!r} is not a TorchScript or .pt2 archive; "
+            "for a state_dict use --model package.module:factory --weights FILE"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
+            return torch.jit.load(str(path), map_location="cpu"), "torchscript"
+    except Exception:
+        raise Lab2ProdError(
+            f"model file {str(path)!r} is not a TorchScript archive (a pickled model or state_dict?); "
+            "for a state_dict use --model package.module:factory --weights FILE"
+        ) from None
+
+
+def _input_fn(example_inputs: str) -> InputFn:
+    fn = import_object(example_inputs, "example_inputs")
+    if not callable(fn):
+        raise Lab2ProdError(f"example_inputs {example_inputs!r} is not callable")
+
+    def make(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
+        # The train split gets a disjoint seed range, so tracing never sees comparison inputs.
+        batch = fn(batch_size, seed if split == "test" else seed + 1_000_003)
+        if not isinstance(batch, torch.Tensor):
+            raise Lab2ProdError(
+                f"example_inputs {example_inputs!r} returned {type(batch).__name__}; "
+                "it must return one tensor batch: fn(batch_size, seed) -> Tensor"
+            )
+        return batch
+
+    return make
+
+
+def load_model(
+    spec: str,
+    weights: str | None = None,
+    example_inputs: str | None = None,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> LoadedModel:
+    """Resolve a model spec: a reference or torchvision name, a .pt/.pt2 file, or module:factory.
+
+    Raises Lab2ProdError with the valid choices when `spec` is none of those.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise Lab2ProdError(f"model {spec!r} is empty; pass a name such as 'digits_cnn'")
+    weights = weights or None
+    example_inputs = example_inputs or None
+    cache_dir = Path(cache_dir) if cache_dir else CACHE_DIR
+    path = Path(spec)
+    if spec in REFERENCE_MODELS:
+        module, metrics = _reference_model(spec, cache_dir)
+        if weights:
+            _apply_weights(module, weights, spec)
+            metrics = {"heldout_accuracy": round(evaluate_accuracy(module, "test"), 4)}
+        return LoadedModel(spec, module.eval(), "reference", True,
+                           (3, DIGITS_INPUT_SIZE, DIGITS_INPUT_SIZE), digits_batch,
+                           DIGIT_CLASSES, metrics)
+    if path.suffix in (".pt", ".pth", ".pt2", ".ts", ".jit") or path.is_file():
+        if not path.is_file():
+            raise Lab2ProdError(f"model file {spec!r} does not exist")
+        module, source = _load_file_model(path)
+        trained = True
+    elif ":" in spec:
+        factory = import_object(spec, "model factory")
+        if not callable(factory):
+            raise Lab2ProdError(f"model factory {spec!r} is not callable")
+        torch.manual_seed(seed)
+        try:
+            module = factory()
+        except Exception as exc:
+            raise Lab2ProdError(
+                f"model factory {spec!r} raised {type(exc).__name__}: {str(exc)[:150]}; "
+                "it must build the model with no arguments"
+            ) from None
+        if not isinstance(module, nn.Module):
+            raise Lab2ProdError(
+                f"model factory {spec!r} returned {type(module).__name__}, not a torch.nn.Module"
+            )
+        source, trained = "factory", bool(weights)
+    elif spec in torchvision_classifiers():
+        import torchvision
+
+        torch.manual_seed(seed)
+        module = torchvision.models.get_model(spec, weights=None)
+        source, trained = "torchvision", bool(weights)
+    else:
+        raise Lab2ProdError(
+            f"model {spec!r} is not known; use one of {', '.join(REFERENCE_MODELS)}, a torchvision "
+            f"name such as resnet18 ({len(torchvision_classifiers())} in `lab2prod models`), "
+            "a .pt/.pt2 file, or package.module:factory"
+        )
+    if weights:
+        if source in ("torchscript", "torch.export"):
+            raise Lab2ProdError(f"weights {weights!r} given with model file {spec!r}, which carries its own")
+        _apply_weights(module, weights, spec)
+    make_inputs = _input_fn(example_inputs) if example_inputs else photo_batch
+    probe = make_inputs(2, seed)
+    try:
+        with torch.inference_mode():
+            set_eval(module)(probe)
+    except Exception as exc:
+        hint = "pass --example-inputs package.module:fn" if not example_inputs else "check example_inputs"
+        raise Lab2ProdError(
+            f"model {spec!r} fails on inputs of shape {tuple(probe.shape)} "
+            f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:150]}); {hint}"
+        ) from None
+    return LoadedModel(spec, set_eval(module), source, trained, tuple(probe.shape[1:]), make_inputs,
+                       notes="" if trained else "random weights: accuracy is meaningless")

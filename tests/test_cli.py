@@ -1,0 +1,93 @@
+"""The notebook tier: `lab2prod run` executes the real notebooks with papermill on quick parameters."""
+
+import json
+
+import pytest
+
+QUICK = ["--no-progress", "-p", "batch_sizes=[1,3]"]
+TABULAR = ["--example-inputs", "lab2prod.examples:tabular_inputs"]
+
+
+def _summary(out, run_id):
+    return json.loads((out / run_id / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("model, extra", [
+    ("digits_mlp", []),
+    ("resnet18", []),
+    ("lab2prod.examples:tabular_mlp", TABULAR),
+])
+def test_export_run_passes(run_cli, tmp_path, model, extra):
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "export", "--model", model, *extra, *QUICK,
+                   "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = _summary(out, "r")
+    assert set(summary) >= {"run_id", "params", "environment", "notebooks", "results", "gates"}
+    assert summary["notebooks"][0]["status"] == "ok"
+    assert {g["name"] for g in summary["gates"]} == {
+        "parity:torchscript_script", "parity:torchscript_trace", "parity:torch_export"}
+    formats = summary["results"]["export"]["formats"]
+    assert {(f["format"], f["batch_size"]) for f in formats if f["inputs"] == "held-out"} >= {
+        ("torch_export", 1), ("torch_export", 3)}
+    assert all(set(f) >= {"format", "batch_size", "loaded", "max_abs_diff", "top1_agreement"} for f in formats)
+    run = out / "r"
+    assert (run / "01_export.ipynb").exists() and (run / "results" / "export.json").exists()
+    assert "READY" in (run / "report.html").read_text()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all((run / entry["file"]).exists() for entry in manifest)
+
+
+def test_traced_data_dependent_model_fails_with_exit_1(run_cli, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "export", "--model", "lab2prod.examples:gated_net", *TABULAR,
+                   *QUICK, "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL parity:torchscript_trace" in proc.stdout
+    gates = {g["name"]: g["passed"] for g in _summary(out, "r")["gates"]}
+    assert gates["parity:torchscript_trace"] is False and gates["parity:torchscript_script"] is True
+
+
+def test_notebook_error_is_saved_and_exits_1(run_cli, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "export", "--model", "lab2prod.examples:tabular_mlp", *TABULAR,
+                   "--no-progress", "-p", "formats=['onnx']", "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 1
+    notebook = _summary(out, "r")["notebooks"][0]
+    assert notebook["status"] == "error" and "format 'onnx' is not known" in notebook["error"]
+    assert "format &#x27;onnx&#x27; is not known" in (out / "r" / "01_export.ipynb").read_text() or \
+        "format 'onnx' is not known" in (out / "r" / "01_export.ipynb").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "resnet_nine"], "model 'resnet_nine' is not known"),
+    (["--weights", "missing.pt"], "weights file 'missing.pt' does not exist"),
+    (["--model", "nowhere.module:factory"], "does not import"),
+    (["-p", "atol=big"], "atol='big' has the wrong type"),
+    (["--only", "parity"], "is not in this version"),
+    (["--device", "cuda"], "CUDA"),
+])
+def test_bad_input_exits_2_with_one_line_and_no_run_folder(run_cli, tmp_path, args, message):
+    import torch
+
+    if args == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("a GPU is present, so cuda is valid here")
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "export", *args, "--out", str(out), "--no-progress")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lab2prod: error:")]
+    assert proc.returncode == 2, proc.stderr
+    assert len(errors) == 1 and message in errors[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_out_exits_2(run_cli, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = run_cli("run", "--only", "export", "--out", str(blocker), "--no-progress")
+    assert proc.returncode == 2 and "is not writable" in proc.stderr
+
+
+def test_list_shows_notebooks_and_defaults(run_cli):
+    proc = run_cli("run", "--list")
+    assert proc.returncode == 0
+    assert "notebooks/01_export.ipynb" in proc.stdout and "batch_sizes = [1, 4, 16]" in proc.stdout

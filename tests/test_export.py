@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import torch
+from lab2prod import export
+from lab2prod.models import load_model
+
+TABULAR = "lab2prod.examples:tabular_inputs"
+
+
+def test_compare_outputs_measures_diffs_and_agreement():
+    reference = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]])
+    candidate = torch.tensor([[1.0, 2.5, 0.0], [0.0, 4.0, 1.0]])
+    result = export.compare_outputs(reference, candidate)
+    assert result["max_abs_diff"] == pytest.approx(4.0)
+    assert result["max_rel_diff"] == pytest.approx(4.0 / 3.0)
+    assert result["top1_agreement"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="output shape"):
+        export.compare_outputs(reference, candidate[:1])
+
+
+def test_every_format_of_a_factory_model_reloads_and_matches(tmp_path):
+    loaded = load_model("lab2prod.examples:tabular_mlp", example_inputs=TABULAR)
+    artifacts = [export.export_model(loaded, fmt, tmp_path / "models") for fmt in export.FORMATS]
+    assert all(a.produced and a.dynamic_batch for a in artifacts)
+    rows = export.check_exports(loaded, artifacts, [1, 5], ["cpu"])
+    assert {r.batch_size for r in rows} == {1, 5}
+    assert all(r.loaded and r.max_abs_diff <= 1e-6 and r.top1_agreement == 1.0 for r in rows)
+    gates = export.format_gates(artifacts, rows, atol=1e-4)
+    assert [g["name"] for g in gates] == [f"parity:{f}" for f in export.FORMATS]
+    assert all(g["passed"] for g in gates)
+
+
+def test_trace_of_data_dependent_model_fails_its_gate(tmp_path):
+    loaded = load_model("lab2prod.examples:gated_net", example_inputs=TABULAR)
+    artifacts = [export.export_model(loaded, fmt, tmp_path) for fmt in export.FORMATS]
+    by_format = {a.format: a for a in artifacts}
+    assert any("boolean" in w for w in by_format["torchscript_trace"].warnings)
+    assert not by_format["torch_export"].produced and by_format["torch_export"].error
+    rows = export.check_exports(loaded, artifacts, [4], ["cpu"])
+    gates = {g["name"]: g for g in export.format_gates(artifacts, rows, atol=1e-4)}
+    assert gates["parity:torchscript_script"]["passed"]  # script keeps both branches
+    assert not gates["parity:torchscript_trace"]["passed"]
+    assert gates["parity:torchscript_trace"]["value"] > 1e-2
+    assert not gates["parity:torch_export"]["passed"]
+    assert "not produced" in gates["parity:torch_export"]["detail"]
+
+
+def test_unloadable_file_is_reported_not_raised(tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"junk")
+    status, outputs = export.reload_in_fresh_process("torchscript_script", bogus,
+                                                     {"held-out:1": torch.zeros(1, 20)})
+    assert not status["loaded"] and status["load_error"] and outputs == {}
+
+
+def test_manifest_records_checksum_and_versions(tmp_path):
+    import hashlib
+
+    loaded = load_model("lab2prod.examples:tabular_mlp", example_inputs=TABULAR)
+    artifact = export.export_model(loaded, "torch_export", tmp_path / "models")
+    entries = export.write_manifest(loaded, [artifact], tmp_path)
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk == entries and len(entries) == 1
+    entry = entries[0]
+    assert entry["sha256"] == hashlib.sha256(artifact.path.read_bytes()).hexdigest()
+    assert entry["bytes"] == artifact.path.stat().st_size
+    assert entry["input_shape"] == [None, 20] and entry["dtype"] == "float32"
+    assert entry["torch"] == torch.__version__ and entry["file"] == "models/model.torch_export.pt2"
+
+
+def test_unknown_format_is_an_error(tmp_path):
+    loaded = load_model("lab2prod.examples:tabular_mlp", example_inputs=TABULAR)
+    with pytest.raises(ValueError, match="format 'onnx' is not known"):
+        export.export_model(loaded, "onnx", tmp_path)

@@ -1,0 +1,72 @@
+import json
+import math
+
+import pytest
+from lab2prod.errors import Lab2ProdError
+from lab2prod.report import sorted_gates, write_report
+from lab2prod.results import gate, load_results, record, resolve_run_dir, to_jsonable
+from lab2prod.runner import check_parameters, parse_parameter, run_passed, select_notebooks
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("seed=3", ("seed", 3)), ("atol=1e-5", ("atol", 1e-5)), ("batch_sizes=[1,8]", ("batch_sizes", [1, 8])),
+    ("flag=True", ("flag", True)), ("weights=None", ("weights", None)), ("model=resnet18", ("model", "resnet18")),
+])
+def test_parse_parameter_types_values_like_papermill(text, expected):
+    assert parse_parameter(text) == expected
+
+
+def test_parse_parameter_rejects_text_without_name():
+    with pytest.raises(Lab2ProdError, match="not name=value"):
+        parse_parameter("=3")
+
+
+def test_check_parameters_types_against_the_notebook_defaults():
+    notebooks = select_notebooks(["export"], None)
+    assert check_parameters({"atol": 1, "batch_sizes": [2, 3]}, notebooks) == {"atol": 1.0, "batch_sizes": [2, 3]}
+    with pytest.raises(Lab2ProdError, match=r"batch_sizes='abc' has the wrong type.*-p batch_sizes=\[1, 4, 16\]"):
+        check_parameters({"batch_sizes": "abc"}, notebooks)
+    with pytest.raises(Lab2ProdError, match="wrong type"):
+        check_parameters({"batch_sizes": [1.5]}, notebooks)
+    with pytest.raises(Lab2ProdError, match="'colour' is not used by the selected notebooks"):
+        check_parameters({"colour": "red"}, notebooks)
+
+
+def test_select_notebooks_names_valid_choices():
+    assert [n.short for n in select_notebooks(["export"], None)] == ["export"]
+    with pytest.raises(Lab2ProdError, match="'exprt' is not known; use one of environment, export"):
+        select_notebooks(["exprt"], None)
+    with pytest.raises(Lab2ProdError, match="left no notebook"):
+        select_notebooks(None, ["export"])
+
+
+def test_results_round_trip_and_json_cleaning(tmp_path):
+    import numpy as np
+
+    record(tmp_path, "export", {"x": np.float32(0.5), "bad": math.nan},
+           [gate("parity:a", True, 0.0, 1e-4), gate("parity:b", False, 2.0, 1e-4, "too far")], "01_export")
+    results, gates = load_results(tmp_path)
+    assert results == {"export": {"x": 0.5, "bad": None}}
+    assert [g["notebook"] for g in gates] == ["01_export", "01_export"]
+    assert to_jsonable({"p": tmp_path}) == {"p": str(tmp_path)}
+
+
+def test_unwritable_run_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(Lab2ProdError, match="is not writable"):
+        resolve_run_dir(blocker / "run")
+
+
+def test_report_puts_failures_first(tmp_path):
+    gates = [{"notebook": "01_export", **gate("parity:ok", True, 0.0, 1e-4)},
+             {"notebook": "01_export", **gate("parity:bad", False, 0.3, 1e-4, "diff 0.3")}]
+    assert [g["name"] for g in sorted_gates(gates)] == ["parity:bad", "parity:ok"]
+    summary = {"run_id": "r1", "created": "now", "params": {"model": "m"}, "environment": {"python": "3"},
+               "notebooks": [{"name": "01_export", "status": "ok", "seconds": 1.0, "error": None}],
+               "results": {"export": {"formats": [{"format": "x", "max_abs_diff": 0.3}]}}, "gates": gates}
+    assert not run_passed(summary)
+    html = write_report(summary, tmp_path).read_text()
+    assert "NOT READY" in html and html.index("parity:bad") < html.index("parity:ok")
+    assert "<td class='fail'>FAIL</td>" in html
+    json.dumps(summary)  # the summary contract is plain JSON
