@@ -1,4 +1,5 @@
 import numpy as np
+
 from lab2prod.data import digits_images
 
 

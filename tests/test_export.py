@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+
 from lab2prod import export
 from lab2prod.models import load_model
 
@@ -73,3 +74,13 @@ def test_unknown_format_is_an_error(tmp_path):
     loaded = load_model("lab2prod.examples:tabular_mlp", example_inputs=TABULAR)
     with pytest.raises(ValueError, match="format 'onnx' is not known"):
         export.export_model(loaded, "onnx", tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; run the same pytest command on one")
+def test_files_reload_on_cuda_and_match(tmp_path):
+    loaded = load_model("digits_cnn")
+    artifacts = [export.export_model(loaded, fmt, tmp_path) for fmt in export.FORMATS]
+    rows = export.check_exports(loaded, artifacts, [1, 8], ["cpu", "cuda"])
+    cuda_rows = [r for r in rows if r.device == "cuda"]
+    assert cuda_rows and all(r.loaded and r.error is None for r in cuda_rows)
+    assert all(r.top1_agreement == 1.0 for r in cuda_rows)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from lab2prod.errors import Lab2ProdError
 from lab2prod.models import (
     available_models,

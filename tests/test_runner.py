@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+
 from lab2prod.errors import Lab2ProdError
 from lab2prod.report import sorted_gates, write_report
 from lab2prod.results import gate, load_results, record, resolve_run_dir, to_jsonable

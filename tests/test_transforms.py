@@ -1,4 +1,7 @@
 import torch
+from PIL import Image
+from torchvision.transforms import v2
+
 from lab2prod.data import digits_images
 from lab2prod.transforms import (
     DIGITS_INPUT_SIZE,
@@ -7,8 +10,6 @@ from lab2prod.transforms import (
     digits_lab_transform,
     imagenet_lab_transform,
 )
-from PIL import Image
-from torchvision.transforms import v2
 
 
 def test_digits_mean_std_constants_match_the_training_data():

@@ -6,7 +6,6 @@ TorchScript is what many deployed systems load today and is deprecated upstream;
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .files import sha256_file
 from .models import LoadedModel, set_eval
 from .reload_check import _first_tensor
 
@@ -246,14 +246,6 @@ def format_gates(
     return gates
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_manifest(
     loaded: LoadedModel, artifacts: list[ExportArtifact], run_dir: Path
 ) -> list[dict]:
@@ -269,7 +261,7 @@ def write_manifest(
             "model": loaded.spec,
             "format": artifact.format,
             "file": str(artifact.path.relative_to(run_dir)),
-            "sha256": _sha256(artifact.path),
+            "sha256": sha256_file(artifact.path),
             "bytes": artifact.path.stat().st_size,
             "python": platform.python_version(),
             "torch": torch.__version__,

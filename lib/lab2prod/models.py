@@ -9,10 +9,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -26,6 +24,7 @@ from torch import nn
 
 from .data import DIGIT_CLASSES, digits_images
 from .errors import Lab2ProdError
+from .files import atomic_write, sha256_file
 from .paths import CACHE_DIR
 from .transforms import DIGITS_INPUT_SIZE, digits_lab_transform, imagenet_lab_transform
 
@@ -219,7 +218,6 @@ def _training_key(name: str) -> str:
 
 def train_reference_model(name: str) -> tuple[nn.Module, dict]:
     """Train a reference model on the rendered digits, deterministically; return it and metrics."""
-    module = REFERENCE_MODELS[name]()
     images, labels = _digits_tensors("train")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(TRAINING["threads"])  # one thread: same weights on every machine
@@ -242,41 +240,21 @@ def train_reference_model(name: str) -> tuple[nn.Module, dict]:
     return module, {"heldout_accuracy": round(evaluate_accuracy(module, "test"), 4)}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _reference_model(name: str, cache_dir: Path) -> tuple[nn.Module, dict]:
     """A trained reference model from the checksummed cache, training it when absent or corrupt."""
     stem = cache_dir / f"{name}-{_training_key(name)}"
     weights_path, meta_path = stem.with_suffix(".pt"), stem.with_suffix(".json")
     if weights_path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if meta.get("sha256") == _sha256(weights_path):
+        if meta.get("sha256") == sha256_file(weights_path):
             module = REFERENCE_MODELS[name]()
             module.load_state_dict(torch.load(weights_path, weights_only=True))
             return module.eval(), meta["metrics"]
     module, metrics = train_reference_model(name)
-    _atomic_write(weights_path, lambda p: torch.save(module.state_dict(), p))
+    atomic_write(weights_path, lambda p: torch.save(module.state_dict(), p))
     meta = {"model": name, "training": TRAINING, "metrics": metrics,
-            "sha256": _sha256(weights_path)}
-    _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
+            "sha256": sha256_file(weights_path)}
+    atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
     return module, metrics
 
 

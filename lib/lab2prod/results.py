@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
 from .errors import Lab2ProdError
+from .files import atomic_write
 from .paths import OUTPUTS_DIR
 
 __all__ = ["resolve_run_dir", "gate", "record", "load_results", "to_jsonable", "write_json"]
@@ -54,11 +54,8 @@ def to_jsonable(value):
 
 def write_json(path: Path, payload) -> None:
     """Write JSON atomically: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(to_jsonable(payload), handle, indent=2)
-    os.replace(tmp, path)
+    text = json.dumps(to_jsonable(payload), indent=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def gate(name: str, passed: bool, value=None, threshold=None, detail: str = "") -> dict:

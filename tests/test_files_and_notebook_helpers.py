@@ -1,0 +1,56 @@
+import hashlib
+
+import matplotlib
+import pytest
+
+from lab2prod.errors import Lab2ProdError
+from lab2prod.export import ComparisonRow
+from lab2prod.files import atomic_write, sha256_file
+from lab2prod.notebook import gates_frame, plot_max_abs_diff, resolve_devices
+from lab2prod.results import gate
+
+matplotlib.use("Agg")
+
+
+def test_sha256_file_matches_hashlib(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * 3_000_000)
+    assert sha256_file(path) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+
+
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, fail)
+    assert list(tmp_path.iterdir()) == []
+    atomic_write(target, lambda tmp: tmp.write_text("whole"))
+    assert target.read_text() == "whole" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_gates_frame_puts_failures_first():
+    frame = gates_frame([gate("parity:a", True, 0.0, 1e-4, "ok"), gate("parity:b", False, 1.0, 1e-4, "far")])
+    assert list(frame.index) == ["parity:b", "parity:a"]
+    assert list(frame["verdict"]) == ["FAIL", "PASS"] and "value" not in frame
+
+
+def test_diff_plot_marks_failures_and_tolerance():
+    rows = [ComparisonRow("torchscript_trace", 4, "held-out", "cpu", True, 0.0, 0.0, 1.0),
+            ComparisonRow("torchscript_trace", 4, "negated", "cpu", True, 0.5, 0.1, 0.5),
+            ComparisonRow("torch_export", 0, "-", "cpu", False, error="not produced")]
+    fig = plot_max_abs_diff(rows, atol=1e-4)
+    ax = fig.axes[0]
+    colours = [tuple(round(c, 3) for c in bar.get_facecolor()[:3]) for bar in ax.patches if bar.get_height() > 0]
+    red = tuple(round(c, 3) for c in matplotlib.colors.to_rgb("#d62728"))
+    assert colours.count(red) == 1  # the negated case is over atol
+    assert any(line.get_ydata()[0] == 1e-4 for line in ax.get_lines())
+
+
+def test_resolve_devices():
+    assert resolve_devices("cpu") == ["cpu"]
+    with pytest.raises(Lab2ProdError, match="device 'tpu' is not known"):
+        resolve_devices("tpu")
