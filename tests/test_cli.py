@@ -65,6 +65,7 @@ def test_notebook_error_is_saved_and_exits_1(run_cli, tmp_path):
     (["--model", "nowhere.module:factory"], "does not import"),
     (["-p", "atol=big"], "atol='big' has the wrong type"),
     (["--only", "parity"], "is not in this version"),
+    (["--only", "environment", "-p", "lock_path=nowhere.json"], "lock file"),
     (["--device", "cuda"], "CUDA"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_run_folder(run_cli, tmp_path, args, message):
@@ -91,3 +92,22 @@ def test_list_shows_notebooks_and_defaults(run_cli):
     proc = run_cli("run", "--list")
     assert proc.returncode == 0
     assert "notebooks/01_export.ipynb" in proc.stdout and "batch_sizes = [1, 4, 16]" in proc.stdout
+
+
+def test_environment_passes_against_own_lock_and_fails_against_an_edited_one(run_cli, tmp_path):
+    lock = tmp_path / "lab.lock.json"
+    assert run_cli("env", "lock", str(lock)).returncode == 0
+    out = tmp_path / "out"
+    ok = run_cli("run", "--only", "environment", "--no-progress", "-p", f"lock_path={lock}",
+                 "--out", str(out), "--run-id", "same")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    edited = json.loads(lock.read_text())
+    edited["fingerprint"].update({"package.torch": "2.9.1", "cuda.available": True})
+    lock.write_text(json.dumps(edited))
+    bad = run_cli("run", "--only", "environment", "--no-progress", "-p", f"lock_path={lock}",
+                  "--out", str(out), "--run-id", "edited")
+    assert bad.returncode == 1
+    assert "package.torch: lab 2.9.1" in bad.stdout and "cuda.available" in bad.stdout
+    diffs = _summary(out, "edited")["results"]["environment"]["diffs"]
+    assert {d["key"] for d in diffs if d["severity"] == "fail"} == {"package.torch", "cuda.available"}
+    assert run_cli("env", "diff", str(lock)).returncode == 1

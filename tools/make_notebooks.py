@@ -54,6 +54,7 @@ import pandas as pd
 from lab2prod import export
 from lab2prod import notebook as nb
 from lab2prod.models import load_model
+from lab2prod.environment import write_lock
 from lab2prod.results import record
 
 nb.quiet_deprecations()
@@ -93,24 +94,156 @@ fig = nb.plot_max_abs_diff(rows, atol)
 
 One gate per format, `parity:<format>`: the file was produced, reloaded in a fresh process,
 every case within `atol`, top-1 identical, and (trace) no tracer warning that the trace may
-be wrong. The manifest records what a server needs to know about each file.
+be wrong. The manifest records what a server needs to know about each file, and the lab
+environment lock (`models/env.lock.json`) travels with the files for the environment notebook.
 """),
     code("""
 # NBVAL_CHECK_OUTPUT
 gates = export.format_gates(artifacts, rows, atol)
 manifest = export.write_manifest(loaded, artifacts, run_dir)
+lock_file = write_lock(run_dir / "models" / "env.lock.json")  # the lab environment, beside the model
 record(run_dir, "export", {
     "model": loaded.card(),
     "formats": [r.__dict__ for r in rows],
     "artifacts": [{"format": a.format, "produced": a.produced, "error": a.error,
                    "warnings": a.warnings, "dynamic_batch": a.dynamic_batch} for a in artifacts],
     "manifest": manifest,
+    "env_lock": str(lock_file.relative_to(run_dir)),
 }, gates, notebook="01_export")
 nb.gates_frame(gates)[["verdict", "threshold", "detail"]]
 """),
     code("""
 columns = ["format", "file", "bytes", "sha256", "dynamic_batch", "torch"]
 pd.DataFrame(manifest, columns=columns).set_index("format")
+"""),
+]
+
+ENVIRONMENT = [
+    md("""
+# 00 · Environment: is the serving environment the lab environment?
+
+A model validated under one Python and torch can fail, or silently answer differently, under
+another; a feature derived from a timestamp shifts by hours when the server's time zone differs;
+non-ASCII class labels break where the locale is not UTF-8. This notebook compares the
+environment it runs in with the **lab lock** (`lab2prod env lock PATH`, written on the lab
+machine and beside every exported model), runs operator smoke tests against the lock's
+reference values, checks that every operator of the exported graph runs here, and shows the
+two classic seed failures with their fixes. The dynamically quantized Linear uses
+`torch.ao.quantization`, the old path (deprecated upstream in favour of torchao).
+"""),
+    code("""
+lock_path = ""  # lab lock from `lab2prod env lock`; empty means this machine writes its own
+tolerance = 1e-4  # largest max-abs-diff of a smoke operator vs the lock that passes
+model = "digits_cnn"  # model whose exported graph must run here
+weights = ""  # optional state_dict file for the model
+example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
+run_dir = ""  # run folder; empty means outputs/interactive
+seed = 0  # seed for input draws and untrained weights
+""", tags=["parameters"]),
+    code("""
+import pandas as pd
+import torch
+
+from lab2prod import environment as env
+from lab2prod import notebook as nb
+from lab2prod.models import load_model
+from lab2prod.results import gate, record
+
+nb.quiet_deprecations()
+run_dir = nb.resolve_run_dir(run_dir)
+here = env.fingerprint()
+if lock_path:
+    lock, lock_source = env.read_lock(lock_path), lock_path
+else:
+    lock_source = str(env.write_lock(run_dir / "env.lock.json"))
+    lock = env.read_lock(lock_source)
+print(f"lab lock: {'given' if lock_path else 'none given, this machine is the lab'}")
+"""),
+    md("""
+## Lab vs here
+
+Every key of the fingerprint side by side; the rows that differ come first.
+"""),
+    code("""
+nb.fingerprint_frame(lock["fingerprint"], here)
+"""),
+    md("""
+The differences with their severity: **fail** for another major.minor Python or torch, or a
+CUDA the lab had and this machine lacks; **warn** for patch versions, other packages,
+encodings, locale and time zone; **info** for the rest.
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+diffs = env.diff_fingerprints(lock["fingerprint"], here)
+pd.DataFrame(diffs, columns=["key", "lab", "here", "severity"]).set_index("key") if diffs else "no differences"
+"""),
+    md("""
+## Operator smoke tests
+
+Fixed inputs through gelu, layer_norm, softmax, conv2d, matmul, interpolate, scaled dot-product
+attention and a dynamically quantized Linear, compared with the values the lab recorded (and on
+a GPU, CUDA vs CPU). A different BLAS, oneDNN or quantized engine shows up here first.
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+smoke = env.compare_smoke(lock["smoke"], tolerance)
+pd.DataFrame(smoke).set_index(["op", "device"])[["passed"]].T
+"""),
+    code("""
+fig = nb.plot_smoke(smoke, tolerance)
+"""),
+    md("""
+## Every operator of the exported graph runs here
+
+The model is exported with `torch.export` and its graph is run node by node; an operator this
+torch build lacks (or that fails on this hardware) is named.
+"""),
+    code("""
+loaded = load_model(model, weights, example_inputs, seed)
+example = loaded.make_inputs(2, seed)
+program = torch.export.export(loaded.module, (example,))
+ops = env.exported_ops_check(program.module(), example)
+pd.DataFrame(ops).set_index("op")
+"""),
+    md("""
+## Seed failure 1: non-ASCII labels under a non-UTF-8 locale
+
+The same labels written and read back in a child process under this machine's locale and
+under the C locale. `open()` without an encoding uses the locale's; naming `utf-8` fixes it.
+"""),
+    code("""
+labels = ["café", "naïve", "日本語", "Ünïcödé", "señal"]
+pd.DataFrame(env.utf8_round_trip_demo(labels)).set_index("locale")
+"""),
+    md("""
+## Seed failure 2: an hour-of-day feature under another time zone
+
+One event (2026-11-26 10:00 UTC), its hour-of-day feature computed by servers whose `TZ`
+differs. `datetime.fromtimestamp(ts)` uses the server's zone; naming the zone the model was
+trained with (here UTC) gives the same feature everywhere.
+"""),
+    code("""
+hours = env.hour_of_day_demo(1764151200.0, ["UTC", "Europe/Berlin", "America/Los_Angeles", "Asia/Tokyo"])
+pd.DataFrame(hours).set_index("server TZ")
+"""),
+    md("""
+## Gate
+
+`environment`: no fail-level difference, every smoke operator within tolerance, and every
+operator of the exported graph runs.
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+failing = [d for d in diffs if d["severity"] == "fail"]
+bad_ops = [s["op"] for s in smoke if not s["passed"]] + [o["op"] for o in ops if not o["ran"]]
+problems = [f"{d['key']}: lab {d['lab']} vs here {d['here']}" for d in failing] + [f"{op} fails" for op in bad_ops]
+gates = [gate("environment", not problems, len(problems), 0,
+              "; ".join(problems) if problems else "no fail-level difference; all smoke operators pass")]
+record(run_dir, "environment", {
+    "lock": lock_source, "fingerprint": here, "diffs": diffs, "smoke": smoke, "exported_ops": ops,
+    "utf8_demo": env.utf8_round_trip_demo(labels), "hour_demo": hours,
+}, gates, notebook="00_environment")
+nb.gates_frame(gates)[["verdict", "detail"]]
 """),
 ]
 
@@ -127,4 +260,5 @@ def build(name, cells):
 
 
 if __name__ == "__main__":
+    print(build("00_environment", ENVIRONMENT))
     print(build("01_export", EXPORT))

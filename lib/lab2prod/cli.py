@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--list", action="store_true", help="list the notebooks and their parameters")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     commands.add_parser("models", help="list the model names that --model accepts")
+    env = commands.add_parser("env", help="the environment lock: write it in the lab, diff it in production")
+    env_commands = env.add_subparsers(dest="env_command", required=True)
+    lock = env_commands.add_parser("lock", help="write this machine's fingerprint and smoke-test outputs")
+    lock.add_argument("path", nargs="?", default=str(OUTPUTS_DIR / "env.lock.json"))
+    diff = env_commands.add_parser("diff", help="compare this machine with a lock; exit 1 on a fail")
+    diff.add_argument("path")
+    diff.add_argument("--tolerance", type=float, default=1e-4)
     return parser
 
 
@@ -99,6 +106,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def _env(args: argparse.Namespace) -> int:
+    from . import environment
+
+    if args.env_command == "lock":
+        print(f"wrote {environment.write_lock(args.path)}")
+        return 0
+    lock = environment.read_lock(args.path)
+    diffs = environment.diff_fingerprints(lock["fingerprint"], environment.fingerprint())
+    smoke = environment.compare_smoke(lock["smoke"], args.tolerance)
+    for d in diffs:
+        print(f"{d['severity']:<5} {d['key']}: lab {d['lab']!r} here {d['here']!r}")
+    for s in smoke:
+        if not s["passed"]:
+            print(f"fail  smoke {s['op']} on {s['device']}: max abs diff {s['max_abs_diff']}")
+    failed = any(d["severity"] == "fail" for d in diffs) or not all(s["passed"] for s in smoke)
+    print("environment: FAIL" if failed else "environment: PASS")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -107,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(available_models()))
             return 0
+        if args.command == "env":
+            return _env(args)
         return _run(args)
     except Lab2ProdError as exc:
         print(f"lab2prod: error: {exc}", file=sys.stderr)

@@ -19,6 +19,8 @@ __all__ = [
     "comparison_frame",
     "gates_frame",
     "plot_max_abs_diff",
+    "fingerprint_frame",
+    "plot_smoke",
 ]
 
 
@@ -103,5 +105,34 @@ def plot_max_abs_diff(rows: list[ComparisonRow], atol: float):
     ax.set_ylabel("max |eager − reloaded|  (floor = bit-exact)")
     ax.set_title("Reloaded in a fresh process vs eager")
     ax.legend(fontsize=8, loc="upper left", ncols=2)
+    fig.tight_layout()
+    return fig
+
+
+def fingerprint_frame(lab: dict, here: dict) -> pd.DataFrame:
+    """Lab and here side by side, one row per key, differing rows first."""
+    keys = sorted(set(lab) | set(here))
+    frame = pd.DataFrame({"lab": [lab.get(k) for k in keys], "here": [here.get(k) for k in keys]}, index=keys)
+    frame["same"] = [lab.get(k) == here.get(k) for k in keys]
+    frame = frame.astype({"lab": str, "here": str})
+    return frame.sort_values("same", kind="stable")
+
+
+def plot_smoke(smoke: list[dict], tolerance: float):
+    """Max abs diff of each smoke operator vs the lock (floor = bit-exact), with the tolerance."""
+    import matplotlib.pyplot as plt
+
+    floor = 1e-10
+    labels = [f"{s['op']} ({s['device']})" for s in smoke]
+    values = [max(s["max_abs_diff"], floor) if s["max_abs_diff"] is not None else floor for s in smoke]
+    colours = ["#2ca02c" if s["passed"] else "#d62728" for s in smoke]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(smoke) + 1.2))
+    ax.barh(labels, values, color=colours)
+    ax.axvline(tolerance, color="#b00020", linestyle="--", linewidth=1, label=f"tolerance = {tolerance:g}")
+    ax.set_xscale("log")
+    ax.set_xlim(floor / 2, max(1.0, max(values) * 5))
+    ax.invert_yaxis()
+    ax.set_xlabel("max |here − lab lock|  (floor = bit-exact)")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
