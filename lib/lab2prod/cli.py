@@ -91,6 +91,10 @@ def _run(args: argparse.Namespace) -> int:
     params = {"model": args.model, "weights": args.weights,
               "example_inputs": args.example_inputs, "device": args.device, **extra}
     _check_device(params["device"])
+    if params.get("lock_path"):
+        from .environment import read_lock
+
+        read_lock(params["lock_path"])
     print(f"lab2prod: checking model {params['model']!r} ...", file=sys.stderr)
     load_model(params["model"], params["weights"] or None, params["example_inputs"] or None)
     out = Path(args.out)
