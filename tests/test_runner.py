@@ -38,7 +38,7 @@ def test_select_notebooks_names_valid_choices():
     with pytest.raises(Lab2ProdError, match="'exprt' is not known; use one of environment, export"):
         select_notebooks(["exprt"], None)
     with pytest.raises(Lab2ProdError, match="left no notebook"):
-        select_notebooks(None, ["export"])
+        select_notebooks(None, ["environment", "export"])
 
 
 def test_results_round_trip_and_json_cleaning(tmp_path):
