@@ -213,7 +213,8 @@ under the C locale. `open()` without an encoding uses the locale's; naming `utf-
 """),
     code("""
 labels = ["café", "naïve", "日本語", "Ünïcödé", "señal"]
-pd.DataFrame(env.utf8_round_trip_demo(labels)).set_index("locale")
+utf8 = env.utf8_round_trip_demo(labels)
+pd.DataFrame(utf8).set_index("locale")
 """),
     md("""
 ## Seed failure 2: an hour-of-day feature under another time zone
@@ -241,7 +242,7 @@ gates = [gate("environment", not problems, len(problems), 0,
               "; ".join(problems) if problems else "no fail-level difference; all smoke operators pass")]
 record(run_dir, "environment", {
     "lock": lock_source, "fingerprint": here, "diffs": diffs, "smoke": smoke, "exported_ops": ops,
-    "utf8_demo": env.utf8_round_trip_demo(labels), "hour_demo": hours,
+    "utf8_demo": utf8, "hour_demo": hours,
 }, gates, notebook="00_environment")
 nb.gates_frame(gates)[["verdict", "detail"]]
 """),
