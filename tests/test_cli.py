@@ -64,7 +64,7 @@ def test_notebook_error_is_saved_and_exits_1(run_cli, tmp_path):
     (["--weights", "missing.pt"], "weights file 'missing.pt' does not exist"),
     (["--model", "nowhere.module:factory"], "does not import"),
     (["-p", "atol=big"], "atol='big' has the wrong type"),
-    (["--only", "parity"], "is not in this version"),
+    (["--only", "canary"], "is not in this version"),
     (["--only", "environment", "-p", "lock_path=nowhere.json"], "lock file"),
     (["--device", "cuda"], "CUDA"),
 ])
@@ -111,3 +111,41 @@ def test_environment_passes_against_own_lock_and_fails_against_an_edited_one(run
     diffs = _summary(out, "edited")["results"]["environment"]["diffs"]
     assert {d["key"] for d in diffs if d["severity"] == "fail"} == {"package.torch", "cuda.available"}
     assert run_cli("env", "diff", str(lock)).returncode == 1
+
+
+def test_parity_run_passes_and_records_the_bug_table(run_cli, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "parity", "--no-progress", "-p", "max_images=60",
+                   "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS parity:serving" in proc.stdout
+    values = _summary(out, "r")["results"]["parity"]
+    assert values["serving_max_abs_diff"] == 0.0 and values["images"] == 60
+    assert 0.8 < values["lab_accuracy"] <= 1.0
+    bugs = {b["bug"]: b for b in values["bugs"]}
+    assert set(bugs) >= {"motivating_case", "missing_normalize", "bgr_channel_order", "exif_orientation_ignored"}
+    assert all(set(b) >= {"bug", "max_abs_diff", "top1_agreement", "accuracy", "accuracy_drop_pts"}
+               for b in bugs.values())
+    assert bugs["motivating_case"]["accuracy_drop_pts"] > 20
+
+
+@pytest.mark.parametrize("transform", ["serving_bicubic", "serving_resize_without_crop"])
+def test_parity_run_with_a_differing_serving_transform_exits_1(run_cli, tmp_path, transform):
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "parity", "--no-progress", "-p", "max_images=40", "-p", "bugs=[]",
+                   "-p", f"serving_transform=lab2prod.examples:{transform}", "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL parity:serving" in proc.stdout and "requests differ" in proc.stdout
+    (gate,) = _summary(out, "r")["gates"]
+    assert gate["passed"] is False
+    executed = (out / "r" / "02_preprocessing_parity.ipynb").read_text()
+    assert "digit#" in executed and "lab_prediction" in executed  # the where-it-differs table
+
+
+def test_parity_is_skipped_for_a_model_that_takes_tensors(run_cli, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "parity", "--model", "lab2prod.examples:tabular_mlp", *TABULAR,
+                   "--no-progress", "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SKIP parity:serving" in proc.stdout
+    assert _summary(out, "r")["gates"][0]["passed"] is None

@@ -38,7 +38,7 @@ def test_select_notebooks_names_valid_choices():
     with pytest.raises(Lab2ProdError, match="'exprt' is not known; use one of environment, export"):
         select_notebooks(["exprt"], None)
     with pytest.raises(Lab2ProdError, match="left no notebook"):
-        select_notebooks(None, ["environment", "export"])
+        select_notebooks(None, ["environment", "export", "parity"])
 
 
 def test_results_round_trip_and_json_cleaning(tmp_path):
@@ -71,3 +71,18 @@ def test_report_puts_failures_first(tmp_path):
     assert "NOT READY" in html and html.index("parity:bad") < html.index("parity:ok")
     assert "<td class='fail'>FAIL</td>" in html
     json.dumps(summary)  # the summary contract is plain JSON
+
+
+def test_skipped_gates_sort_between_failures_and_passes_and_do_not_fail_a_run(tmp_path):
+    gates = [{"notebook": "02", **gate("a:ok", True, 0.0, 1e-6)},
+             {"notebook": "02", **gate("b:skip", False, None, 1e-6, "takes tensors", skipped=True)}]
+    assert gates[1]["passed"] is None
+    assert [g["name"] for g in sorted_gates(gates)] == ["b:skip", "a:ok"]
+    summary = {"run_id": "r1", "created": "now", "params": {}, "environment": {},
+               "notebooks": [{"name": "02", "status": "ok", "seconds": 1.0, "error": None}],
+               "results": {}, "gates": gates}
+    assert run_passed(summary)
+    html = write_report(summary, tmp_path).read_text()
+    assert "READY: every gate passed" in html and "<td class='skip'>SKIP</td>" in html
+    summary["gates"].append({"notebook": "02", **gate("c:bad", False, 1.0, 1e-6)})
+    assert not run_passed(summary)

@@ -73,7 +73,8 @@ def _check_device(device: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from .models import load_model
-    from .results import resolve_run_dir
+    from .report import sorted_gates
+    from .results import gate_verdict, resolve_run_dir
     from .runner import (
         check_parameters,
         execute_run,
@@ -103,8 +104,8 @@ def _run(args: argparse.Namespace) -> int:
     for notebook in summary["notebooks"]:
         line = f"{notebook['name']}: {notebook['status']} in {notebook['seconds']:.1f}s"
         print(line + (f" ({notebook['error']})" if notebook["error"] else ""))
-    for gate in sorted(summary["gates"], key=lambda g: g["passed"]):
-        print(f"  {'PASS' if gate['passed'] else 'FAIL'} {gate['name']}: {gate['detail']}")
+    for gate in sorted_gates(summary["gates"]):
+        print(f"  {gate_verdict(gate)} {gate['name']}: {gate['detail']}")
     passed = run_passed(summary)
     print(f"{'READY' if passed else 'NOT READY'}: report {run_dir / 'report.html'}")
     return 0 if passed else 1

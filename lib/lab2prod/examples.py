@@ -1,7 +1,8 @@
-"""Small user-style models for `--model package.module:factory`, including one that traces wrong.
+"""Small user-style models and serving transforms, including ones that go wrong.
 
     lab2prod run --only export --model lab2prod.examples:tabular_mlp \
         --example-inputs lab2prod.examples:tabular_inputs
+    lab2prod run --only parity -p serving_transform=lab2prod.examples:serving_bicubic
 """
 
 from __future__ import annotations
@@ -9,7 +10,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["NUM_FEATURES", "tabular_inputs", "tabular_mlp", "gated_net"]
+__all__ = [
+    "NUM_FEATURES",
+    "tabular_inputs",
+    "tabular_mlp",
+    "gated_net",
+    "serving_bicubic",
+    "serving_resize_without_crop",
+]
 
 NUM_FEATURES = 20
 
@@ -44,3 +52,30 @@ class GatedNet(nn.Module):
 def gated_net() -> nn.Module:
     """The data-dependent model; exported by trace it must fail its parity gate."""
     return GatedNet()
+
+
+# ---------------------------------------------------------------- serving transforms (bytes -> tensor)
+# Each looks right and differs from the digits lab transform in one detail.
+
+
+def serving_bicubic(data: bytes) -> torch.Tensor:
+    """The digits recipe with bicubic resizing where the lab used bilinear."""
+    from torchvision.transforms import InterpolationMode
+
+    from .preprocess import decode_request
+    from .transforms import DIGITS_RECIPE, recipe_transform
+
+    return recipe_transform(DIGITS_RECIPE, interpolation=InterpolationMode.BICUBIC)(decode_request(data))
+
+
+def serving_resize_without_crop(data: bytes) -> torch.Tensor:
+    """The digits recipe with Resize(32) but no CenterCrop: non-square images stay non-square."""
+    from torchvision.transforms import v2
+
+    from .preprocess import decode_request
+    from .transforms import DIGITS_RECIPE
+
+    return v2.Compose([
+        v2.ToImage(), v2.Resize(DIGITS_RECIPE.resize, antialias=True), v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(DIGITS_RECIPE.mean), std=list(DIGITS_RECIPE.std)),
+    ])(decode_request(data))

@@ -62,6 +62,9 @@ class LoadedModel:
     class_names: list[str] | None = None
     metrics: dict = field(default_factory=dict)
     notes: str = ""
+    # What the inputs are: "digits" (labelled digit images, the digits lab transform), "imagenet"
+    # (photographs through the ImageNet recipe) or "tensor" (example_inputs; no image transform).
+    family: str = "tensor"
 
     @property
     def label(self) -> str:
@@ -395,7 +398,7 @@ def load_model(
             metrics = {"heldout_accuracy": round(evaluate_accuracy(module, "test"), 4)}
         return LoadedModel(spec, module.eval(), "reference", True,
                            (3, DIGITS_INPUT_SIZE, DIGITS_INPUT_SIZE), digits_batch,
-                           DIGIT_CLASSES, metrics)
+                           DIGIT_CLASSES, metrics, family="digits")
     if path.suffix in (".pt", ".pth", ".pt2", ".ts", ".jit") or path.is_file():
         if not path.is_file():
             raise Lab2ProdError(f"model file {spec!r} does not exist")
@@ -446,4 +449,5 @@ def load_model(
             f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:150]}); {hint}"
         ) from None
     return LoadedModel(spec, set_eval(module), source, trained, tuple(probe.shape[1:]), make_inputs,
-                       notes="" if trained else "random weights: accuracy is meaningless")
+                       notes="" if trained else "random weights: accuracy is meaningless",
+                       family="tensor" if example_inputs else "imagenet")

@@ -9,7 +9,7 @@ import pandas as pd
 
 from .errors import Lab2ProdError
 from .export import ComparisonRow, ExportArtifact
-from .results import resolve_run_dir
+from .results import gate_verdict, resolve_run_dir
 
 __all__ = [
     "quiet_deprecations",
@@ -21,6 +21,10 @@ __all__ = [
     "plot_max_abs_diff",
     "fingerprint_frame",
     "plot_smoke",
+    "parity_serving_frame",
+    "parity_bug_frame",
+    "plot_parity_impact",
+    "plot_model_view",
 ]
 
 
@@ -70,8 +74,11 @@ def gates_frame(gates: list[dict]) -> pd.DataFrame:
     """Gates with a PASS/FAIL column, failures first; the numeric value is left out so the
     table is stable enough to check with nbval."""
     frame = pd.DataFrame(gates)
-    frame.insert(0, "verdict", frame.pop("passed").map({True: "PASS", False: "FAIL"}))
-    return frame.sort_values("verdict").drop(columns=["value"]).set_index("name")
+    frame.insert(0, "verdict", [gate_verdict(g) for g in gates])
+    frame = frame.drop(columns=["passed"])
+    order = {"FAIL": 0, "SKIP": 1, "PASS": 2}
+    frame = frame.sort_values("verdict", key=lambda v: v.map(order), kind="stable")
+    return frame.drop(columns=["value"]).set_index("name")
 
 
 def plot_max_abs_diff(rows: list[ComparisonRow], atol: float):
@@ -134,5 +141,94 @@ def plot_smoke(smoke: list[dict], tolerance: float):
     ax.invert_yaxis()
     ax.set_xlabel("max |here − lab lock|  (floor = bit-exact)")
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def parity_serving_frame(report) -> pd.DataFrame:
+    """The serving path under test on each client's encoding of the images, vs the lab path."""
+    from .parity import CLIENTS
+
+    rows = [{**r.summary(), "client sends": CLIENTS[r.client][0]} for r in report.serving]
+    columns = ["client", "client sends", "max_abs_diff", "mean_abs_diff", "top1_agreement", "accuracy",
+               "failed_requests"]
+    frame = pd.DataFrame(rows, columns=columns).set_index("client")
+    return frame.dropna(axis=1, how="all")
+
+
+def parity_bug_frame(report) -> pd.DataFrame:
+    """Every catalogued bug, most harmful first, with what goes wrong and where it happens."""
+    columns = ["bug", "client", "max_abs_diff", "mean_abs_diff", "top1_agreement", "accuracy",
+               "accuracy_drop_pts", "failed_requests", "what", "where"]
+    frame = pd.DataFrame(report.bug_rows(), columns=columns).set_index("bug")
+    return frame.dropna(axis=1, how="all")
+
+
+def plot_parity_impact(report):
+    """Horizontal bars per bug, failed requests hatched: the accuracy drop in points (labelled
+    data), else top-1 disagreement with the lab in percent, else (an untrained model that
+    predicts one class for everything) the mean abs tensor difference."""
+    import matplotlib.pyplot as plt
+
+    rows = report.bug_rows()
+    if report.labels is not None:
+        values = [r["accuracy_drop_pts"] for r in rows]
+        xlabel, unit, alarm = "accuracy drop vs the lab path (points)", "", 5
+    elif any(r["top1_agreement"] < 1 for r in rows):
+        values = [100 * (1 - r["top1_agreement"]) for r in rows]
+        xlabel, unit, alarm = "top-1 disagreement with the lab path (%)", "%", 5
+    else:
+        values = [min(r["mean_abs_diff"], 10.0) for r in rows]
+        xlabel, unit, alarm = "mean |serving − lab| per element (no labels; predictions never changed)", "", 0.1
+    fig, ax = plt.subplots(figsize=(7.5, 0.34 * len(rows) + 1.3))
+    bars = ax.barh([r["bug"] for r in rows], values,
+                   color=["#d62728" if v >= alarm else "#ff7f0e" if v > alarm / 10 else "#7f7f7f" for v in values])
+    top = max(values, default=0)
+    for bar, row, value in zip(bars, rows, values, strict=True):
+        if row["failed_requests"]:
+            bar.set_hatch("//")
+        ax.text(max(value, 0) + top * 0.01, bar.get_y() + bar.get_height() / 2,
+                f"{value:.3g}{unit}" + (" (requests fail)" if row["failed_requests"] else ""), va="center",
+                fontsize=8)
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.invert_yaxis()
+    ax.set_xlim(min(0, min(values, default=0)) - top * 0.02, top * 1.35 + 1e-9)
+    ax.set_xlabel(xlabel)
+    ax.set_title("What each serving bug costs on this model")
+    fig.tight_layout()
+    return fig
+
+
+def plot_model_view(report, bugs: int = 5, images: int = 3):
+    """What the model sees: the lab path's input beside the motivating case, the square resize
+    and the most harmful other bugs that still produce a tensor, denormalized."""
+    import matplotlib.pyplot as plt
+
+    from .parity import viewable
+
+    shown = [r["bug"] for r in report.bug_rows() if r["failed_requests"] < len(report.names)]
+    headline = [name for name in ("motivating_case", "square_resize") if name in shown]
+    worst = (headline + [name for name in shown if name not in headline])[:bugs]
+    results = {r.path: r for r in report.bugs}
+    lab_set = report.request_sets["rgb"]
+    picks = list(range(min(images, len(report.names))))
+    columns = ["lab path"] + worst
+    fig, axes = plt.subplots(len(picks), len(columns), figsize=(2.1 * len(columns), 2.2 * len(picks)),
+                             squeeze=False)
+    for row, index in enumerate(picks):
+        for col, name in enumerate(columns):
+            ax = axes[row][col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            tensor = lab_set.lab_tensors[index] if col == 0 else results[name].tensors[index]
+            if tensor is None:
+                ax.text(0.5, 0.5, "request\nfailed", ha="center", va="center", color="#b00020")
+            else:
+                ax.imshow(viewable(tensor, report.recipe))
+            if row == 0:
+                ax.set_title(name, fontsize=8)
+            if col == 0:
+                ax.set_ylabel(report.names[index], fontsize=7)
+    fig.suptitle("What the model sees (denormalized, clipped to [0, 1])", fontsize=10)
     fig.tight_layout()
     return fig

@@ -6,13 +6,15 @@ import html
 import json
 from pathlib import Path
 
+from .results import gate_verdict
+
 __all__ = ["write_report", "sorted_gates", "notebook_images"]
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem;font-size:.9rem}
 th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}
-th{background:#f3f3f3}.pass{color:#0a7d32;font-weight:600}.fail{color:#b00020;font-weight:600}
+th{background:#f3f3f3}.pass{color:#0a7d32;font-weight:600}.fail{color:#b00020;font-weight:600}.skip{color:#777}
 .verdict{font-size:1.4rem;padding:.6rem 1rem;border-radius:6px;display:inline-block}
 .ok{background:#e3f5e8}.bad{background:#fbe3e6}img{max-width:100%;border:1px solid #eee}
 code{background:#f6f6f6;padding:0 .2rem}
@@ -21,7 +23,8 @@ code{background:#f6f6f6;padding:0 .2rem}
 
 def sorted_gates(gates: list[dict]) -> list[dict]:
     """Failures first, then by notebook and name."""
-    return sorted(gates, key=lambda g: (g["passed"], g.get("notebook", ""), g["name"]))
+    order = {"FAIL": 0, "SKIP": 1, "PASS": 2}
+    return sorted(gates, key=lambda g: (order[gate_verdict(g)], g.get("notebook", ""), g["name"]))
 
 
 def _cell(value) -> str:
@@ -62,11 +65,11 @@ def write_report(summary: dict, run_dir: Path) -> Path:
     """Write run_dir/report.html from a summary (the summary.json contract)."""
     gates = sorted_gates(summary["gates"])
     errors = [n for n in summary["notebooks"] if n["status"] != "ok"]
-    failed = [g for g in gates if not g["passed"]]
+    failed = [g for g in gates if g["passed"] is False]
     ok = not errors and not failed
     verdict = ("READY: every gate passed" if ok else
                f"NOT READY: {len(failed)} gate(s) failed, {len(errors)} notebook(s) errored")
-    gate_rows = [{"verdict": "PASS" if g["passed"] else "FAIL", **{k: v for k, v in g.items()
+    gate_rows = [{"verdict": gate_verdict(g), **{k: v for k, v in g.items()
                   if k != "passed"}} for g in gates]
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>lab2prod {html.escape(summary['run_id'])}</title>",
@@ -75,7 +78,8 @@ def write_report(summary: dict, run_dir: Path) -> Path:
         f"{html.escape(summary.get('created', ''))}</p>",
         f"<div class='verdict {'ok' if ok else 'bad'}'>{html.escape(verdict)}</div>",
         "<h2>Gates</h2>", _table(gate_rows).replace("<td>PASS</td>", "<td class='pass'>PASS</td>")
-        .replace("<td>FAIL</td>", "<td class='fail'>FAIL</td>"),
+        .replace("<td>FAIL</td>", "<td class='fail'>FAIL</td>")
+        .replace("<td>SKIP</td>", "<td class='skip'>SKIP</td>"),
         "<h2>Notebooks</h2>",
         _table([{**n, "notebook": f"{n['name']}.ipynb"} for n in summary["notebooks"]]),
         "<h2>Parameters</h2>", _table([summary["params"]]),

@@ -12,7 +12,7 @@ from .errors import Lab2ProdError
 from .files import atomic_write
 from .paths import OUTPUTS_DIR
 
-__all__ = ["resolve_run_dir", "gate", "record", "load_results", "to_jsonable", "write_json"]
+__all__ = ["resolve_run_dir", "gate", "gate_verdict", "record", "load_results", "to_jsonable", "write_json"]
 
 
 def resolve_run_dir(run_dir: str | Path | None) -> Path:
@@ -58,10 +58,17 @@ def write_json(path: Path, payload) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def gate(name: str, passed: bool, value=None, threshold=None, detail: str = "") -> dict:
-    """A pass/fail verdict with the number behind it."""
-    return {"name": name, "passed": bool(passed), "value": value, "threshold": threshold,
-            "detail": detail}
+def gate(name: str, passed: bool, value=None, threshold=None, detail: str = "",
+         skipped: bool = False) -> dict:
+    """A pass/fail verdict with the number behind it; a skipped gate (the check does not apply
+    to this model) has passed=None and says why in `detail`."""
+    return {"name": name, "passed": None if skipped else bool(passed), "value": value,
+            "threshold": threshold, "detail": detail}
+
+
+def gate_verdict(g: dict) -> str:
+    """PASS, FAIL or SKIP for one gate."""
+    return "SKIP" if g["passed"] is None else ("PASS" if g["passed"] else "FAIL")
 
 
 def record(run_dir: str | Path, name: str, values: dict, gates: list[dict], notebook: str) -> Path:

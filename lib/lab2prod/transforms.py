@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 __all__ = [
     "DIGITS_INPUT_SIZE",
@@ -11,6 +13,11 @@ __all__ = [
     "DIGITS_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "Recipe",
+    "DIGITS_RECIPE",
+    "IMAGENET_RECIPE",
+    "recipe_transform",
+    "recipe_of",
     "digits_lab_transform",
     "imagenet_lab_transform",
 ]
@@ -24,27 +31,67 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What a lab transform does: resize the shorter side to `resize` pixels with `interpolation`,
+    centre-crop `crop` x `crop`, scale to float [0, 1], normalize with `mean` and `std`."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR
+
+
+DIGITS_RECIPE = Recipe(DIGITS_INPUT_SIZE, DIGITS_INPUT_SIZE, DIGITS_MEAN, DIGITS_STD)
+IMAGENET_RECIPE = Recipe(256, 224, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def recipe_transform(
+    recipe: Recipe,
+    *,
+    interpolation: InterpolationMode | None = None,
+    antialias: bool = True,
+    square: bool = False,
+    scale: bool = True,
+    normalize: bool = True,
+) -> v2.Compose:
+    """The transform a recipe describes. The keyword arguments reproduce serving mistakes:
+    another interpolation, no antialias, a square resize without crop, no scaling, no Normalize."""
+    mode = interpolation or recipe.interpolation
+    size = [recipe.crop, recipe.crop] if square else recipe.resize
+    steps = [v2.ToImage(), v2.Resize(size, interpolation=mode, antialias=antialias)]
+    if not square:
+        steps.append(v2.CenterCrop(recipe.crop))
+    steps.append(v2.ToDtype(torch.float32, scale=scale))
+    if normalize:
+        steps.append(v2.Normalize(mean=list(recipe.mean), std=list(recipe.std)))
+    return v2.Compose(steps)
+
+
+def recipe_of(transform) -> Recipe | None:
+    """Read the recipe out of a torchvision Compose (v1 or v2) with Resize(int), CenterCrop and
+    Normalize; None when the transform is something else (its bugs cannot be derived then)."""
+    steps = getattr(transform, "transforms", None)
+    if not steps:
+        return None
+    found = {type(step).__name__: step for step in steps}
+    resize, crop, norm = found.get("Resize"), found.get("CenterCrop"), found.get("Normalize")
+    if resize is None or crop is None or norm is None:
+        return None
+    size = resize.size[0] if isinstance(resize.size, (list, tuple)) and len(resize.size) == 1 else resize.size
+    crop_size = crop.size[0] if isinstance(crop.size, (list, tuple)) else crop.size
+    if not isinstance(size, int) or (isinstance(crop.size, (list, tuple)) and len(set(crop.size)) != 1):
+        return None
+    return Recipe(int(size), int(crop_size), tuple(float(m) for m in norm.mean),
+                  tuple(float(s) for s in norm.std), resize.interpolation)
+
+
 def digits_lab_transform(normalize: bool = True) -> v2.Compose:
     """Resize the shorter side to 32, centre-crop 32x32, scale to float [0, 1], normalize."""
-    steps = [
-        v2.ToImage(),
-        v2.Resize(DIGITS_INPUT_SIZE, antialias=True),
-        v2.CenterCrop(DIGITS_INPUT_SIZE),
-        v2.ToDtype(torch.float32, scale=True),
-    ]
-    if normalize:
-        steps.append(v2.Normalize(mean=DIGITS_MEAN, std=DIGITS_STD))
-    return v2.Compose(steps)
+    return recipe_transform(DIGITS_RECIPE, normalize=normalize)
 
 
 def imagenet_lab_transform() -> v2.Compose:
     """The torchvision ImageNet recipe: Resize(256), CenterCrop(224), scale, ImageNet mean/std."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(256, antialias=True),
-            v2.CenterCrop(224),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        ]
-    )
+    return recipe_transform(IMAGENET_RECIPE)

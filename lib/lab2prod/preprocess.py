@@ -1,0 +1,68 @@
+"""The serving path: raw request bytes to the model's input tensor, through the lab transform object."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import Lab2ProdError
+from .transforms import DIGITS_RECIPE, IMAGENET_RECIPE, Recipe, recipe_of, recipe_transform
+
+__all__ = ["decode_request", "ServingPath", "lab_transform_for", "load_transform"]
+
+
+def decode_request(data: bytes) -> Image.Image:
+    """Decode request bytes as the lab loaded its files: EXIF orientation applied, converted to RGB.
+
+    Raises Lab2ProdError for empty or undecodable bytes.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+        raise Lab2ProdError("request body is empty; send the image file's bytes")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise Lab2ProdError(f"request body ({len(data)} bytes) is not a readable image: {exc}") from None
+
+
+class ServingPath:
+    """bytes -> tensor: decode like the lab, then apply the lab transform object itself (not a copy).
+
+    A server imports this instead of re-implementing preprocessing, so the lab and the service
+    cannot drift apart.
+    """
+
+    def __init__(self, lab_transform: Callable[[Image.Image], torch.Tensor]):
+        self.lab_transform = lab_transform
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        return self.lab_transform(decode_request(data))
+
+
+def load_transform(spec: str, what: str) -> Callable:
+    """Import a user transform given as package.module:callable."""
+    from .models import import_object
+
+    transform = import_object(spec, what)
+    if not callable(transform):
+        raise Lab2ProdError(f"{what} {spec!r} is {type(transform).__name__}, not callable")
+    return transform
+
+
+def lab_transform_for(family: str, spec: str = "") -> tuple[Callable, Recipe | None]:
+    """The lab transform of a model family ("digits" or "imagenet"), or the user's `spec`
+    (package.module:callable taking a PIL image), with the recipe read from it when possible."""
+    if spec:
+        transform = load_transform(spec, "lab_transform")
+        return transform, recipe_of(transform)
+    recipes = {"digits": DIGITS_RECIPE, "imagenet": IMAGENET_RECIPE}
+    if family not in recipes:
+        raise Lab2ProdError(
+            f"model family {family!r} has no image transform; preprocessing parity needs an image model "
+            "(or pass lab_transform=package.module:callable)")
+    recipe = recipes[family]
+    return recipe_transform(recipe), recipe
