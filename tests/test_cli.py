@@ -149,3 +149,35 @@ def test_parity_is_skipped_for_a_model_that_takes_tensors(run_cli, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SKIP parity:serving" in proc.stdout
     assert _summary(out, "r")["gates"][0]["passed"] is None
+
+
+QUICK_QUANT = ["--no-progress", "-p", "batch_sizes=[1,4]", "-p", "min_run_time=0.05"]
+
+
+@pytest.mark.parametrize("model, extra", [
+    ("digits_mlp", []),
+    ("lab2prod.examples:lstm_classifier", ["--example-inputs", "lab2prod.examples:sequence_inputs",
+                                           "-p", "eval_count=64"]),
+])
+def test_quantization_run_compares_both_libraries(run_cli, tmp_path, model, extra):
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "quantization", "--model", model, *extra, *QUICK_QUANT,
+                   "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS quantization:accuracy" in proc.stdout and "PASS quantization:export" in proc.stdout
+    values = _summary(out, "r")["results"]["quantization"]
+    rows = {(r["method"], r["batch_size"]): r for r in values["methods"]}
+    assert {m for m, _ in rows} == {"fp32", "torch_ao_dynamic", "torchao_int8_dynamic", "torchao_int8_weight_only"}
+    ao = rows[("torch_ao_dynamic", 4)]
+    assert set(ao) >= {"latency_ms", "speedup", "size_bytes", "size_ratio", "accuracy", "accuracy_drop_pts",
+                       "cosine", "top1_agreement", "coverage_params", "coverage_flops"}
+    assert ao["size_ratio"] > 3 and ao["coverage_params"] > 0.9 and ao["cosine"] > 0.99
+    assert (ao["accuracy"] is not None) == (model == "digits_mlp")
+    assert (out / "r" / values["export"]["file"]).exists()
+
+
+def test_quantization_bad_method_exits_2_before_a_run_folder(run_cli, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "quantization", "-p", "methods=['int4']", "--out", str(out))
+    assert proc.returncode == 2 and "quantization methods ['int4'] are not known" in proc.stderr
+    assert not out.exists()

@@ -1,6 +1,6 @@
 """Write notebooks/*.ipynb from the cell sources below (outputs are added by executing them).
 
-    python tools/make_notebooks.py && python tools/execute_notebooks.py
+    python tools/make_notebooks.py [names] && python tools/execute_notebooks.py [names]
 """
 
 from pathlib import Path
@@ -240,6 +240,266 @@ nb.gates_frame(gates)[["verdict", "threshold", "detail"]]
 """),
 ]
 
+QUANTIZATION = [
+    md("""
+# 03 · Dynamic int8 quantization: what it buys and what it costs, for this model
+
+Dynamic int8 quantization is the cheapest speedup a CPU deployment can get, and the easiest
+to ship broken: nobody measured the accuracy, or the speedup, or the fact that it only touches
+the Linear layers of a conv net. This notebook quantizes the same model by two libraries, side
+by side, and measures size, latency, accuracy (or fidelity to fp32 where there are no labels),
+coverage and per-layer sensitivity, then exports the recommended recipe and reloads it in a
+fresh process.
+
+**Methods.** `torch_ao_dynamic` is `torch.ao.quantization.quantize_dynamic`: what deployed
+systems use today, **deprecated upstream** (the *old path*). Its x86/fbgemm kernels quantize
+activations per batch and run int8 GEMMs, fused in C++. `torchao_int8_dynamic` and
+`torchao_int8_weight_only` are torchao's `quantize_` configs (the *new path*). torchao is
+written for GPUs and `torch.compile`; in eager mode on a CPU its ops run unfused, so expect
+them to gain less here, and weight-only int8 to be slower than fp32 (it dequantizes the
+weights on every call). The measured numbers below say how much, on this machine.
+"""),
+    code("""
+model = "digits_mlp"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
+weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
+example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
+methods = ["torch_ao_dynamic", "torchao_int8_dynamic", "torchao_int8_weight_only"]  # recipes to compare
+module_types = ["Linear", "LSTM", "GRU"]  # layer types torch.ao quantizes (torchao: Linear only)
+engine = "auto"  # quantized engine: auto, x86, fbgemm, onednn or qnnpack
+batch_sizes = [1, 16]  # batch sizes timed
+threads = 1  # torch threads while timing (one per worker is the serving default)
+min_run_time = 0.5  # seconds of timing per recipe and batch size
+accuracy_budget_pts = 1.0  # largest accuracy drop (points; top-1 disagreement when unlabelled) that passes
+eval_count = 360  # unlabelled inputs for fidelity (labelled models use all 360 held-out digits)
+run_dir = ""  # run folder; empty means outputs/interactive
+seed = 0  # seed for input draws and untrained weights
+""", tags=["parameters"]),
+    code("""
+import pandas as pd
+import torch
+
+from lab2prod import notebook as nb
+from lab2prod import quantization as q
+from lab2prod.models import load_model
+from lab2prod.results import record
+
+nb.quiet_deprecations()
+run_dir = nb.resolve_run_dir(run_dir)
+methods = q.check_methods(methods)
+types = q.resolve_module_types(module_types)
+quantized_engine = q.resolve_engine(engine)
+loaded = load_model(model, weights, example_inputs, seed)
+data = q.eval_data(loaded, eval_count, seed)
+print(f"quantized engine: {quantized_engine}; timing on {threads} thread(s); "
+      f"{'accuracy on' if data.labels is not None else 'fidelity on'} {len(data.inputs)} held-out inputs")
+pd.DataFrame([loaded.card()]).set_index("model")
+"""),
+    md("""
+## Measure every recipe on the same model, data and batches
+
+Quality is measured once per recipe, latency at each batch size (torch.utils.benchmark,
+median of repeated blocks after a warm-up call). `size_bytes` is the saved state_dict.
+`coverage_params` and `coverage_flops` are the shares of parameters and FLOPs in the layers a
+method quantizes: a conv net whose FLOPs sit in convolutions cannot gain much from a method
+that only quantizes Linear layers.
+"""),
+    code("""
+results = q.evaluate_methods(loaded, methods, types, batch_sizes, threads, min_run_time, seed, data, progress=False)
+nb.quantization_frame(results)
+"""),
+    code("""
+print("\\n".join(q.findings(results, batch_sizes)))
+"""),
+    code("""
+fig = nb.plot_quantization_tradeoff(results, max(batch_sizes), accuracy_budget_pts)
+"""),
+    md("""
+## Per-layer sensitivity
+
+Each layer quantized alone (torch.ao), the rest kept in fp32: its accuracy drop (or top-1
+disagreement) and its relative output error. When the whole-model recipe exceeds the budget,
+a selective recipe keeps the most sensitive layers in fp32, one more at a time, until it fits;
+it gets its own row.
+"""),
+    code("""
+sensitivity = q.layer_sensitivity(loaded, "torch_ao_dynamic", types, data) if "torch_ao_dynamic" in methods else []
+print(q.add_selective(results, loaded, types, sensitivity, data, accuracy_budget_pts, batch_sizes, threads,
+                     min_run_time, seed))
+pd.DataFrame(sensitivity).set_index("layer") if sensitivity else "no layer of the chosen types to quantize"
+"""),
+    md("""
+## Export the recommended recipe and reload it in a fresh process
+
+The recommended recipe is the fastest at the largest batch size within the accuracy budget.
+torch.ao models are saved as TorchScript (the old path), torchao models through `torch.export`;
+the file is loaded in a new Python process and compared with the in-process quantized model.
+"""),
+    code("""
+best = q.recommended(results, accuracy_budget_pts, max(batch_sizes))
+exported = q.export_quantized(best, loaded, run_dir / "models", batch_sizes, seed) if best else None
+pd.DataFrame([exported]).set_index("method") if exported else "no recipe within the accuracy budget"
+"""),
+    md("""
+## Gates
+
+`quantization:accuracy`: a quantized recipe stays within `accuracy_budget_pts` (top-1
+disagreement with fp32 when there are no labels). `quantization:export`: that recipe's file
+reloads in a fresh process and matches the in-process model (max abs diff ≤ 1e-4, top-1
+identical).
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+gates = q.quantization_gates(results, best, exported, accuracy_budget_pts)
+record(run_dir, "quantization", {
+    "model": loaded.card(),
+    "engine": quantized_engine,
+    "threads": threads,
+    "labelled": data.labels is not None,
+    "methods": [row for r in results for row in r.rows(results[0])],
+    "sensitivity": sensitivity,
+    "recommended": best.method if best else None,
+    "export": exported,
+    "findings": q.findings(results, batch_sizes),
+}, gates, notebook="03_quantization")
+nb.gates_frame(gates)[["verdict", "threshold", "detail"]]
+"""),
+]
+
+BENCHMARK = [
+    md("""
+# 04 · Latency benchmark: tail latency, batch sweep, and the batch size that meets the SLA
+
+"It ran fast on my laptop" is not a latency budget. A service is judged by its tail (P99),
+at the batch size it actually runs, with the threads it actually has. This notebook times
+each variant of the model (eager, TorchScript, torch.export, dynamic int8 on CPU; on a CUDA
+GPU also fp16/bf16 autocast, channels_last, torch.compile and CUDA graphs) at each batch size,
+after checking that the variant gives the same answers as eager fp32 (a fast but wrong variant
+is flagged, not ranked), and picks the highest-throughput configuration whose P99 meets the
+SLA, the way Triton Model Analyzer does (constraint first, then objective).
+
+**Harness.** Warm-up until consecutive windows agree, then per-call samples until the median
+is stable (or the time budget runs out); CPU calls timed with `perf_counter_ns`, CUDA calls with
+events and a synchronize. The raw samples are kept. TorchScript is the old path (deprecated
+upstream); torch.export is the new one.
+"""),
+    code("""
+model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
+weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
+example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
+device = "auto"  # auto (cuda when present, also cpu), cpu or cuda
+batch_sizes = [1, 4, 16, 64]  # batch sizes swept
+variants = ["auto"]  # ["auto"] = the device's defaults, or names such as ["eager", "torch_export"]
+sla_ms = 100.0  # latency objective: P99 per call must stay at or under this
+min_run_time = 1.0  # seconds of sampling per variant and batch size (more for expensive calls)
+threads = 1  # torch CPU threads while timing (one per worker is the serving default)
+run_dir = ""  # run folder; empty means outputs/interactive
+seed = 0  # seed for input draws and untrained weights
+""", tags=["parameters"]),
+    code("""
+import pandas as pd
+
+from lab2prod import benchmark as bm
+from lab2prod import notebook as nb
+from lab2prod.models import load_model
+from lab2prod.results import gate, record
+
+nb.quiet_deprecations()
+run_dir = nb.resolve_run_dir(run_dir)
+devices = nb.resolve_devices(device)
+loaded = load_model(model, weights, example_inputs, seed)
+machine = bm.machine_info()
+pd.DataFrame([{**loaded.card(), "devices": ", ".join(devices)}]).set_index("model")
+"""),
+    code("""
+pd.Series(machine, name="machine").to_frame()
+"""),
+    md("""
+## Sweep: every variant at every batch size
+
+`correct` says whether the variant matched eager fp32 on the same batch (cosine ≥ 0.999 and
+top-1 agreement ≥ 99%); `n` is the number of timed calls; `stable` whether the median had
+settled when sampling stopped. `peak_mem_bytes` is CUDA max allocated on a GPU and resident
+memory growth while timing on the CPU.
+"""),
+    code("""
+flops = bm.flops_per_item(loaded.module, loaded.make_inputs(2, seed))
+rows = []
+for dev in devices:
+    rows += bm.run_sweep(loaded, bm.check_variants(variants, dev), dev, batch_sizes, threads, min_run_time,
+                         seed, flops, progress=False)
+nb.benchmark_frame(rows)
+"""),
+    md("""
+## Latency distributions
+
+Every timed call at the largest batch size, per variant: the box is the middle half, the
+whiskers the 1st to 99th percentile; dots beyond them are the tail a P99 is made of.
+"""),
+    code("""
+fig = nb.plot_latency_distributions(rows, max(batch_sizes))
+"""),
+    md("""
+## P50 and P99 against batch size, with the SLA; throughput against batch size
+
+Larger batches raise throughput until the P99 crosses the SLA line: the best batch size is
+the last one under it.
+"""),
+    code("""
+fig = nb.plot_batch_sweep(rows, sla_ms)
+"""),
+    md("""
+## The configuration that meets the SLA
+
+Among correct rows with P99 ≤ `sla_ms`, the highest throughput.
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+choices = {dev: bm.choose_sla([r for r in rows if r.device == dev], sla_ms) for dev in devices}
+primary = devices[-1]  # the GPU when there is one
+chosen = choices[primary]
+wrong = sorted({f"{r.variant}@{r.device}" for r in rows if r.error is None and not r.correct})
+print(f"SLA p99 <= {sla_ms:g} ms: " + ("met" if chosen["met"] else "NOT met") + f" on {primary}")
+print("fast but wrong (not ranked):", ", ".join(wrong) if wrong else "none")
+"""),
+    code("""
+pd.DataFrame([{"device": dev, **choice} for dev, choice in choices.items()]).set_index("device")
+"""),
+    md("""
+## Efficiency: achieved FLOP/s against what the device can do
+
+FLOPs per inference from `torch.utils.flop_counter`; achieved GFLOP/s at the median latency.
+The practical ceiling is a large matmul measured on the same device with the same threads;
+on a known GPU the data-sheet peak is shown too. Small models at small batches sit far below
+both: they are bound by per-call overhead, not arithmetic.
+"""),
+    code("""
+efficiency = nb.efficiency_frame(rows, flops, devices, machine, threads)
+efficiency
+"""),
+    md("""
+## Gate
+
+`sla`: the chosen configuration's P99 is within `sla_ms` on the GPU when there is one, else the CPU.
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+gates = [gate("sla", chosen["met"], chosen["p99_ms"], sla_ms,
+              f"{chosen['variant']} at batch {chosen['batch_size']} on {primary}" if chosen["met"]
+              else f"no correct configuration has p99 <= {sla_ms:g} ms on {primary}")]
+record(run_dir, "benchmark", {
+    "model": loaded.card(),
+    "rows": [r.as_dict() for r in rows],
+    "sla": chosen,
+    "sla_by_device": choices,
+    "machine": machine,
+    "threads": threads,
+    "flops_per_item": flops,
+    "efficiency": efficiency.reset_index().to_dict("records"),
+}, gates, notebook="04_latency_benchmark")
+nb.gates_frame(gates)[["verdict", "threshold"]]
+"""),
+]
+
 ENVIRONMENT = [
     md("""
 # 00 · Environment: is the serving environment the lab environment?
@@ -382,7 +642,16 @@ def build(name, cells):
     return path
 
 
+NOTEBOOK_CELLS = {
+    "00_environment": ENVIRONMENT,
+    "01_export": EXPORT,
+    "02_preprocessing_parity": PARITY,
+    "03_quantization": QUANTIZATION,
+}
+
 if __name__ == "__main__":
-    print(build("00_environment", ENVIRONMENT))
-    print(build("01_export", EXPORT))
-    print(build("02_preprocessing_parity", PARITY))
+    import sys
+
+    # Rebuilding a notebook drops its outputs: name the ones whose cells changed, then execute them.
+    for name in sys.argv[1:] or NOTEBOOK_CELLS:
+        print(build(name, NOTEBOOK_CELLS[name]))

@@ -77,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     from .results import gate_verdict, resolve_run_dir
     from .runner import (
         check_parameters,
+        check_values,
         execute_run,
         new_run_id,
         parse_parameter,
@@ -92,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     params = {"model": args.model, "weights": args.weights,
               "example_inputs": args.example_inputs, "device": args.device, **extra}
     _check_device(params["device"])
+    check_values(params)
     if params.get("lock_path"):
         from .environment import read_lock
 

@@ -15,6 +15,8 @@ __all__ = [
     "tabular_inputs",
     "tabular_mlp",
     "gated_net",
+    "sequence_inputs",
+    "lstm_classifier",
     "serving_bicubic",
     "serving_resize_without_crop",
 ]
@@ -52,6 +54,34 @@ class GatedNet(nn.Module):
 def gated_net() -> nn.Module:
     """The data-dependent model; exported by trace it must fail its parity gate."""
     return GatedNet()
+
+
+SEQUENCE_LENGTH, SEQUENCE_FEATURES = 24, 16
+
+
+def sequence_inputs(batch_size: int, seed: int) -> torch.Tensor:
+    """Sensor-like sequences: `batch_size` x 24 steps x 16 float32 features drawn from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    steps = torch.randn(batch_size, SEQUENCE_LENGTH, SEQUENCE_FEATURES, generator=generator)
+    return steps.cumsum(1) / SEQUENCE_LENGTH**0.5  # random walks: correlated in time, like real signals
+
+
+class LSTMClassifier(nn.Module):
+    """Two-layer LSTM over time, then a Linear head on the last step's state (10 classes)."""
+
+    def __init__(self, hidden: int = 256, num_classes: int = 10):
+        super().__init__()
+        self.lstm = nn.LSTM(SEQUENCE_FEATURES, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output, _ = self.lstm(x)
+        return self.head(output[:, -1])
+
+
+def lstm_classifier() -> nn.Module:
+    """An LSTM sequence classifier (random weights): dynamic quantization's other home."""
+    return LSTMClassifier()
 
 
 # ---------------------------------------------------------------- serving transforms (bytes -> tensor)

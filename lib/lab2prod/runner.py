@@ -23,6 +23,7 @@ __all__ = [
     "notebook_parameters",
     "parse_parameter",
     "check_parameters",
+    "check_values",
     "environment_summary",
     "execute_run",
     "new_run_id",
@@ -153,6 +154,25 @@ def check_parameters(params: dict, notebooks: list[NotebookRun]) -> dict:
             value = float(value)
         checked[name] = value
     return checked
+
+
+def check_values(params: dict) -> None:
+    """Reject parameter values a notebook would reject (unknown bug, method, layer type or
+    quantized engine; a transform that does not import) before any run folder exists."""
+    from . import parity, quantization
+    from .preprocess import load_transform
+
+    checks = {
+        "bugs": parity.select_bugs,
+        "methods": quantization.check_methods,
+        "module_types": quantization.resolve_module_types,
+        "engine": quantization.check_engine,
+        "lab_transform": lambda spec: load_transform(spec, "lab_transform"),
+        "serving_transform": lambda spec: load_transform(spec, "serving_transform"),
+    }
+    for name, check in checks.items():
+        if params.get(name) not in (None, ""):
+            check(params[name])
 
 
 def environment_summary() -> dict:

@@ -1,0 +1,451 @@
+"""Dynamic int8 quantization by torch.ao and torchao: size, latency, accuracy, coverage, per-layer sensitivity."""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import Lab2ProdError
+
+__all__ = [
+    "METHODS",
+    "MODULE_TYPES",
+    "check_engine",
+    "resolve_engine",
+    "resolve_module_types",
+    "check_methods",
+    "quantize",
+    "quantized_layers",
+    "coverage",
+    "serialized_size",
+    "latency_ms",
+    "EvalData",
+    "eval_data",
+    "quality",
+    "MethodResult",
+    "evaluate_methods",
+    "layer_sensitivity",
+    "selective_recipe",
+    "export_quantized",
+    "recommended",
+    "findings",
+    "add_selective",
+    "quantization_gates",
+]
+
+# method -> (library path, what it does). torch.ao is the old path (deprecated upstream), torchao the new one.
+METHODS = {
+    "torch_ao_dynamic": ("torch.ao (old path)", "quantize_dynamic: int8 weights, activations quantized per batch"),
+    "torchao_int8_dynamic": ("torchao (new path)", "Int8DynamicActivationInt8WeightConfig"),
+    "torchao_int8_weight_only": ("torchao (new path)", "Int8WeightOnlyConfig: int8 weights, float activations"),
+}
+MODULE_TYPES = {"Linear": nn.Linear, "LSTM": nn.LSTM, "GRU": nn.GRU, "LSTMCell": nn.LSTMCell,
+                "GRUCell": nn.GRUCell, "RNNCell": nn.RNNCell}
+TORCHAO_TYPES = (nn.Linear,)  # torchao's int8 configs replace Linear weights only
+
+
+def check_engine(engine: str) -> str:
+    """`engine` if this torch build supports it ("auto" included); a clear error otherwise."""
+    supported = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    if engine not in ("auto", "", None) and engine not in supported:
+        raise Lab2ProdError(f"quantized engine {engine!r} is not supported by this torch build; "
+                            f"use auto or one of {', '.join(supported)}")
+    return engine
+
+
+def resolve_engine(engine: str = "auto") -> str:
+    """Set and return the quantized engine: "auto" keeps torch's default for this CPU; a name must
+    be one of torch.backends.quantized.supported_engines."""
+    if check_engine(engine) in ("auto", "", None):
+        return torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    return engine
+
+
+def resolve_module_types(names) -> tuple[type, ...]:
+    """Module classes from names such as ["Linear", "LSTM"]."""
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in MODULE_TYPES]
+    if unknown or not names:
+        raise Lab2ProdError(f"module_types {names!r} are not quantizable dynamically; "
+                            f"use some of {', '.join(MODULE_TYPES)}")
+    return tuple(MODULE_TYPES[n] for n in names)
+
+
+def check_methods(methods) -> list[str]:
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise Lab2ProdError(f"quantization methods {methods!r} are not known; use some of {', '.join(METHODS)}")
+    return methods
+
+
+def _import_torchao():
+    # torchao logs import-time notices through torch's loggers; they are noise in a report.
+    for name in ("torch.utils._pytree", "torch.utils.cpp_extension", "torchao"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import torchao.quantization as tq
+    except ImportError:  # pragma: no cover - pinned in requirements.txt
+        raise Lab2ProdError("the torchao methods need torchao; pip install -r requirements.txt") from None
+    return tq
+
+
+def quantized_layers(module: nn.Module, method: str, module_types: tuple[type, ...]) -> list[str]:
+    """Names of the leaf layers that `method` quantizes in `module`."""
+    types = tuple(t for t in module_types if t in TORCHAO_TYPES) if method.startswith("torchao") else module_types
+    return [name for name, child in module.named_modules() if name and types and isinstance(child, types)]
+
+
+def quantize(module: nn.Module, method: str, module_types: tuple[type, ...], keep_fp32=()) -> nn.Module:
+    """A quantized copy of `module`; the layers named in `keep_fp32` stay in float."""
+    check_methods([method])
+    model = copy.deepcopy(module).eval()
+    layers = [n for n in quantized_layers(model, method, module_types) if n not in set(keep_fp32)]
+    if not layers:
+        return model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        if method == "torch_ao_dynamic":
+            qconfig = torch.ao.quantization.default_dynamic_qconfig
+            return torch.ao.quantization.quantize_dynamic(model, {name: qconfig for name in layers}, dtype=torch.qint8)
+        tq = _import_torchao()
+        config = (tq.Int8DynamicActivationInt8WeightConfig() if method == "torchao_int8_dynamic"
+                  else tq.Int8WeightOnlyConfig())
+        chosen = set(layers)
+        tq.quantize_(model, config, filter_fn=lambda child, fqn: fqn in chosen)
+    return model
+
+
+_RNN_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
+
+
+def _rnn_flops(module: nn.Module, inputs: tuple) -> int:
+    # torch.utils.flop_counter does not count the fused RNN ops; count their matmuls here:
+    # per layer and direction, 2 * gates * hidden * (input + hidden) multiply-adds per step.
+    x = inputs[0]
+    steps, batch = (x.shape[1], x.shape[0]) if module.batch_first else (x.shape[0], x.shape[1])
+    if x.dim() == 2:
+        steps, batch = x.shape[0], 1
+    gates = next(g for t, g in _RNN_GATES.items() if isinstance(module, t))
+    directions = 2 if module.bidirectional else 1
+    flops = 0
+    for layer in range(module.num_layers):
+        width = module.input_size if layer == 0 else module.hidden_size * directions
+        flops += directions * 2 * gates * module.hidden_size * (width + module.hidden_size)
+    return flops * steps * batch
+
+
+def coverage(module: nn.Module, layers: list[str], example: torch.Tensor) -> tuple[float, float]:
+    """(share of parameters, share of FLOPs) in `layers`, each 0..1; FLOPs from
+    torch.utils.flop_counter on `example`, plus the matmuls of LSTM/GRU/RNN layers, which it
+    does not count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    total_params = sum(p.numel() for p in module.parameters())
+    named = dict(module.named_modules())
+    params = sum(p.numel() for name in layers for p in named[name].parameters())
+    rnn_flops: dict[str, int] = {}
+    hooks = [child.register_forward_hook(
+        lambda mod, inputs, output, name=name: rnn_flops.__setitem__(name, _rnn_flops(mod, inputs)))
+        for name, child in named.items() if isinstance(child, tuple(_RNN_GATES))]
+    try:
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            module(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    root = type(module).__name__
+    total_flops = counts.get("Global", 0) + sum(rnn_flops.values())
+    flops = sum(counts.get(f"{root}.{name}", 0) + rnn_flops.get(name, 0) for name in layers)
+    return (params / total_params if total_params else 0.0, flops / total_flops if total_flops else 0.0)
+
+
+def serialized_size(module: nn.Module) -> int:
+    """Bytes of torch.save(module.state_dict()): what a deployment ships."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save(module.state_dict(), buffer)
+    return len(buffer.getvalue())
+
+
+def latency_ms(module: nn.Module, batch: torch.Tensor, threads: int, min_run_time: float) -> float:
+    """Median milliseconds per call, torch.utils.benchmark's blocked_autorange on `threads` threads."""
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer("module(batch)", globals={"module": module, "batch": batch}, num_threads=threads)
+    with torch.inference_mode():
+        module(batch)  # warm-up: first calls pack weights and pick kernels
+        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+@dataclass
+class EvalData:
+    """Inputs the quality numbers are measured on, with labels when the model has labelled data."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor | None
+
+
+def eval_data(loaded, count: int = 360, seed: int = 0) -> EvalData:
+    """Held-out digits with labels for the reference models; `count` held-out inputs otherwise."""
+    if loaded.family == "digits":
+        from .models import _digits_tensors
+
+        images, labels = _digits_tensors("test")
+        return EvalData(images, labels)
+    return EvalData(loaded.make_inputs(count, seed, "test"), None)
+
+
+def _outputs(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    from .reload_check import _first_tensor
+
+    with torch.inference_mode():
+        return torch.cat([_first_tensor(module(chunk)).float() for chunk in inputs.split(64)])
+
+
+def quality(reference: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    """Fidelity of `outputs` to the fp32 `reference` (mean cosine similarity per sample, top-1
+    agreement, relative L2 error) and accuracy when labels are given."""
+    ref, out = reference.flatten(1), outputs.flatten(1)
+    row = {
+        "cosine": float(nn.functional.cosine_similarity(ref, out, dim=1).mean()),
+        "top1_agreement": float((ref.argmax(1) == out.argmax(1)).float().mean()),
+        "relative_error": float((out - ref).norm() / ref.norm().clamp_min(1e-12)),
+        "accuracy": None,
+    }
+    if labels is not None:
+        row["accuracy"] = float((out.argmax(1) == labels).float().mean())
+    return row
+
+
+def _drop_pts(row: dict, fp32: dict) -> float:
+    """Accuracy drop in points when labelled, else top-1 disagreement with fp32 in points."""
+    if fp32["accuracy"] is not None:
+        return round(100 * (fp32["accuracy"] - row["accuracy"]), 2)
+    return round(100 * (1 - row["top1_agreement"]), 2)
+
+
+@dataclass
+class MethodResult:
+    """One recipe (fp32, a method, or a selective recipe) measured once for quality and size,
+    and at each batch size for latency."""
+
+    method: str
+    module: nn.Module = field(repr=False)
+    layers: list[str]
+    keep_fp32: list[str]
+    size_bytes: int
+    coverage_params: float
+    coverage_flops: float
+    quality: dict
+    accuracy_drop_pts: float
+    latency_ms: dict[int, float] = field(default_factory=dict)
+
+    def rows(self, fp32: MethodResult) -> list[dict]:
+        """The named-results rows, one per batch size."""
+        return [{
+            "method": self.method,
+            "batch_size": batch_size,
+            "latency_ms": self.latency_ms[batch_size],
+            "speedup": fp32.latency_ms[batch_size] / self.latency_ms[batch_size],
+            "size_bytes": self.size_bytes,
+            "size_ratio": fp32.size_bytes / self.size_bytes,
+            "accuracy": self.quality["accuracy"],
+            "accuracy_drop_pts": self.accuracy_drop_pts,
+            "cosine": self.quality["cosine"],
+            "top1_agreement": self.quality["top1_agreement"],
+            "coverage_params": self.coverage_params,
+            "coverage_flops": self.coverage_flops,
+            "quantized_layers": len(self.layers),
+            "kept_fp32": list(self.keep_fp32),
+        } for batch_size in sorted(self.latency_ms)]
+
+
+def _measure(name: str, model: nn.Module, layers: list[str], keep: list[str], loaded, data: EvalData,
+             reference: torch.Tensor, fp32_quality: dict | None) -> MethodResult:
+    example = loaded.make_inputs(2, 0)
+    params_share, flops_share = coverage(loaded.module, layers, example) if layers else (0.0, 0.0)
+    row = quality(reference, _outputs(model, data.inputs), data.labels)
+    drop = _drop_pts(row, fp32_quality or row)
+    return MethodResult(name, model, layers, keep, serialized_size(model), params_share, flops_share, row, drop)
+
+
+def _time(results: list[MethodResult], loaded, batch_sizes, threads, min_run_time, seed, progress,
+          rounds: int = 2) -> None:
+    # Recipes are timed in alternating rounds and each keeps its best median, so a slow moment of a
+    # shared machine (or the order of measurement) does not decide which recipe looks faster.
+    from tqdm import tqdm
+
+    steps = [(round_, b, r) for round_ in range(rounds) for b in batch_sizes for r in results]
+    batches = {b: loaded.make_inputs(b, seed, "test") for b in batch_sizes}
+    for round_, batch_size, result in tqdm(steps, desc="latency", unit="run", disable=not progress):
+        median = latency_ms(result.module, batches[batch_size], threads, min_run_time / rounds)
+        previous = result.latency_ms.get(batch_size)
+        result.latency_ms[batch_size] = median if previous is None or round_ == 0 else min(previous, median)
+
+
+def evaluate_methods(loaded, methods, module_types, batch_sizes, threads: int = 1, min_run_time: float = 0.5,
+                     seed: int = 0, data: EvalData | None = None, progress: bool = True) -> list[MethodResult]:
+    """fp32 first, then each method on the same model, data and batches."""
+    methods = check_methods(methods)
+    data = data or eval_data(loaded, seed=seed)
+    reference = _outputs(loaded.module, data.inputs)
+    fp32 = _measure("fp32", loaded.module, [], [], loaded, data, reference, None)
+    results = [fp32]
+    for method in methods:
+        layers = quantized_layers(loaded.module, method, module_types)
+        model = quantize(loaded.module, method, module_types)
+        results.append(_measure(method, model, layers, [], loaded, data, reference, fp32.quality))
+    _time(results, loaded, batch_sizes, threads, min_run_time, seed, progress)
+    return results
+
+
+def layer_sensitivity(loaded, method: str, module_types, data: EvalData) -> list[dict]:
+    """Quantize one layer at a time: each layer's accuracy drop (or disagreement) and relative
+    output error vs fp32, most sensitive first."""
+    reference = _outputs(loaded.module, data.inputs)
+    fp32 = quality(reference, reference, data.labels)
+    layers = quantized_layers(loaded.module, method, module_types)
+    named = dict(loaded.module.named_modules())
+    rows = []
+    for layer in layers:
+        model = quantize(loaded.module, method, module_types, keep_fp32=[n for n in layers if n != layer])
+        row = quality(reference, _outputs(model, data.inputs), data.labels)
+        rows.append({"layer": layer, "type": type(named[layer]).__name__,
+                     "parameters": sum(p.numel() for p in named[layer].parameters()),
+                     "accuracy_drop_pts": _drop_pts(row, fp32), "relative_error": row["relative_error"],
+                     "cosine": row["cosine"]})
+    return sorted(rows, key=lambda r: (-r["accuracy_drop_pts"], -r["relative_error"]))
+
+
+def selective_recipe(loaded, method: str, module_types, sensitivity: list[dict], data: EvalData,
+                     budget_pts: float, fp32: MethodResult) -> MethodResult | None:
+    """Keep the most sensitive layers in fp32, one more at a time, until the drop is within the
+    budget; None when even one quantized layer exceeds it."""
+    reference = _outputs(loaded.module, data.inputs)
+    layers = quantized_layers(loaded.module, method, module_types)
+    for kept in range(1, len(sensitivity)):
+        keep = [r["layer"] for r in sensitivity[:kept]]
+        model = quantize(loaded.module, method, module_types, keep_fp32=keep)
+        result = _measure(f"{method}_selective", model, [n for n in layers if n not in keep], keep, loaded, data,
+                          reference, fp32.quality)
+        if result.accuracy_drop_pts <= budget_pts:
+            return result
+    return None
+
+
+def recommended(results: list[MethodResult], budget_pts: float, batch_size: int) -> MethodResult | None:
+    """The fastest quantized recipe at `batch_size` within the accuracy budget."""
+    within = [r for r in results if r.method != "fp32" and r.accuracy_drop_pts <= budget_pts]
+    return min(within, key=lambda r: r.latency_ms[batch_size], default=None)
+
+
+def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, seed: int = 0) -> dict:
+    """Save a quantized recipe as TorchScript (torch.ao) or torch.export (torchao), reload it in
+    a fresh process, and compare with the in-process quantized model. Returns a status dict:
+    format, file, produced, error, max_abs_diff, top1_agreement."""
+    from .export import reload_in_fresh_process
+    from .reload_check import _first_tensor
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cases = {f"held-out:{b}": loaded.make_inputs(b, seed + 1, "test") for b in batch_sizes}
+    example = loaded.make_inputs(2, seed, "train")
+    fmt = "torchscript_trace" if result.method.startswith("torch_ao") or result.method == "fp32" else "torch_export"
+    path = out_dir / f"quantized_{result.method}.{'pt' if fmt.startswith('torchscript') else 'pt2'}"
+    status = {"method": result.method, "format": fmt, "file": f"{out_dir.name}/{path.name}", "produced": False,
+              "error": None,
+              "max_abs_diff": None, "top1_agreement": None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fmt == "torchscript_trace":
+                torch.jit.save(torch.jit.trace(result.module, example), str(path))
+            else:
+                batch = {0: torch.export.Dim("batch", min=1, max=1024)}
+                program = torch.export.export(result.module, (example,), dynamic_shapes=(batch,))
+                torch.export.save(program, str(path))
+        status["produced"] = True
+    except Exception as exc:
+        status["error"] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        path.unlink(missing_ok=True)
+        return status
+    reload, outputs = reload_in_fresh_process(fmt, path, cases)
+    if not reload.get("loaded") or reload.get("errors"):
+        status["error"] = reload.get("load_error") or "; ".join(reload["errors"].values())
+        return status
+    diffs, agree = [], []
+    with torch.inference_mode():
+        for name, batch in cases.items():
+            expected = _first_tensor(result.module(batch)).float()
+            diffs.append(float((outputs[name] - expected).abs().max()))
+            agree.append(float((outputs[name].argmax(1) == expected.argmax(1)).float().mean()))
+    status.update(max_abs_diff=max(diffs), top1_agreement=float(np.mean(agree)))
+    return status
+
+
+def findings(results: list[MethodResult], batch_sizes) -> list[str]:
+    """Sentences that say, from the measured numbers, which recipe wins at each batch size and
+    how much of the model the methods can touch."""
+    fp32 = results[0]
+    lines = []
+    for batch_size in sorted(batch_sizes):
+        best = min(results[1:], key=lambda r: r.latency_ms[batch_size], default=None)
+        if best is None:
+            continue
+        speedup = fp32.latency_ms[batch_size] / best.latency_ms[batch_size]
+        lines.append(f"batch {batch_size}: fastest is {best.method} at {best.latency_ms[batch_size]:.3g} ms, "
+                     f"{speedup:.2f}x fp32 ({fp32.latency_ms[batch_size]:.3g} ms)")
+    for result in results[1:]:
+        lines.append(f"{result.method}: {len(result.layers)} layers, {100 * result.coverage_params:.1f}% of "
+                     f"parameters, {100 * result.coverage_flops:.1f}% of FLOPs; "
+                     f"{fp32.size_bytes / result.size_bytes:.2f}x smaller")
+    return lines
+
+
+def add_selective(results: list[MethodResult], loaded, module_types, sensitivity: list[dict], data: EvalData,
+                  budget_pts: float, batch_sizes, threads: int, min_run_time: float, seed: int = 0) -> str:
+    """Append a selective torch.ao recipe to `results` when the whole-model one exceeds the
+    budget; returns a sentence saying what was done."""
+    full = next((r for r in results if r.method == "torch_ao_dynamic"), None)
+    if full is None:
+        return "selective recipe: needs torch_ao_dynamic among the methods"
+    if full.accuracy_drop_pts <= budget_pts:
+        return "selective recipe: not needed, the whole-model recipe is within the budget"
+    selective = selective_recipe(loaded, "torch_ao_dynamic", module_types, sensitivity, data, budget_pts, results[0])
+    if selective is None:
+        return "selective recipe: none fits the budget, even with one layer quantized"
+    _time([selective], loaded, batch_sizes, threads, min_run_time, seed, progress=False)
+    results.append(selective)
+    return f"selective recipe: keeps {', '.join(selective.keep_fp32)} in fp32 ({selective.accuracy_drop_pts} pts)"
+
+
+def quantization_gates(results: list[MethodResult], best: MethodResult | None, exported: dict | None,
+                       budget_pts: float, atol: float = 1e-4) -> list[dict]:
+    """`quantization:accuracy` (a recipe within the budget) and `quantization:export` (its file
+    reloads in a fresh process within `atol`, top-1 identical)."""
+    from .results import gate
+
+    if best is None:
+        worst = min((r.accuracy_drop_pts for r in results[1:]), default=None)
+        return [gate("quantization:accuracy", False, worst, budget_pts, "every recipe exceeds the budget"),
+                gate("quantization:export", False, None, atol, "no recipe to export")]
+    touched = f"{len(best.layers)} layers quantized" if best.layers else "nothing to quantize (0% coverage)"
+    matches = bool(exported and exported["produced"] and exported["max_abs_diff"] is not None
+                   and exported["max_abs_diff"] <= atol and exported["top1_agreement"] == 1.0)
+    detail = (exported or {}).get("error") or f"{exported['format']} reloads in a fresh process and matches"
+    return [gate("quantization:accuracy", True, best.accuracy_drop_pts, budget_pts,
+                 f"{best.method}: {touched}, drop within budget"),
+            gate("quantization:export", matches, (exported or {}).get("max_abs_diff"), atol, detail)]

@@ -1,0 +1,156 @@
+"""Dynamic int8 quantization: methods, coverage, quality, sensitivity, selective recipe, export."""
+
+import pytest
+import torch
+from torch import nn
+
+from lab2prod import quantization as q
+from lab2prod.errors import Lab2ProdError
+from lab2prod.models import LoadedModel
+
+LINEAR = q.resolve_module_types(["Linear", "LSTM", "GRU"])
+
+
+def _loaded(module: nn.Module, shape: tuple[int, ...]) -> LoadedModel:
+    def make_inputs(batch_size, seed=0, split="test"):
+        generator = torch.Generator().manual_seed(seed + (0 if split == "test" else 1000))
+        return torch.randn(batch_size, *shape, generator=generator)
+
+    return LoadedModel("test", module.eval(), "factory", False, shape, make_inputs)
+
+
+class ConvLinearLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 3, padding=1)
+        self.lstm = nn.LSTM(8, 16, batch_first=True)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):  # x: batch x 4 x 12
+        features = self.conv(x).transpose(1, 2)
+        output, _ = self.lstm(features)
+        return self.head(output[:, -1])
+
+
+def test_bad_method_engine_and_module_type_are_clear_errors():
+    with pytest.raises(Lab2ProdError, match="'int4_magic'.*torch_ao_dynamic"):
+        q.check_methods(["int4_magic"])
+    with pytest.raises(Lab2ProdError, match="engine 'tpu' is not supported.*auto"):
+        q.resolve_engine("tpu")
+    with pytest.raises(Lab2ProdError, match="Conv2d.*Linear"):
+        q.resolve_module_types(["Conv2d"])
+    assert q.resolve_engine("auto") == torch.backends.quantized.engine
+
+
+def test_each_method_quantizes_the_layer_types_it_supports():
+    model = ConvLinearLSTM()
+    assert q.quantized_layers(model, "torch_ao_dynamic", LINEAR) == ["lstm", "head"]
+    assert q.quantized_layers(model, "torchao_int8_dynamic", LINEAR) == ["head"]
+    assert q.quantized_layers(model, "torch_ao_dynamic", q.resolve_module_types("Linear")) == ["head"]
+    quantized = q.quantize(model, "torch_ao_dynamic", LINEAR)
+    assert "quantized" in type(quantized.lstm).__module__ and isinstance(quantized.conv, nn.Conv1d)
+    assert isinstance(model.head, nn.Linear) and type(model.head) is nn.Linear  # the original is untouched
+
+
+def test_coverage_counts_parameters_and_flops_of_the_quantized_layers():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    params, flops = q.coverage(model, ["0"], torch.randn(3, 8))
+    assert params == pytest.approx((8 * 16 + 16) / (8 * 16 + 16 + 16 * 4 + 4))
+    assert flops == pytest.approx((2 * 8 * 16) / (2 * 8 * 16 + 2 * 16 * 4))
+    assert q.coverage(model, [], torch.randn(3, 8)) == (0.0, 0.0)
+
+
+def test_coverage_counts_the_lstm_matmuls_the_flop_counter_misses():
+    model = ConvLinearLSTM()
+    x = torch.randn(2, 4, 12)
+    lstm = 2 * 4 * 16 * (8 + 16) * 12 * 2  # gates x hidden x (input + hidden), 12 steps, batch 2
+    head = 2 * 16 * 5 * 2
+    conv = 2 * 8 * 4 * 3 * 12 * 2
+    _, flops = q.coverage(model, ["lstm"], x)
+    assert flops == pytest.approx(lstm / (lstm + head + conv))
+
+
+def test_quality_numbers_on_known_outputs():
+    reference = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]])
+    flipped = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
+    row = q.quality(reference, flipped, torch.tensor([0, 1, 0, 1]))
+    assert row["top1_agreement"] == pytest.approx(0.75)
+    assert row["accuracy"] == pytest.approx(0.5)  # predictions 0, 0, 0, 0
+    assert row["cosine"] == pytest.approx((1 + 0 + 1 + 1) / 4)
+    assert q.quality(reference, reference, None)["relative_error"] == 0.0
+
+
+def test_a_model_with_nothing_to_quantize_reports_zero_coverage_and_passes():
+    loaded = _loaded(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten()), (3, 8, 8))
+    data = q.eval_data(loaded, count=16)
+    results = q.evaluate_methods(loaded, ["torch_ao_dynamic", "torchao_int8_dynamic"], LINEAR, [1], threads=1,
+                                 min_run_time=0.01, data=data, progress=False)
+    fp32 = results[0]
+    for result in results[1:]:
+        (row,) = result.rows(fp32)
+        assert row["coverage_params"] == 0.0 and row["coverage_flops"] == 0.0 and row["quantized_layers"] == 0
+        assert row["accuracy_drop_pts"] == 0.0 and row["size_ratio"] == pytest.approx(1.0, rel=0.05)
+        assert row["latency_ms"] > 0
+    best = q.recommended(results, 1.0, 1)
+    accuracy_gate, _ = q.quantization_gates(results, best, {"produced": True, "max_abs_diff": 0.0,
+                                                            "top1_agreement": 1.0, "format": "x", "error": None}, 1.0)
+    assert accuracy_gate["passed"] and "0% coverage" in accuracy_gate["detail"]
+
+
+def _outlier_model() -> nn.Module:
+    """Layer 0 has one huge weight (in a unit that never fires): per-tensor int8 rounds every
+    other weight of the layer to zero, so its useful outputs vanish."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 6))
+    with torch.no_grad():
+        model[0].weight[0, 0] = 60.0
+        model[0].bias[0] = -1000.0  # ... and ReLU silences that unit, so no activation outlier reaches layer 2
+    return model
+
+
+def test_sensitivity_finds_the_fragile_layer_and_the_selective_recipe_keeps_it_fp32():
+    loaded = _loaded(_outlier_model(), (16,))
+    data = q.eval_data(loaded, count=200)
+    results = q.evaluate_methods(loaded, ["torch_ao_dynamic"], LINEAR, [4], threads=1, min_run_time=0.01,
+                                 data=data, progress=False)
+    assert results[1].accuracy_drop_pts > 5  # whole-model int8 breaks it
+    sensitivity = q.layer_sensitivity(loaded, "torch_ao_dynamic", LINEAR, data)
+    assert sensitivity[0]["layer"] == "0" and sensitivity[0]["accuracy_drop_pts"] > 5
+    message = q.add_selective(results, loaded, LINEAR, sensitivity, data, 5.0, [4], 1, 0.01)
+    assert "keeps 0 in fp32" in message
+    selective = results[-1]
+    assert selective.method == "torch_ao_dynamic_selective" and selective.layers == ["2"]
+    assert selective.accuracy_drop_pts <= 5.0
+    assert q.recommended(results, 5.0, 4) is selective
+
+
+def test_every_recipe_over_budget_fails_the_gate():
+    loaded = _loaded(_outlier_model(), (16,))
+    results = q.evaluate_methods(loaded, ["torch_ao_dynamic"], LINEAR, [1], threads=1, min_run_time=0.01,
+                                 data=q.eval_data(loaded, count=200), progress=False)
+    assert q.recommended(results, 0.5, 1) is None
+    accuracy_gate, export_gate = q.quantization_gates(results, None, None, 0.5)
+    assert accuracy_gate["passed"] is False and export_gate["passed"] is False
+
+
+@pytest.mark.parametrize("method", ["torch_ao_dynamic", "torchao_int8_dynamic"])
+def test_quantized_export_reloads_in_a_fresh_process_and_matches(tmp_path, method):
+    loaded = _loaded(nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3)), (12,))
+    results = q.evaluate_methods(loaded, [method], LINEAR, [2], threads=1, min_run_time=0.01,
+                                 data=q.eval_data(loaded, count=8), progress=False)
+    status = q.export_quantized(results[1], loaded, tmp_path / "models", [1, 5])
+    assert status["produced"] and status["error"] is None, status
+    assert status["max_abs_diff"] <= 1e-5 and status["top1_agreement"] == 1.0
+    assert (tmp_path / status["file"]).exists()
+    _, export_gate = q.quantization_gates(results, results[1], status, 1.0)
+    assert export_gate["passed"]
+
+
+def test_findings_name_the_fastest_recipe_from_the_numbers():
+    loaded = _loaded(nn.Sequential(nn.Linear(12, 32)), (12,))
+    results = q.evaluate_methods(loaded, ["torch_ao_dynamic"], LINEAR, [1], threads=1, min_run_time=0.01,
+                                 data=q.eval_data(loaded, count=8), progress=False)
+    results[1].latency_ms[1], results[0].latency_ms[1] = 1.0, 3.0  # fixed numbers: the sentence must follow them
+    lines = q.findings(results, [1])
+    assert lines[0] == "batch 1: fastest is torch_ao_dynamic at 1 ms, 3.00x fp32 (3 ms)"
+    assert "100.0% of parameters" in lines[1]
