@@ -6,7 +6,13 @@ import pytest
 from lab2prod.errors import Lab2ProdError
 from lab2prod.report import sorted_gates, write_report
 from lab2prod.results import gate, load_results, record, resolve_run_dir, to_jsonable
-from lab2prod.runner import check_parameters, parse_parameter, run_passed, select_notebooks
+from lab2prod.runner import (
+    available_notebooks,
+    check_parameters,
+    parse_parameter,
+    run_passed,
+    select_notebooks,
+)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -38,7 +44,7 @@ def test_select_notebooks_names_valid_choices():
     with pytest.raises(Lab2ProdError, match="'exprt' is not known; use one of environment, export"):
         select_notebooks(["exprt"], None)
     with pytest.raises(Lab2ProdError, match="left no notebook"):
-        select_notebooks(None, ["environment", "export", "parity"])
+        select_notebooks(None, [n.short for n in available_notebooks()])
 
 
 def test_results_round_trip_and_json_cleaning(tmp_path):
