@@ -181,3 +181,28 @@ def test_quantization_bad_method_exits_2_before_a_run_folder(run_cli, tmp_path):
     proc = run_cli("run", "--only", "quantization", "-p", "methods=['int4']", "--out", str(out))
     assert proc.returncode == 2 and "quantization methods ['int4'] are not known" in proc.stderr
     assert not out.exists()
+
+
+QUICK_BENCH = ["--no-progress", "-p", "batch_sizes=[1,4]", "-p", "min_run_time=0.05"]
+
+
+def test_benchmark_run_picks_a_configuration_under_the_sla(run_cli, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "benchmark", "--device", "cpu", *QUICK_BENCH, "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS sla" in proc.stdout
+    values = _summary(out, "r")["results"]["benchmark"]
+    variants = {(r["variant"], r["batch_size"]) for r in values["rows"]}
+    assert variants == {(v, b) for v in ("eager", "torchscript", "torch_export", "dynamic_int8") for b in (1, 4)}
+    assert all(r["correct"] and r["p99_ms"] >= r["p50_ms"] > 0 for r in values["rows"])
+    sla = values["sla"]
+    assert sla["met"] and sla["p99_ms"] <= sla["sla_ms"] == 100.0 and sla["batch_size"] in (1, 4)
+    assert values["machine"]["cores"] >= 1
+
+
+def test_benchmark_run_exits_1_when_no_configuration_meets_the_sla(run_cli, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "benchmark", "--device", "cpu", *QUICK_BENCH, "-p", "variants=['eager']",
+                   "-p", "sla_ms=0.0001", "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL sla" in proc.stdout and "no correct configuration has p99 <= 0.0001 ms" in proc.stdout

@@ -92,3 +92,19 @@ def test_skipped_gates_sort_between_failures_and_passes_and_do_not_fail_a_run(tm
     assert "READY: every gate passed" in html and "<td class='skip'>SKIP</td>" in html
     summary["gates"].append({"notebook": "02", **gate("c:bad", False, 1.0, 1e-6)})
     assert not run_passed(summary)
+
+
+def test_every_parameter_of_every_notebook_is_visible_to_papermill():
+    """A parameters cell line papermill cannot parse (a quote in a comment) silently hides the
+    parameter from `lab2prod run -p`; every assignment must come back from inspection."""
+    import ast
+
+    import nbformat
+
+    from lab2prod.runner import notebook_parameters
+
+    for run in available_notebooks():
+        notebook = nbformat.read(str(run.path), as_version=4)
+        (cell,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        assigned = {node.targets[0].id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)}
+        assert set(notebook_parameters(run.path)) == assigned, run.path.name

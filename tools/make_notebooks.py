@@ -138,8 +138,8 @@ and EXIF-rotated phone photos, and the serving path must handle each exactly lik
 model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
 weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors is skipped here
-lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the model family's
-serving_transform = ""  # package.module:callable(bytes) -> tensor under test; empty means lab2prod's
+lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
+serving_transform = ""  # package.module:callable(bytes) -> tensor under test; empty means ServingPath
 bugs = ["all"]  # catalogued bugs to measure: ["all"], a list of names, or [] for none
 atol = 1e-6  # largest per-element abs diff between serving and lab tensors that passes
 max_images = 0  # images to send; 0 means all 360 held-out digits (or 24 photographs)
@@ -276,7 +276,6 @@ seed = 0  # seed for input draws and untrained weights
 """, tags=["parameters"]),
     code("""
 import pandas as pd
-import torch
 
 from lab2prod import notebook as nb
 from lab2prod import quantization as q
@@ -388,7 +387,7 @@ weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
 device = "auto"  # auto (cuda when present, also cpu), cpu or cuda
 batch_sizes = [1, 4, 16, 64]  # batch sizes swept
-variants = ["auto"]  # ["auto"] = the device's defaults, or names such as ["eager", "torch_export"]
+variants = ["auto"]  # auto picks the defaults of the device; or a list of names such as eager, torch_export
 sla_ms = 100.0  # latency objective: P99 per call must stay at or under this
 min_run_time = 1.0  # seconds of sampling per variant and batch size (more for expensive calls)
 threads = 1  # torch CPU threads while timing (one per worker is the serving default)
@@ -647,6 +646,7 @@ NOTEBOOK_CELLS = {
     "01_export": EXPORT,
     "02_preprocessing_parity": PARITY,
     "03_quantization": QUANTIZATION,
+    "04_latency_benchmark": BENCHMARK,
 }
 
 if __name__ == "__main__":

@@ -302,6 +302,9 @@ def plot_latency_distributions(rows, batch_size: int):
     ax.set_xticks(range(1, len(chosen) + 1),
                   [f"{r.variant}\n{r.device}" + ("" if r.correct else "\n(WRONG)") for r in chosen], fontsize=8)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_ylabel("latency per call (ms)")
     ax.set_title(f"Latency of every timed call at batch {batch_size}")
     fig.tight_layout()
@@ -327,8 +330,11 @@ def plot_batch_sweep(rows, sla_ms: float):
         left.plot(batches, [r.p50_ms for r in mine], "--", color=colour, linewidth=1)
         right.plot(batches, [r.throughput_per_s for r in mine], "-o", color=colour, label=label, markersize=4)
     left.axhline(sla_ms, color="#b00020", linewidth=1.2, label=f"SLA {sla_ms:g} ms")
+    batch_sizes = sorted({r.batch_size for r in rows})
     for ax in (left, right):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+        ax.minorticks_off()
         ax.set_xlabel("batch size")
     left.set_yscale("log")
     left.set_ylabel("latency per call (ms): P99 solid, P50 dashed")

@@ -159,7 +159,7 @@ def check_parameters(params: dict, notebooks: list[NotebookRun]) -> dict:
 def check_values(params: dict) -> None:
     """Reject parameter values a notebook would reject (unknown bug, method, layer type or
     quantized engine; a transform that does not import) before any run folder exists."""
-    from . import parity, quantization
+    from . import benchmark, parity, quantization
     from .preprocess import load_transform
 
     checks = {
@@ -167,6 +167,7 @@ def check_values(params: dict) -> None:
         "methods": quantization.check_methods,
         "module_types": quantization.resolve_module_types,
         "engine": quantization.check_engine,
+        "variants": benchmark.check_variants,
         "lab_transform": lambda spec: load_transform(spec, "lab_transform"),
         "serving_transform": lambda spec: load_transform(spec, "serving_transform"),
     }
