@@ -1,6 +1,7 @@
 """The notebook tier: `lab2prod run` executes the real notebooks with papermill on quick parameters."""
 
 import json
+import subprocess
 
 import pytest
 
@@ -206,3 +207,27 @@ def test_benchmark_run_exits_1_when_no_configuration_meets_the_sla(run_cli, tmp_
                    "-p", "sla_ms=0.0001", "--out", str(out), "--run-id", "r")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL sla" in proc.stdout and "no correct configuration has p99 <= 0.0001 ms" in proc.stdout
+
+
+def test_serving_run_serves_loads_tunes_and_leaves_no_server(run_cli, tmp_path):
+    from lab2prod.serving import check_requirements
+
+    try:
+        check_requirements()
+    except Exception as exc:
+        pytest.skip(f"TorchServe cannot run here: {exc}")
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "serving", "--no-progress", "-p", "users=[1,4]", "-p", "duration_s=2.0",
+                   "-p", "tune_workers=[1]", "-p", "tune_threads=[1]", "-p", "tune_batch_sizes=[1,4]",
+                   "-p", "parity_requests=16", "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    values = _summary(out, "r")["results"]["serving"]
+    assert values["parity_top1_agreement"] == 1.0 and values["max_prob_diff"] <= 1e-4
+    assert [r["users"] for r in values["load"]] == [1, 4]
+    assert set(values["tuned"]) == {"workers", "threads", "batch_size", "users", "p99_ms", "throughput_per_s"}
+    assert values["default"]["threads"] == 0 and len(values["tuning"]) == 3
+    serve = out / "r" / "serving"
+    assert (serve / "locustfile.py").exists() and "models=" in (serve / "config.properties").read_text()
+    assert not (serve / "torchserve.pgid").exists() and not (serve / "key_file.json").exists()
+    running = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(serve) not in running  # no TorchServe of this run is left

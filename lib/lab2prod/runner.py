@@ -236,6 +236,10 @@ def execute_run(notebooks: list[NotebookRun], params: dict, run_dir: Path,
             status, error = "error", _error_line(exc)
         except Exception as exc:  # kernel died, notebook unreadable: still recorded
             status, error = "error", _error_line(exc)
+        finally:
+            from .serving import stop_recorded
+
+            stop_recorded(run_dir)  # a server the notebook started never outlives it, pass or fail
         records.append({"name": notebook.name, "status": status,
                         "seconds": round(time.perf_counter() - start, 2), "error": error})
     results, gates = load_results(run_dir)
