@@ -224,10 +224,36 @@ def test_serving_run_serves_loads_tunes_and_leaves_no_server(run_cli, tmp_path):
     values = _summary(out, "r")["results"]["serving"]
     assert values["parity_top1_agreement"] == 1.0 and values["max_prob_diff"] <= 1e-4
     assert [r["users"] for r in values["load"]] == [1, 4]
-    assert set(values["tuned"]) == {"workers", "threads", "batch_size", "users", "p99_ms", "throughput_per_s"}
+    assert set(values["tuned"]) == {"workers", "threads", "batch_size", "users", "p99_ms", "throughput_per_s",
+                                   "meets_sla"}
     assert values["default"]["threads"] == 0 and len(values["tuning"]) == 3
     serve = out / "r" / "serving"
     assert (serve / "locustfile.py").exists() and "models=" in (serve / "config.properties").read_text()
     assert not (serve / "torchserve.pgid").exists() and not (serve / "key_file.json").exists()
     running = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(serve) not in running  # no TorchServe of this run is left
+
+
+def test_drift_and_security_run_refuses_every_bad_input(run_cli, tmp_path):
+    from lab2prod.serving import check_requirements
+
+    try:
+        check_requirements()
+        live = "True"
+    except Exception:
+        live = "False"  # no Java here: the guard is still tried in process
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "drift,security", "--no-progress", "-p", "batches=12",
+                   "-p", "attack_images=40", "-p", f"live_server={live}", "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = _summary(out, "r")["results"]
+    assert results["drift"]["false_positive_rate"] <= 0.1
+    scenarios = {(r["scenario"], r["test"]): r for r in results["drift"]["scenarios"]}
+    assert scenarios[("motivating_case", "mmd_embedding")]["detection_rate"] >= 0.8
+    inputs = results["security"]["inputs"]
+    assert len(inputs) >= 12 and all(r["rejected"] and r["reason"] for r in inputs)
+    if live == "True":
+        assert all(r["server_alive"] is not False for r in inputs)
+        assert {r["input"] for r in inputs} >= {"no token", "wrong token"}
+    adversarial = results["security"]["adversarial"]
+    assert adversarial["pgd_accuracy"] <= adversarial["fgsm_accuracy"] <= adversarial["clean_accuracy"]

@@ -59,7 +59,10 @@ def test_tuning_grid_and_choice():
     rows = [{"throughput_per_s": 500, "meets_sla": False}, {"throughput_per_s": 300, "meets_sla": True},
             {"throughput_per_s": 200, "meets_sla": True}]
     assert serving.choose(rows) is rows[1]
-    assert serving.choose([rows[0]]) is None
+    missed = [{"throughput_per_s": 50, "meets_sla": False, "p99_ms": 300},
+              {"throughput_per_s": 20, "meets_sla": False, "p99_ms": 150}]
+    assert serving.choose(missed) is missed[1]  # none meets the SLA: the closest one, flagged
+    assert serving.choose([]) is None
 
 
 def test_missing_java_is_a_clear_error(monkeypatch):

@@ -625,7 +625,8 @@ pd.DataFrame(report.tuning, columns=columns).set_index("config") if report.appli
     code("""
 if report.applies and report.chosen:
     gain = report.chosen["throughput_per_s"] / max(report.default["throughput_per_s"], 1e-9)
-    print(f"chosen: {report.chosen['config']}: {report.chosen['throughput_per_s']:.0f} req/s, "
+    verdict = "meets" if report.chosen["meets_sla"] else f"NONE meets the SLA at {tune_users} users; closest"
+    print(f"{verdict}: {report.chosen['config']}: {report.chosen['throughput_per_s']:.0f} req/s, "
           f"p99 {report.chosen['p99_ms']:.0f} ms; default: {report.default['throughput_per_s']:.0f} req/s, "
           f"p99 {report.default['p99_ms']:.0f} ms ({gain:.1f}x the default's throughput)")
 else:
@@ -651,11 +652,260 @@ record(run_dir, "serving", {
     "load": report.load,
     "metrics": report.metrics,
     "tuning": report.tuning,
-    "tuned": {k: report.chosen[k] for k in summary_keys} if report.chosen else None,
+    "tuned": {**{k: report.chosen[k] for k in summary_keys}, "meets_sla": report.chosen["meets_sla"]}
+    if report.chosen else None,
     "default": {k: report.default[k] for k in summary_keys} if report.default else None,
     "config_file": report.config_file,
     "locustfile": report.locustfile,
 }, gates, notebook="05_serving")
+nb.gates_frame(gates)[["verdict", "threshold"]]
+"""),
+]
+
+DRIFT = [
+    md("""
+# 06 · Drift monitoring: would we notice when production data stops looking like the lab's?
+
+Production data is not the lab's data. This notebook measures how often each drift test
+flags a batch of production traffic, for real shifts of real images (brightness, contrast,
+blur, JPEG quality, rotation), for every serving bug of the parity catalog (the data is fine,
+the server is not), and for another source altogether (photographs sent to a digit model).
+Under no shift the flag rate is the false-positive rate and must sit near the chosen p-value.
+
+**Tests.** MMD between penultimate-layer embeddings (RBF kernel, median-heuristic bandwidth,
+permutation p-value), per-feature KS on the embeddings with Bonferroni correction (scipy),
+PSI of the predicted classes (with a permutation p-value, so it reads at the same alpha), and
+KS on image properties (brightness, contrast, width, height, aspect). The MMD statistic and its
+permutation test are lab2prod's own, vectorized in torch; the tests check them against a plain
+loop implementation. Then the metrics a service exports with `prometheus_client`.
+"""),
+    code("""
+model = "digits_cnn"  # a reference model: drift rates need its labelled digits
+weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
+example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors is skipped here
+batch_size = 64  # images per monitored batch
+batches = 50  # batches drawn per scenario
+alpha = 0.05  # p-value below which a batch is flagged
+sla_ms = 100.0  # latency objective: a histogram bucket boundary is put on it
+run_dir = ""  # run folder; empty means outputs/interactive
+seed = 0  # seed for the reference split, batch draws and permutations
+""", tags=["parameters"]),
+    code("""
+import pandas as pd
+
+from lab2prod import drift
+from lab2prod import notebook as nb
+from lab2prod.models import load_model
+from lab2prod.results import gate, record
+
+nb.quiet_deprecations()
+run_dir = nb.resolve_run_dir(run_dir)
+loaded = load_model(model, weights, example_inputs, seed)
+report = drift.evaluate_drift(loaded, batch_size, batches, alpha, seed)
+print(report.reason or f"reference: {report.reference_size} held-out images; {batches} batches of "
+      f"{report.batch_size} per scenario; flagged when p < {alpha:g}")
+"""),
+    md("""
+## Detection rates
+
+Rows: scenarios, with the change in the model's accuracy they cause (what matters). Columns:
+tests. The `no shift` row is the false-positive rate. Serving bugs leave the images as they
+were, so the image-property test cannot see them: only what the model sees can.
+"""),
+    code("""
+fig = nb.plot_drift(report) if report.applies else None
+"""),
+    code("""
+nb.drift_frame(report).round(3) if report.applies else report.reason
+"""),
+    md("""
+## Metrics a service exports
+
+`lab2prod.drift.MetricsExporter` holds a `data_drift_score` gauge, an inference latency
+histogram with a bucket boundary on the SLA, and requests counted by outcome; `serve()` starts a
+`/metrics` endpoint on 127.0.0.1 that a handler or sidecar can use. Below, the exposition text
+after recording the monitored batches of two scenarios (values from this run).
+"""),
+    code("""
+exporter = drift.MetricsExporter(sla_ms)
+if report.applies:
+    for row in report.scenarios:
+        if row["test"] == drift.PRIMARY_TEST and row["scenario"] in ("no shift", "darker (x0.6)"):
+            exporter.drift.labels(test=f"{drift.PRIMARY_TEST}:{row['scenario']}").set(1 - row["median_p_value"])
+    exporter.requests.labels(outcome="ok").inc(report.batch_size * report.batches)
+    exporter.latency.observe(sla_ms / 1000 / 2)
+print("\\n".join(line for line in exporter.exposition().splitlines()
+                if line.startswith(("data_drift", "inference_latency_seconds_bucket", "inference_requests"))))
+"""),
+    md("""
+## Gate
+
+`drift`: the MMD test's false-positive rate under no shift is at most 0.1, and every injected
+shift that moves the model's accuracy by more than 5 points is flagged in at least 80% of the
+batches of the default size.
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+if report.applies:
+    fpr, missed = report.false_positive_rate(), report.missed()
+    gates = [gate("drift", fpr <= 0.1 and not missed, fpr, 0.1,
+                  f"false-positive rate {fpr:.2f}; " + (f"missed: {', '.join(missed)}" if missed else
+                                                       "every shift costing > 5 points flagged in >= 80% of batches"))]
+else:
+    fpr, gates = None, [gate("drift", False, None, 0.1, report.reason, skipped=True)]
+record(run_dir, "drift", {
+    "false_positive_rate": fpr,
+    "scenarios": report.scenarios or [],
+    "batch_size": report.batch_size,
+    "alpha": alpha,
+    "primary_test": drift.PRIMARY_TEST,
+}, gates, notebook="06_drift_monitoring")
+nb.gates_frame(gates)[["verdict", "threshold"]]
+"""),
+]
+
+SECURITY = [
+    md("""
+# 07 · Security: hostile inputs, adversarial examples, model integrity, server configuration
+
+Production requests are not all friendly. The input guard (`lab2prod.guard.InputGuard`) is
+what the served handler runs before anything reaches the model: a byte limit, the format by
+its magic bytes (never the file name), a pixel limit read from the header before decoding
+(decompression bombs), one frame only, the colour modes the lab used, sane dimensions, a full
+decode (truncated files), then NaN/Inf, shape and range checks and a z-score screen of the
+input statistics against the lab's. Every refusal has a reason code.
+
+Adversarial examples are measured honestly: FGSM and PGD on the reference model, with the
+perturbation budget in the usual [0, 1] pixel scale and the model's normalization inside the
+attacked function. A statistics screen is not a defence against them, and the numbers show it.
+"""),
+    code("""
+model = "digits_cnn"  # the model attacked and served
+weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
+example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors is skipped here
+eps = 0.03  # L-inf budget of the attacks in [0, 1] pixel units (8/255 is about 0.031)
+pgd_steps = 10  # PGD iterations
+attack_images = 200  # held-out images attacked
+z_limit = 5.0  # z-score screen threshold on the input statistics
+max_bytes = 1000000  # request size limit of the guard
+live_server = True  # also send the hostile inputs to a real TorchServe with the guard in its handler
+run_dir = ""  # run folder; empty means outputs/interactive
+seed = 0  # seed for PGD random starts and untrained weights
+""", tags=["parameters"]),
+    code("""
+import pandas as pd
+import torch
+
+from lab2prod import notebook as nb
+from lab2prod import security
+from lab2prod.guard import InputGuard, lab_input_stats
+from lab2prod.models import load_model
+from lab2prod.preprocess import lab_transform_for
+from lab2prod.results import gate, record
+
+nb.quiet_deprecations()
+run_dir = nb.resolve_run_dir(run_dir)
+loaded = load_model(model, weights, example_inputs, seed)
+applies = loaded.family != "tensor"
+if applies:
+    transform, recipe = lab_transform_for(loaded.family)
+    guard = InputGuard(max_bytes=max_bytes, expected_shape=loaded.input_shape, z_limit=z_limit,
+                       lab_stats=lab_input_stats(loaded.make_inputs(256, 0, "train")))
+print("guard:", guard if applies else f"skipped: {model!r} takes tensors, not images")
+"""),
+    md("""
+## Every bad input tried
+
+`rejected` with its `reason` code is the expected answer; `crashed` would mean an exception
+other than a refusal escaped the guard. With `live_server`, the same inputs (and requests with
+no token or a wrong one) go to a real TorchServe whose handler runs this guard, and the server
+must still answer a good request afterwards.
+"""),
+    code("""
+if applies:
+    from lab2prod.parity import parity_images
+
+    good_image = parity_images(loaded.family, 1)[1][0]
+    inputs = security.bad_inputs(good_image, max_bytes)
+    tried = security.try_inputs(guard, transform, inputs)
+    if live_server:
+        tried = security.try_live(loaded, run_dir, inputs, tried, seed)
+    table = pd.DataFrame(tried).set_index("input")
+table if applies else "skipped"
+"""),
+    md("""
+## Adversarial examples (FGSM, PGD)
+
+Clean accuracy against accuracy under attack, and the share of attacked images the z-score
+screen flags. Expect the screen to catch few or none: the perturbations are small by design.
+"""),
+    code("""
+if applies and loaded.family == "digits":
+    from lab2prod.data import digits_images
+    from lab2prod.transforms import digits_lab_transform
+
+    data = digits_images("test")
+    unnormalized = digits_lab_transform(normalize=False)
+    x01 = torch.stack([unnormalized(im) for im in data.images[:attack_images]])
+    labels = torch.as_tensor(data.labels[:attack_images])
+    adversarial, examples = security.adversarial_report(loaded.module, x01, labels, recipe.mean, recipe.std, eps,
+                                                        guard, pgd_steps, seed)
+else:
+    adversarial, examples = None, None
+pd.Series(adversarial).to_frame("value") if adversarial else "needs a reference model with labels"
+"""),
+    code("""
+fig = nb.plot_adversarial(examples) if examples else None
+"""),
+    md("""
+## Model integrity
+
+Each file of the run's manifest checked by sha256 before it would be loaded; a tampered copy
+refused; a whole pickled model refused by weights-only loading (unpickling runs code).
+"""),
+    code("""
+integrity = security.integrity_checks(run_dir, run_dir / "security")
+pd.DataFrame(integrity).set_index("check")
+"""),
+    md("""
+## TorchServe configuration audit
+
+The `config.properties` the serving notebook left in this run (or, without one, the deployment
+configuration lab2prod writes), each item pass/fail with the fix.
+"""),
+    code("""
+config_path = security.config_to_audit(run_dir)
+audit = security.audit_config(config_path)
+print("audited:", config_path.relative_to(run_dir))
+pd.DataFrame(audit).set_index("item")
+"""),
+    md("""
+## Gates
+
+`security:inputs`: every bad input refused with a reason, nothing crashed, and (live) the server
+still answers. `security:integrity`: all integrity checks pass. `security:config`: every audit
+item passes.
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+if applies:
+    refused = all(r["rejected"] and r["reason"] and not r["crashed"] for r in tried)
+    alive = all(r.get("server_alive", True) is not False for r in tried)
+    gates = [gate("security:inputs", refused and alive, sum(r["rejected"] for r in tried), len(tried),
+                  f"{sum(r['rejected'] for r in tried)} of {len(tried)} refused with a reason"
+                  + ("" if alive else "; the server stopped answering"))]
+else:
+    tried, gates = [], [gate("security:inputs", False, None, None, "model takes tensors", skipped=True)]
+gates += [gate("security:integrity", all(r["passed"] for r in integrity), sum(r["passed"] for r in integrity),
+               len(integrity), "; ".join(r["check"] for r in integrity if not r["passed"]) or "all pass"),
+          gate("security:config", all(r["passed"] for r in audit), sum(r["passed"] for r in audit), len(audit),
+               "; ".join(f"{r['item']}: {r['fix']}" for r in audit if not r["passed"]) or "all pass")]
+record(run_dir, "security", {
+    "inputs": [{k: r.get(k) for k in ("input", "rejected", "reason", "server_alive", "server_status")} for r in tried],
+    "adversarial": adversarial,
+    "integrity": integrity,
+    "config_audit": audit,
+}, gates, notebook="07_security")
 nb.gates_frame(gates)[["verdict", "threshold"]]
 """),
 ]
@@ -809,6 +1059,8 @@ NOTEBOOK_CELLS = {
     "03_quantization": QUANTIZATION,
     "04_latency_benchmark": BENCHMARK,
     "05_serving": SERVING,
+    "06_drift_monitoring": DRIFT,
+    "07_security": SECURITY,
 }
 
 if __name__ == "__main__":

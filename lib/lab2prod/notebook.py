@@ -33,6 +33,9 @@ __all__ = [
     "efficiency_frame",
     "plot_load",
     "plot_tuning",
+    "drift_frame",
+    "plot_drift",
+    "plot_adversarial",
 ]
 
 
@@ -422,5 +425,58 @@ def plot_tuning(rows: list[dict], sla_ms: float, chosen: dict | None):
     ax.set_xlabel(f"successful requests / s at {rows[0]['users']} users (green: p99 <= {sla_ms:g} ms)")
     ax.set_title("Server configurations: workers x torch threads x server batch")
     ax.set_xlim(0, max(r["throughput_per_s"] for r in rows) * 1.3 + 1)
+    fig.tight_layout()
+    return fig
+
+
+def drift_frame(report) -> pd.DataFrame:
+    """Detection rate per scenario (rows) and test (columns), with the accuracy change."""
+    frame = pd.DataFrame(report.scenarios)
+    order = list(dict.fromkeys(frame["scenario"]))
+    rates = frame.pivot(index="scenario", columns="test", values="detection_rate")
+    about = frame.drop_duplicates("scenario").set_index("scenario")[["kind", "accuracy_change_pts"]]
+    tests = list(dict.fromkeys(frame["test"]))
+    return about.join(rates[tests]).loc[order]
+
+
+def plot_drift(report):
+    """Heat map of detection rates, scenario x test, with the accuracy change beside each row."""
+    import matplotlib.pyplot as plt
+
+    table = drift_frame(report)
+    tests = [c for c in table.columns if c not in ("kind", "accuracy_change_pts")]
+    values = table[tests].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(8, 0.34 * len(table) + 1.5))
+    image = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    changes = table["accuracy_change_pts"].tolist()
+    ax.set_yticks(range(len(table)), [f"{name} ({'n/a' if pd.isna(c) else f'{c:+.1f} pts'})"
+                                      for name, c in zip(table.index, changes, strict=True)], fontsize=8)
+    ax.set_xticks(range(len(tests)), tests, rotation=20, ha="right", fontsize=8)
+    ax.set_title(f"Share of batches flagged (batch {report.batch_size}, p < {report.alpha:g}); "
+                 "first row: false positives")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    return fig
+
+
+def plot_adversarial(examples: dict, count: int = 4):
+    """Clean images, FGSM and PGD versions, and the PGD perturbation (scaled to be visible)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(count, 4, figsize=(7, 1.8 * count), squeeze=False)
+    for row in range(count):
+        clean, fgsm_x, pgd_x = (examples[k][row].permute(1, 2, 0).numpy() for k in ("clean", "fgsm", "pgd"))
+        delta = pgd_x - clean
+        shown = [clean, fgsm_x, pgd_x, 0.5 + delta / (2 * max(abs(delta).max(), 1e-9))]
+        for col, (image, title) in enumerate(zip(shown, ["clean", "FGSM", "PGD", "PGD - clean"], strict=True)):
+            ax = axes[row][col]
+            ax.imshow(image.clip(0, 1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "exported_torchscript",
     "build_archive",
+    "guard_settings",
     "tuning_grid",
     "choose",
     "write_deployment_config",
@@ -46,7 +47,7 @@ __all__ = [
     "serving_gates",
 ]
 
-HANDLER_SOURCE = '''"""TorchServe handler written by lab2prod: preprocessing is lab2prod's serving path, not a copy."""
+HANDLER_SOURCE = '''"""TorchServe handler by lab2prod: the input guard and preprocessing are lab2prod's."""
 
 import json
 import os
@@ -54,6 +55,7 @@ import os
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from lab2prod.guard import InputGuard, Rejected
 from lab2prod.preprocess import ServingPath, lab_transform_for
 
 
@@ -68,20 +70,29 @@ class Lab2ProdHandler(BaseHandler):
         super().initialize(context)
         transform, _ = lab_transform_for(spec["family"])
         self.serving_path = ServingPath(transform)
-        self.class_names = spec.get("class_names")
+        self.guard = InputGuard(**spec["guard"])
 
-    def preprocess(self, data):
-        tensors = []
-        for row in data:
+    def handle(self, data, context):
+        # Each request is checked on its own: a refused one gets HTTP 400 with its reason code,
+        # the others of the same server batch are still answered.
+        self.context = context
+        outputs, kept, tensors = [None] * len(data), [], []
+        for index, row in enumerate(data):
             body = row.get("data") if row.get("data") is not None else row.get("body")
             if isinstance(body, str):
                 body = body.encode("latin-1")
-            tensors.append(self.serving_path(bytes(body)))
-        return torch.stack(tensors).to(self.device)
-
-    def postprocess(self, data):
-        probabilities = torch.softmax(data.float(), dim=1).cpu()
-        return [{"top1": int(p.argmax()), "probabilities": p.tolist()} for p in probabilities]
+            try:
+                tensors.append(self.guard.check(bytes(body or b""), self.serving_path.lab_transform))
+                kept.append(index)
+            except Rejected as exc:
+                context.set_response_status(400, exc.code, idx=index)
+                outputs[index] = {"rejected": exc.code, "message": exc.message}
+        if tensors:
+            with torch.inference_mode():
+                logits = self.model(torch.stack(tensors).to(self.device))
+            for index, p in zip(kept, torch.softmax(logits.float(), dim=1).cpu()):
+                outputs[index] = {"top1": int(p.argmax()), "probabilities": p.tolist()}
+        return outputs
 '''
 
 LOCUSTFILE = '''"""Locust load test written by lab2prod: POST image bytes to a TorchServe model with its token.
@@ -239,7 +250,7 @@ def build_archive(loaded, serve_dir: Path, name: str, threads: int, seed: int = 
         torch.jit.save(traced, str(model_file))
     (work / "lab2prod_handler.py").write_text(HANDLER_SOURCE)
     (work / "lab2prod.json").write_text(json.dumps({"family": loaded.family, "class_names": loaded.class_names,
-                                                    "model": loaded.spec}))
+                                                    "model": loaded.spec, "guard": guard_settings(loaded)}))
     (work / "model-config.yaml").write_text(f"handler:\n  threads: {int(threads)}\n")
     command = [_tool("torch-model-archiver"), "--model-name", name, "--version", "1.0",
                "--serialized-file", str(model_file), "--handler", str(work / "lab2prod_handler.py"),
@@ -249,6 +260,15 @@ def build_archive(loaded, serve_dir: Path, name: str, threads: int, seed: int = 
     if proc.returncode != 0:
         raise Lab2ProdError(f"torch-model-archiver failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
     return store / f"{name}.mar"
+
+
+def guard_settings(loaded, max_bytes: int = 1_000_000) -> dict:
+    """The InputGuard the handler builds: byte limit, the lab input shape, and the lab's input
+    statistics for the z-score screen (from training inputs)."""
+    from .guard import lab_input_stats
+
+    return {"max_bytes": max_bytes, "expected_shape": list(loaded.input_shape),
+            "lab_stats": lab_input_stats(loaded.make_inputs(256, 0, "train"))}
 
 
 def write_config(serve_dir: Path, config: ServeConfig, ports: dict[str, int]) -> Path:
@@ -272,6 +292,7 @@ def write_config(serve_dir: Path, config: ServeConfig, ports: dict[str, int]) ->
         "install_py_dep_per_model=false",
     ]
     path = Path(serve_dir) / "config.properties"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -434,14 +455,13 @@ def _kill_group(pgid: int) -> None:
 
 
 def stop_recorded(run_dir: Path) -> bool:
-    """Stop a TorchServe a run left behind (its process group is recorded in
-    serving/torchserve.pgid); True when there was one."""
-    marker = Path(run_dir) / "serving" / "torchserve.pgid"
-    if not marker.exists():
-        return False
-    _kill_group(int(marker.read_text().strip()))
-    marker.unlink(missing_ok=True)
-    return True
+    """Stop every TorchServe a run left behind (each records its process group in a
+    torchserve.pgid file in its folder); True when there was one."""
+    markers = list(Path(run_dir).glob("**/torchserve.pgid"))
+    for marker in markers:
+        _kill_group(int(marker.read_text().strip()))
+        marker.unlink(missing_ok=True)
+    return bool(markers)
 
 
 # ---------------------------------------------------------------- traffic
@@ -556,9 +576,13 @@ def tune(server: TorchServe, loaded, run_dir: Path, locustfile: Path, configs: l
 
 
 def choose(rows: list[dict]) -> dict | None:
-    """The highest-throughput row that meets the SLA (None when none does)."""
+    """The highest-throughput row that meets the SLA; when none does, the row with the lowest
+    p99 (its `meets_sla` says so). None only without rows."""
     meeting = [r for r in rows if r["meets_sla"]]
-    return max(meeting, key=lambda r: r["throughput_per_s"], default=None)
+    if meeting:
+        return max(meeting, key=lambda r: r["throughput_per_s"])
+    answered = [r for r in rows if r["p99_ms"] is not None]
+    return min(answered, key=lambda r: r["p99_ms"], default=None)
 
 
 # ---------------------------------------------------------------- metrics and limits
@@ -620,6 +644,9 @@ def write_deployment_config(serve_dir: Path, name: str, chosen: dict | None, con
     use = ServeConfig(chosen["workers"], chosen["threads"], chosen["batch_size"], chosen["max_batch_delay_ms"],
                       config.max_request_size, config.job_queue_size, config.netty_threads) if chosen else config
     path = write_config(serve_dir, use, {"inference": 8080, "management": 8081, "metrics": 8082})
+    # Deployed, nothing registers models at run time: no model API, no URLs to fetch from.
+    path.write_text(path.read_text().replace("enable_model_api=true", "enable_model_api=false")
+                    + "allowed_urls=file://.*\\.mar\n")
     models = {name: {"1.0": {"defaultVersion": True, "marName": f"{name}.mar", "minWorkers": use.workers,
                              "maxWorkers": use.workers, "batchSize": use.batch_size,
                              "maxBatchDelay": use.max_batch_delay_ms, "responseTimeout": 60}}}

@@ -1,0 +1,134 @@
+"""The input guard: what a served handler checks before a request reaches the model, each refusal with a reason code."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["Rejected", "InputGuard", "MAGIC", "sniff_format", "lab_input_stats"]
+
+# Formats by their first bytes (magic numbers), never by a file name or a Content-Type.
+MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+}
+
+
+class Rejected(ValueError):
+    """A refused input: `code` is stable (for metrics and clients), `message` says what to fix."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format named by the first bytes, or None."""
+    for magic, name in MAGIC.items():
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def lab_input_stats(tensors: torch.Tensor) -> dict:
+    """Mean and std over lab inputs of each image's per-channel mean: what the z-score screen
+    compares a request with."""
+    means = tensors.float().mean(dim=(2, 3))
+    return {"mean": means.mean(0).tolist(), "std": means.std(0).clamp_min(1e-6).tolist()}
+
+
+@dataclass
+class InputGuard:
+    """Checks applied in order: size, format by magic bytes, pixel count before decoding
+    (decompression bombs), frames, mode, dimensions, a full decode (truncated or corrupt data),
+    then on the tensor: shape, NaN/Inf, range, and a z-score screen against the lab's inputs."""
+
+    max_bytes: int = 1_000_000
+    allowed_formats: tuple[str, ...] = ("PNG", "JPEG")
+    max_pixels: int = 4_000_000
+    min_side: int = 8
+    max_aspect: float = 8.0
+    allowed_modes: tuple[str, ...] = ("RGB", "RGBA", "L", "P", "LA")
+    expected_shape: tuple[int, ...] | None = None
+    value_range: tuple[float, float] = (-10.0, 10.0)
+    lab_stats: dict | None = None
+    z_limit: float = 5.0
+
+    def check_bytes(self, data: bytes) -> Image.Image:
+        """Decode `data` into an RGB image, or raise Rejected with a reason code."""
+        if not isinstance(data, (bytes, bytearray)) or len(data) == 0:
+            raise Rejected("empty", "the request body is empty; send the image file's bytes")
+        if len(data) > self.max_bytes:
+            raise Rejected("too_large", f"{len(data)} bytes is over the {self.max_bytes}-byte limit; "
+                                        "send a smaller image")
+        fmt = sniff_format(bytes(data[:16]))
+        if fmt not in self.allowed_formats:
+            raise Rejected("format", f"the first bytes are {'not an image' if fmt is None else fmt}; "
+                                     f"send {' or '.join(self.allowed_formats)}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))  # reads the header only
+                width, height = image.size
+                if width * height > self.max_pixels:
+                    raise Rejected("too_many_pixels", f"{width}x{height} is over {self.max_pixels} pixels "
+                                                      "(a decompression bomb?); resize before sending")
+                if getattr(image, "n_frames", 1) > 1:
+                    raise Rejected("multi_frame", f"{image.n_frames} frames; send a single still image")
+                if image.mode not in self.allowed_modes:
+                    raise Rejected("mode", f"mode {image.mode} (e.g. CMYK or 16-bit) is not one the lab used; "
+                                           "convert to 8-bit RGB")
+                if min(width, height) < self.min_side or max(width, height) / min(width, height) > self.max_aspect:
+                    raise Rejected("dimensions", f"{width}x{height} is too small or too elongated "
+                                                 f"(min side {self.min_side}, max aspect {self.max_aspect:g})")
+                image.load()  # the full decode: truncated or corrupt data fails here
+        except Rejected:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise Rejected("too_many_pixels", f"decompression bomb: {exc}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise Rejected("corrupt", f"the image does not decode ({str(exc)[:80]}); send the complete file") from None
+        from PIL import ImageOps
+
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+    def check_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Shape, finite values, range, and the z-score screen; returns the tensor or raises."""
+        if self.expected_shape is not None and tuple(tensor.shape) != tuple(self.expected_shape):
+            raise Rejected("shape", f"tensor shape {tuple(tensor.shape)}, expected {tuple(self.expected_shape)}")
+        if not torch.isfinite(tensor).all():
+            raise Rejected("not_finite", "the input holds NaN or Inf values")
+        low, high = self.value_range
+        if float(tensor.min()) < low or float(tensor.max()) > high:
+            raise Rejected("range", f"values {float(tensor.min()):.3g}..{float(tensor.max()):.3g} "
+                                    f"outside {low:g}..{high:g}")
+        z = self.z_score(tensor)
+        if z is not None and z > self.z_limit:
+            raise Rejected("out_of_distribution", f"input statistics are {z:.1f} standard deviations from the lab's "
+                                                  f"(limit {self.z_limit:g})")
+        return tensor
+
+    def z_score(self, tensor: torch.Tensor) -> float | None:
+        """The largest per-channel |z| of this input's channel means against the lab's."""
+        if self.lab_stats is None:
+            return None
+        means = tensor.float().mean(dim=tuple(range(1, tensor.dim())))
+        lab_mean, lab_std = np.asarray(self.lab_stats["mean"]), np.asarray(self.lab_stats["std"])
+        if means.numel() != lab_mean.size:
+            return None
+        return float(np.max(np.abs((means.numpy() - lab_mean) / lab_std)))
+
+    def check(self, data: bytes, transform) -> torch.Tensor:
+        """Bytes to a checked model input: check_bytes, the lab transform, check_tensor."""
+        return self.check_tensor(transform(self.check_bytes(data)))

@@ -1,0 +1,304 @@
+"""Security checks: hostile inputs, adversarial examples, model integrity, and a TorchServe config audit."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import Lab2ProdError
+from .guard import InputGuard, Rejected
+
+__all__ = [
+    "bad_inputs",
+    "try_inputs",
+    "fgsm",
+    "pgd",
+    "adversarial_report",
+    "verify_file",
+    "integrity_checks",
+    "audit_config",
+    "config_to_audit",
+    "try_live",
+]
+
+
+# ---------------------------------------------------------------- hostile inputs
+
+
+def _png(image: Image.Image, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **params)
+    return buffer.getvalue()
+
+
+def _png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    # A valid PNG header declaring 10^10 pixels with a tiny compressed body: decoding it would
+    # need tens of GB. Built by hand so that making it costs nothing.
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = zlib.compress(b"\0" * 4096, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def bad_inputs(good: Image.Image, max_bytes: int) -> list[tuple[str, object]]:
+    """(name, payload) of hostile or broken inputs: bytes for the decoder, a tensor for the tensor
+    checks. `good` is a real image the broken ones are made from."""
+    jpeg = io.BytesIO()
+    good.convert("RGB").save(jpeg, format="JPEG", quality=90)
+    cmyk = io.BytesIO()
+    good.convert("CMYK").save(cmyk, format="JPEG")
+    gif = io.BytesIO()
+    frames = [good.convert("P"), good.rotate(90).convert("P")]
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    apng = _png(good.convert("RGB"), save_all=True, append_images=[good.rotate(90).convert("RGB")])
+    sixteen = Image.fromarray((np.asarray(good.convert("L"), dtype=np.uint16) * 257).astype(np.uint16))
+    nan = torch.full((3, 32, 32), float("nan"))
+    return [
+        ("empty body", b""),
+        ("text", b"{\"image\": \"not really\"}"),
+        ("truncated JPEG", jpeg.getvalue()[: len(jpeg.getvalue()) // 2]),
+        ("PNG bomb (100000x100000 declared)", _png_bomb()),
+        ("1x1 image", _png(Image.new("RGB", (1, 1)))),
+        ("100000x1 image", _png(Image.new("L", (100_000, 1)))),
+        ("CMYK JPEG", cmyk.getvalue()),
+        ("16-bit PNG", _png(sixteen)),
+        ("animated GIF", gif.getvalue()),
+        ("animated PNG (2 frames)", apng),
+        ("oversize body", b"\x89PNG\r\n\x1a\n" + b"\0" * (max_bytes + 1)),
+        ("NaN tensor", nan),
+    ]
+
+
+def try_inputs(guard: InputGuard, transform, inputs: list[tuple[str, object]]) -> list[dict]:
+    """Each input through the guard: rejected?, the reason code and message, and whether anything
+    other than a Rejected was raised (a crash)."""
+    rows = []
+    for name, payload in inputs:
+        row = {"input": name, "rejected": False, "reason": None, "message": "", "crashed": False}
+        try:
+            if isinstance(payload, torch.Tensor):
+                guard.check_tensor(payload)
+            else:
+                guard.check(payload, transform)
+        except Rejected as exc:
+            row.update(rejected=True, reason=exc.code, message=exc.message)
+        except Exception as exc:  # a crash: the guard let something through to a failure
+            row.update(crashed=True, message=f"{type(exc).__name__}: {str(exc)[:100]}")
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- adversarial examples
+
+
+def _normalized(model: torch.nn.Module, mean, std):
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return lambda x01: model((x01 - mean_t) / std_t)
+
+
+def fgsm(forward, x01: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """One signed-gradient step of size eps in [0, 1] pixel space (Goodfellow et al.)."""
+    x = x01.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(forward(x), labels)
+    (grad,) = torch.autograd.grad(loss, x)
+    return (x01 + eps * grad.sign()).clamp(0, 1).detach()
+
+
+def pgd(forward, x01: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 10, seed: int = 0) -> torch.Tensor:
+    """Projected gradient descent in the L-inf ball of radius eps (Madry et al.), random start,
+    step 2.5 * eps / steps."""
+    generator = torch.Generator().manual_seed(seed)
+    alpha = 2.5 * eps / steps
+    x = (x01 + (torch.rand(x01.shape, generator=generator) * 2 - 1) * eps).clamp(0, 1)
+    for _ in range(steps):
+        x.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(forward(x), labels)
+        (grad,) = torch.autograd.grad(loss, x)
+        x = (x.detach() + alpha * grad.sign()).clamp(x01 - eps, x01 + eps).clamp(0, 1)
+    return x.detach()
+
+
+def adversarial_report(model: torch.nn.Module, x01: torch.Tensor, labels: torch.Tensor, mean, std, eps: float,
+                       guard: InputGuard, steps: int = 10, seed: int = 0) -> tuple[dict, dict]:
+    """Clean, FGSM and PGD accuracy at `eps` (pixel scale [0, 1]; the model's normalization is
+    applied inside the attacked function), and the share of each that the z-score screen flags.
+    Returns (numbers, examples) where examples holds the tensors for plotting."""
+    model = model.eval()
+    forward = _normalized(model, mean, std)
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    with torch.enable_grad():
+        x_fgsm = fgsm(forward, x01, labels, eps)
+        x_pgd = pgd(forward, x01, labels, eps, steps, seed)
+
+    def accuracy(x):
+        with torch.inference_mode():
+            return float((forward(x).argmax(1) == labels).float().mean())
+
+    def flagged(x):
+        normalized = (x - mean_t) / std_t
+        scores = [guard.z_score(t) or 0.0 for t in normalized]
+        return float(np.mean([score > guard.z_limit for score in scores]))
+
+    numbers = {"eps": eps, "images": len(labels), "clean_accuracy": accuracy(x01), "fgsm_accuracy": accuracy(x_fgsm),
+               "pgd_accuracy": accuracy(x_pgd), "pgd_steps": steps,
+               "screen_detection_rate": max(flagged(x_fgsm), flagged(x_pgd)),
+               "screen_false_alarm_rate": flagged(x01),
+               "fgsm_screen_rate": flagged(x_fgsm), "pgd_screen_rate": flagged(x_pgd)}
+    return numbers, {"clean": x01, "fgsm": x_fgsm, "pgd": x_pgd}
+
+
+# ---------------------------------------------------------------- integrity and configuration
+
+
+def verify_file(path: Path, expected_sha256: str) -> None:
+    """Raise Lab2ProdError when the file's sha256 is not the manifest's: check before loading."""
+    from .files import sha256_file
+
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise Lab2ProdError(f"{Path(path).name}: sha256 {actual[:12]}... does not match the manifest's "
+                            f"{expected_sha256[:12]}...; the file was changed after export, do not load it")
+
+
+def integrity_checks(run_dir: Path, workdir: Path) -> list[dict]:
+    """Every file of the run's manifest verified by sha256, a tampered copy refused, and a whole
+    pickled model refused by weights-only loading."""
+    import json
+
+    from .models import load_state_dict_file
+
+    rows = []
+    manifest_path = Path(run_dir) / "manifest.json"
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    entries = json.loads(manifest_path.read_text()) if manifest_path.exists() else []
+    for entry in entries:
+        path = Path(run_dir) / entry["file"]
+        try:
+            verify_file(path, entry["sha256"])
+            rows.append({"check": f"{entry['file']} matches the manifest", "passed": True, "detail": "sha256 ok"})
+        except Lab2ProdError as exc:
+            rows.append({"check": f"{entry['file']} matches the manifest", "passed": False, "detail": str(exc)})
+        except OSError as exc:
+            rows.append({"check": f"{entry['file']} matches the manifest", "passed": False, "detail": str(exc)})
+    source = Path(run_dir) / entries[0]["file"] if entries else None
+    if source is None:
+        model = torch.nn.Linear(4, 2)
+        source = workdir / "model.pt"
+        torch.save(model.state_dict(), source)
+    from .files import sha256_file
+
+    expected = sha256_file(source)
+    tampered = workdir / f"tampered{source.suffix}"
+    data = bytearray(source.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    try:
+        verify_file(tampered, expected)
+        rows.append({"check": "a tampered file is refused", "passed": False, "detail": "loaded anyway"})
+    except Lab2ProdError as exc:
+        rows.append({"check": "a tampered file is refused", "passed": True, "detail": str(exc)[:120]})
+    pickled = workdir / "whole_model.pt"
+    torch.save(torch.nn.Linear(4, 2), pickled)
+    try:
+        load_state_dict_file(pickled)
+        rows.append({"check": "a pickled model is not unpickled", "passed": False, "detail": "it was loaded"})
+    except Lab2ProdError as exc:
+        detail = str(exc).replace(str(pickled), pickled.name)
+        rows.append({"check": "a pickled model is not unpickled", "passed": True, "detail": detail[:120]})
+    return rows
+
+
+def _properties(path: Path) -> dict:
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def audit_config(path: Path, max_request_size: int = 10_000_000) -> list[dict]:
+    """Check a TorchServe config.properties: each item pass/fail with the fix."""
+    props = _properties(path)
+    addresses = {k: v for k, v in props.items() if k.endswith("_address")}
+    public = [k for k, v in addresses.items() if "0.0.0.0" in v or "[::]" in v]
+    size = int(props.get("max_request_size", "6553500"))
+    rows = [
+        {"item": "token authorization", "passed": props.get("disable_token_authorization", "false") != "true",
+         "value": props.get("disable_token_authorization", "(default: on)"),
+         "fix": "remove disable_token_authorization=true"},
+        {"item": "bind addresses", "passed": bool(addresses) and not public,
+         "value": ", ".join(f"{k}={v}" for k, v in sorted(addresses.items())) or "(defaults)",
+         "fix": "bind to 127.0.0.1 and put a proxy with TLS in front"},
+        {"item": "allowed_urls", "passed": "allowed_urls" in props and "http" not in props["allowed_urls"],
+         "value": props.get("allowed_urls", "(default: any http(s) or file URL)"),
+         "fix": "allowed_urls=file://.*|... limited to the model store"},
+        {"item": "max_request_size", "passed": size <= max_request_size, "value": size,
+         "fix": f"max_request_size at most {max_request_size}"},
+        {"item": "model API (register/unregister)", "passed": props.get("enable_model_api", "false") != "true",
+         "value": props.get("enable_model_api", "(default: off)"),
+         "fix": "enable_model_api=false; load models with load_models at start"},
+    ]
+    return rows
+
+
+def config_to_audit(run_dir: Path) -> Path:
+    """The serving notebook's config.properties in this run, else lab2prod's deployment config
+    written to run_dir/security."""
+    from .serving import ServeConfig, write_deployment_config
+
+    served = Path(run_dir) / "serving" / "config.properties"
+    if served.exists():
+        return served
+    (Path(run_dir) / "security").mkdir(parents=True, exist_ok=True)
+    return write_deployment_config(Path(run_dir) / "security", "model", None, ServeConfig())
+
+
+def try_live(loaded, run_dir: Path, inputs: list[tuple[str, object]], tried: list[dict], seed: int = 0) -> list[dict]:
+    """Send the byte inputs (and requests without or with a wrong token) to a real TorchServe whose
+    handler runs the guard; after each, check that a good request still gets an answer. The
+    server is stopped before this returns."""
+    import json
+
+    from .serving import ServeConfig, TorchServe, build_archive, request_images
+
+    serve_dir = Path(run_dir) / "security" / "server"
+    limit = 2 * max(len(p) for _, p in inputs if isinstance(p, bytes))
+    config = ServeConfig(workers=1, threads=1, max_request_size=limit)
+    server = TorchServe(serve_dir, config)
+    rows = [dict(r) for r in tried]
+    try:
+        server.start()
+        name = server.register(build_archive(loaded, serve_dir, "model", 1, seed), config)
+        good = request_images(loaded, 1, seed)[0][1]
+        by_name = {r["input"]: r for r in rows}
+        for label, payload in inputs:
+            row = by_name[label]
+            if not isinstance(payload, bytes):
+                row.update(server_status=None, server_reason="not sent: HTTP carries bytes", server_alive=None)
+                continue
+            status, body = server.predict(name, payload)
+            try:
+                reason = json.loads(body).get("rejected") or json.loads(body).get("code")
+            except (json.JSONDecodeError, AttributeError):
+                reason = None
+            row.update(server_status=status, server_reason=reason or f"HTTP {status}",
+                       server_alive=server.predict(name, good)[0] == 200)
+        for label, token in (("no token", None), ("wrong token", "not-the-token")):
+            status, _ = server.predict(name, good, token=token)
+            rows.append({"input": label, "rejected": status != 200, "reason": f"HTTP {status}", "message": "",
+                         "crashed": False, "server_status": status, "server_reason": f"HTTP {status}",
+                         "server_alive": server.predict(name, good)[0] == 200})
+    finally:
+        server.stop()
+    return rows
