@@ -108,3 +108,12 @@ def test_every_parameter_of_every_notebook_is_visible_to_papermill():
         (cell,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
         assigned = {node.targets[0].id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)}
         assert set(notebook_parameters(run.path)) == assigned, run.path.name
+
+
+def test_report_shows_scalar_results_beside_tables(tmp_path):
+    summary = {"run_id": "r1", "created": "now", "params": {}, "environment": {},
+               "notebooks": [{"name": "06", "status": "ok", "seconds": 1.0, "error": None}],
+               "results": {"drift": {"false_positive_rate": 0.04, "scenarios": [{"scenario": "darker", "rate": 1.0}]}},
+               "gates": []}
+    html = write_report(summary, tmp_path).read_text()
+    assert "false_positive_rate" in html and "0.04" in html and "darker" in html

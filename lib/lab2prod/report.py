@@ -87,6 +87,9 @@ def write_report(summary: dict, run_dir: Path) -> Path:
     ]
     for name, values in summary["results"].items():
         parts.append(f"<h2>Results: {html.escape(name)}</h2>")
+        scalars = {k: v for k, v in values.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        if scalars:
+            parts.append(_table([scalars]))
         for key, value in values.items():
             if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
                 parts += [f"<h3>{html.escape(key)}</h3>", _table(value)]
