@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 import warnings
 from collections.abc import Callable
@@ -14,6 +13,7 @@ import torch
 
 from .errors import Lab2ProdError
 from .export import _one_line
+from .reload_check import _first_tensor
 
 __all__ = [
     "Timing",
@@ -180,38 +180,15 @@ def harness_overhead_ns(calls: int = 20000) -> float:
     return (time.perf_counter_ns() - start) / calls
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover - non-Linux
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _nvidia_driver() -> str | None:
-    import shutil
-    import subprocess
-
-    if not shutil.which("nvidia-smi"):
-        return None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def machine_info() -> dict:
     """The machine a number was measured on: CPU model and cores, GPU name, driver, CUDA, torch."""
+    from .environment import _cpu_model, _gpu_driver
+
     info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
             "gpu": None, "driver": None}
     if torch.cuda.is_available():
-        info.update(gpu=torch.cuda.get_device_name(0), driver=_nvidia_driver())
+        info.update(gpu=torch.cuda.get_device_name(0), driver=_gpu_driver())
     return info
 
 
@@ -308,12 +285,6 @@ def _cuda_graph(module: torch.nn.Module, example: torch.Tensor) -> Callable:
         return static_out
 
     return run
-
-
-def _first_tensor(output) -> torch.Tensor:
-    from .reload_check import _first_tensor as first
-
-    return first(output)
 
 
 def check_correct(reference: torch.Tensor, output: torch.Tensor, min_cosine: float = 0.999,
