@@ -7,6 +7,7 @@ from PIL import Image
 
 from lab2prod import security
 from lab2prod.guard import InputGuard, Rejected, lab_input_stats, sniff_format
+from lab2prod.preprocess import ServingPath
 from lab2prod.transforms import DIGITS_RECIPE, digits_lab_transform
 
 
@@ -34,7 +35,7 @@ def test_a_good_image_passes_and_formats_are_sniffed_not_named():
     buffer = io.BytesIO()
     _photo().save(buffer, format="PNG")
     guard = InputGuard(expected_shape=(3, 32, 32))
-    assert guard.check(buffer.getvalue(), digits_lab_transform()).shape == (3, 32, 32)
+    assert ServingPath(digits_lab_transform(), guard)(buffer.getvalue()).shape == (3, 32, 32)
     assert sniff_format(buffer.getvalue()) == "PNG" and sniff_format(b"GIF89a...") == "GIF"
     assert sniff_format(b"hello") is None
 

@@ -128,7 +128,3 @@ class InputGuard:
         if means.numel() != lab_mean.size:
             return None
         return float(np.max(np.abs((means.numpy() - lab_mean) / lab_std)))
-
-    def check(self, data: bytes, transform) -> torch.Tensor:
-        """Bytes to a checked model input: check_bytes, the lab transform, check_tensor."""
-        return self.check_tensor(transform(self.check_bytes(data)))

@@ -33,14 +33,19 @@ class ServingPath:
     """bytes -> tensor: decode like the lab, then apply the lab transform object itself (not a copy).
 
     A server imports this instead of re-implementing preprocessing, so the lab and the service
-    cannot drift apart.
+    cannot drift apart. With a `guard` (lab2prod.guard.InputGuard), the bytes are checked and
+    decoded by it and the tensor is checked after the transform; a refusal raises
+    lab2prod.guard.Rejected.
     """
 
-    def __init__(self, lab_transform: Callable[[Image.Image], torch.Tensor]):
+    def __init__(self, lab_transform: Callable[[Image.Image], torch.Tensor], guard=None):
         self.lab_transform = lab_transform
+        self.guard = guard
 
     def __call__(self, data: bytes) -> torch.Tensor:
-        return self.lab_transform(decode_request(data))
+        if self.guard is None:
+            return self.lab_transform(decode_request(data))
+        return self.guard.check_tensor(self.lab_transform(self.guard.check_bytes(data)))
 
 
 def load_transform(spec: str, what: str) -> Callable:

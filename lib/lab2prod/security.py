@@ -13,6 +13,8 @@ from PIL import Image
 
 from .errors import Lab2ProdError
 from .guard import InputGuard, Rejected
+from .parity import _png
+from .preprocess import ServingPath
 
 __all__ = [
     "bad_inputs",
@@ -29,12 +31,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- hostile inputs
-
-
-def _png(image: Image.Image, **params) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", **params)
-    return buffer.getvalue()
 
 
 def _png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
@@ -80,6 +76,7 @@ def bad_inputs(good: Image.Image, max_bytes: int) -> list[tuple[str, object]]:
 def try_inputs(guard: InputGuard, transform, inputs: list[tuple[str, object]]) -> list[dict]:
     """Each input through the guard: rejected?, the reason code and message, and whether anything
     other than a Rejected was raised (a crash)."""
+    serving = ServingPath(transform, guard)
     rows = []
     for name, payload in inputs:
         row = {"input": name, "rejected": False, "reason": None, "message": "", "crashed": False}
@@ -87,7 +84,7 @@ def try_inputs(guard: InputGuard, transform, inputs: list[tuple[str, object]]) -
             if isinstance(payload, torch.Tensor):
                 guard.check_tensor(payload)
             else:
-                guard.check(payload, transform)
+                serving(payload)
         except Rejected as exc:
             row.update(rejected=True, reason=exc.code, message=exc.message)
         except Exception as exc:  # a crash: the guard let something through to a failure

@@ -69,8 +69,7 @@ class Lab2ProdHandler(BaseHandler):
             torch.set_num_threads(threads)  # one worker, one thread: no oversubscription
         super().initialize(context)
         transform, _ = lab_transform_for(spec["family"])
-        self.serving_path = ServingPath(transform)
-        self.guard = InputGuard(**spec["guard"])
+        self.serving_path = ServingPath(transform, InputGuard(**spec["guard"]))
 
     def handle(self, data, context):
         # Each request is checked on its own: a refused one gets HTTP 400 with its reason code,
@@ -82,7 +81,7 @@ class Lab2ProdHandler(BaseHandler):
             if isinstance(body, str):
                 body = body.encode("latin-1")
             try:
-                tensors.append(self.guard.check(bytes(body or b""), self.serving_path.lab_transform))
+                tensors.append(self.serving_path(bytes(body or b"")))
                 kept.append(index)
             except Rejected as exc:
                 context.set_response_status(400, exc.code, idx=index)
