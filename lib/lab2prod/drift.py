@@ -329,10 +329,13 @@ def evaluate_drift(loaded, batch_size: int = 64, batches: int = 50, alpha: float
 
     reference = features([transform(im) for im in ref_images], ref_images, labels[ref_idx])
     classes = int(max(labels.max() + 1, reference.predictions.max() + 1))
+
+    def of_images(imgs, lbls=cur_labels):
+        return features([transform(im) for im in imgs], imgs, lbls)
+
     scenarios: list[tuple[str, str, Callable[[], Features]]] = []
     for shift in SHIFTS:
-        scenarios.append((shift, "data shift", lambda s=shift: features(
-            [transform(im) for im in scenario_images(cur_images, s)], scenario_images(cur_images, s), cur_labels)))
+        scenarios.append((shift, "data shift", lambda s=shift: of_images(scenario_images(cur_images, s))))
     if include_bugs:
         requests = [encode_request(im, "rgb")[0] for im in cur_images]
         for bug in [b for b in BUGS if b.client == "rgb"]:
@@ -341,13 +344,11 @@ def evaluate_drift(loaded, batch_size: int = 64, batches: int = 50, alpha: float
                 [p(data) for data in requests], cur_images, cur_labels)))
     photos = [photo for _, photo in photo_images()]
     crops = [photo.crop((x, y, x + 160, y + 120)) for photo in photos for x in range(0, 320, 40) for y in (0, 200)]
-    scenarios.append(("another source: photographs", "data shift", lambda: features(
-        [transform(im) for im in crops], crops, None)))
+    scenarios.append(("another source: photographs", "data shift", lambda: of_images(crops, None)))
+    measured = [(name, kind, make()) for name, kind, make in scenarios]
+    base_accuracy = next(current.accuracy for name, _, current in measured if name == "no shift")
     rows = []
-    base_accuracy = float((features([transform(im) for im in cur_images], cur_images, cur_labels).predictions
-                           == cur_labels).mean())
-    for name, kind, make in tqdm(scenarios, desc="drift", unit="scenario", disable=not progress):
-        current = make()
+    for name, kind, current in tqdm(measured, desc="drift", unit="scenario", disable=not progress):
         change = None if current.accuracy is None else round(100 * (current.accuracy - base_accuracy), 2)
         for row in detection_rates(reference, current, batch_size, batches, alpha, classes, seed):
             rows.append({"scenario": name, "kind": kind, "accuracy": current.accuracy, "accuracy_change_pts": change,
