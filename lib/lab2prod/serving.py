@@ -559,11 +559,12 @@ def tune(server: TorchServe, loaded, run_dir: Path, locustfile: Path, configs: l
     `meets_sla` set. The choice is the highest throughput whose p99 <= sla_ms."""
     from tqdm import tqdm
 
-    rows = []
+    rows, archives = [], {}
     for config in tqdm(configs, desc="tune", unit="config", disable=not progress):
-        archive = build_archive(loaded, Path(run_dir) / "serving", f"m_t{config.threads}", config.threads, seed,
-                                model_file)
-        name = server.register(archive, config)
+        if config.threads not in archives:  # the thread count lives in the archive; the rest is registration
+            archives[config.threads] = build_archive(loaded, Path(run_dir) / "serving", f"m_t{config.threads}",
+                                                     config.threads, seed, model_file)
+        name = server.register(archives[config.threads], config)
         try:
             server.predict(name, (Path(locustfile).parent / "requests" / "0000.png").read_bytes())  # warm
             row = run_locust(server, name, locustfile, users, duration_s)
@@ -705,11 +706,10 @@ def evaluate_serving(loaded, run_dir: Path, config: ServeConfig, users_levels, d
         report.load = load_sweep(server, name, locustfile, config, users_levels, duration_s, progress)
         report.metrics = scrape_metrics(server)
         server.unregister(name)
-        default = tune(server, loaded, run_dir, locustfile, [DEFAULT_CONFIG], tune_users, duration_s, sla_ms, seed,
-                       progress, model_file)[0]
+        default, *tuned = tune(server, loaded, run_dir, locustfile, [DEFAULT_CONFIG, *tuning_configs], tune_users,
+                               duration_s, sla_ms, seed, progress, model_file)
         report.default = {**default, "default": True}
-        report.tuning = [report.default] + tune(server, loaded, run_dir, locustfile, tuning_configs, tune_users,
-                                                duration_s, sla_ms, seed, progress, model_file)
+        report.tuning = [report.default, *tuned]
         report.chosen = choose(report.tuning)
     finally:
         server.stop()
