@@ -316,6 +316,15 @@ def plot_latency_distributions(rows, batch_size: int):
     return fig
 
 
+def _powers_of_two_axis(axes, values, label: str) -> None:
+    """A log2 x axis labelled with the measured values themselves (batch sizes, user counts)."""
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(values, [str(v) for v in values])
+        ax.minorticks_off()
+        ax.set_xlabel(label)
+
+
 def plot_batch_sweep(rows, sla_ms: float):
     """Left: P50 (dashed) and P99 (solid) against batch size per variant, with the SLA line.
     Right: throughput against batch size. Wrong variants are drawn grey."""
@@ -335,12 +344,7 @@ def plot_batch_sweep(rows, sla_ms: float):
         left.plot(batches, [r.p50_ms for r in mine], "--", color=colour, linewidth=1)
         right.plot(batches, [r.throughput_per_s for r in mine], "-o", color=colour, label=label, markersize=4)
     left.axhline(sla_ms, color="#b00020", linewidth=1.2, label=f"SLA {sla_ms:g} ms")
-    batch_sizes = sorted({r.batch_size for r in rows})
-    for ax in (left, right):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
-        ax.minorticks_off()
-        ax.set_xlabel("batch size")
+    _powers_of_two_axis((left, right), sorted({r.batch_size for r in rows}), "batch size")
     left.set_yscale("log")
     left.set_ylabel("latency per call (ms): P99 solid, P50 dashed")
     right.set_ylabel("throughput (items/s)")
@@ -394,11 +398,7 @@ def plot_load(rows: list[dict], sla_ms: float):
                alpha=0.35, label="errors")
     errors.set_ylabel("error rate (%)")
     errors.set_ylim(0, max(5, 100 * max(r["error_rate"] for r in rows) * 1.2))
-    for ax in (left, right):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(users, [str(u) for u in users])
-        ax.minorticks_off()
-        ax.set_xlabel("concurrent users (Locust)")
+    _powers_of_two_axis((left, right), users, "concurrent users (Locust)")
     left.legend(fontsize=8)
     left.set_title("Latency percentiles vs load")
     right.set_title("Throughput vs load")
