@@ -37,6 +37,7 @@ __all__ = [
     "request_images",
     "live_parity",
     "write_locustfile",
+    "latency_stats",
     "run_locust",
     "load_sweep",
     "tune",
@@ -98,10 +99,15 @@ LOCUSTFILE = '''"""Locust load test written by lab2prod: POST image bytes to a T
 
 Run it against any deployment (also distributed: one --master and several --worker processes):
     LAB2PROD_TOKEN=... LAB2PROD_IMAGES=requests locust -f locustfile.py --host http://HOST:PORT
+Split traffic between model versions by weight (a canary), as a weighted router would:
+    LAB2PROD_ROUTES='[{{"path": "/predictions/model/1.0", "weight": 80, "label": "v1"}},
+                      {{"path": "/predictions/model/2.0", "weight": 20, "label": "v2"}}]'
 """
 
+import itertools
 import json
 import os
+import random
 from pathlib import Path
 
 from locust import FastHttpUser, constant, events, task
@@ -111,12 +117,16 @@ IMAGES = [p.read_bytes() for p in sorted(Path(os.environ.get("LAB2PROD_IMAGES", 
 TOKEN = os.environ.get("LAB2PROD_TOKEN", "")
 SAMPLES = os.environ.get("LAB2PROD_SAMPLES", "")
 MAX_REQUESTS = int(os.environ.get("LAB2PROD_MAX_REQUESTS", "0"))  # 0: bounded by --run-time only
+ROUTES = json.loads(os.environ.get("LAB2PROD_ROUTES", "[]")) or [
+    {{"path": f"/predictions/{{MODEL}}", "weight": 1, "label": MODEL}}]
+WEIGHTS = [route["weight"] for route in ROUTES]
 _latencies = []
+_user_seeds = itertools.count()
 
 
 @events.request.add_listener
 def _record(request_type, name, response_time, response_length, exception, **kwargs):
-    _latencies.append([response_time, exception is None])
+    _latencies.append([response_time, exception is None, name])
 
 
 @events.quitting.add_listener
@@ -130,13 +140,16 @@ class Client(FastHttpUser):
 
     def on_start(self):
         self.index = 0
+        self.router = random.Random(next(_user_seeds))  # each user draws its own, reproducible split
 
     @task
     def predict(self):
         body = IMAGES[self.index % len(IMAGES)]
         self.index += 1
+        route = self.router.choices(ROUTES, weights=WEIGHTS)[0]
         headers = {{"Authorization": f"Bearer {{TOKEN}}", "Content-Type": "application/octet-stream"}}
-        with self.client.post(f"/predictions/{{MODEL}}", data=body, headers=headers, catch_response=True) as response:
+        with self.client.post(route["path"], data=body, headers=headers, name=route["label"],
+                              catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {{response.status_code}}")
         if MAX_REQUESTS and len(_latencies) >= MAX_REQUESTS:
@@ -229,12 +242,13 @@ def exported_torchscript(run_dir: Path) -> Path | None:
 
 
 def build_archive(loaded, serve_dir: Path, name: str, threads: int, seed: int = 0,
-                  model_file: Path | None = None) -> Path:
-    """Build `name`.mar from a TorchScript file (the export notebook's when given, else a trace
-    made here) with lab2prod's handler, the class names and a model-config.yaml carrying the
-    handler's thread count. Returns the .mar path."""
+                  model_file: Path | None = None, version: str = "1.0", archive_name: str = "") -> Path:
+    """Build `archive_name` (default `name`).mar for model `name` at `version` from a TorchScript
+    file (the export notebook's when given, else a trace made here) with lab2prod's handler, the
+    class names and a model-config.yaml carrying the handler's thread count. Returns the .mar path."""
     serve_dir = Path(serve_dir)
-    store, work = serve_dir / "model-store", serve_dir / "archive" / name
+    archive_name = archive_name or name
+    store, work = serve_dir / "model-store", serve_dir / "archive" / archive_name
     store.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     if model_file is not None:
@@ -251,14 +265,15 @@ def build_archive(loaded, serve_dir: Path, name: str, threads: int, seed: int = 
     (work / "lab2prod.json").write_text(json.dumps({"family": loaded.family, "class_names": loaded.class_names,
                                                     "model": loaded.spec, "guard": guard_settings(loaded)}))
     (work / "model-config.yaml").write_text(f"handler:\n  threads: {int(threads)}\n")
-    command = [_tool("torch-model-archiver"), "--model-name", name, "--version", "1.0",
+    command = [_tool("torch-model-archiver"), "--model-name", name, "--version", version,
                "--serialized-file", str(model_file), "--handler", str(work / "lab2prod_handler.py"),
                "--extra-files", str(work / "lab2prod.json"), "--config-file", str(work / "model-config.yaml"),
-               "--export-path", str(store), "--force"]
+               "--export-path", str(work), "--force"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise Lab2ProdError(f"torch-model-archiver failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
-    return store / f"{name}.mar"
+    # The archiver names the file after the model; versions of one model need their own files.
+    return Path(shutil.move(work / f"{name}.mar", store / f"{archive_name}.mar"))
 
 
 def guard_settings(loaded, max_bytes: int = 1_000_000) -> dict:
@@ -405,9 +420,10 @@ class TorchServe:
         self.keys = {name: data[name]["key"] for name in ("inference", "management") if name in data}
         return "inference" in self.keys
 
-    def register(self, archive: Path, config: ServeConfig, timeout_s: float = 180) -> str:
-        """Register `archive` with the workers and batching of `config`; returns the model name."""
-        name = Path(archive).stem
+    def register(self, archive: Path, config: ServeConfig, timeout_s: float = 180, name: str = "") -> str:
+        """Register `archive` as model `name` (default: the file's stem) with the workers and
+        batching of `config`; a second archive under the same name adds a version. Returns the name."""
+        name = name or Path(archive).stem
         query = (f"url={Path(archive).name}&model_name={name}&initial_workers={config.workers}"
                  f"&batch_size={config.batch_size}&max_batch_delay={config.max_batch_delay_ms}"
                  f"&synchronous=true&response_timeout=60")
@@ -474,9 +490,10 @@ def request_images(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]
     return [(name, encode_request(image, "rgb")[0]) for name, image in zip(names, images, strict=True)]
 
 
-def live_parity(server: TorchServe, name: str, loaded, requests: list[tuple[str, bytes]]) -> dict:
-    """Send each request to the server and compare with the lab path in process: top-1
-    agreement and the largest probability difference."""
+def live_parity(server: TorchServe, name: str, loaded, requests: list[tuple[str, bytes]],
+                module: torch.nn.Module | None = None) -> dict:
+    """Send each request to the server and compare with the lab path in process (through
+    `module`, default the loaded model): top-1 agreement and the largest probability difference."""
     from .preprocess import ServingPath, lab_transform_for
 
     transform, _ = lab_transform_for(loaded.family)
@@ -485,7 +502,7 @@ def live_parity(server: TorchServe, name: str, loaded, requests: list[tuple[str,
     with torch.inference_mode():
         for _, body in requests:
             status, payload = server.predict(name, body)
-            expected = torch.softmax(loaded.module(lab(body).unsqueeze(0)).float(), dim=1)[0]
+            expected = torch.softmax((module or loaded.module)(lab(body).unsqueeze(0)).float(), dim=1)[0]
             if status != 200:
                 failures += 1
                 agree.append(False)
@@ -509,15 +526,32 @@ def write_locustfile(run_dir: Path, model_name: str, requests: list[tuple[str, b
     return path
 
 
+def latency_stats(latencies_ms, ok, seconds: float) -> dict:
+    """requests, avg/p50/p95/p99 in ms, error rate and successful requests per second of a set of
+    client-side samples (empty: no percentiles and an error rate of 1)."""
+    latencies = np.asarray(latencies_ms, dtype=float)
+    ok = np.asarray(ok, dtype=bool)
+    if latencies.size == 0:
+        return {"requests": 0, "avg_ms": None, "p50_ms": None, "p95_ms": None, "p99_ms": None,
+                "error_rate": 1.0, "throughput_per_s": 0.0}
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    return {"requests": int(latencies.size), "avg_ms": float(latencies.mean()), "p50_ms": float(p50),
+            "p95_ms": float(p95), "p99_ms": float(p99), "error_rate": float(1 - ok.mean()),
+            "throughput_per_s": float(ok.sum() / seconds)}
+
+
 def run_locust(server: TorchServe, name: str, locustfile: Path, users: int, duration_s: float,
-               max_requests: int = 20000) -> dict:
+               max_requests: int = 20000, routes: list[dict] | None = None) -> dict:
     """Run Locust headless against the server (loopback, `users` users spawned at once, for
-    `duration_s` seconds) and compute the percentiles from every request's latency."""
+    `duration_s` seconds) and compute the percentiles from every request's latency. With
+    `routes` ([{path, weight, label}]) each request goes to one route drawn by weight, and
+    `by_route` holds the same statistics per label, with the raw `latencies_ms`."""
     serve = locustfile.parent
     samples_file = serve / f"samples_{name}_{users}.json"
     samples_file.unlink(missing_ok=True)
     env = dict(os.environ, LAB2PROD_TOKEN=server.keys["inference"], LAB2PROD_IMAGES=str(serve / "requests"),
-               LAB2PROD_MODEL=name, LAB2PROD_SAMPLES=str(samples_file), LAB2PROD_MAX_REQUESTS=str(max_requests))
+               LAB2PROD_MODEL=name, LAB2PROD_SAMPLES=str(samples_file), LAB2PROD_MAX_REQUESTS=str(max_requests),
+               LAB2PROD_ROUTES=json.dumps(routes or []))
     command = [_tool("locust"), "-f", str(locustfile), "--headless", "-u", str(users), "-r", str(users),
                "--run-time", f"{max(1, int(round(duration_s)))}s", "--host", server.inference_url,
                "--only-summary", "--stop-timeout", "5", "--loglevel", "ERROR"]
@@ -528,16 +562,15 @@ def run_locust(server: TorchServe, name: str, locustfile: Path, users: int, dura
         raise Lab2ProdError(f"locust wrote no samples (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
     samples = json.loads(samples_file.read_text())
     samples_file.unlink()
-    latencies = np.array([s[0] for s in samples], dtype=float)
-    ok = np.array([s[1] for s in samples], dtype=bool)
-    wall = max(min(elapsed, duration_s + 5), 1e-9)
-    if latencies.size == 0:
-        return {"users": users, "requests": 0, "avg_ms": None, "p50_ms": None, "p95_ms": None, "p99_ms": None,
-                "error_rate": 1.0, "throughput_per_s": 0.0}
-    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
-    return {"users": users, "requests": int(latencies.size), "avg_ms": float(latencies.mean()), "p50_ms": float(p50),
-            "p95_ms": float(p95), "p99_ms": float(p99), "error_rate": float(1 - ok.mean()),
-            "throughput_per_s": float(ok.sum() / min(wall, duration_s))}
+    seconds = max(min(elapsed, duration_s), 1e-9)
+    row = {"users": users, **latency_stats([s[0] for s in samples], [s[1] for s in samples], seconds)}
+    if routes:
+        row["by_route"] = {}
+        for route in routes:
+            mine = [s for s in samples if s[2] == route["label"]]
+            row["by_route"][route["label"]] = {**latency_stats([s[0] for s in mine], [s[1] for s in mine], seconds),
+                                               "latencies_ms": [s[0] for s in mine]}
+    return row
 
 
 def load_sweep(server: TorchServe, name: str, locustfile: Path, config: ServeConfig, users_levels,

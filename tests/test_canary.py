@@ -1,0 +1,135 @@
+"""Canary statistics, the rollback rule, and a real two-version rollout on TorchServe."""
+
+import numpy as np
+import pytest
+import torch
+
+from lab2prod import canary
+from lab2prod.errors import Lab2ProdError
+
+
+def test_mcnemar_matches_scipy_exact_binomial_test():
+    from scipy.stats import binomtest
+
+    for v1_only, v2_only in [(0, 0), (3, 0), (7, 2), (12, 30), (5, 5)]:
+        n = v1_only + v2_only
+        expected = 1.0 if n == 0 else binomtest(v2_only, n, 0.5).pvalue
+        assert canary.mcnemar_p_value(v1_only, v2_only) == pytest.approx(expected, rel=1e-9)
+
+
+def test_paired_accuracy_counts_discordant_pairs_and_brackets_the_change():
+    rng = np.random.default_rng(1)
+    v1 = rng.random(2000) < 0.9
+    v2 = v1.copy()
+    v2[np.flatnonzero(v1)[:60]] = False  # v2 loses 60 inputs v1 got right: -3 points
+    result = canary.paired_accuracy(v1, v2, seed=0)
+    assert result["accuracy_delta_pts"] == pytest.approx(-3.0)
+    assert result["v1_only_correct"] == 60 and result["v2_only_correct"] == 0
+    assert result["ci_low"] < -3.0 < result["ci_high"] < 0
+    assert result["mcnemar_p"] < 1e-10
+    same = canary.paired_accuracy(v1, v1)
+    assert same["ci_low"] == same["ci_high"] == 0.0 and same["mcnemar_p"] == 1.0
+
+
+def test_paired_accuracy_rejects_unpaired_inputs():
+    with pytest.raises(Lab2ProdError, match="same non-empty inputs"):
+        canary.paired_accuracy([True, False], [True])
+    with pytest.raises(Lab2ProdError, match="confidence 1.5"):
+        canary.paired_accuracy([True], [True], confidence=1.5)
+
+
+def test_p99_delta_interval_contains_a_real_shift():
+    rng = np.random.default_rng(0)
+    v1 = rng.exponential(5.0, 4000)
+    low, high = canary.p99_delta_ci(v1, v1 + 20.0)
+    assert low < 20.0 < high and low > 10.0
+    with pytest.raises(Lab2ProdError, match="both versions"):
+        canary.p99_delta_ci([], [1.0])
+
+
+def _offline(delta, low, high, agreement=1.0):
+    return {"inputs": 360, "agreement": agreement, "disagreements": round((1 - agreement) * 360),
+            "accuracy": {"accuracy_delta_pts": delta, "ci_low": low, "ci_high": high, "confidence": 0.95,
+                         "mcnemar_p": 0.5}}
+
+
+def _live(v1_p99=20.0, v2_p99=21.0, v2_errors=0.0, v2_requests=400, ci=(-5.0, 6.0)):
+    return {"v1": {"requests": 1600, "error_rate": 0.0, "p99_ms": v1_p99},
+            "v2": {"requests": v2_requests, "error_rate": v2_errors, "p99_ms": v2_p99}, "p99_delta_ci": ci}
+
+
+@pytest.mark.parametrize("offline, live, decision, deciding_rule", [
+    (_offline(0.0, -0.3, 0.3), _live(), "promote", None),
+    (_offline(-0.5, -1.6, 0.4), _live(), "hold", "accuracy"),  # the interval straddles the budget
+    (_offline(-3.0, -4.2, -1.8), _live(), "roll back", "accuracy"),  # clearly beyond the budget
+    (_offline(0.0, -0.3, 0.3, agreement=0.9), _live(), "hold", "agreement"),
+    (_offline(0.0, -0.3, 0.3), _live(v2_requests=40), "hold", "live requests to v2"),
+    (_offline(0.0, -0.3, 0.3), _live(v2_errors=0.01), "roll back", "error rate"),
+    (_offline(0.0, -0.3, 0.3), _live(v2_p99=45.0, ci=(-2.0, 40.0)), "hold", "p99 latency"),  # noisy
+    (_offline(0.0, -0.3, 0.3), _live(v2_p99=60.0, ci=(30.0, 50.0)), "roll back", "p99 latency"),
+    (_offline(-3.0, -4.2, -1.8), _live(v2_requests=40), "roll back", "accuracy"),  # roll back wins
+])
+def test_rollback_rule(offline, live, decision, deciding_rule):
+    got, rules = canary.decide(offline, live, canary.Policy())
+    assert got == decision
+    outcomes = {r["rule"]: r["outcome"] for r in rules}
+    if deciding_rule:
+        assert outcomes[deciding_rule] == decision
+    else:
+        assert set(outcomes.values()) == {"promote"}
+
+
+def test_rule_without_labels_or_live_traffic_decides_on_agreement():
+    offline = {"inputs": 64, "agreement": 1.0, "disagreements": 0, "accuracy": None}
+    decision, rules = canary.decide(offline, None, canary.Policy())
+    assert decision == "promote"
+    assert {r["rule"]: r["outcome"] for r in rules}["accuracy"] == "not evaluated"
+
+
+def test_int8_candidate_differs_but_agrees(tmp_path):
+    from lab2prod.models import load_model
+
+    loaded = load_model("digits_cnn")
+    v2, label = canary.candidate_model(loaded, "int8")
+    assert "int8" in label and any("quantized" in type(m).__module__ for m in v2.modules())
+    offline = canary.compare_offline(loaded, v2)
+    assert offline["agreement"] >= 0.97 and offline["max_prob_change"] > 0
+    assert offline["accuracy"]["inputs"] == 360
+    with pytest.raises(Lab2ProdError, match="drop-in replacement"):
+        canary.candidate_model(loaded, "resnet18")
+
+
+def test_log_distance_tells_close_versions_apart():
+    p = torch.tensor([0.999999, 1e-6])
+    q = torch.tensor([0.999998, 2e-6])
+    assert canary._log_distance(p, p) == 0.0
+    assert canary._log_distance(p, q) > 0.5  # invisible in probabilities, plain in log space
+
+
+def test_a_real_rollout_serves_both_versions_splits_traffic_and_applies_the_decision(tmp_path):
+    from lab2prod.models import load_model
+    from lab2prod.serving import check_requirements
+
+    try:
+        check_requirements()
+    except Exception as exc:
+        pytest.skip(f"TorchServe cannot run here: {exc}")
+    loaded = load_model("digits_cnn")
+    v2, label = canary.candidate_model(loaded, "int8")
+    # An impossible latency allowance forces a decision other than promote: the rule must then
+    # either hold (both versions stay) or roll back (2.0 is unregistered), and say so.
+    policy = canary.Policy(max_p99_increase_ms=-1000.0, min_requests=10)
+    report = canary.evaluate_canary(loaded, v2, label, tmp_path, (50, 50), users=2, duration_s=3.0,
+                                    policy=policy, min_run_time=0.1)
+    live = report.rollout["live"]
+    assert live["v1"]["requests"] > 10 and live["v2"]["requests"] > 10
+    assert live["v1"]["error_rate"] == live["v2"]["error_rate"] == 0.0
+    assert report.decision == "roll back"
+    applied = report.rollout["applied"]
+    assert applied["action"] == "unregistered 2.0" and applied["verified"]
+    assert applied["default_answered_by"] == "1.0"
+    gates = {g["name"]: g for g in canary.canary_gates(report)}
+    assert gates["canary:decision"]["passed"] is False and gates["canary:served"]["passed"]
+    assert gates["canary:rollback"]["passed"]
+    assert not (tmp_path / "canary" / "torchserve.pgid").exists()
+    assert not (tmp_path / "canary" / "key_file.json").exists()
