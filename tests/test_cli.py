@@ -257,3 +257,45 @@ def test_drift_and_security_run_refuses_every_bad_input(run_cli, tmp_path):
         assert {r["input"] for r in inputs} >= {"no token", "wrong token"}
     adversarial = results["security"]["adversarial"]
     assert adversarial["pgd_accuracy"] <= adversarial["fgsm_accuracy"] <= adversarial["clean_accuracy"]
+
+
+def test_canary_run_decides_and_records_the_named_results(run_cli, tmp_path):
+    from lab2prod.serving import check_requirements
+
+    try:
+        check_requirements()
+    except Exception as exc:
+        pytest.skip(f"TorchServe cannot run here: {exc}")
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "canary,report", "--no-progress", "-p", "duration_s=3.0",
+                   "-p", "traffic_split=[70,30]", "-p", "min_requests=10", "--out", str(out), "--run-id", "r")
+    summary = _summary(out, "r")
+    assert "canary" in summary["results"], proc.stdout + proc.stderr
+    values = summary["results"]["canary"]
+    assert {"agreement", "accuracy_delta_pts", "ci_low", "ci_high", "p99_delta_ms", "decision"} <= set(values)
+    assert values["ci_low"] <= values["accuracy_delta_pts"] <= values["ci_high"]
+    assert values["decision"] in ("promote", "hold", "roll back")
+    assert proc.returncode == (0 if values["decision"] == "promote" else 1), proc.stdout + proc.stderr
+    gates = {g["name"]: g["passed"] for g in summary["gates"]}
+    assert gates["canary:served"] and gates["canary:rollback"]
+    assert [n["name"] for n in summary["notebooks"]] == ["08_canary", "99_report"]
+    page = (out / "r" / "report.html").read_text()
+    assert "canary:decision" in page and "<a href='08_canary.ipynb'>" in page
+    assert not (out / "r" / "canary" / "torchserve.pgid").exists()
+
+
+def test_compare_flags_a_run_made_with_a_slower_variant(run_cli, tmp_path):
+    out = tmp_path / "out"
+    quick = ["--only", "benchmark", "--device", "cpu", "--no-progress", "-p", "batch_sizes=[1,4]",
+             "-p", "min_run_time=0.1", "-p", "variants=['eager']", "--out", str(out)]
+    assert run_cli("run", *quick, "--run-id", "before").returncode == 0
+    slower = run_cli("run", *quick, "--model", "lab2prod.examples:digits_cnn_tta",
+                     "--example-inputs", "lab2prod.examples:digits_inputs", "--run-id", "after")
+    assert slower.returncode == 0, slower.stdout + slower.stderr
+    proc = run_cli("compare", str(out / "before"), str(out / "after"), "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    flagged = {c["name"] for c in json.loads(proc.stdout)["changes"] if c["verdict"] == "REGRESSION"}
+    assert "benchmark.rows[variant=eager,device=cpu,batch_size=1].p99_ms" in flagged
+    assert "benchmark.sla.throughput_per_s" in flagged
+    same = run_cli("compare", str(out / "before"), str(out / "before"))
+    assert same.returncode == 0 and "no regression" in same.stdout

@@ -74,7 +74,8 @@ def test_report_puts_failures_first(tmp_path):
                "results": {"export": {"formats": [{"format": "x", "max_abs_diff": 0.3}]}}, "gates": gates}
     assert not run_passed(summary)
     html = write_report(summary, tmp_path).read_text()
-    assert "NOT READY" in html and html.index("parity:bad") < html.index("parity:ok")
+    gates_table = html[html.index("<h2>Gates"):]
+    assert "NOT READY" in html and gates_table.index("parity:bad") < gates_table.index("parity:ok")
     assert "<td class='fail'>FAIL</td>" in html
     json.dumps(summary)  # the summary contract is plain JSON
 

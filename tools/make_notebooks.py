@@ -1186,6 +1186,73 @@ nb.gates_frame(gates)[["verdict", "threshold", "detail"]]
 """),
 ]
 
+REPORT = [
+    md("""
+# 99 · Readiness report: is this model ready for production?
+
+Every notebook of a run records its gates: a verdict, the number behind it and the threshold.
+This notebook reads them back from the run folder and lays them out along the deployment
+checklist (environment, model integrity, preprocessing parity, quantization, latency SLA,
+serving, monitoring, security, rollback), failures first, then writes `report.html`: one
+self-contained page with the scorecard, every gate, links to the executed notebooks and their
+plots. `lab2prod run` runs it last and rewrites the page once the whole run has finished.
+"""),
+    code("""
+run_dir = ""  # run folder to report on; empty means outputs/interactive
+""", tags=["parameters"]),
+    code("""
+from lab2prod import notebook as nb
+from lab2prod import report
+
+run_dir = nb.resolve_run_dir(run_dir)
+summary = report.collect_summary(run_dir)
+rows = report.scorecard(summary["gates"])
+ready, verdict = report.readiness(summary)
+print(verdict)
+"""),
+    md("""
+## Scorecard
+
+One row per checklist item, in checklist order. An item fails when any of its gates fails;
+`NOT RUN` means no notebook of this run recorded a gate for it.
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+print(", ".join(row["item"] for row in rows))
+"""),
+    code("""
+fig = nb.plot_scorecard(rows)
+"""),
+    code("""
+nb.scorecard_frame(rows)
+"""),
+    md("""
+## Every gate, failures first
+
+The value is what the run measured and the threshold what it had to meet.
+"""),
+    code("""
+import pandas as pd
+
+from lab2prod.results import gate_verdict
+
+gates = report.sorted_gates(summary["gates"])
+pd.DataFrame([{"verdict": gate_verdict(g), "item": report.checklist_item(g), "name": g["name"],
+               "value": g["value"], "threshold": g["threshold"], "detail": g["detail"]} for g in gates])
+"""),
+    md("""
+## Notebooks of this run
+"""),
+    code("""
+notebooks = pd.DataFrame(summary["notebooks"], columns=["name", "status", "seconds", "error"])
+notebooks if len(notebooks) else "no executed notebooks in this folder; lab2prod run saves them beside the results"
+"""),
+    code("""
+path = report.write_report(summary, run_dir)
+print(f"wrote {path.name} ({path.stat().st_size // 1024} KiB, self-contained) in the run folder")
+"""),
+]
+
 
 def build(name, cells):
     notebook = new_notebook(cells=cells)
@@ -1208,6 +1275,7 @@ NOTEBOOK_CELLS = {
     "06_drift_monitoring": DRIFT,
     "07_security": SECURITY,
     "08_canary": CANARY,
+    "99_report": REPORT,
 }
 
 if __name__ == "__main__":

@@ -42,6 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="any notebook parameter, typed like papermill: -p atol=1e-5 -p batch_sizes=[1,8]")
     run.add_argument("--list", action="store_true", help="list the notebooks and their parameters")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    compare = commands.add_parser(
+        "compare", help="what changed between two runs; exit 1 on a regression",
+        description="Compare two run folders (A before, B after): versions, parameters, gates, headline P99, "
+                    "accuracy and sizes. Exit 1 when B regresses, 0 otherwise, 2 on bad input.")
+    compare.add_argument("run_a", help="run folder (or its summary.json) before the change")
+    compare.add_argument("run_b", help="run folder (or its summary.json) after the change")
+    compare.add_argument("--p99-tolerance", type=float, default=0.10,
+                         help="relative P99 increase, or throughput decrease, counted as a regression (default 0.10)")
+    compare.add_argument("--accuracy-tolerance", type=float, default=0.1,
+                         help="accuracy decrease in points counted as a regression (default 0.1)")
+    compare.add_argument("--size-tolerance", type=float, default=0.10,
+                         help="relative size increase counted as a regression (default 0.10)")
+    compare.add_argument("--all", action="store_true", help="also list what did not change")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
     commands.add_parser("models", help="list the model names that --model accepts")
     env = commands.add_parser("env", help="the environment lock: write it in the lab, diff it in production")
     env_commands = env.add_subparsers(dest="env_command", required=True)
@@ -132,6 +146,29 @@ def _env(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from .compare import compare_runs, format_table, load_summary, regressions
+
+    for name in ("p99_tolerance", "accuracy_tolerance", "size_tolerance"):
+        if getattr(args, name) < 0:
+            raise Lab2ProdError(f"--{name.replace('_', '-')} {getattr(args, name)} is negative; "
+                                "pass a tolerance of 0 or more")
+    a, b = load_summary(args.run_a), load_summary(args.run_b)
+    changes = compare_runs(a, b, args.p99_tolerance, args.accuracy_tolerance, args.size_tolerance)
+    bad = regressions(changes)
+    if args.json:
+        print(json.dumps({"run_a": a["run_id"], "run_b": b["run_id"], "regressions": len(bad),
+                          "changes": [asdict(c) for c in changes]}, indent=2, default=str))
+    else:
+        print(f"A: {a['run_id']}\nB: {b['run_id']}\n")
+        print(format_table(changes, args.all))
+        print(f"\n{len(bad)} regression(s)" if bad else "\nno regression")
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -142,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "env":
             return _env(args)
+        if args.command == "compare":
+            return _compare(args)
         return _run(args)
     except Lab2ProdError as exc:
         print(f"lab2prod: error: {exc}", file=sys.stderr)

@@ -3,6 +3,8 @@
     lab2prod run --only export --model lab2prod.examples:tabular_mlp \
         --example-inputs lab2prod.examples:tabular_inputs
     lab2prod run --only parity -p serving_transform=lab2prod.examples:serving_bicubic
+    lab2prod run --only benchmark --model lab2prod.examples:digits_cnn_tta \
+        --example-inputs lab2prod.examples:digits_inputs
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ __all__ = [
     "gated_net",
     "sequence_inputs",
     "lstm_classifier",
+    "digits_inputs",
+    "digits_cnn_tta",
     "serving_bicubic",
     "serving_resize_without_crop",
 ]
@@ -82,6 +86,37 @@ class LSTMClassifier(nn.Module):
 def lstm_classifier() -> nn.Module:
     """An LSTM sequence classifier (random weights): dynamic quantization's other home."""
     return LSTMClassifier()
+
+
+def digits_inputs(batch_size: int, seed: int) -> torch.Tensor:
+    """Held-out digits through the lab transform, as a tensor batch (for factory models of digits)."""
+    from .models import digits_batch
+
+    return digits_batch(batch_size, seed, "test")
+
+
+class ShiftTTA(nn.Module):
+    """Test-time augmentation: the mean of the logits over the input and its one-pixel shifts.
+    The same weights and nearly the same answers, for `len(shifts) + 1` times the compute: the
+    kind of change that slips into a release and costs the latency budget."""
+
+    def __init__(self, model: nn.Module, shifts=((0, 1), (1, 0), (0, -1))):
+        super().__init__()
+        self.model = model
+        self.shifts = [tuple(s) for s in shifts]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        for dy, dx in self.shifts:
+            logits = logits + self.model(torch.roll(x, shifts=(dy, dx), dims=(2, 3)))
+        return logits / (len(self.shifts) + 1)
+
+
+def digits_cnn_tta() -> nn.Module:
+    """The trained digits_cnn wrapped in 4-way shift test-time augmentation (a slower variant)."""
+    from .models import load_model
+
+    return ShiftTTA(load_model("digits_cnn").module)
 
 
 # ---------------------------------------------------------------- serving transforms (bytes -> tensor)

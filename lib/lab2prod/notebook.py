@@ -37,6 +37,8 @@ __all__ = [
     "plot_drift",
     "plot_adversarial",
     "plot_canary",
+    "scorecard_frame",
+    "plot_scorecard",
 ]
 
 
@@ -524,5 +526,34 @@ def plot_canary(report, max_accuracy_drop_pts: float, max_p99_increase_ms: float
         right.text(0.5, 0.5, report.reason or "no rollout", ha="center", va="center", wrap=True,
                    transform=right.transAxes)
         right.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def scorecard_frame(rows: list[dict]) -> pd.DataFrame:
+    """The checklist scorecard as a table indexed by item."""
+    return pd.DataFrame(rows).set_index("item")[["verdict", "passed", "failed", "skipped", "gates", "why"]]
+
+
+def plot_scorecard(rows: list[dict]):
+    """One bar per checklist item (top to bottom in checklist order): its gates, green passed,
+    red failed, grey skipped; items that did not run are labelled so."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 1.0))
+    positions = list(range(len(rows)))[::-1]
+    left = [0] * len(rows)
+    for key, color in (("failed", "#b00020"), ("skipped", "#9e9e9e"), ("passed", "#2e7d32")):
+        values = [r[key] for r in rows]
+        ax.barh(positions, values, left=left, color=color, label=key, height=0.6)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    for y, row, width in zip(positions, rows, left, strict=True):
+        ax.text(width + 0.1, y, row["verdict"], va="center", fontsize=8,
+                color={"FAIL": "#b00020", "PASS": "#2e7d32"}.get(row["verdict"], "#555"))
+    ax.set_yticks(positions, [r["item"] for r in rows])
+    ax.set_xlabel("gates")
+    ax.set_xlim(0, max(left + [1]) + 1.5)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Readiness scorecard, in checklist order")
     fig.tight_layout()
     return fig

@@ -1,0 +1,169 @@
+"""What changed between two runs: versions, gates, P99 latency, accuracy and size, with a verdict per row for CI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import Lab2ProdError
+from .results import gate_verdict
+
+__all__ = ["Change", "load_summary", "flatten", "compare_runs", "regressions", "format_table"]
+
+# Lists of result rows are keyed by these columns, so row i of one run meets the same row of the other.
+_ROW_KEYS = ("format", "variant", "device", "method", "batch_size", "users", "config", "percentile")
+
+
+@dataclass
+class Change:
+    """One compared quantity: kind (version, parameter, notebook, gate, latency, throughput,
+    accuracy, size), name,
+    the values in run A and B, the change, and the verdict (REGRESSION, improved, changed, same,
+    added, removed)."""
+
+    kind: str
+    name: str
+    a: object
+    b: object
+    change: str
+    verdict: str
+
+
+def load_summary(run: str | Path) -> dict:
+    """summary.json of a run folder (or the file itself); a clear error when it is not a finished run."""
+    path = Path(run)
+    path = path / "summary.json" if path.is_dir() else path
+    if not path.exists():
+        raise Lab2ProdError(f"{str(run)!r} has no summary.json; pass the folder of a finished `lab2prod run` "
+                            "(outputs/<run-id>)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise Lab2ProdError(f"{str(path)!r} is not valid JSON ({exc.msg}); was the run interrupted?") from None
+
+
+def _row_key(row: dict) -> str | None:
+    parts = [f"{k}={row[k]}" for k in _ROW_KEYS if k in row and row[k] is not None]
+    return ",".join(parts) or None
+
+
+def flatten(values, prefix: str = "") -> dict[str, object]:
+    """Scalars of a results tree as {"a.b[key].c": value}; lists of rows are keyed by their
+    identifying columns (format, variant, batch_size, ...), other lists are left out."""
+    flat = {}
+    if isinstance(values, dict):
+        for key, value in values.items():
+            flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(values, list):
+        if values and all(isinstance(v, dict) for v in values):
+            keys = [_row_key(v) for v in values]
+            if all(keys) and len(set(keys)) == len(keys):
+                for key, row in zip(keys, values, strict=True):
+                    measured = {k: v for k, v in row.items() if k not in _ROW_KEYS}
+                    flat.update(flatten(measured, f"{prefix}[{key}]"))
+    elif isinstance(values, (int, float)) and not isinstance(values, bool):
+        flat[prefix] = values
+    return flat
+
+
+# The numbers a run's speed stands on: every row of the benchmark (same variant, device and batch
+# in both runs, timed by the benchmark harness), the configuration it chose under the SLA and the
+# tuned server. Load-test rows, the untuned server and the canary's live split are context.
+HEADLINE = ("benchmark.rows[", "benchmark.sla.", "benchmark.sla_by_device.", "serving.tuned.")
+
+
+def _kind(path: str) -> str | None:
+    leaf = path.rsplit(".", 1)[-1]
+    if leaf in ("p99_ms", "throughput_per_s"):
+        if not path.startswith(HEADLINE):
+            return None
+        return "latency" if leaf == "p99_ms" else "throughput"
+    if "accuracy" in leaf and not any(w in leaf for w in ("drop", "delta", "change", "rate")):
+        return "accuracy"
+    if leaf.endswith("bytes") and "rss" not in leaf and "mem" not in leaf:
+        return "size"
+    return None
+
+
+def _pct(a: float, b: float) -> str:
+    return f"{100 * (b - a) / a:+.1f}%" if a else "n/a"
+
+
+def compare_runs(a: dict, b: dict, p99_tolerance: float = 0.10, accuracy_tolerance_pts: float = 0.1,
+                 size_tolerance: float = 0.10) -> list[Change]:
+    """Every difference between summaries a (before) and b (after). Regressions: a gate that
+    passed in A and fails in B (or a notebook that now errors); a benchmarked or chosen P99 up,
+    or the chosen throughput down, by more than p99_tolerance; an accuracy down more than
+    accuracy_tolerance_pts points; a size up more than size_tolerance."""
+    changes = []
+    env_a, env_b = a.get("environment", {}), b.get("environment", {})
+    for key in sorted(set(env_a) | set(env_b)):
+        if env_a.get(key) != env_b.get(key):
+            changes.append(Change("version", key, env_a.get(key), env_b.get(key), "differs", "changed"))
+    params_a, params_b = a.get("params", {}), b.get("params", {})
+    for key in sorted(set(params_a) | set(params_b)):
+        if params_a.get(key) != params_b.get(key):
+            changes.append(Change("parameter", key, params_a.get(key), params_b.get(key), "differs", "changed"))
+    status_a = {n["name"]: n["status"] for n in a.get("notebooks", [])}
+    for notebook in b.get("notebooks", []):
+        before = status_a.get(notebook["name"])
+        if notebook["status"] != "ok" and before == "ok":
+            changes.append(Change("notebook", notebook["name"], before, notebook["status"], notebook["error"] or "",
+                                  "REGRESSION"))
+    gates_a = {g["name"]: gate_verdict(g) for g in a.get("gates", [])}
+    gates_b = {g["name"]: gate_verdict(g) for g in b.get("gates", [])}
+    for name in sorted(set(gates_a) | set(gates_b)):
+        va, vb = gates_a.get(name), gates_b.get(name)
+        if va == vb:
+            continue
+        verdict = ("REGRESSION" if vb == "FAIL" else "improved" if va == "FAIL" and vb == "PASS"
+                   else "added" if va is None else "removed" if vb is None else "changed")
+        changes.append(Change("gate", name, va, vb, f"{va} -> {vb}", verdict))
+    flat_a, flat_b = flatten(a.get("results", {})), flatten(b.get("results", {}))
+    for path in sorted(set(flat_a) & set(flat_b)):
+        kind = _kind(path)
+        if kind is None:
+            continue
+        va, vb = float(flat_a[path]), float(flat_b[path])
+        if kind == "latency":
+            worse, better = vb > va * (1 + p99_tolerance), vb < va * (1 - p99_tolerance)
+            change = _pct(va, vb)
+        elif kind == "accuracy":
+            scale = 100 if max(abs(va), abs(vb)) <= 1 else 1
+            delta_pts = (vb - va) * scale
+            worse, better = delta_pts < -accuracy_tolerance_pts, delta_pts > accuracy_tolerance_pts
+            change = f"{delta_pts:+.2f} pts"
+        elif kind == "throughput":
+            worse, better = vb < va * (1 - p99_tolerance), vb > va * (1 + p99_tolerance)
+            change = _pct(va, vb)
+        else:
+            worse, better = vb > va * (1 + size_tolerance), vb < va * (1 - size_tolerance)
+            change = _pct(va, vb)
+        verdict = "REGRESSION" if worse else "improved" if better else "same"
+        changes.append(Change(kind, path, flat_a[path], flat_b[path], change, verdict))
+    return changes
+
+
+def regressions(changes: list[Change]) -> list[Change]:
+    return [c for c in changes if c.verdict == "REGRESSION"]
+
+
+def _show(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def format_table(changes: list[Change], show_same: bool = False) -> str:
+    """A plain-text table, regressions first; rows without a change only with show_same."""
+    order = {"REGRESSION": 0, "changed": 1, "added": 2, "removed": 2, "improved": 3, "same": 4}
+    rows = sorted((c for c in changes if show_same or c.verdict != "same"), key=lambda c: order[c.verdict])
+    header = ("verdict", "kind", "name", "run A", "run B", "change")
+    cells = [header] + [(c.verdict, c.kind, c.name, _show(c.a), _show(c.b), c.change) for c in rows]
+    cells = [tuple(text if len(text) <= 60 else text[:57] + "..." for text in row) for row in cells]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

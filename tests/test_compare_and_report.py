@@ -1,0 +1,131 @@
+"""Run comparison (`lab2prod compare`) and the readiness scorecard."""
+
+import json
+
+import pytest
+
+from lab2prod import compare, report
+from lab2prod.errors import Lab2ProdError
+from lab2prod.results import gate
+
+
+def _summary(p99=5.0, throughput=3000.0, accuracy=0.96, size=2_000_000, sla_passes=True, torch="2.14.1"):
+    return {
+        "run_id": "r", "params": {"model": "digits_cnn"}, "environment": {"torch": torch},
+        "notebooks": [{"name": "04_latency_benchmark", "status": "ok", "seconds": 1.0, "error": None}],
+        "results": {
+            "benchmark": {"sla": {"p99_ms": p99, "throughput_per_s": throughput, "batch_size": 16},
+                          "rows": [{"variant": "eager", "device": "cpu", "batch_size": 1, "p99_ms": p99,
+                                    "throughput_per_s": throughput}],
+                          "model": {"heldout_accuracy": accuracy}},
+            "serving": {"load": [{"users": 1, "p99_ms": p99 * 9}], "default": {"p99_ms": p99 * 50}},
+            "export": {"manifest": [{"format": "torchscript_script", "bytes": size}]},
+        },
+        "gates": [{"notebook": "04_latency_benchmark", **gate("sla", sla_passes, p99, 100.0)}],
+    }
+
+
+def _verdicts(changes):
+    return {(c.kind, c.name): c.verdict for c in changes}
+
+
+def test_identical_runs_have_no_change():
+    changes = compare.compare_runs(_summary(), _summary())
+    assert compare.regressions(changes) == []
+    assert {c.verdict for c in changes} == {"same"}
+
+
+def test_slower_run_is_a_regression_and_faster_an_improvement():
+    slower = _verdicts(compare.compare_runs(_summary(), _summary(p99=5.6, throughput=2600.0)))
+    assert slower[("latency", "benchmark.sla.p99_ms")] == "REGRESSION"
+    assert slower[("latency", "benchmark.rows[variant=eager,device=cpu,batch_size=1].p99_ms")] == "REGRESSION"
+    assert slower[("throughput", "benchmark.sla.throughput_per_s")] == "REGRESSION"
+    # serving load rows and the untuned server are context, not verdicts
+    assert not any("serving" in name for _, name in slower)
+    within = _verdicts(compare.compare_runs(_summary(), _summary(p99=5.4)))
+    assert within[("latency", "benchmark.sla.p99_ms")] == "same"  # +8% is inside the 10% tolerance
+    faster = _verdicts(compare.compare_runs(_summary(), _summary(p99=3.0)))
+    assert faster[("latency", "benchmark.sla.p99_ms")] == "improved"
+
+
+def test_accuracy_size_gates_and_versions():
+    changes = compare.compare_runs(_summary(), _summary(accuracy=0.95, size=2_400_000, sla_passes=False,
+                                                        torch="2.15.0"))
+    verdicts = _verdicts(changes)
+    assert verdicts[("accuracy", "benchmark.model.heldout_accuracy")] == "REGRESSION"
+    assert verdicts[("size", "export.manifest[format=torchscript_script].bytes")] == "REGRESSION"
+    assert verdicts[("gate", "sla")] == "REGRESSION"
+    assert verdicts[("version", "torch")] == "changed"
+    assert verdicts[("gate", "sla")] == "REGRESSION"
+    table = compare.format_table(changes)
+    assert table.splitlines()[0].split()[:3] == ["verdict", "kind", "name"]
+    assert table.splitlines()[2].startswith("REGRESSION")  # regressions first
+    fixed = _verdicts(compare.compare_runs(_summary(sla_passes=False), _summary()))
+    assert fixed[("gate", "sla")] == "improved"
+
+
+def test_flatten_keys_rows_by_their_identity():
+    flat = compare.flatten({"rows": [{"variant": "a", "batch_size": 1, "p99_ms": 2.0},
+                                     {"variant": "a", "batch_size": 4, "p99_ms": 3.0}], "unkeyed": [{"x": 1}]})
+    assert flat == {"rows[variant=a,batch_size=1].p99_ms": 2.0, "rows[variant=a,batch_size=4].p99_ms": 3.0}
+
+
+def test_load_summary_errors_name_the_folder(tmp_path):
+    with pytest.raises(Lab2ProdError, match="has no summary.json"):
+        compare.load_summary(tmp_path)
+    (tmp_path / "summary.json").write_text("{half")
+    with pytest.raises(Lab2ProdError, match="is not valid JSON"):
+        compare.load_summary(tmp_path)
+
+
+def test_compare_cli_exit_codes(run_cli, tmp_path):
+    for name, summary in (("a", _summary()), ("b", _summary(p99=9.0)), ("c", _summary())):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    regressed = run_cli("compare", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert regressed.returncode == 1 and "REGRESSION  latency" in regressed.stdout
+    assert run_cli("compare", str(tmp_path / "a"), str(tmp_path / "c")).returncode == 0
+    loose = run_cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--p99-tolerance", "1.0", "--json")
+    assert loose.returncode == 0 and json.loads(loose.stdout)["regressions"] == 0
+    bad = run_cli("compare", str(tmp_path / "a"), str(tmp_path / "missing"))
+    assert bad.returncode == 2 and "has no summary.json" in bad.stderr
+
+
+def test_scorecard_follows_the_checklist_and_fails_an_item_on_any_failed_gate():
+    gates = [{"notebook": "08_canary", **gate("canary:decision", False, "hold", "promote", "p99 noisy")},
+             {"notebook": "07_security", **gate("security:integrity", True, 5, 5)},
+             {"notebook": "07_security", **gate("security:inputs", True, 12, 12)},
+             {"notebook": "02_preprocessing_parity", **gate("parity:serving", False, None, None, "n/a",
+                                                            skipped=True)},
+             {"notebook": "00_environment", **gate("environment", True, 0, 0)}]
+    rows = report.scorecard(gates)
+    assert [r["item"] for r in rows] == report.CHECKLIST
+    by_item = {r["item"]: r for r in rows}
+    assert by_item["rollback"]["verdict"] == "FAIL" and "p99 noisy" in by_item["rollback"]["why"]
+    assert by_item["model integrity"]["verdict"] == "PASS"  # the security notebook's integrity checks
+    assert by_item["preprocessing parity"]["verdict"] == "SKIP"
+    assert by_item["serving"]["verdict"] == "NOT RUN"
+    ordered = [g["name"] for g in report.sorted_gates(gates)]
+    assert ordered == ["canary:decision", "parity:serving", "environment", "security:integrity", "security:inputs"]
+
+
+def test_report_page_is_self_contained_with_links_and_checklist(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    cell = new_code_cell("fig")
+    cell.outputs = [new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"})]
+    notebook = new_notebook(cells=[cell])
+    notebook.metadata["papermill"] = {"duration": 2.5, "exception": None, "end_time": "2026-01-01T00:00:00"}
+    nbformat.write(notebook, str(tmp_path / "04_latency_benchmark.ipynb"))
+    from lab2prod.results import record
+
+    record(tmp_path, "benchmark", {"sla": {"p99_ms": 5.0}}, [gate("sla", False, 120.0, 100.0, "too slow")],
+           "04_latency_benchmark")
+    summary = report.collect_summary(tmp_path)
+    assert summary["notebooks"] == [{"name": "04_latency_benchmark", "status": "ok", "seconds": 2.5, "error": None}]
+    page = report.write_report(summary, tmp_path).read_text()
+    assert "NOT READY" in page and "<a href='04_latency_benchmark.ipynb'>" in page
+    assert "data:image/png;base64,iVBORw0KGgo=" in page
+    assert page.index("Scorecard") < page.index("environment") < page.index("latency SLA") < page.index("rollback")
+    assert "http://" not in page and "https://" not in page  # nothing to fetch: opens from disk
