@@ -229,6 +229,7 @@ def test_serving_run_serves_loads_tunes_and_leaves_no_server(run_cli, tmp_path):
     assert values["default"]["threads"] == 0 and len(values["tuning"]) == 3
     serve = out / "r" / "serving"
     assert (serve / "locustfile.py").exists() and "models=" in (serve / "config.properties").read_text()
+    assert values["kubernetes"] == "serving/kubernetes/kubernetes.yaml" and (out / "r" / values["kubernetes"]).exists()
     assert not (serve / "torchserve.pgid").exists() and not (serve / "key_file.json").exists()
     running = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(serve) not in running  # no TorchServe of this run is left

@@ -129,6 +129,17 @@ def test_a_real_torchserve_predicts_refuses_serves_load_and_stops(tmp_path):
         assert all(r["requests"] > 0 and r["error_rate"] == 0 and r["p99_ms"] >= r["p50_ms"] for r in rows)
         metrics = {row["metric"]: row["value"] for row in serving.scrape_metrics(server)}
         assert metrics["ts_inference_requests_total"] >= sum(r["requests"] for r in rows)
+        # The Kubernetes readiness probe, run against this live server: ready with the key file,
+        # not ready with a stale one.
+        from lab2prod.kubernetes import ping_probe
+
+        key_file = tmp_path / "serving" / "key_file.json"
+        probe = [sys.executable, "-c", ping_probe(str(key_file), server.ports["inference"])]
+        assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+        stale = tmp_path / "stale_key.json"
+        stale.write_text(key_file.read_text().replace(server.keys["inference"], "stale-key"))
+        probe = [sys.executable, "-c", ping_probe(str(stale), server.ports["inference"])]
+        assert subprocess.run(probe, capture_output=True, timeout=30).returncode != 0
         pid = server.process.pid
     finally:
         server.stop()

@@ -633,6 +633,19 @@ else:
     print(report.reason or "no configuration met the SLA")
 """),
     md("""
+## Beyond one machine: Kubernetes
+
+The chosen configuration also becomes manifests (checked against the Kubernetes schema before
+they are written): a Deployment whose CPU limit is workers x threads, a readiness probe that
+calls `/ping` with the token TorchServe wrote at start, a Service, and an autoscaler on CPU.
+The folder holds the Dockerfile and build context of the image the Deployment runs.
+"""),
+    code("""
+from lab2prod import kubernetes
+
+pd.DataFrame(kubernetes.describe(run_dir / report.kubernetes)).set_index("kind") if report.applies else report.reason
+"""),
+    md("""
 ## Gates
 
 `serving:parity`: every live request answered, top-1 identical to the lab, probabilities within
@@ -657,6 +670,7 @@ record(run_dir, "serving", {
     "default": {k: report.default[k] for k in summary_keys} if report.default else None,
     "config_file": report.config_file,
     "locustfile": report.locustfile,
+    "kubernetes": report.kubernetes,
 }, gates, notebook="05_serving")
 nb.gates_frame(gates)[["verdict", "threshold"]]
 """),

@@ -707,6 +707,7 @@ class ServingReport:
     chosen: dict | None = None
     config_file: str = ""
     locustfile: str = ""
+    kubernetes: str = ""
 
 
 def evaluate_serving(loaded, run_dir: Path, config: ServeConfig, users_levels, duration_s: float,
@@ -749,6 +750,10 @@ def evaluate_serving(loaded, run_dir: Path, config: ServeConfig, users_levels, d
     chosen_threads = report.chosen["threads"] if report.chosen else config.threads
     build_archive(loaded, serve_dir, name, chosen_threads, seed, model_file)  # the archive the config names
     report.config_file = str(write_deployment_config(serve_dir, name, report.chosen, config).relative_to(run_dir))
+    from .kubernetes import write_deployment
+
+    report.kubernetes = str(write_deployment(serve_dir, name, report.chosen, config.workers, config.threads,
+                                             config.batch_size, config.max_batch_delay_ms).relative_to(run_dir))
     return report
 
 
