@@ -87,7 +87,7 @@ def _check_device(device: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from .models import load_model
-    from .report import sorted_gates
+    from .report import scorecard, sorted_gates
     from .results import gate_verdict, resolve_run_dir
     from .runner import (
         check_parameters,
@@ -122,6 +122,9 @@ def _run(args: argparse.Namespace) -> int:
         print(line + (f" ({notebook['error']})" if notebook["error"] else ""))
     for gate in sorted_gates(summary["gates"]):
         print(f"  {gate_verdict(gate)} {gate['name']}: {gate['detail']}")
+    ran = [row for row in scorecard(summary["gates"]) if row["verdict"] != "NOT RUN"]
+    if ran:
+        print("checklist: " + ", ".join(f"{row['item']} {row['verdict']}" for row in ran))
     passed = run_passed(summary)
     print(f"{'READY' if passed else 'NOT READY'}: report {run_dir / 'report.html'}")
     return 0 if passed else 1
