@@ -22,6 +22,18 @@ def run_cli(tmp_path):
 
 
 @pytest.fixture
+def torchserve():
+    """Skip, with the reason, where TorchServe cannot run (no Java 17 or no torchserve)."""
+    from lab2prod.errors import Lab2ProdError
+    from lab2prod.serving import check_requirements
+
+    try:
+        check_requirements()
+    except Lab2ProdError as exc:
+        pytest.skip(f"TorchServe cannot run here: {exc}")
+
+
+@pytest.fixture
 def model_files(tmp_path) -> dict[str, Path]:
     """A state_dict, a whole pickled model, a corrupt file, TorchScript and .pt2 files."""
     from lab2prod.models import DigitsCNN

@@ -485,9 +485,10 @@ def plot_adversarial(examples: dict, count: int = 4):
     return fig
 
 
-def plot_canary(report, max_accuracy_drop_pts: float, max_p99_increase_ms: float):
+def plot_canary(report, policy):
     """Left: the accuracy change of v2 with its confidence interval against the budget. Right:
-    the latency each version's live requests saw (cumulative share), with the p99s marked."""
+    the latency each version's live requests saw (cumulative share), with the percentile the
+    rollback rule reads marked."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -497,9 +498,9 @@ def plot_canary(report, max_accuracy_drop_pts: float, max_p99_increase_ms: float
         delta, low, high = accuracy["accuracy_delta_pts"], accuracy["ci_low"], accuracy["ci_high"]
         left.errorbar([0], [delta], yerr=[[delta - low], [high - delta]], fmt="o", capsize=8, color="C0",
                       label=f"{accuracy['confidence']:.0%} CI (paired bootstrap)")
-        left.axhline(-max_accuracy_drop_pts, color="#b00020", linewidth=1.2, label="budget")
+        left.axhline(-policy.max_accuracy_drop_pts, color="#b00020", linewidth=1.2, label="budget")
         left.axhline(0, color="#888", linewidth=0.8)
-        span = max(abs(low), abs(high), max_accuracy_drop_pts) * 1.4 + 0.1
+        span = max(abs(low), abs(high), policy.max_accuracy_drop_pts) * 1.4 + 0.1
         left.set_ylim(-span, span)
         left.legend(fontsize=8, loc="upper right")
     else:
@@ -514,14 +515,16 @@ def plot_canary(report, max_accuracy_drop_pts: float, max_p99_increase_ms: float
         ordered = np.sort(np.asarray(values))
         right.plot(ordered, np.arange(1, ordered.size + 1) / ordered.size, color=color,
                    label=f"{label}: {ordered.size} requests")
-        p99 = float(np.percentile(ordered, 99))
-        right.axvline(p99, color=color, linestyle="--", linewidth=1, label=f"{label} p99 {p99:.1f} ms")
+        q = policy.latency_percentile
+        mark = float(np.percentile(ordered, q))
+        right.axvline(mark, color=color, linestyle="--", linewidth=1, label=f"{label} p{q:g} {mark:.1f} ms")
     if samples:
         right.set_xscale("log")
         right.set_xlabel("latency seen by the client (ms)")
         right.set_ylabel("share of requests")
         right.legend(fontsize=8, loc="lower right")
-        right.set_title(f"Live latency per version (p99 increase allowed: {max_p99_increase_ms:g} ms)")
+        right.set_title(f"Live latency per version (p{policy.latency_percentile:g} increase allowed: "
+                        f"{policy.max_latency_increase_ms:g} ms)")
     else:
         right.text(0.5, 0.5, report.reason or "no rollout", ha="center", va="center", wrap=True,
                    transform=right.transAxes)
