@@ -17,10 +17,9 @@ _ROW_KEYS = ("format", "variant", "device", "method", "batch_size", "users", "co
 
 @dataclass
 class Change:
-    """One compared quantity: kind (version, parameter, notebook, gate, latency, throughput,
-    accuracy, size), name,
-    the values in run A and B, the change, and the verdict (REGRESSION, improved, changed, same,
-    added, removed)."""
+    """One compared quantity: kind (version, parameter, notebook, gate, latency, accuracy, size), name,
+    the values in run A and B, the change, and the verdict (REGRESSION, improved, changed, tail
+    only, same, added, removed)."""
 
     kind: str
     name: str
@@ -44,13 +43,14 @@ def load_summary(run: str | Path) -> dict:
 
 
 def _row_key(row: dict) -> str | None:
-    parts = [f"{k}={row[k]}" for k in _ROW_KEYS if k in row and row[k] is not None]
-    return ",".join(parts) or None
+    parts = [str(row[k]) for k in _ROW_KEYS if k in row and row[k] is not None]
+    return "/".join(parts) or None
 
 
 def flatten(values, prefix: str = "") -> dict[str, object]:
-    """Scalars of a results tree as {"a.b[key].c": value}; lists of rows are keyed by their
-    identifying columns (format, variant, batch_size, ...), other lists are left out."""
+    """Scalars of a results tree as {"a.b[key].c": value}; lists of rows are keyed by the values
+    of their identifying columns (format, variant, device, batch_size, ...: "eager/cpu/16"),
+    other lists are left out."""
     flat = {}
     if isinstance(values, dict):
         for key, value in values.items():
@@ -68,22 +68,49 @@ def flatten(values, prefix: str = "") -> dict[str, object]:
 
 
 # The numbers a run's speed stands on: every row of the benchmark (same variant, device and batch
-# in both runs, timed by the benchmark harness), the configuration it chose under the SLA and the
-# tuned server. Load-test rows, the untuned server and the canary's live split are context.
-HEADLINE = ("benchmark.rows[", "benchmark.sla.", "benchmark.sla_by_device.", "serving.tuned.")
+# in both runs, timed by the benchmark harness; the configuration chosen under the SLA is one of
+# them) and the tuned server. Load-test rows, the untuned server and the canary's live split are
+# context: they move by more than 10% between identical runs.
+HEADLINE = ("benchmark.rows[", "serving.tuned.")
+# Below this many timed calls a P99 is one or two calls: too few to compare.
+MIN_SAMPLES = 100
 
 
 def _kind(path: str) -> str | None:
     leaf = path.rsplit(".", 1)[-1]
-    if leaf in ("p99_ms", "throughput_per_s"):
-        if not path.startswith(HEADLINE):
-            return None
-        return "latency" if leaf == "p99_ms" else "throughput"
+    if leaf == "p99_ms":
+        return "latency" if path.startswith(HEADLINE) else None
     if "accuracy" in leaf and not any(w in leaf for w in ("drop", "delta", "change", "rate")):
         return "accuracy"
     if leaf.endswith("bytes") and "rss" not in leaf and "mem" not in leaf:
         return "size"
     return None
+
+
+def _latency(path: str, flat_a: dict, flat_b: dict, tolerance: float) -> tuple[str, str]:
+    """(change, verdict) of a P99. A regression needs the P99 up more than `tolerance` and the
+    body of the distribution up too (the P50 where the row has one, else the throughput down):
+    on a shared machine a P99 alone moves by more than 10% between identical runs, a slower
+    model moves both."""
+    base = path[: -len("p99_ms")]
+    a, b = float(flat_a[path]), float(flat_b[path])
+    counts = flat_a.get(base + "n"), flat_b.get(base + "n")
+    if None not in counts and min(counts) < MIN_SAMPLES:
+        return f"{_pct(a, b)} ({int(min(counts))} calls: too few for a P99)", "same"
+    if base + "p50_ms" in flat_a and base + "p50_ms" in flat_b:
+        body = "p50", float(flat_a[base + "p50_ms"]), float(flat_b[base + "p50_ms"])
+        body_worse, body_better = body[2] > body[1] * (1 + tolerance), body[2] < body[1] * (1 - tolerance)
+    elif base + "throughput_per_s" in flat_a and base + "throughput_per_s" in flat_b:
+        body = "throughput", float(flat_a[base + "throughput_per_s"]), float(flat_b[base + "throughput_per_s"])
+        body_worse, body_better = body[2] < body[1] * (1 - tolerance), body[2] > body[1] * (1 + tolerance)
+    else:
+        body, body_worse, body_better = None, True, True
+    change = _pct(a, b) + (f" ({body[0]} {_pct(body[1], body[2])})" if body else "")
+    if b > a * (1 + tolerance):
+        return change, "REGRESSION" if body_worse else "tail only"
+    if b < a * (1 - tolerance):
+        return change, "improved" if body_better else "tail only"
+    return change, "same"
 
 
 def _pct(a: float, b: float) -> str:
@@ -93,9 +120,10 @@ def _pct(a: float, b: float) -> str:
 def compare_runs(a: dict, b: dict, p99_tolerance: float = 0.10, accuracy_tolerance_pts: float = 0.1,
                  size_tolerance: float = 0.10) -> list[Change]:
     """Every difference between summaries a (before) and b (after). Regressions: a gate that
-    passed in A and fails in B (or a notebook that now errors); a benchmarked or chosen P99 up,
-    or the chosen throughput down, by more than p99_tolerance; an accuracy down more than
-    accuracy_tolerance_pts points; a size up more than size_tolerance."""
+    passed in A and fails in B (or a notebook that now errors); a benchmarked or chosen P99 up by
+    more than p99_tolerance with the P50 (or throughput) worse by as much; an accuracy down more
+    than accuracy_tolerance_pts points; a size up more than size_tolerance. A P99 that moved
+    alone is listed as "tail only"."""
     changes = []
     env_a, env_b = a.get("environment", {}), b.get("environment", {})
     for key in sorted(set(env_a) | set(env_b)):
@@ -127,16 +155,14 @@ def compare_runs(a: dict, b: dict, p99_tolerance: float = 0.10, accuracy_toleran
             continue
         va, vb = float(flat_a[path]), float(flat_b[path])
         if kind == "latency":
-            worse, better = vb > va * (1 + p99_tolerance), vb < va * (1 - p99_tolerance)
-            change = _pct(va, vb)
-        elif kind == "accuracy":
+            change, verdict = _latency(path, flat_a, flat_b, p99_tolerance)
+            changes.append(Change(kind, path, flat_a[path], flat_b[path], change, verdict))
+            continue
+        if kind == "accuracy":
             scale = 100 if max(abs(va), abs(vb)) <= 1 else 1
             delta_pts = (vb - va) * scale
             worse, better = delta_pts < -accuracy_tolerance_pts, delta_pts > accuracy_tolerance_pts
             change = f"{delta_pts:+.2f} pts"
-        elif kind == "throughput":
-            worse, better = vb < va * (1 - p99_tolerance), vb > va * (1 + p99_tolerance)
-            change = _pct(va, vb)
         else:
             worse, better = vb > va * (1 + size_tolerance), vb < va * (1 - size_tolerance)
             change = _pct(va, vb)
@@ -157,11 +183,11 @@ def _show(value) -> str:
 
 def format_table(changes: list[Change], show_same: bool = False) -> str:
     """A plain-text table, regressions first; rows without a change only with show_same."""
-    order = {"REGRESSION": 0, "changed": 1, "added": 2, "removed": 2, "improved": 3, "same": 4}
+    order = {"REGRESSION": 0, "changed": 1, "added": 2, "removed": 2, "tail only": 3, "improved": 4, "same": 5}
     rows = sorted((c for c in changes if show_same or c.verdict != "same"), key=lambda c: order[c.verdict])
     header = ("verdict", "kind", "name", "run A", "run B", "change")
     cells = [header] + [(c.verdict, c.kind, c.name, _show(c.a), _show(c.b), c.change) for c in rows]
-    cells = [tuple(text if len(text) <= 60 else text[:57] + "..." for text in row) for row in cells]
+    cells = [tuple(text if len(text) <= 72 else text[:69] + "..." for text in row) for row in cells]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
              for row in cells]
