@@ -65,7 +65,8 @@ def test_notebook_error_is_saved_and_exits_1(run_cli, tmp_path):
     (["--weights", "missing.pt"], "weights file 'missing.pt' does not exist"),
     (["--model", "nowhere.module:factory"], "does not import"),
     (["-p", "atol=big"], "atol='big' has the wrong type"),
-    (["--only", "canary"], "is not in this version"),
+    (["--only", "canary", "-p", "traffic_split=[80]"], "traffic_split [80] must be two non-negative weights"),
+    (["--only", "canary", "-p", "latency_percentile=100.0"], "latency_percentile 100.0 must be between 0 and 100"),
     (["--only", "environment", "-p", "lock_path=nowhere.json"], "lock file"),
     (["--device", "cuda"], "CUDA"),
 ])
@@ -254,36 +255,10 @@ def test_drift_and_security_run_refuses_every_bad_input(run_cli, tmp_path):
     assert adversarial["pgd_accuracy"] <= adversarial["fgsm_accuracy"] <= adversarial["clean_accuracy"]
 
 
-def test_canary_run_decides_and_records_the_named_results(run_cli, tmp_path, torchserve):
-    out = tmp_path / "out"
-    # A generous latency allowance: the int8 version agrees on every held-out digit, so the rule
-    # must promote, and the promotion must be applied and verified on the live server.
-    proc = run_cli("run", "--only", "canary,report", "--no-progress", "-p", "duration_s=2.0",
-                   "-p", "traffic_split=[70,30]", "-p", "min_requests=10", "-p", "max_latency_increase_ms=10000.0",
-                   "--out", str(out), "--run-id", "r")
-    summary = _summary(out, "r")
-    assert "canary" in summary["results"], proc.stdout + proc.stderr
-    values = summary["results"]["canary"]
-    assert {"agreement", "accuracy_delta_pts", "ci_low", "ci_high", "p99_delta_ms", "decision"} <= set(values)
-    assert values["ci_low"] <= values["accuracy_delta_pts"] <= values["ci_high"]
-    assert values["decision"] == "promote" and proc.returncode == 0, proc.stdout + proc.stderr
-    assert values["applied"]["action"] == "set 2.0 as the default version"
-    assert values["applied"]["default_answered_by"] == "2.0"
-    assert 0.15 < values["live"]["v2"]["requests"] / (values["live"]["v1"]["requests"]
-                                                      + values["live"]["v2"]["requests"]) < 0.45
-    assert "checklist: rollback PASS" in proc.stdout
-    gates = {g["name"]: g["passed"] for g in summary["gates"]}
-    assert gates["canary:served"] and gates["canary:rollback"]
-    assert [n["name"] for n in summary["notebooks"]] == ["08_canary", "99_report"]
-    page = (out / "r" / "report.html").read_text()
-    assert "canary:decision" in page and "<a href='08_canary.ipynb'>" in page
-    assert not (out / "r" / "canary" / "torchserve.pgid").exists()
-
-
 def test_compare_flags_a_run_made_with_a_slower_variant(run_cli, tmp_path):
     out = tmp_path / "out"
     quick = ["--only", "benchmark", "--device", "cpu", "--no-progress", "-p", "batch_sizes=[1]",
-             "-p", "min_run_time=0.5", "-p", "variants=['eager']", "--out", str(out)]
+             "-p", "min_run_time=0.3", "-p", "variants=['eager']", "--out", str(out)]
     assert run_cli("run", *quick, "--run-id", "before").returncode == 0
     slower = run_cli("run", *quick, "--model", "lab2prod.examples:digits_cnn_tta",
                      "--example-inputs", "lab2prod.examples:digits_inputs", "--run-id", "after")

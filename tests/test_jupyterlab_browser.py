@@ -50,6 +50,10 @@ def jupyterlab(tmp_path):
     notification = tmp_path / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notification.parent.mkdir(parents=True)
     notification.write_text('{"fetchNews": "false", "checkForUpdates": false}')
+    # Start the notebook's kernel without asking, as "Always start the preferred kernel" does.
+    tracker = tmp_path / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text('{"autoStartDefaultKernel": true}')
     port, token = free_port(), secrets.token_hex(16)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "run"),
                JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
@@ -98,10 +102,16 @@ def test_export_notebook_runs_all_cells_in_jupyterlab_in_chromium(jupyterlab, tm
     screenshot = tmp_path / "jupyterlab_01_export.png"
     with playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{url}/lab/tree/01_export.ipynb?token={token}&reset")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+            try:  # a person picks the notebook's own kernel when JupyterLab asks
+                dialog.wait_for(timeout=5_000)
+                dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+            except playwright.TimeoutError:
+                pass
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
             assert page.locator(".jp-OutputArea-output table").count() == 0
             # Run > Run All Cells, as a person would click it.
@@ -123,11 +133,20 @@ def test_export_notebook_runs_all_cells_in_jupyterlab_in_chromium(jupyterlab, tm
             assert "PASS" in gates_text and "FAIL" not in gates_text
             assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
                                 has_text="Traceback").count() == 0
+        except Exception:
+            # What the page showed when it went wrong: the screenshot says more than a timeout.
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            _keep(tmp_path / "failure.png")
+            raise
         finally:
             browser.close()
     assert screenshot.stat().st_size > 10_000
+    _keep(screenshot)
+    print(f"screenshot: {screenshot}")
+
+
+def _keep(path: Path) -> None:
     artifacts = os.environ.get("LAB2PROD_TEST_ARTIFACTS")
     if artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy(screenshot, artifacts)
-    print(f"screenshot: {screenshot}")
+        shutil.copy(path, artifacts)

@@ -1203,6 +1203,14 @@ gates = canary.canary_gates(report)
 record(run_dir, "canary", report.results(), gates, notebook="08_canary")
 nb.gates_frame(gates)[["verdict", "threshold", "detail"]]
 """),
+    md("""
+Whatever the decision, both versions must have answered like their in-process models, and the
+decision must have been carried out and checked on the live server:
+"""),
+    code("""
+# NBVAL_CHECK_OUTPUT
+print({g["name"]: g["passed"] for g in gates if g["name"] in ("canary:served", "canary:rollback")})
+"""),
 ]
 
 REPORT = [

@@ -16,6 +16,7 @@ from .errors import Lab2ProdError
 
 __all__ = [
     "Policy",
+    "check_split",
     "candidate_model",
     "paired_accuracy",
     "mcnemar_p_value",
@@ -71,6 +72,15 @@ def candidate_model(loaded, candidate: str, candidate_weights: str = "", method:
             f"candidate {candidate!r} takes {tuple(other.input_shape)} and answers {shapes[1]}, but v1 "
             f"takes {tuple(loaded.input_shape)} and answers {shapes[0]}; a canary needs a drop-in replacement")
     return other.module, other.label
+
+
+def check_split(weights) -> list[float]:
+    """The traffic split [v1, v2] as weights: two non-negative numbers, not both zero."""
+    values = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+    if len(values) != 2 or not all(isinstance(w, (int, float)) and w >= 0 for w in values) or sum(values) <= 0:
+        raise Lab2ProdError(f"traffic_split {values!r} must be two non-negative weights for v1 and v2, "
+                            "e.g. -p traffic_split=[80,20]")
+    return values
 
 
 def mcnemar_p_value(v1_only: int, v2_only: int) -> float:
@@ -260,8 +270,7 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
     from . import serving
     from .preprocess import ServingPath, lab_transform_for
 
-    if len(weights) != 2 or min(weights) < 0 or sum(weights) <= 0:
-        raise Lab2ProdError(f"weights {list(weights)!r} must be two non-negative numbers for v1 and v2, e.g. [80, 20]")
+    weights = check_split(weights)
     policy = policy or Policy()
     config = config or serving.ServeConfig(workers=1, threads=1)
     serving.check_requirements()

@@ -158,9 +158,15 @@ def check_parameters(params: dict, notebooks: list[NotebookRun]) -> dict:
 
 def check_values(params: dict) -> None:
     """Reject parameter values a notebook would reject (unknown bug, method, layer type or
-    quantized engine; a transform that does not import) before any run folder exists."""
-    from . import benchmark, parity, quantization
+    quantized engine; a transform that does not import; a traffic split that is not two weights)
+    before any run folder exists."""
+    from . import benchmark, canary, parity, quantization
     from .preprocess import load_transform
+
+    def percentile(value):
+        if not 0 < value < 100:
+            raise Lab2ProdError(f"latency_percentile {value!r} must be between 0 and 100; "
+                                "e.g. -p latency_percentile=95")
 
     checks = {
         "bugs": parity.select_bugs,
@@ -168,6 +174,9 @@ def check_values(params: dict) -> None:
         "module_types": quantization.resolve_module_types,
         "engine": quantization.check_engine,
         "variants": benchmark.check_variants,
+        "traffic_split": canary.check_split,
+        "latency_percentile": percentile,
+        "candidate_method": lambda method: quantization.check_methods([method]),
         "lab_transform": lambda spec: load_transform(spec, "lab_transform"),
         "serving_transform": lambda spec: load_transform(spec, "serving_transform"),
     }
