@@ -60,6 +60,12 @@ def test_a_p99_that_moves_alone_or_rests_on_few_calls_is_not_a_regression():
     assert few[("latency", ROW)] == "same"
 
 
+def test_a_shifted_body_is_a_regression_even_when_run_a_had_a_tail_spike():
+    # Seen in CI: run A's P99 was a spike, the 4x slower variant matched it while its P50 rose 4x.
+    spiked = _verdicts(compare.compare_runs(_summary(p99=8.0, p50=0.7), _summary(p99=8.1, p50=2.8)))
+    assert spiked[("latency", ROW)] == "REGRESSION"
+
+
 def test_accuracy_size_gates_and_versions():
     changes = compare.compare_runs(_summary(), _summary(accuracy=0.95, size=2_400_000, sla_passes=False,
                                                         torch="2.15.0"))

@@ -88,10 +88,11 @@ def _kind(path: str) -> str | None:
 
 
 def _latency(path: str, flat_a: dict, flat_b: dict, tolerance: float) -> tuple[str, str]:
-    """(change, verdict) of a P99. A regression needs the P99 up more than `tolerance` and the
-    body of the distribution up too (the P50 where the row has one, else the throughput down):
-    on a shared machine a P99 alone moves by more than 10% between identical runs, a slower
-    model moves both."""
+    """(change, verdict) of a P99 and the body of its distribution (the P50 where the row has one,
+    else the throughput). A regression is the body worse by more than `tolerance` with the P99
+    not better: a slower model moves the whole distribution, while on a shared machine a P99
+    alone moves by more than 10% between identical runs ("tail only", not a verdict). A P99
+    that did not move while the P50 quadrupled means run A's tail was a spike, not that B is fine."""
     base = path[: -len("p99_ms")]
     a, b = float(flat_a[path]), float(flat_b[path])
     counts = flat_a.get(base + "n"), flat_b.get(base + "n")
@@ -106,10 +107,13 @@ def _latency(path: str, flat_a: dict, flat_b: dict, tolerance: float) -> tuple[s
     else:
         body, body_worse, body_better = None, True, True
     change = _pct(a, b) + (f" ({body[0]} {_pct(body[1], body[2])})" if body else "")
-    if b > a * (1 + tolerance):
-        return change, "REGRESSION" if body_worse else "tail only"
-    if b < a * (1 - tolerance):
-        return change, "improved" if body_better else "tail only"
+    tail_worse, tail_better = b > a * (1 + tolerance), b < a * (1 - tolerance)
+    if body_worse and not tail_better:  # the whole distribution moved (A's own tail may have been a spike)
+        return change, "REGRESSION"
+    if body_better and not tail_worse:
+        return change, "improved"
+    if tail_worse or tail_better:
+        return change, "tail only"
     return change, "same"
 
 
@@ -120,9 +124,9 @@ def _pct(a: float, b: float) -> str:
 def compare_runs(a: dict, b: dict, p99_tolerance: float = 0.10, accuracy_tolerance_pts: float = 0.1,
                  size_tolerance: float = 0.10) -> list[Change]:
     """Every difference between summaries a (before) and b (after). Regressions: a gate that
-    passed in A and fails in B (or a notebook that now errors); a benchmarked or chosen P99 up by
-    more than p99_tolerance with the P50 (or throughput) worse by as much; an accuracy down more
-    than accuracy_tolerance_pts points; a size up more than size_tolerance. A P99 that moved
+    passed in A and fails in B (or a notebook that now errors); a benchmarked latency whose P50
+    (or throughput) is worse by more than p99_tolerance with its P99 not better; an accuracy down
+    more than accuracy_tolerance_pts points; a size up more than size_tolerance. A P99 that moved
     alone is listed as "tail only"."""
     changes = []
     env_a, env_b = a.get("environment", {}), b.get("environment", {})
