@@ -32,6 +32,17 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
     assert target.read_text() == "whole" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_atomic_write_gives_the_file_the_usual_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "report.html", lambda tmp: tmp.write_text("<html>"))
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
 def test_gates_frame_puts_failures_first():
     frame = gates_frame([gate("parity:a", True, 0.0, 1e-4, "ok"), gate("parity:b", False, 1.0, 1e-4, "far")])
     assert list(frame.index) == ["parity:b", "parity:a"]

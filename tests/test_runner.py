@@ -118,3 +118,14 @@ def test_report_shows_scalar_results_beside_tables(tmp_path):
                "gates": []}
     html = write_report(summary, tmp_path).read_text()
     assert "false_positive_rate" in html and "0.04" in html and "darker" in html
+
+
+def test_a_parameter_shared_by_notebooks_has_one_type():
+    # `lab2prod run -p name=value` sends one value to every notebook that declares `name`.
+    from lab2prod.runner import notebook_parameters
+
+    types: dict[str, set[str]] = {}
+    for notebook in available_notebooks():
+        for name, info in notebook_parameters(notebook.path).items():
+            types.setdefault(name, set()).add(info["type"])
+    assert {name: kinds for name, kinds in types.items() if len(kinds) > 1} == {}

@@ -1080,7 +1080,7 @@ candidate = "int8"  # v2: int8 means v1 quantized with candidate_method; else an
 candidate_weights = ""  # optional state_dict file for a v2 given by model spec
 candidate_method = "torch_ao_dynamic"  # quantization of v2 when candidate is int8
 traffic_split = [80, 20]  # percent of live requests to v1 and to v2
-users = 2  # concurrent Locust users during the rollout
+canary_users = 2  # concurrent Locust users during the rollout
 duration_s = 10.0  # seconds of live traffic
 max_accuracy_drop_pts = 1.0  # accuracy loss v2 may cost, in points
 latency_percentile = 95.0  # percentile of live latency the rollback rule compares
@@ -1117,7 +1117,7 @@ each answers like its in-process model, sends `duration_s` seconds of Locust tra
 `traffic_split`, decides, applies the decision and stops the server (also on an error).
 """),
     code("""
-report = canary.evaluate_canary(loaded, v2, v2_label, run_dir, traffic_split, users, duration_s, policy, threads,
+report = canary.evaluate_canary(loaded, v2, v2_label, run_dir, traffic_split, canary_users, duration_s, policy, threads,
                                 seed=seed)
 print(report.reason or f"rollout: {sum(r['requests'] for r in report.rollout['live'].values() if 'requests' in r)} "
       f"live requests, decision {report.decision!r}")
