@@ -257,8 +257,10 @@ def test_drift_and_security_run_refuses_every_bad_input(run_cli, tmp_path):
 
 def test_compare_flags_a_run_made_with_a_slower_variant(run_cli, tmp_path):
     out = tmp_path / "out"
+    # 0.8 s of timing per row: at least 100 calls even for the 4x slower variant, or compare
+    # will not judge a P99 that rests on a handful of calls.
     quick = ["--only", "benchmark", "--device", "cpu", "--no-progress", "-p", "batch_sizes=[1]",
-             "-p", "min_run_time=0.3", "-p", "variants=['eager']", "--out", str(out)]
+             "-p", "min_run_time=0.8", "-p", "variants=['eager']", "--out", str(out)]
     assert run_cli("run", *quick, "--run-id", "before").returncode == 0
     slower = run_cli("run", *quick, "--model", "lab2prod.examples:digits_cnn_tta",
                      "--example-inputs", "lab2prod.examples:digits_inputs", "--run-id", "after")
