@@ -46,7 +46,7 @@ def test_latency_delta_interval_contains_a_real_shift():
     assert 10.0 < change["ci_low"] < 20.0 < change["ci_high"]
     with pytest.raises(Lab2ProdError, match="both versions"):
         canary.latency_delta_ci([], [1.0])
-    with pytest.raises(Lab2ProdError, match="percentile 100"):
+    with pytest.raises(Lab2ProdError, match="latency_percentile 100"):
         canary.latency_delta_ci([1.0], [1.0], 100)
 
 

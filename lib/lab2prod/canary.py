@@ -17,6 +17,7 @@ from .errors import Lab2ProdError
 __all__ = [
     "Policy",
     "check_split",
+    "check_percentile",
     "candidate_model",
     "paired_accuracy",
     "mcnemar_p_value",
@@ -81,6 +82,14 @@ def check_split(weights) -> list[float]:
         raise Lab2ProdError(f"traffic_split {values!r} must be two non-negative weights for v1 and v2, "
                             "e.g. -p traffic_split=[80,20]")
     return values
+
+
+def check_percentile(percentile: float) -> float:
+    """The latency percentile the rule reads: strictly between 0 and 100."""
+    if not 0 < percentile < 100:
+        raise Lab2ProdError(f"latency_percentile {percentile!r} must be between 0 and 100; "
+                            "e.g. -p latency_percentile=95")
+    return percentile
 
 
 def mcnemar_p_value(v1_only: int, v2_only: int) -> float:
@@ -148,8 +157,7 @@ def latency_delta_ci(v1_ms, v2_ms, percentile: float = 95.0, confidence: float =
     a, b = np.asarray(v1_ms, dtype=float), np.asarray(v2_ms, dtype=float)
     if a.size == 0 or b.size == 0:
         raise Lab2ProdError("a latency comparison needs requests answered by both versions")
-    if not 0 < percentile < 100:
-        raise Lab2ProdError(f"latency percentile {percentile!r} must be between 0 and 100, e.g. 95")
+    check_percentile(percentile)
     rng = np.random.default_rng(seed)
     deltas = (np.percentile(b[rng.integers(0, b.size, (resamples, b.size))], percentile, axis=1)
               - np.percentile(a[rng.integers(0, a.size, (resamples, a.size))], percentile, axis=1))

@@ -163,11 +163,6 @@ def check_values(params: dict) -> None:
     from . import benchmark, canary, parity, quantization
     from .preprocess import load_transform
 
-    def percentile(value):
-        if not 0 < value < 100:
-            raise Lab2ProdError(f"latency_percentile {value!r} must be between 0 and 100; "
-                                "e.g. -p latency_percentile=95")
-
     checks = {
         "bugs": parity.select_bugs,
         "methods": quantization.check_methods,
@@ -175,7 +170,7 @@ def check_values(params: dict) -> None:
         "engine": quantization.check_engine,
         "variants": benchmark.check_variants,
         "traffic_split": canary.check_split,
-        "latency_percentile": percentile,
+        "latency_percentile": canary.check_percentile,
         "candidate_method": lambda method: quantization.check_methods([method]),
         "lab_transform": lambda spec: load_transform(spec, "lab_transform"),
         "serving_transform": lambda spec: load_transform(spec, "serving_transform"),
