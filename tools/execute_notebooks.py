@@ -2,9 +2,11 @@
 
     python tools/execute_notebooks.py [NAME ...]
 
-Execution timestamps are stripped so a re-run only changes what the run computed.
+Each notebook is first synced with its paired .py (jupytext), so an edit made to either side is
+what runs. Execution timestamps are stripped so a re-run only changes what the run computed.
 """
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def execute(path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "jupytext", "--sync", "--quiet", str(path)], check=True)
     notebook = nbformat.read(str(path), as_version=4)
     NotebookClient(notebook, kernel_name="python3", timeout=900,
                    resources={"metadata": {"path": str(ROOT)}}).execute()

@@ -1,0 +1,92 @@
+# %% [markdown]
+# # 01 · Export: does the serialized model load, and does it agree?
+#
+# A model that runs in the notebook is not a model that runs in the server. The server loads a
+# *file*, in a fresh process, without your Python classes. This notebook serializes the model in
+# each format, reloads every file in a new Python process (as a server would), and compares it
+# with eager PyTorch at several batch sizes, on inputs the export never saw.
+#
+# **Formats.** TorchScript (`torch.jit.script` and `torch.jit.trace`) is what many deployed
+# systems load today; it is **deprecated upstream** and kept here as the *old path*.
+# `torch.export` (`.pt2`) is its successor, the *new path*. The classic trap: `torch.jit.trace`
+# records the branch that the example input took, so a model with data-dependent control flow
+# traces without error and then answers wrongly. Varied inputs (negated, noise) catch it.
+
+# %% tags=["parameters"]
+model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
+weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
+example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
+device = "auto"  # auto, cpu or cuda; files are always reloaded on cpu, also on cuda when used
+batch_sizes = [1, 4, 16]  # batch sizes compared after reload
+formats = ["torchscript_script", "torchscript_trace", "torch_export"]  # formats to produce
+atol = 1e-4  # largest max-abs-diff between eager and the reloaded file that passes
+run_dir = ""  # run folder; empty means outputs/interactive
+seed = 0  # seed for input draws and untrained weights
+
+# %%
+import pandas as pd
+
+from lab2prod import export
+from lab2prod import notebook as nb
+from lab2prod.environment import write_lock
+from lab2prod.models import load_model
+from lab2prod.results import record
+
+nb.quiet_deprecations()
+run_dir = nb.resolve_run_dir(run_dir)
+devices = nb.resolve_devices(device)
+loaded = load_model(model, weights, example_inputs, seed)
+pd.DataFrame([loaded.card()]).set_index("model")
+
+# %% [markdown]
+# ## Serialize
+#
+# Each format is attempted; one that cannot be produced says why in one line instead of
+# stopping the notebook. `dynamic_batch` says whether the file accepts any batch size.
+
+# %%
+artifacts = [export.export_model(loaded, fmt, run_dir / "models", seed) for fmt in formats]
+nb.artifacts_frame(artifacts, run_dir)
+
+# %% [markdown]
+# ## Reload in a fresh process and compare with eager
+#
+# `held-out` rows use data the export never saw; `negated` and `noise` rows push a model with
+# data-dependent control flow down the other branch. Look at `max_abs_diff` and `top1_agreement`.
+
+# %%
+rows = export.check_exports(loaded, artifacts, batch_sizes, devices, seed)
+nb.comparison_frame(rows)
+
+# %% [markdown]
+# Bars on the floor are bit-exact; anything above the dashed line fails.
+
+# %%
+fig = nb.plot_max_abs_diff(rows, atol)
+
+# %% [markdown]
+# ## Gates and manifest
+#
+# One gate per format, `parity:<format>`: the file was produced, reloaded in a fresh process,
+# every case within `atol`, top-1 identical, and (trace) no tracer warning that the trace may
+# be wrong. The manifest records what a server needs to know about each file, and the lab
+# environment lock (`models/env.lock.json`) travels with the files for the environment notebook.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+gates = export.format_gates(artifacts, rows, atol)
+manifest = export.write_manifest(loaded, artifacts, run_dir)
+lock_file = write_lock(run_dir / "models" / "env.lock.json")  # the lab environment, beside the model
+record(run_dir, "export", {
+    "model": loaded.card(),
+    "formats": [r.__dict__ for r in rows],
+    "artifacts": [{"format": a.format, "produced": a.produced, "error": a.error,
+                   "warnings": a.warnings, "dynamic_batch": a.dynamic_batch} for a in artifacts],
+    "manifest": manifest,
+    "env_lock": str(lock_file.relative_to(run_dir)),
+}, gates, notebook="01_export")
+nb.gates_frame(gates)[["verdict", "threshold", "detail"]]
+
+# %%
+columns = ["format", "file", "bytes", "sha256", "dynamic_batch", "torch"]
+pd.DataFrame(manifest, columns=columns).set_index("format")

@@ -1,0 +1,120 @@
+# %% [markdown]
+# # 03 · Dynamic int8 quantization: what it buys and what it costs, for this model
+#
+# Dynamic int8 quantization is the cheapest speedup a CPU deployment can get, and the easiest
+# to ship broken: nobody measured the accuracy, or the speedup, or the fact that it only touches
+# the Linear layers of a conv net. This notebook quantizes the same model by two libraries, side
+# by side, and measures size, latency, accuracy (or fidelity to fp32 where there are no labels),
+# coverage and per-layer sensitivity, then exports the recommended recipe and reloads it in a
+# fresh process.
+#
+# **Methods.** `torch_ao_dynamic` is `torch.ao.quantization.quantize_dynamic`: what deployed
+# systems use today, **deprecated upstream** (the *old path*). Its x86/fbgemm kernels quantize
+# activations per batch and run int8 GEMMs, fused in C++. `torchao_int8_dynamic` and
+# `torchao_int8_weight_only` are torchao's `quantize_` configs (the *new path*). torchao is
+# written for GPUs and `torch.compile`; in eager mode on a CPU its ops run unfused, so expect
+# them to gain less here, and weight-only int8 to be slower than fp32 (it dequantizes the
+# weights on every call). The measured numbers below say how much, on this machine.
+
+# %% tags=["parameters"]
+model = "digits_mlp"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
+weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
+example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
+methods = ["torch_ao_dynamic", "torchao_int8_dynamic", "torchao_int8_weight_only"]  # recipes to compare
+module_types = ["Linear", "LSTM", "GRU"]  # layer types torch.ao quantizes (torchao: Linear only)
+engine = "auto"  # quantized engine: auto, x86, fbgemm, onednn or qnnpack
+batch_sizes = [1, 16]  # batch sizes timed
+threads = 1  # torch threads while timing (one per worker is the serving default)
+min_run_time = 0.5  # seconds of timing per recipe and batch size
+accuracy_budget_pts = 1.0  # largest accuracy drop (points; top-1 disagreement when unlabelled) that passes
+eval_count = 360  # unlabelled inputs for fidelity (labelled models use all 360 held-out digits)
+run_dir = ""  # run folder; empty means outputs/interactive
+seed = 0  # seed for input draws and untrained weights
+
+# %%
+import pandas as pd
+
+from lab2prod import notebook as nb
+from lab2prod import quantization as q
+from lab2prod.models import load_model
+from lab2prod.results import record
+
+nb.quiet_deprecations()
+run_dir = nb.resolve_run_dir(run_dir)
+methods = q.check_methods(methods)
+types = q.resolve_module_types(module_types)
+quantized_engine = q.resolve_engine(engine)
+loaded = load_model(model, weights, example_inputs, seed)
+data = q.eval_data(loaded, eval_count, seed)
+print(f"quantized engine: {quantized_engine}; timing on {threads} thread(s); "
+      f"{'accuracy on' if data.labels is not None else 'fidelity on'} {len(data.inputs)} held-out inputs")
+pd.DataFrame([loaded.card()]).set_index("model")
+
+# %% [markdown]
+# ## Measure every recipe on the same model, data and batches
+#
+# Quality is measured once per recipe, latency at each batch size (torch.utils.benchmark,
+# median of repeated blocks after a warm-up call). `size_bytes` is the saved state_dict.
+# `coverage_params` and `coverage_flops` are the shares of parameters and FLOPs in the layers a
+# method quantizes: a conv net whose FLOPs sit in convolutions cannot gain much from a method
+# that only quantizes Linear layers.
+
+# %%
+results = q.evaluate_methods(loaded, methods, types, batch_sizes, threads, min_run_time, seed, data, progress=False)
+nb.quantization_frame(results)
+
+# %%
+print("\n".join(q.findings(results, batch_sizes)))
+
+# %%
+fig = nb.plot_quantization_tradeoff(results, max(batch_sizes), accuracy_budget_pts)
+
+# %% [markdown]
+# ## Per-layer sensitivity
+#
+# Each layer quantized alone (torch.ao), the rest kept in fp32: its accuracy drop (or top-1
+# disagreement) and its relative output error. When the whole-model recipe exceeds the budget,
+# a selective recipe keeps the most sensitive layers in fp32, one more at a time, until it fits;
+# it gets its own row.
+
+# %%
+sensitivity = q.layer_sensitivity(loaded, "torch_ao_dynamic", types, data) if "torch_ao_dynamic" in methods else []
+print(q.add_selective(results, loaded, types, sensitivity, data, accuracy_budget_pts, batch_sizes, threads,
+                     min_run_time, seed))
+pd.DataFrame(sensitivity).set_index("layer") if sensitivity else "no layer of the chosen types to quantize"
+
+# %% [markdown]
+# ## Export the recommended recipe and reload it in a fresh process
+#
+# The recommended recipe is the fastest at the largest batch size within the accuracy budget.
+# torch.ao models are saved as TorchScript (the old path), torchao models through `torch.export`;
+# the file is loaded in a new Python process and compared with the in-process quantized model.
+
+# %%
+best = q.recommended(results, accuracy_budget_pts, max(batch_sizes))
+exported = q.export_quantized(best, loaded, run_dir / "models", batch_sizes, seed) if best else None
+pd.DataFrame([exported]).set_index("method") if exported else "no recipe within the accuracy budget"
+
+# %% [markdown]
+# ## Gates
+#
+# `quantization:accuracy`: a quantized recipe stays within `accuracy_budget_pts` (top-1
+# disagreement with fp32 when there are no labels). `quantization:export`: that recipe's file
+# reloads in a fresh process and matches the in-process model (max abs diff ≤ 1e-4, top-1
+# identical).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+gates = q.quantization_gates(results, best, exported, accuracy_budget_pts)
+record(run_dir, "quantization", {
+    "model": loaded.card(),
+    "engine": quantized_engine,
+    "threads": threads,
+    "labelled": data.labels is not None,
+    "methods": [row for r in results for row in r.rows(results[0])],
+    "sensitivity": sensitivity,
+    "recommended": best.method if best else None,
+    "export": exported,
+    "findings": q.findings(results, batch_sizes),
+}, gates, notebook="03_quantization")
+nb.gates_frame(gates)[["verdict", "threshold", "detail"]]

@@ -1,0 +1,173 @@
+# %% [markdown]
+# # 05 · Serving: does the served model answer like the lab, under load, within limits?
+#
+# The lab number means nothing until the served model gives the same answers under load. This
+# notebook serves the model with a real **TorchServe** (started here, loopback only, token
+# authorization on, stopped before the notebook goes on), checks that it answers exactly like
+# the lab, shows what it refuses, load-tests it with **Locust** at increasing numbers of
+# concurrent users, reads its **Prometheus** metrics, and then tunes the server the way Triton
+# Model Analyzer does: every combination of workers, torch threads per worker and server-side
+# batch size at the target load, keeping the highest throughput whose P99 meets the SLA.
+#
+# The handler imports lab2prod's serving path (`lab2prod.preprocess.ServingPath`), so its
+# preprocessing is the lab transform object, not a copy. The served file is the export
+# notebook's TorchScript when this run has one (TorchScript is the old path, deprecated
+# upstream; TorchServe 0.12 loads it natively).
+
+# %% tags=["parameters"]
+model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
+weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
+example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors is skipped here
+users = [1, 8, 32, 64]  # concurrent Locust users per load level
+duration_s = 4.0  # seconds of load per level and per tuned configuration
+workers = 1  # workers for the load sweep
+threads = 1  # torch threads per worker for the load sweep (0 means the torch default)
+batch_size = 1  # server-side batch size for the load sweep
+max_batch_delay_ms = 5  # how long the server waits to fill a batch
+sla_ms = 100.0  # p99 objective for the client-side latency
+tune_users = 8  # load at which configurations are compared
+tune_workers = [1, 2]  # workers per model to try
+tune_threads = [1, 2]  # torch threads per worker to try
+tune_batch_sizes = [1, 4]  # server batch sizes to try
+max_request_size = 1000000  # bytes; larger requests are refused
+parity_requests = 64  # held-out images sent one by one for live parity
+run_dir = ""  # run folder; empty means outputs/interactive
+seed = 0  # seed for untrained weights and photo crops
+
+# %%
+import pandas as pd
+
+from lab2prod import notebook as nb
+from lab2prod import serving
+from lab2prod.models import load_model
+from lab2prod.results import record
+
+nb.quiet_deprecations()
+run_dir = nb.resolve_run_dir(run_dir)
+loaded = load_model(model, weights, example_inputs, seed)
+config = serving.ServeConfig(workers, threads, batch_size, max_batch_delay_ms, max_request_size)
+grid = serving.tuning_grid(tune_workers, tune_threads, tune_batch_sizes, max_batch_delay_ms)
+pd.DataFrame([loaded.card()]).set_index("model")
+
+# %% [markdown]
+# ## Serve, measure, stop
+#
+# One call starts TorchServe, runs every measurement below and stops the server (also on an
+# error or an interrupt). It takes a few minutes: each load level and each configuration runs
+# for `duration_s` seconds.
+
+# %%
+report = serving.evaluate_serving(loaded, run_dir, config, users, duration_s, grid, tune_users, sla_ms,
+                                  parity_requests, seed)
+print(report.reason or f"served {report.served_file}; deployment config: {report.config_file}; "
+      f"locustfile: {report.locustfile}")
+
+# %% [markdown]
+# ## Live parity
+#
+# Held-out images sent as request bytes, one by one; the served top-1 and probabilities against
+# the lab path run in this process.
+
+# %%
+pd.DataFrame([report.parity]) if report.applies else report.reason
+
+# %% [markdown]
+# ## What the server refuses
+#
+# Status codes actually returned by this TorchServe: without the token, with a wrong one (also on
+# `/ping`), and with a body over `max_request_size` (413, or status 0 when the server closes the
+# connection before answering, as Netty may while the body is still arriving).
+
+# %%
+pd.DataFrame(report.limits).set_index("request") if report.applies else report.reason
+
+# %% [markdown]
+# ## Load sweep (Locust, headless, loopback)
+#
+# Percentiles are computed here from every request's latency as Locust's client saw it. The
+# locustfile and the request images are saved in the run folder: point it at a real deployment,
+# or run it distributed (`locust -f locustfile.py --master` and `--worker` processes).
+
+# %%
+columns = ["users", "requests", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "error_rate", "throughput_per_s"]
+pd.DataFrame(report.load, columns=columns).set_index("users") if report.applies else report.reason
+
+# %%
+fig = nb.plot_load(report.load, sla_ms) if report.applies else None
+
+# %% [markdown]
+# ## Prometheus metrics
+#
+# Scraped from the metrics endpoint and parsed with `prometheus_client`'s parser. TorchServe
+# exports counters (totals), so percentiles come from the client side above.
+
+# %%
+pd.DataFrame(report.metrics).set_index(["metric", "labels"]) if report.metrics else report.reason or "no metrics"
+
+# %% [markdown]
+# ## Tuning: workers x threads x server batch at the target load
+#
+# The first row is what an untuned TorchServe does on this machine (a worker per core, each with
+# torch's default threads). On a small machine workers x threads oversubscribe the cores fast;
+# the sweep finds that by itself. The chosen configuration is written into the
+# `config.properties` the run leaves behind.
+
+# %%
+fig = nb.plot_tuning(report.tuning, sla_ms, report.chosen) if report.applies else None
+
+# %%
+columns = ["config", "workers", "threads", "batch_size", "p50_ms", "p99_ms", "throughput_per_s", "error_rate",
+           "meets_sla"]
+pd.DataFrame(report.tuning, columns=columns).set_index("config") if report.applies else report.reason
+
+# %%
+if report.applies and report.chosen:
+    gain = report.chosen["throughput_per_s"] / max(report.default["throughput_per_s"], 1e-9)
+    verdict = "meets" if report.chosen["meets_sla"] else f"NONE meets the SLA at {tune_users} users; closest"
+    print(f"{verdict}: {report.chosen['config']}: {report.chosen['throughput_per_s']:.0f} req/s, "
+          f"p99 {report.chosen['p99_ms']:.0f} ms; default: {report.default['throughput_per_s']:.0f} req/s, "
+          f"p99 {report.default['p99_ms']:.0f} ms ({gain:.1f}x the default's throughput)")
+else:
+    print(report.reason or "no configuration met the SLA")
+
+# %% [markdown]
+# ## Beyond one machine: Kubernetes
+#
+# The chosen configuration also becomes manifests (checked against the Kubernetes schema before
+# they are written): a Deployment whose CPU limit is workers x threads, a readiness probe that
+# calls `/ping` with the token TorchServe wrote at start, a Service, and an autoscaler on CPU.
+# The folder holds the Dockerfile and build context of the image the Deployment runs.
+
+# %%
+from lab2prod import kubernetes
+
+pd.DataFrame(kubernetes.describe(run_dir / report.kubernetes)).set_index("kind") if report.applies else report.reason
+
+# %% [markdown]
+# ## Gates
+#
+# `serving:parity`: every live request answered, top-1 identical to the lab, probabilities within
+# 1e-4. `serving:errors`: no failed request at any load level. `serving:sla`: p99 ≤ `sla_ms` at
+# the lowest load level.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+gates = serving.serving_gates(report, sla_ms)
+summary_keys = ["workers", "threads", "batch_size", "users", "p99_ms", "throughput_per_s"]
+record(run_dir, "serving", {
+    "applies": report.applies,
+    "served_file": report.served_file,
+    "parity_top1_agreement": report.parity.get("top1_agreement"),
+    "max_prob_diff": report.parity.get("max_prob_diff"),
+    "limits": report.limits,
+    "load": report.load,
+    "metrics": report.metrics,
+    "tuning": report.tuning,
+    "tuned": {**{k: report.chosen[k] for k in summary_keys}, "meets_sla": report.chosen["meets_sla"]}
+    if report.chosen else None,
+    "default": {k: report.default[k] for k in summary_keys} if report.default else None,
+    "config_file": report.config_file,
+    "locustfile": report.locustfile,
+    "kubernetes": report.kubernetes,
+}, gates, notebook="05_serving")
+nb.gates_frame(gates)[["verdict", "threshold"]]

@@ -1,0 +1,142 @@
+# %% [markdown]
+# # 07 · Security: hostile inputs, adversarial examples, model integrity, server configuration
+#
+# Production requests are not all friendly. The input guard (`lab2prod.guard.InputGuard`) is
+# what the served handler runs before anything reaches the model: a byte limit, the format by
+# its magic bytes (never the file name), a pixel limit read from the header before decoding
+# (decompression bombs), one frame only, the colour modes the lab used, sane dimensions, a full
+# decode (truncated files), then NaN/Inf, shape and range checks and a z-score screen of the
+# input statistics against the lab's. Every refusal has a reason code.
+#
+# Adversarial examples are measured honestly: FGSM and PGD on the reference model, with the
+# perturbation budget in the usual [0, 1] pixel scale and the model's normalization inside the
+# attacked function. A statistics screen is not a defence against them, and the numbers show it.
+
+# %% tags=["parameters"]
+model = "digits_cnn"  # the model attacked and served
+weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
+example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors is skipped here
+eps = 0.03  # L-inf budget of the attacks in [0, 1] pixel units (8/255 is about 0.031)
+pgd_steps = 10  # PGD iterations
+attack_images = 200  # held-out images attacked
+z_limit = 5.0  # z-score screen threshold on the input statistics
+max_bytes = 1000000  # request size limit of the guard
+live_server = True  # also send the hostile inputs to a real TorchServe with the guard in its handler
+run_dir = ""  # run folder; empty means outputs/interactive
+seed = 0  # seed for PGD random starts and untrained weights
+
+# %%
+import pandas as pd
+import torch
+
+from lab2prod import notebook as nb
+from lab2prod import security
+from lab2prod.guard import InputGuard, lab_input_stats
+from lab2prod.models import load_model
+from lab2prod.preprocess import lab_transform_for
+from lab2prod.results import gate, record
+
+nb.quiet_deprecations()
+run_dir = nb.resolve_run_dir(run_dir)
+loaded = load_model(model, weights, example_inputs, seed)
+applies = loaded.family != "tensor"
+if applies:
+    transform, recipe = lab_transform_for(loaded.family)
+    guard = InputGuard(max_bytes=max_bytes, expected_shape=loaded.input_shape, z_limit=z_limit,
+                       lab_stats=lab_input_stats(loaded.make_inputs(256, 0, "train")))
+print("guard:", guard if applies else f"skipped: {model!r} takes tensors, not images")
+
+# %% [markdown]
+# ## Every bad input tried
+#
+# `rejected` with its `reason` code is the expected answer; `crashed` would mean an exception
+# other than a refusal escaped the guard. With `live_server`, the same inputs (and requests with
+# no token or a wrong one) go to a real TorchServe whose handler runs this guard, and the server
+# must still answer a good request afterwards.
+
+# %%
+if applies:
+    from lab2prod.parity import parity_images
+
+    good_image = parity_images(loaded.family, 1)[1][0]
+    inputs = security.bad_inputs(good_image, max_bytes)
+    tried = security.try_inputs(guard, transform, inputs)
+    if live_server:
+        tried = security.try_live(loaded, run_dir, inputs, tried, seed)
+    table = pd.DataFrame(tried).set_index("input")
+table if applies else "skipped"
+
+# %% [markdown]
+# ## Adversarial examples (FGSM, PGD)
+#
+# Clean accuracy against accuracy under attack, and the share of attacked images the z-score
+# screen flags. Expect the screen to catch few or none: the perturbations are small by design.
+
+# %%
+if applies and loaded.family == "digits":
+    from lab2prod.data import digits_images
+    from lab2prod.transforms import digits_lab_transform
+
+    data = digits_images("test")
+    unnormalized = digits_lab_transform(normalize=False)
+    x01 = torch.stack([unnormalized(im) for im in data.images[:attack_images]])
+    labels = torch.as_tensor(data.labels[:attack_images])
+    adversarial, examples = security.adversarial_report(loaded.module, x01, labels, recipe.mean, recipe.std, eps,
+                                                        guard, pgd_steps, seed)
+else:
+    adversarial, examples = None, None
+pd.Series(adversarial).to_frame("value") if adversarial else "needs a reference model with labels"
+
+# %%
+fig = nb.plot_adversarial(examples) if examples else None
+
+# %% [markdown]
+# ## Model integrity
+#
+# Each file of the run's manifest checked by sha256 before it would be loaded; a tampered copy
+# refused; a whole pickled model refused by weights-only loading (unpickling runs code).
+
+# %%
+integrity = security.integrity_checks(run_dir, run_dir / "security")
+pd.DataFrame(integrity).set_index("check")
+
+# %% [markdown]
+# ## TorchServe configuration audit
+#
+# The `config.properties` the serving notebook left in this run (or, without one, the deployment
+# configuration lab2prod writes), each item pass/fail with the fix.
+
+# %%
+config_path = security.config_to_audit(run_dir)
+audit = security.audit_config(config_path)
+print("audited:", config_path.relative_to(run_dir))
+pd.DataFrame(audit).set_index("item")
+
+# %% [markdown]
+# ## Gates
+#
+# `security:inputs`: every bad input refused with a reason, nothing crashed, and (live) the server
+# still answers. `security:integrity`: all integrity checks pass. `security:config`: every audit
+# item passes.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+if applies:
+    refused = all(r["rejected"] and r["reason"] and not r["crashed"] for r in tried)
+    alive = all(r.get("server_alive", True) is not False for r in tried)
+    gates = [gate("security:inputs", refused and alive, sum(r["rejected"] for r in tried), len(tried),
+                  f"{sum(r['rejected'] for r in tried)} of {len(tried)} refused with a reason"
+                  + ("" if alive else "; the server stopped answering"))]
+else:
+    tried, gates = [], [gate("security:inputs", False, None, None, "model takes tensors", skipped=True)]
+gates += [gate("security:integrity", all(r["passed"] for r in integrity), sum(r["passed"] for r in integrity),
+               len(integrity), "; ".join(r["check"] for r in integrity if not r["passed"]) or "all pass"),
+          gate("security:config", all(r["passed"] for r in audit), sum(r["passed"] for r in audit), len(audit),
+               "; ".join(f"{r['item']}: {r['fix']}" for r in audit if not r["passed"]) or "all pass")]
+record(run_dir, "security", {
+    "inputs": [{k: r.get(k) for k in ("input", "rejected", "reason", "server_alive", "server_status")} for r in tried],
+    "adversarial": adversarial,
+    "integrity": integrity,
+    "config_audit": audit,
+}, gates, notebook="07_security")
+nb.gates_frame(gates)[["verdict", "threshold"]]

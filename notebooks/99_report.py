@@ -1,0 +1,63 @@
+# %% [markdown]
+# # 99 · Readiness report: is this model ready for production?
+#
+# Every notebook of a run records its gates: a verdict, the number behind it and the threshold.
+# This notebook reads them back from the run folder and lays them out along the deployment
+# checklist (environment, model integrity, preprocessing parity, quantization, latency SLA,
+# serving, monitoring, security, rollback), failures first, then writes `report.html`: one
+# self-contained page with the scorecard, every gate, links to the executed notebooks and their
+# plots. `lab2prod run` runs it last and rewrites the page once the whole run has finished.
+
+# %% tags=["parameters"]
+run_dir = ""  # run folder to report on; empty means outputs/interactive
+
+# %%
+from lab2prod import notebook as nb
+from lab2prod import report
+
+run_dir = nb.resolve_run_dir(run_dir)
+summary = report.collect_summary(run_dir)
+rows = report.scorecard(summary["gates"])
+ready, verdict = report.readiness(summary)
+print(verdict)
+
+# %% [markdown]
+# ## Scorecard
+#
+# One row per checklist item, in checklist order. An item fails when any of its gates fails;
+# `NOT RUN` means no notebook of this run recorded a gate for it.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(", ".join(row["item"] for row in rows))
+
+# %%
+fig = nb.plot_scorecard(rows)
+
+# %%
+nb.scorecard_frame(rows)
+
+# %% [markdown]
+# ## Every gate, failures first
+#
+# The value is what the run measured and the threshold what it had to meet.
+
+# %%
+import pandas as pd
+
+from lab2prod.results import gate_verdict
+
+gates = report.sorted_gates(summary["gates"])
+pd.DataFrame([{"verdict": gate_verdict(g), "item": report.checklist_item(g), "name": g["name"],
+               "value": g["value"], "threshold": g["threshold"], "detail": g["detail"]} for g in gates])
+
+# %% [markdown]
+# ## Notebooks of this run
+
+# %%
+notebooks = pd.DataFrame(summary["notebooks"], columns=["name", "status", "seconds", "error"])
+notebooks if len(notebooks) else "no executed notebooks in this folder; lab2prod run saves them beside the results"
+
+# %%
+path = report.write_report(summary, run_dir)
+print(f"wrote {path.name} ({path.stat().st_size // 1024} KiB, self-contained) in the run folder")
