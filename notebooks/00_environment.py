@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 00 · Environment: is the serving environment the lab environment?
 #
@@ -25,11 +33,9 @@ import torch
 
 from lab2prod import environment as env
 from lab2prod import notebook as nb
-from lab2prod.models import load_model
-from lab2prod.results import gate, record
+from lab2prod.results import record
 
-nb.quiet_deprecations()
-run_dir = nb.resolve_run_dir(run_dir)
+run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
 here = env.fingerprint()
 if lock_path:
     lock, lock_source = env.read_lock(lock_path), lock_path
@@ -78,7 +84,6 @@ fig = nb.plot_smoke(smoke, tolerance)
 # torch build lacks (or that fails on this hardware) is named.
 
 # %%
-loaded = load_model(model, weights, example_inputs, seed)
 example = loaded.make_inputs(2, seed)
 program = torch.export.export(loaded.module, (example,))
 ops = env.exported_ops_check(program.module(), example)
@@ -114,11 +119,7 @@ pd.DataFrame(hours).set_index("server TZ")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-failing = [d for d in diffs if d["severity"] == "fail"]
-bad_ops = [s["op"] for s in smoke if not s["passed"]] + [o["op"] for o in ops if not o["ran"]]
-problems = [f"{d['key']}: lab {d['lab']} vs here {d['here']}" for d in failing] + [f"{op} fails" for op in bad_ops]
-gates = [gate("environment", not problems, len(problems), 0,
-              "; ".join(problems) if problems else "no fail-level difference; all smoke operators pass")]
+gates = [env.environment_gate(diffs, smoke, ops)]
 record(run_dir, "environment", {
     "lock": lock_source, "fingerprint": here, "diffs": diffs, "smoke": smoke, "exported_ops": ops,
     "utf8_demo": utf8, "hour_demo": hours,

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 01 · Export: does the serialized model load, and does it agree?
 #
@@ -29,13 +37,9 @@ import pandas as pd
 from lab2prod import export
 from lab2prod import notebook as nb
 from lab2prod.environment import write_lock
-from lab2prod.models import load_model
 from lab2prod.results import record
 
-nb.quiet_deprecations()
-run_dir = nb.resolve_run_dir(run_dir)
-devices = nb.resolve_devices(device)
-loaded = load_model(model, weights, example_inputs, seed)
+run_dir, loaded, devices = nb.setup(run_dir, model, weights, example_inputs, seed, device)
 pd.DataFrame([loaded.card()]).set_index("model")
 
 # %% [markdown]

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 02 · Preprocessing parity: does the service feed the model what the lab fed it?
 #
@@ -30,12 +38,9 @@ import pandas as pd
 
 from lab2prod import notebook as nb
 from lab2prod import parity
-from lab2prod.models import load_model
 from lab2prod.results import record
 
-nb.quiet_deprecations()
-run_dir = nb.resolve_run_dir(run_dir)
-loaded = load_model(model, weights, example_inputs, seed)
+run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
 pd.DataFrame([loaded.card()]).set_index("model")
 
 # %% [markdown]

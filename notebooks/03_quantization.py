@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 03 · Dynamic int8 quantization: what it buys and what it costs, for this model
 #
@@ -36,15 +44,12 @@ import pandas as pd
 
 from lab2prod import notebook as nb
 from lab2prod import quantization as q
-from lab2prod.models import load_model
 from lab2prod.results import record
 
-nb.quiet_deprecations()
-run_dir = nb.resolve_run_dir(run_dir)
+run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
 methods = q.check_methods(methods)
 types = q.resolve_module_types(module_types)
 quantized_engine = q.resolve_engine(engine)
-loaded = load_model(model, weights, example_inputs, seed)
 data = q.eval_data(loaded, eval_count, seed)
 print(f"quantized engine: {quantized_engine}; timing on {threads} thread(s); "
       f"{'accuracy on' if data.labels is not None else 'fidelity on'} {len(data.inputs)} held-out inputs")

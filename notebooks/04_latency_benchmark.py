@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 04 · Latency benchmark: tail latency, batch sweep, and the batch size that meets the SLA
 #
@@ -32,13 +40,9 @@ import pandas as pd
 
 from lab2prod import benchmark as bm
 from lab2prod import notebook as nb
-from lab2prod.models import load_model
-from lab2prod.results import gate, record
+from lab2prod.results import record
 
-nb.quiet_deprecations()
-run_dir = nb.resolve_run_dir(run_dir)
-devices = nb.resolve_devices(device)
-loaded = load_model(model, weights, example_inputs, seed)
+run_dir, loaded, devices = nb.setup(run_dir, model, weights, example_inputs, seed, device)
 machine = bm.machine_info()
 pd.DataFrame([{**loaded.card(), "devices": ", ".join(devices)}]).set_index("model")
 
@@ -115,9 +119,7 @@ efficiency
 
 # %%
 # NBVAL_CHECK_OUTPUT
-gates = [gate("sla", chosen["met"], chosen["p99_ms"], sla_ms,
-              f"{chosen['variant']} at batch {chosen['batch_size']} on {primary}" if chosen["met"]
-              else f"no correct configuration has p99 <= {sla_ms:g} ms on {primary}")]
+gates = [bm.sla_gate(chosen, sla_ms, primary)]
 record(run_dir, "benchmark", {
     "model": loaded.card(),
     "rows": [r.as_dict() for r in rows],

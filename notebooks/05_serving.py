@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 05 · Serving: does the served model answer like the lab, under load, within limits?
 #
@@ -39,12 +47,9 @@ import pandas as pd
 
 from lab2prod import notebook as nb
 from lab2prod import serving
-from lab2prod.models import load_model
 from lab2prod.results import record
 
-nb.quiet_deprecations()
-run_dir = nb.resolve_run_dir(run_dir)
-loaded = load_model(model, weights, example_inputs, seed)
+run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
 config = serving.ServeConfig(workers, threads, batch_size, max_batch_delay_ms, max_request_size)
 grid = serving.tuning_grid(tune_workers, tune_threads, tune_batch_sizes, max_batch_delay_ms)
 pd.DataFrame([loaded.card()]).set_index("model")
@@ -153,21 +158,5 @@ pd.DataFrame(kubernetes.describe(run_dir / report.kubernetes)).set_index("kind")
 # %%
 # NBVAL_CHECK_OUTPUT
 gates = serving.serving_gates(report, sla_ms)
-summary_keys = ["workers", "threads", "batch_size", "users", "p99_ms", "throughput_per_s"]
-record(run_dir, "serving", {
-    "applies": report.applies,
-    "served_file": report.served_file,
-    "parity_top1_agreement": report.parity.get("top1_agreement"),
-    "max_prob_diff": report.parity.get("max_prob_diff"),
-    "limits": report.limits,
-    "load": report.load,
-    "metrics": report.metrics,
-    "tuning": report.tuning,
-    "tuned": {**{k: report.chosen[k] for k in summary_keys}, "meets_sla": report.chosen["meets_sla"]}
-    if report.chosen else None,
-    "default": {k: report.default[k] for k in summary_keys} if report.default else None,
-    "config_file": report.config_file,
-    "locustfile": report.locustfile,
-    "kubernetes": report.kubernetes,
-}, gates, notebook="05_serving")
+record(run_dir, "serving", serving.serving_results(report), gates, notebook="05_serving")
 nb.gates_frame(gates)[["verdict", "threshold"]]

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 06 · Drift monitoring: would we notice when production data stops looking like the lab's?
 #
@@ -29,12 +37,9 @@ seed = 0  # seed for the reference split, batch draws and permutations
 
 from lab2prod import drift
 from lab2prod import notebook as nb
-from lab2prod.models import load_model
-from lab2prod.results import gate, record
+from lab2prod.results import record
 
-nb.quiet_deprecations()
-run_dir = nb.resolve_run_dir(run_dir)
-loaded = load_model(model, weights, example_inputs, seed)
+run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
 report = drift.evaluate_drift(loaded, batch_size, batches, alpha, seed)
 print(report.reason or f"reference: {report.reference_size} held-out images; {batches} batches of "
       f"{report.batch_size} per scenario; flagged when p < {alpha:g}")
@@ -80,15 +85,9 @@ print("\n".join(line for line in exporter.exposition().splitlines()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-if report.applies:
-    fpr, missed = report.false_positive_rate(), report.missed()
-    gates = [gate("drift", fpr <= 0.1 and not missed, fpr, 0.1,
-                  f"false-positive rate {fpr:.2f}; " + (f"missed: {', '.join(missed)}" if missed else
-                                                       "every shift costing > 5 points flagged in >= 80% of batches"))]
-else:
-    fpr, gates = None, [gate("drift", False, None, 0.1, report.reason, skipped=True)]
+gates = [drift.drift_gate(report)]
 record(run_dir, "drift", {
-    "false_positive_rate": fpr,
+    "false_positive_rate": report.false_positive_rate() if report.applies else None,
     "scenarios": report.scenarios or [],
     "batch_size": report.batch_size,
     "alpha": alpha,

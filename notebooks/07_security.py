@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 07 · Security: hostile inputs, adversarial examples, model integrity, server configuration
 #
@@ -32,13 +40,10 @@ import torch
 from lab2prod import notebook as nb
 from lab2prod import security
 from lab2prod.guard import InputGuard, lab_input_stats
-from lab2prod.models import load_model
 from lab2prod.preprocess import lab_transform_for
-from lab2prod.results import gate, record
+from lab2prod.results import record
 
-nb.quiet_deprecations()
-run_dir = nb.resolve_run_dir(run_dir)
-loaded = load_model(model, weights, example_inputs, seed)
+run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
 applies = loaded.family != "tensor"
 if applies:
     transform, recipe = lab_transform_for(loaded.family)
@@ -121,20 +126,11 @@ pd.DataFrame(audit).set_index("item")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-if applies:
-    refused = all(r["rejected"] and r["reason"] and not r["crashed"] for r in tried)
-    alive = all(r.get("server_alive", True) is not False for r in tried)
-    gates = [gate("security:inputs", refused and alive, sum(r["rejected"] for r in tried), len(tried),
-                  f"{sum(r['rejected'] for r in tried)} of {len(tried)} refused with a reason"
-                  + ("" if alive else "; the server stopped answering"))]
-else:
-    tried, gates = [], [gate("security:inputs", False, None, None, "model takes tensors", skipped=True)]
-gates += [gate("security:integrity", all(r["passed"] for r in integrity), sum(r["passed"] for r in integrity),
-               len(integrity), "; ".join(r["check"] for r in integrity if not r["passed"]) or "all pass"),
-          gate("security:config", all(r["passed"] for r in audit), sum(r["passed"] for r in audit), len(audit),
-               "; ".join(f"{r['item']}: {r['fix']}" for r in audit if not r["passed"]) or "all pass")]
+tried = tried if applies else None
+gates = security.security_gates(tried, integrity, audit, reason="model takes tensors")
 record(run_dir, "security", {
-    "inputs": [{k: r.get(k) for k in ("input", "rejected", "reason", "server_alive", "server_status")} for r in tried],
+    "inputs": [{k: r.get(k) for k in ("input", "rejected", "reason", "server_alive", "server_status")}
+               for r in tried or []],
     "adversarial": adversarial,
     "integrity": integrity,
     "config_audit": audit,

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 08 · Canary: may v2 replace v1, and can we take it back?
 #
@@ -40,13 +48,10 @@ from IPython.display import display
 
 from lab2prod import canary
 from lab2prod import notebook as nb
-from lab2prod.models import load_model
 from lab2prod.quantization import serialized_size
 from lab2prod.results import record
 
-nb.quiet_deprecations()
-run_dir = nb.resolve_run_dir(run_dir)
-loaded = load_model(model, weights, example_inputs, seed)
+run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
 v2, v2_label = canary.candidate_model(loaded, candidate, candidate_weights, candidate_method, seed)
 policy = canary.Policy(max_accuracy_drop_pts=max_accuracy_drop_pts, max_latency_increase_ms=max_latency_increase_ms,
                        latency_percentile=latency_percentile, min_agreement=min_agreement, min_requests=min_requests)

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 99 · Readiness report: is this model ready for production?
 #
@@ -15,7 +23,7 @@ run_dir = ""  # run folder to report on; empty means outputs/interactive
 from lab2prod import notebook as nb
 from lab2prod import report
 
-run_dir = nb.resolve_run_dir(run_dir)
+run_dir, _, _ = nb.setup(run_dir)
 summary = report.collect_summary(run_dir)
 rows = report.scorecard(summary["gates"])
 ready, verdict = report.readiness(summary)

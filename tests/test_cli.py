@@ -65,7 +65,7 @@ def test_notebook_error_is_saved_and_exits_1(run_cli, tmp_path):
     (["--weights", "missing.pt"], "weights file 'missing.pt' does not exist"),
     (["--model", "nowhere.module:factory"], "does not import"),
     (["-p", "atol=big"], "atol='big' has the wrong type"),
-    (["--only", "canary", "-p", "traffic_split=[80]"], "traffic_split [80] must be two non-negative weights"),
+    (["--only", "canary", "-p", "traffic_split=[80]"], "traffic_split=[80] is out of range: it needs exactly 2 items"),
     (["--only", "canary", "-p", "latency_percentile=100.0"], "latency_percentile 100.0 must be between 0 and 100"),
     (["--only", "environment", "-p", "lock_path=nowhere.json"], "lock file"),
     (["--device", "cuda"], "CUDA"),
@@ -226,7 +226,7 @@ def test_serving_run_serves_loads_tunes_and_leaves_no_server(run_cli, tmp_path, 
     assert (serve / "locustfile.py").exists() and "models=" in (serve / "config.properties").read_text()
     assert values["kubernetes"] == "serving/kubernetes/kubernetes.yaml" and (out / "r" / values["kubernetes"]).exists()
     assert not (serve / "torchserve.pgid").exists() and not (serve / "key_file.json").exists()
-    running = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    running = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(serve) not in running  # no TorchServe of this run is left
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from lab2prod import compare, report
 from lab2prod.errors import Lab2ProdError
+from lab2prod.registry import checklist
 from lab2prod.results import gate
 
 
@@ -117,7 +118,7 @@ def test_scorecard_follows_the_checklist_and_fails_an_item_on_any_failed_gate():
                                                             skipped=True)},
              {"notebook": "00_environment", **gate("environment", True, 0, 0)}]
     rows = report.scorecard(gates)
-    assert [r["item"] for r in rows] == report.CHECKLIST
+    assert [r["item"] for r in rows] == checklist()
     by_item = {r["item"]: r for r in rows}
     assert by_item["rollback"]["verdict"] == "FAIL" and "p99 noisy" in by_item["rollback"]["why"]
     assert by_item["model integrity"]["verdict"] == "PASS"  # the security notebook's integrity checks

@@ -4,15 +4,14 @@ import math
 import pytest
 
 from lab2prod.errors import Lab2ProdError
+from lab2prod.registry import notebook_parameters, resolve_parameters
 from lab2prod.report import sorted_gates, write_report
-from lab2prod.results import gate, load_results, record, resolve_run_dir, to_jsonable
-from lab2prod.runner import (
-    available_notebooks,
-    check_parameters,
-    parse_parameter,
-    run_passed,
-    select_notebooks,
-)
+from lab2prod.results import gate, load_results, readiness, record, resolve_run_dir, to_jsonable
+from lab2prod.runner import available_studies, parse_parameter, select_studies
+
+
+def run_passed(summary):
+    return readiness(summary)[0]
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -28,23 +27,24 @@ def test_parse_parameter_rejects_text_without_name():
         parse_parameter("=3")
 
 
-def test_check_parameters_types_against_the_notebook_defaults():
-    notebooks = select_notebooks(["export"], None)
-    assert check_parameters({"atol": 1, "batch_sizes": [2, 3]}, notebooks) == {"atol": 1.0, "batch_sizes": [2, 3]}
-    with pytest.raises(Lab2ProdError, match=r"batch_sizes='abc' has the wrong type.*-p batch_sizes=\[1, 4, 16\]"):
-        check_parameters({"batch_sizes": "abc"}, notebooks)
+def test_parameters_are_typed_against_the_registry():
+    studies = select_studies(["export"], None)
+    assert resolve_parameters({"atol": 1, "batch_sizes": [2, 3]}, studies) == {
+        "01_export": {"atol": 1.0, "batch_sizes": [2, 3]}}
+    with pytest.raises(Lab2ProdError, match=r"batch_sizes='abc' is not a list of int; e.g. -p batch_sizes=\[1, 4"):
+        resolve_parameters({"batch_sizes": "abc"}, studies)
     with pytest.raises(Lab2ProdError, match="wrong type"):
-        check_parameters({"batch_sizes": [1.5]}, notebooks)
+        resolve_parameters({"batch_sizes": [1.5]}, studies)
     with pytest.raises(Lab2ProdError, match="'colour' is not used by the selected notebooks"):
-        check_parameters({"colour": "red"}, notebooks)
+        resolve_parameters({"colour": "red"}, studies)
 
 
-def test_select_notebooks_names_valid_choices():
-    assert [n.short for n in select_notebooks(["export"], None)] == ["export"]
+def test_select_studies_names_valid_choices():
+    assert [s.short for s in select_studies(["export"], None)] == ["export"]
     with pytest.raises(Lab2ProdError, match="'exprt' is not known; use one of environment, export"):
-        select_notebooks(["exprt"], None)
+        select_studies(["exprt"], None)
     with pytest.raises(Lab2ProdError, match="left no notebook"):
-        select_notebooks(None, [n.short for n in available_notebooks()])
+        select_studies(None, [s.short for s in available_studies()])
 
 
 def test_results_round_trip_and_json_cleaning(tmp_path):
@@ -95,20 +95,21 @@ def test_skipped_gates_sort_between_failures_and_passes_and_do_not_fail_a_run(tm
     assert not run_passed(summary)
 
 
-def test_every_parameter_of_every_notebook_is_visible_to_papermill():
+def test_every_parameter_of_every_notebook_is_visible_to_papermill_and_matches_the_registry():
     """A parameters cell line papermill cannot parse (a quote in a comment) silently hides the
-    parameter from `lab2prod run -p`; every assignment must come back from inspection."""
+    parameter from `lab2prod run -p`; every assignment must come back from inspection, with the
+    name and default the registry declares."""
     import ast
 
     import nbformat
 
-    from lab2prod.runner import notebook_parameters
-
-    for run in available_notebooks():
-        notebook = nbformat.read(str(run.path), as_version=4)
+    for study in available_studies():
+        notebook = nbformat.read(str(study.path), as_version=4)
         (cell,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
         assigned = {node.targets[0].id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)}
-        assert set(notebook_parameters(run.path)) == assigned, run.path.name
+        declared = notebook_parameters(study.path)
+        assert set(declared) == assigned, study.notebook
+        assert declared == {p.name: p.default for p in study.params}, study.notebook
 
 
 def test_report_shows_scalar_results_beside_tables(tmp_path):
@@ -118,14 +119,3 @@ def test_report_shows_scalar_results_beside_tables(tmp_path):
                "gates": []}
     html = write_report(summary, tmp_path).read_text()
     assert "false_positive_rate" in html and "0.04" in html and "darker" in html
-
-
-def test_a_parameter_shared_by_notebooks_has_one_type():
-    # `lab2prod run -p name=value` sends one value to every notebook that declares `name`.
-    from lab2prod.runner import notebook_parameters
-
-    types: dict[str, set[str]] = {}
-    for notebook in available_notebooks():
-        for name, info in notebook_parameters(notebook.path).items():
-            types.setdefault(name, set()).add(info["type"])
-    assert {name: kinds for name, kinds in types.items() if len(kinds) > 1} == {}

@@ -35,6 +35,7 @@ __all__ = [
     "GPU_PEAK_TFLOPS",
     "device_peak_tflops",
     "matmul_gflops",
+    "sla_gate",
 ]
 
 
@@ -446,3 +447,12 @@ def matmul_gflops(device: str, size: int = 1024, dtype: torch.dtype = torch.floa
     b = torch.randn(size, size, device=device, dtype=dtype)
     timing = measure(lambda: a @ b, device=device, threads=threads, min_run_time=min_run_time)
     return 2 * size**3 / (timing.stats()["p50_ms"] / 1e3) / 1e9
+
+
+def sla_gate(chosen: dict, sla_ms: float, device: str) -> dict:
+    """`sla`: the configuration `choose_sla` picked on `device` has a P99 within `sla_ms`."""
+    from .results import gate
+
+    return gate("sla", chosen["met"], chosen["p99_ms"], sla_ms,
+                f"{chosen['variant']} at batch {chosen['batch_size']} on {device}" if chosen["met"]
+                else f"no correct configuration has p99 <= {sla_ms:g} ms on {device}")

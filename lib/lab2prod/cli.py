@@ -19,13 +19,17 @@ def _names(values: list[str] | None) -> list[str] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="lab2prod", description="Measure what breaks between a model in the lab and in production.")
+    parser.add_argument("--version", action="version", version=f"lab2prod {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run", help="execute the notebooks into outputs/<run-id>/ and write the report",
         description="Execute the notebooks with papermill into one run folder; exit 1 when a "
-                    "gate fails or a notebook errors, 2 on bad input.")
+                    "gate fails or a notebook errors, 2 on bad input (before anything runs), 130 when "
+                    "interrupted.")
     run.add_argument("--model", default="digits_cnn",
                      help="reference or torchvision name, a .pt/.pt2 file, or package.module:factory "
                           "(default: digits_cnn)")
@@ -38,8 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip", action="append", metavar="NAMES", help="short names to leave out")
     run.add_argument("--out", default=str(OUTPUTS_DIR), help="folder that receives the run folder")
     run.add_argument("--run-id", default="", help="name of the run folder (default: time-model)")
+    run.add_argument("--force", action="store_true", help="clear the run folder first when --run-id exists")
     run.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                     help="any notebook parameter, typed like papermill: -p atol=1e-5 -p batch_sizes=[1,8]")
+                     help="a notebook parameter, typed like papermill: -p seed=1 -p batch_sizes=[1,8]; "
+                          "study.name for one study: -p export.atol=1e-5")
+    run.add_argument("-f", "--parameters-file", metavar="PATH",
+                     help="YAML file of parameters (name: value, or study.name: value); -p wins over it")
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="longest a notebook cell may run; a notebook over it is saved and the run exits 1")
+    run.add_argument("--junit", metavar="PATH", help="also write the gates as JUnit XML (one test per gate)")
+    run.add_argument("--json", action="store_true", help="print the verdict and paths as JSON on stdout")
     run.add_argument("--list", action="store_true", help="list the notebooks and their parameters")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     compare = commands.add_parser(
@@ -68,13 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list_notebooks() -> None:
-    from .runner import available_notebooks, notebook_parameters
+    from .registry import COMMON
+    from .runner import available_studies
 
-    for notebook in available_notebooks():
-        print(f"{notebook.short:<13} notebooks/{notebook.path.name}")
-        for name, info in notebook_parameters(notebook.path).items():
-            comment = f"  # {info['help']}" if info["help"] else ""
-            print(f"    {name} = {info['default']!r}{comment}")
+    for study in available_studies():
+        print(f"{study.short:<13} notebooks/{study.path.name}  ({study.item or 'report'}; {study.module})")
+        for param in study.params:
+            rule = param.range_text()
+            shared = " [shared]" if param.name in COMMON else ""
+            print(f"    {param.name} = {param.default!r}  # {param.help}" + (f" ({rule})" if rule else "") + shared)
 
 
 def _check_device(device: str) -> None:
@@ -85,49 +99,70 @@ def _check_device(device: str) -> None:
                             "use --device cpu or --device auto")
 
 
+def _given_parameters(args: argparse.Namespace) -> dict:
+    from .runner import parse_parameter, read_parameters_file
+
+    given = read_parameters_file(args.parameters_file) if args.parameters_file else {}
+    given.update(dict(parse_parameter(p) for p in args.parameter))
+    return given
+
+
 def _run(args: argparse.Namespace) -> int:
+    import json
+
     from .models import load_model
     from .report import scorecard, sorted_gates
-    from .results import gate_verdict, resolve_run_dir
-    from .runner import (
-        check_parameters,
-        check_values,
-        execute_run,
-        new_run_id,
-        parse_parameter,
-        run_passed,
-        select_notebooks,
-    )
+    from .results import gate_verdict, readiness
+    from .runner import INTERRUPTED_EXIT, execute_run, new_run_id, preflight, select_studies
 
     if args.list:
         _list_notebooks()
         return 0
-    notebooks = select_notebooks(_names(args.only), _names(args.skip))
-    extra = check_parameters(dict(parse_parameter(p) for p in args.parameter), notebooks)
-    params = {"model": args.model, "weights": args.weights,
-              "example_inputs": args.example_inputs, "device": args.device, **extra}
-    _check_device(params["device"])
-    check_values(params)
-    if params.get("lock_path"):
-        from .environment import read_lock
-
-        read_lock(params["lock_path"])
-    print(f"lab2prod: checking model {params['model']!r} ...", file=sys.stderr)
-    load_model(params["model"], params["weights"] or None, params["example_inputs"] or None)
+    if args.timeout is not None and args.timeout <= 0:
+        raise Lab2ProdError(f"--timeout {args.timeout:g} is not positive; pass the seconds a cell may take, "
+                            "e.g. --timeout 900")
+    selected = select_studies(_names(args.only), _names(args.skip))
+    common = {"model": args.model, "weights": args.weights, "example_inputs": args.example_inputs,
+              "device": args.device}
+    given = _given_parameters(args)
+    _check_device(args.device)
     out = Path(args.out)
-    run_dir = resolve_run_dir(out / (args.run_id or new_run_id(params["model"])))
-    summary = execute_run(notebooks, params, run_dir, progress=not args.no_progress)
-    for notebook in summary["notebooks"]:
-        line = f"{notebook['name']}: {notebook['status']} in {notebook['seconds']:.1f}s"
-        print(line + (f" ({notebook['error']})" if notebook["error"] else ""))
-    for gate in sorted_gates(summary["gates"]):
-        print(f"  {gate_verdict(gate)} {gate['name']}: {gate['detail']}")
-    ran = [row for row in scorecard(summary["gates"]) if row["verdict"] != "NOT RUN"]
-    if ran:
-        print("checklist: " + ", ".join(f"{row['item']} {row['verdict']}" for row in ran))
-    passed = run_passed(summary)
-    print(f"{'READY' if passed else 'NOT READY'}: report {run_dir / 'report.html'}")
-    return 0 if passed else 1
+    model = str(given.get("model", args.model))
+    per_study, run_dir = preflight(selected, given, out, args.run_id or new_run_id(model), args.force,
+                                   {k: v for k, v in common.items() if k not in given})
+    models = {(p["model"], p.get("weights", ""), p.get("example_inputs", ""))
+              for p in per_study.values() if "model" in p}
+    for model, weights, example_inputs in sorted(models):
+        print(f"lab2prod: checking model {model!r} ...", file=sys.stderr)
+        load_model(model, weights or None, example_inputs or None)
+    params = {**common, **given}
+    summary = execute_run(selected, per_study, params, run_dir, progress=not (args.no_progress or args.json),
+                          timeout=args.timeout)
+    ready, verdict = readiness(summary)
+    if args.junit:
+        from .results import write_junit
+
+        write_junit(Path(args.junit), summary)
+    report = run_dir / "report.html"
+    if args.json:
+        print(json.dumps({"ready": ready, "verdict": verdict, "interrupted": summary["interrupted"],
+                          "run_dir": str(run_dir), "report": str(report), "summary": str(run_dir / "summary.json"),
+                          "junit": args.junit, "notebooks": summary["notebooks"],
+                          "gates": [{**g, "verdict": gate_verdict(g)} for g in sorted_gates(summary["gates"])]},
+                         indent=2, default=str))
+    else:
+        for notebook in summary["notebooks"]:
+            line = f"{notebook['name']}: {notebook['status']} in {notebook['seconds']:.1f}s"
+            print(line + (f" ({notebook['error']})" if notebook["error"] else ""))
+        for gate in sorted_gates(summary["gates"]):
+            print(f"  {gate_verdict(gate)} {gate['name']}: {gate['detail']}")
+        ran = [row for row in scorecard(summary["gates"]) if row["verdict"] != "NOT RUN"]
+        if ran:
+            print("checklist: " + ", ".join(f"{row['item']} {row['verdict']}" for row in ran))
+        print(f"{'READY' if ready else 'NOT READY'}: report {report}")
+    if summary["interrupted"]:
+        return INTERRUPTED_EXIT
+    return 0 if ready else 1
 
 
 def _env(args: argparse.Namespace) -> int:

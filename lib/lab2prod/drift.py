@@ -32,6 +32,7 @@ __all__ = [
     "PRIMARY_TEST",
     "DriftReport",
     "evaluate_drift",
+    "drift_gate",
 ]
 
 
@@ -354,3 +355,18 @@ def evaluate_drift(loaded, batch_size: int = 64, batches: int = 50, alpha: float
             rows.append({"scenario": name, "kind": kind, "accuracy": current.accuracy, "accuracy_change_pts": change,
                          **row})
     return DriftReport(True, "", rows, min(batch_size, half), batches, alpha, half)
+
+
+def drift_gate(report: DriftReport, max_false_positive_rate: float = 0.1) -> dict:
+    """`drift`: the primary test's false-positive rate under no shift is at most
+    `max_false_positive_rate`, and every shift that moves accuracy by more than 5 points is
+    flagged in at least 80% of the batches; skipped, with the reason, where drift does not apply."""
+    from .results import gate
+
+    if not report.applies:
+        return gate("drift", False, None, max_false_positive_rate, report.reason, skipped=True)
+    fpr, missed = report.false_positive_rate(), report.missed()
+    passed = fpr is not None and fpr <= max_false_positive_rate and not missed
+    return gate("drift", passed, fpr, max_false_positive_rate,
+                f"false-positive rate {fpr:.2f}; " + (f"missed: {', '.join(missed)}" if missed else
+                                                     "every shift costing > 5 points flagged in >= 80% of batches"))

@@ -33,6 +33,7 @@ __all__ = [
     "exported_ops_check",
     "utf8_round_trip_demo",
     "hour_of_day_demo",
+    "environment_gate",
 ]
 
 PACKAGES = ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "pandas", "scipy", "matplotlib")
@@ -315,3 +316,15 @@ def hour_of_day_demo(timestamp: float, timezones: list[str], feature_timezone: s
         rows.append({"server TZ": zone, "naive hour": result["naive"],
                      f"aware hour ({feature_timezone})": result["aware"]})
     return rows
+
+
+def environment_gate(diffs: list[dict], smoke: list[dict], ops: list[dict]) -> dict:
+    """`environment`: no fail-level difference from the lab lock, every smoke operator within
+    tolerance, every operator of the exported graph runs here; the value is the problem count."""
+    from .results import gate
+
+    failing = [d for d in diffs if d["severity"] == "fail"]
+    bad_ops = [s["op"] for s in smoke if not s["passed"]] + [o["op"] for o in ops if not o["ran"]]
+    problems = [f"{d['key']}: lab {d['lab']} vs here {d['here']}" for d in failing] + [f"{op} fails" for op in bad_ops]
+    return gate("environment", not problems, len(problems), 0,
+                "; ".join(problems) if problems else "no fail-level difference; all smoke operators pass")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import Lab2ProdError
 from .files import sha256_file
 from .models import LoadedModel, set_eval
 from .reload_check import _first_tensor
@@ -27,6 +28,7 @@ __all__ = [
     "FORMATS",
     "ExportArtifact",
     "ComparisonRow",
+    "check_formats",
     "export_model",
     "compare_outputs",
     "reload_in_fresh_process",
@@ -75,6 +77,14 @@ class ComparisonRow:
 def _one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def check_formats(formats) -> list[str]:
+    """The formats, or a Lab2ProdError naming an unknown one and the known ones."""
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise Lab2ProdError(f"format {fmt!r} is not known; use some of {', '.join(FORMATS)}")
+    return list(formats)
 
 
 def export_model(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -12,6 +13,8 @@ from .export import ComparisonRow, ExportArtifact
 from .results import gate_verdict, resolve_run_dir
 
 __all__ = [
+    "Setup",
+    "setup",
     "quiet_deprecations",
     "resolve_run_dir",
     "resolve_devices",
@@ -48,6 +51,25 @@ def quiet_deprecations() -> None:
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=r"torch(\..*)?")
     warnings.filterwarnings("ignore", message=r".*(TorchScript|torch\.jit|torch\.ao).*deprecat.*")
+
+
+class Setup(NamedTuple):
+    run_dir: Path
+    loaded: object  # lab2prod.models.LoadedModel, or None when no model was named
+    devices: list[str]
+
+
+def setup(run_dir: str, model: str = "", weights: str = "", example_inputs: str = "", seed: int = 0,
+          device: str = "cpu") -> Setup:
+    """What every notebook does first, in one call: hide the known deprecation notices, resolve
+    the run folder (outputs/interactive on the defaults), the devices, and load the model."""
+    from .models import load_model
+
+    quiet_deprecations()
+    folder = resolve_run_dir(run_dir)
+    devices = resolve_devices(device)
+    loaded = load_model(model, weights, example_inputs, seed) if model else None
+    return Setup(folder, loaded, devices)
 
 
 def resolve_devices(device: str) -> list[str]:

@@ -11,7 +11,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import Lab2ProdError
 from .transforms import DIGITS_RECIPE, IMAGENET_RECIPE, Recipe, recipe_of, recipe_transform
 
-__all__ = ["decode_request", "ServingPath", "lab_transform_for", "load_transform"]
+__all__ = ["decode_request", "ServingPath", "check_lab_transform", "check_serving_transform", "lab_transform_for",
+           "load_transform"]
 
 
 def decode_request(data: bytes) -> Image.Image:
@@ -56,6 +57,16 @@ def load_transform(spec: str, what: str) -> Callable:
     if not callable(transform):
         raise Lab2ProdError(f"{what} {spec!r} is {type(transform).__name__}, not callable")
     return transform
+
+
+def check_lab_transform(spec: str) -> Callable:
+    """The user's lab transform (PIL image -> tensor), imported; a clear error when it is not."""
+    return load_transform(spec, "lab_transform")
+
+
+def check_serving_transform(spec: str) -> Callable:
+    """The serving transform under test (request bytes -> tensor), imported; a clear error when it is not."""
+    return load_transform(spec, "serving_transform")
 
 
 def lab_transform_for(family: str, spec: str = "") -> tuple[Callable, Recipe | None]:

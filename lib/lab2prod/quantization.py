@@ -22,6 +22,7 @@ __all__ = [
     "resolve_engine",
     "resolve_module_types",
     "check_methods",
+    "check_method",
     "quantize",
     "quantized_layers",
     "coverage",
@@ -86,6 +87,11 @@ def check_methods(methods) -> list[str]:
     if unknown or not methods:
         raise Lab2ProdError(f"quantization methods {methods!r} are not known; use some of {', '.join(METHODS)}")
     return methods
+
+
+def check_method(method: str) -> str:
+    """One quantization method (the canary's candidate), checked like a list of them."""
+    return check_methods([method])[0]
 
 
 def _import_torchao():

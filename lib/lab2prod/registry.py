@@ -51,7 +51,8 @@ class Param:
         if self.type.startswith("list["):
             count = (f"exactly {self.min_items}" if self.min_items == self.max_items else
                      f"at least {self.min_items}" if self.min_items else "")
-            text = ", ".join(part for part in (f"{count} items" if count else "",
+            noun = "item" if self.min_items == 1 and self.max_items in (None, 1) else "items"
+            text = ", ".join(part for part in (f"{count} {noun}" if count else "",
                                                f"each {text}" if text else "") if part)
         return text
 
@@ -64,18 +65,18 @@ class Param:
                 value = list(value)
             if not isinstance(value, list):
                 raise Lab2ProdError(f"parameter {shown}={value!r} is not a list of {self.item_type}; {example}")
-            value = [self._scalar(item, shown, value, example) for item in value]
+            value = [self._scalar(item, shown, value, example, in_list=True) for item in value]
             if len(value) < self.min_items or (self.max_items is not None and len(value) > self.max_items):
                 raise Lab2ProdError(f"parameter {shown}={value!r} is out of range: it needs "
                                     f"{self.range_text()}; {example}")
         else:
-            value = self._scalar(value, shown, value, example)
+            value = self._scalar(value, shown, value, example, in_list=False)
         if self.check and value not in (None, ""):
             module, _, function = self.check.partition(":")
             getattr(importlib.import_module(module), function)(value)
         return value
 
-    def _scalar(self, item, shown: str, whole, example: str):
+    def _scalar(self, item, shown: str, whole, example: str, in_list: bool):
         expected = _TYPES[self.item_type]
         if expected is str and not isinstance(item, str) and item is not None:
             item = str(item)  # `-p model=123` means the string "123"
@@ -88,7 +89,7 @@ class Param:
                                    ("<=", self.le, lambda v, b: v > b), ("<", self.lt, lambda v, b: v >= b)):
                 if bound is not None and bad(item, bound):
                     raise Lab2ProdError(f"parameter {shown}={whole!r} is out of range: "
-                                        f"{'each item ' if whole is not item else ''}must be {op} {bound:g}; "
+                                        f"{'each item ' if in_list else ''}must be {op} {bound:g}; "
                                         f"{example}")
         return item
 
@@ -281,12 +282,18 @@ def checklist_item(gate: dict, studies: list[Study] | None = None) -> str:
     return next((s.item for s in studies if s.notebook == notebook and s.item), "other")
 
 
-def resolve_parameters(given: dict, selected: list[Study]) -> dict[str, dict]:
+def resolve_parameters(given: dict, selected: list[Study], common: dict | None = None) -> dict[str, dict]:
     """{notebook stem: {name: value}} for the selected studies from `-p` values. A bare name goes to
     every selected study that declares it when it is a common parameter or only one of them
     declares it; `study.name` targets one study. Unknown, ambiguous, mistyped and out-of-range
-    values raise a Lab2ProdError that names the value and the fix."""
+    values raise a Lab2ProdError that names the value and the fix. `common` values (the command
+    line's --model, --device, ...) go to the studies that declare them, where `given` does not
+    set them."""
     per_study: dict[str, dict] = {s.notebook: {} for s in selected}
+    for name, value in (common or {}).items():
+        for owner in selected:
+            if owner.param(name) is not None:
+                per_study[owner.notebook][name] = owner.param(name).validate(value, name)
     for key, value in given.items():
         target, _, name = key.rpartition(".")
         if target:

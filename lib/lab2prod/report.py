@@ -7,32 +7,19 @@ import json
 from pathlib import Path
 
 from .files import atomic_write
-from .results import gate_verdict, load_results
+from .registry import checklist, checklist_item
+from .results import build_summary, gate_verdict, readiness
 
-__all__ = ["CHECKLIST", "checklist_item", "scorecard", "collect_summary", "readiness", "write_report",
+__all__ = ["checklist_item", "scorecard", "collect_summary", "readiness", "write_report",
            "sorted_gates", "notebook_images", "notebook_status"]
-
-# The deployment checklist, in the order a release review walks it; each notebook feeds one item.
-CHECKLIST = ["environment", "model integrity", "preprocessing parity", "quantization", "latency SLA", "serving",
-             "monitoring", "security", "rollback"]
-_ITEM_OF_NOTEBOOK = {"00": "environment", "01": "model integrity", "02": "preprocessing parity",
-                     "03": "quantization", "04": "latency SLA", "05": "serving", "06": "monitoring",
-                     "07": "security", "08": "rollback"}
-
-
-def checklist_item(g: dict) -> str:
-    """The checklist item a gate belongs to: by its notebook, except the security notebook's file
-    integrity checks, which belong to model integrity."""
-    if g["name"].startswith("security:integrity"):
-        return "model integrity"
-    return _ITEM_OF_NOTEBOOK.get(str(g.get("notebook", ""))[:2], "other")
 
 
 def scorecard(gates: list[dict]) -> list[dict]:
     """One row per checklist item, in checklist order: FAIL if any of its gates failed, PASS if
     the others passed, SKIP if all were skipped, NOT RUN without gates; counts and the failures."""
     rows = []
-    for item in CHECKLIST + sorted({checklist_item(g) for g in gates} - set(CHECKLIST)):
+    items = checklist()
+    for item in items + sorted({checklist_item(g) for g in gates} - set(items)):
         mine = [g for g in gates if checklist_item(g) == item]
         verdicts = [gate_verdict(g) for g in mine]
         verdict = ("NOT RUN" if not mine else "FAIL" if "FAIL" in verdicts else
@@ -71,10 +58,8 @@ def collect_summary(run_dir: str | Path) -> dict:
     summary_file = run_dir / "summary.json"
     if summary_file.exists():
         return json.loads(summary_file.read_text())
-    results, gates = load_results(run_dir)
     notebooks = [notebook_status(p) for p in sorted(run_dir.glob("[0-9][0-9]_*.ipynb"))]
-    return {"run_id": run_dir.name, "created": "", "params": {}, "environment": {},
-            "notebooks": [n for n in notebooks if n["status"] != "running"], "results": results, "gates": gates}
+    return build_summary(run_dir, {}, [n for n in notebooks if n["status"] != "running"])
 
 
 STYLE = """
@@ -91,8 +76,8 @@ code{background:#f6f6f6;padding:0 .2rem}
 def sorted_gates(gates: list[dict]) -> list[dict]:
     """Failures first, then skipped, then passed; within each, in checklist order."""
     order = {"FAIL": 0, "SKIP": 1, "PASS": 2}
-    position = {item: i for i, item in enumerate(CHECKLIST)}
-    return sorted(gates, key=lambda g: (order[gate_verdict(g)], position.get(checklist_item(g), len(CHECKLIST)),
+    position = {item: i for i, item in enumerate(checklist())}
+    return sorted(gates, key=lambda g: (order[gate_verdict(g)], position.get(checklist_item(g), len(position)),
                                         g.get("notebook", ""), g["name"]))
 
 
@@ -141,15 +126,6 @@ def _notebook_link(name: str, run_dir: Path) -> str:
     if (run_dir / path).exists():
         return f"<a href='{html.escape(path)}'>{html.escape(path)}</a>"
     return html.escape(path)
-
-
-def readiness(summary: dict) -> tuple[bool, str]:
-    """(ready, one line): ready when no notebook errored and no gate failed."""
-    errors = [n for n in summary["notebooks"] if n["status"] != "ok"]
-    failed = [g for g in summary["gates"] if g["passed"] is False]
-    ok = not errors and not failed
-    return ok, ("READY: every gate passed" if ok else
-                f"NOT READY: {len(failed)} gate(s) failed, {len(errors)} notebook(s) errored")
 
 
 def write_report(summary: dict, run_dir: Path) -> Path:

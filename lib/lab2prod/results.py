@@ -12,7 +12,9 @@ from .errors import Lab2ProdError
 from .files import atomic_write
 from .paths import OUTPUTS_DIR
 
-__all__ = ["resolve_run_dir", "gate", "gate_verdict", "record", "load_results", "to_jsonable", "write_json"]
+__all__ = ["resolve_run_dir", "gate", "gate_verdict", "record", "load_results", "build_summary", "readiness",
+           "write_junit",
+           "to_jsonable", "write_json"]
 
 
 def resolve_run_dir(run_dir: str | Path | None) -> Path:
@@ -89,3 +91,55 @@ def load_results(run_dir: str | Path) -> tuple[dict, list[dict]]:
         results[payload["name"]] = payload["values"]
         gates.extend(payload["gates"])
     return results, gates
+
+
+def build_summary(run_dir: str | Path, params: dict, notebooks: list[dict], environment: dict | None = None) -> dict:
+    """The summary.json contract of a run folder: run_id, params, environment, notebooks (name,
+    status, seconds, error), every recorded result and gate. The runner writes it at the end;
+    the report notebook builds it from the folder while the run is still going."""
+    results, gates = load_results(run_dir)
+    return {"run_id": Path(run_dir).name, "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "params": params, "environment": environment or {}, "notebooks": notebooks, "results": results,
+            "gates": gates}
+
+
+def readiness(summary: dict) -> tuple[bool, str]:
+    """(ready, one line): ready when every notebook ran to the end and no gate failed (a skipped
+    gate, a check that does not apply to this model, does not fail a run)."""
+    errors = [n for n in summary["notebooks"] if n["status"] != "ok"]
+    failed = [g for g in summary["gates"] if g["passed"] is False]
+    ready = not errors and not failed
+    return ready, ("READY: every gate passed" if ready else
+                   f"NOT READY: {len(failed)} gate(s) failed, {len(errors)} notebook(s) did not finish")
+
+
+def write_junit(path: Path, summary: dict) -> Path:
+    """The gates of a run as JUnit XML, the format CI systems display: one test suite per notebook,
+    one test case per gate (a failed gate is a failure, a skipped one is skipped), and a notebook
+    that did not finish as an error."""
+    from xml.etree import ElementTree as ET
+
+    root = ET.Element("testsuites", name=f"lab2prod {summary['run_id']}")
+    for notebook in summary["notebooks"]:
+        gates = [g for g in summary["gates"] if g.get("notebook") == notebook["name"]]
+        suite = ET.SubElement(root, "testsuite", name=notebook["name"], tests=str(len(gates) or 1),
+                              failures=str(sum(g["passed"] is False for g in gates)),
+                              skipped=str(sum(g["passed"] is None for g in gates)),
+                              errors=str(int(notebook["status"] != "ok")), time=str(notebook["seconds"]))
+        if notebook["status"] != "ok":
+            case = ET.SubElement(suite, "testcase", classname=notebook["name"], name="notebook")
+            ET.SubElement(case, "error", message=f"{notebook['status']}: {notebook['error'] or ''}")
+        for g in gates:
+            case = ET.SubElement(suite, "testcase", classname=notebook["name"], name=g["name"])
+            text = f"value {g['value']!r}, threshold {g['threshold']!r}: {g['detail']}"
+            if g["passed"] is False:
+                ET.SubElement(case, "failure", message=text)
+            elif g["passed"] is None:
+                ET.SubElement(case, "skipped", message=g["detail"] or "does not apply")
+            else:
+                ET.SubElement(case, "system-out").text = text
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = ET.tostring(root, encoding="unicode")
+    atomic_write(path, lambda tmp: tmp.write_text('<?xml version="1.0" encoding="utf-8"?>\n' + text))
+    return path

@@ -1,109 +1,65 @@
-"""Run the notebooks with papermill into one run folder, then write summary.json and report.html."""
+"""Run the selected studies' notebooks with papermill into one run folder, then write summary.json and
+report.html. Everything a run could refuse is checked before the run folder exists (`preflight`)."""
 
 from __future__ import annotations
 
 import ast
 import os
-import platform
+import shutil
+import signal
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from .errors import Lab2ProdError
-from .paths import NOTEBOOKS_DIR
-from .results import load_results, write_json
+from .registry import STUDIES, Study, resolve_parameters
+from .results import build_summary, write_json
 
 __all__ = [
-    "NOTEBOOK_NAMES",
-    "NotebookRun",
-    "available_notebooks",
-    "select_notebooks",
-    "notebook_parameters",
+    "INTERRUPTED_EXIT",
+    "available_studies",
+    "select_studies",
     "parse_parameter",
-    "check_parameters",
-    "check_values",
-    "environment_summary",
+    "read_parameters_file",
+    "preflight",
     "execute_run",
     "new_run_id",
 ]
 
-# Short names used by --only/--skip, in run order.
-NOTEBOOK_NAMES = {
-    "environment": "00_environment",
-    "export": "01_export",
-    "parity": "02_preprocessing_parity",
-    "quantization": "03_quantization",
-    "benchmark": "04_latency_benchmark",
-    "serving": "05_serving",
-    "drift": "06_drift_monitoring",
-    "security": "07_security",
-    "canary": "08_canary",
-    "report": "99_report",
-}
+INTERRUPTED_EXIT = 130  # what a shell reports for a command stopped by Ctrl-C
 
 
-@dataclass
-class NotebookRun:
-    short: str
-    path: Path
-
-    @property
-    def name(self) -> str:
-        return self.path.stem
+def available_studies(studies: list[Study] | None = None) -> list[Study]:
+    """The registered studies whose notebook is in this checkout, in run order."""
+    return [s for s in (STUDIES if studies is None else studies) if s.path.exists()]
 
 
-def available_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[NotebookRun]:
-    """The notebooks of this version that `lab2prod run` knows, in run order."""
-    return [NotebookRun(short, notebooks_dir / f"{stem}.ipynb")
-            for short, stem in NOTEBOOK_NAMES.items()
-            if (notebooks_dir / f"{stem}.ipynb").exists()]
-
-
-def select_notebooks(only: list[str] | None, skip: list[str] | None,
-                     notebooks_dir: Path = NOTEBOOKS_DIR) -> list[NotebookRun]:
+def select_studies(only: list[str] | None, skip: list[str] | None,
+                   studies: list[Study] | None = None) -> list[Study]:
     """Apply --only/--skip; unknown or absent short names are errors that list the valid ones."""
-    present = available_notebooks(notebooks_dir)
-    present_names = [n.short for n in present]
+    known = STUDIES if studies is None else studies
+    present = available_studies(known)
     for name in (only or []) + (skip or []):
-        if name not in NOTEBOOK_NAMES:
-            raise Lab2ProdError(
-                f"notebook {name!r} is not known; use one of {', '.join(NOTEBOOK_NAMES)}"
-            )
-        if name not in present_names:
-            raise Lab2ProdError(
-                f"notebook {name!r} ({NOTEBOOK_NAMES[name]}.ipynb) is not in this version; "
-                f"available: {', '.join(present_names)}"
-            )
-    chosen = [n for n in present if (not only or n.short in only) and n.short not in (skip or [])]
+        if name not in [s.short for s in known]:
+            raise Lab2ProdError(f"notebook {name!r} is not known; use one of {', '.join(s.short for s in known)}")
+        if name not in [s.short for s in present]:
+            raise Lab2ProdError(f"notebook {name!r} is not in this version; "
+                                f"available: {', '.join(s.short for s in present)}")
+    chosen = [s for s in present if (not only or s.short in only) and s.short not in (skip or [])]
     if not chosen:
         raise Lab2ProdError("--only/--skip left no notebook to run; see `lab2prod run --list`")
     return chosen
 
 
-def notebook_parameters(path: Path) -> dict[str, dict]:
-    """{name: {"default": value, "type": name, "help": comment}} of a notebook's parameters cell."""
-    import papermill
-
-    declared = papermill.inspect_notebook(str(path))
-    parameters = {}
-    for name, info in declared.items():
-        try:
-            default = ast.literal_eval(info["default"])
-        except (ValueError, SyntaxError):
-            default = info["default"]
-        parameters[name] = {"default": default, "type": type(default).__name__,
-                            "help": info.get("help", "")}
-    return parameters
-
-
 def parse_parameter(text: str) -> tuple[str, object]:
-    """Parse `name=value` typed like papermill -p (True/False/None, int, float), plus lists."""
+    """Parse `name=value` (or `study.name=value`) typed like papermill -p (True/False/None, int,
+    float), plus lists."""
     name, sep, raw = text.partition("=")
     name = name.strip()
-    if not sep or not name.isidentifier():
-        raise Lab2ProdError(f"parameter {text!r} is not name=value; e.g. -p atol=1e-5")
+    if not sep or not all(part.isidentifier() for part in name.split(".")) or name.count(".") > 1:
+        raise Lab2ProdError(f"parameter {text!r} is not name=value; e.g. -p atol=1e-5 or -p export.atol=1e-5")
     if raw in ("True", "False", "None"):
         return name, {"True": True, "False": False, "None": None}[raw]
     try:
@@ -115,88 +71,55 @@ def parse_parameter(text: str) -> tuple[str, object]:
     return name, raw
 
 
-def _type_ok(default, value) -> bool:
-    if default is None or value is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, list):
-        return isinstance(value, list) and all(
-            _type_ok(default[0], item) for item in value) if default else isinstance(value, list)
-    return isinstance(value, type(default))
+def read_parameters_file(path: str | Path) -> dict:
+    """Parameters from a YAML file (papermill's `-f`): a mapping of name (or study.name) to value."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise Lab2ProdError(f"parameters file {str(path)!r} cannot be read ({exc.strerror}); "
+                            "pass a YAML file of name: value lines") from None
+    except yaml.YAMLError as exc:
+        raise Lab2ProdError(f"parameters file {str(path)!r} is not valid YAML ({str(exc).splitlines()[0]}); "
+                            "write name: value lines, e.g. sla_ms: 50") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise Lab2ProdError(f"parameters file {str(path)!r} is not a mapping of names to values; "
+                            "write name: value lines, e.g. sla_ms: 50")
+    return data
 
 
-def check_parameters(params: dict, notebooks: list[NotebookRun]) -> dict:
-    """Check names and types against the notebooks' parameters cells; return them coerced."""
-    declared: dict[str, dict] = {}
-    for notebook in notebooks:
-        declared.update(notebook_parameters(notebook.path))
-    checked = {}
-    for name, value in params.items():
-        if name not in declared:
-            raise Lab2ProdError(
-                f"parameter {name!r} is not used by the selected notebooks; "
-                f"known: {', '.join(sorted(declared))}"
-            )
-        default = declared[name]["default"]
-        if isinstance(default, str) and not isinstance(value, str) and value is not None:
-            value = str(value)  # `-p model=123` means the string "123"
-        if not _type_ok(default, value):
-            raise Lab2ProdError(
-                f"parameter {name}={value!r} has the wrong type: expected "
-                f"{type(default).__name__} like the default; pass e.g. -p {name}={default!r}"
-            )
-        if isinstance(default, float) and isinstance(value, int):
-            value = float(value)
-        checked[name] = value
-    return checked
+def preflight(selected: list[Study], given: dict, out: Path, run_id: str, force: bool,
+              common: dict) -> tuple[dict[str, dict], Path]:
+    """Everything that can be refused before a run folder exists: each parameter's type and range,
+    the values only a library function can judge, Java when a study starts TorchServe, an output
+    folder that can be written, and a run folder that is new (or `force` to clear it). Returns
+    ({notebook: parameters}, run folder)."""
+    per_study = resolve_parameters(given, selected, common)
+    for candidate in selected:
+        if candidate.uses_torchserve(per_study[candidate.notebook]):
+            from .serving import check_requirements
 
-
-def check_values(params: dict) -> None:
-    """Reject parameter values a notebook would reject (unknown bug, method, layer type or
-    quantized engine; a transform that does not import; a traffic split that is not two weights)
-    before any run folder exists."""
-    from . import benchmark, canary, parity, quantization
-    from .preprocess import load_transform
-
-    checks = {
-        "bugs": parity.select_bugs,
-        "methods": quantization.check_methods,
-        "module_types": quantization.resolve_module_types,
-        "engine": quantization.check_engine,
-        "variants": benchmark.check_variants,
-        "traffic_split": canary.check_split,
-        "latency_percentile": canary.check_percentile,
-        "candidate_method": lambda method: quantization.check_methods([method]),
-        "lab_transform": lambda spec: load_transform(spec, "lab_transform"),
-        "serving_transform": lambda spec: load_transform(spec, "serving_transform"),
-    }
-    for name, check in checks.items():
-        if params.get(name) not in (None, ""):
-            check(params[name])
-
-
-def environment_summary() -> dict:
-    """Where the run happened (the environment notebook records much more)."""
-    import torch
-    import torchvision
-
-    cuda = torch.cuda.is_available()
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda_available": cuda,
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
-    }
+            try:
+                check_requirements()
+            except Lab2ProdError as exc:
+                flag = (f", or -p {candidate.short}.{candidate.torchserve}=False"
+                        if isinstance(candidate.torchserve, str) else "")
+                raise Lab2ProdError(f"{candidate.short} starts TorchServe: {exc}; or --skip {candidate.short}"
+                                    f"{flag}") from None
+    run_dir = out / run_id
+    if run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise Lab2ProdError(f"run folder {str(run_dir)!r} already exists; choose another --run-id, or pass --force "
+                            "to clear it first (results of two runs are never merged)")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK) or not probe.is_dir():
+        raise Lab2ProdError(f"output folder {str(out)!r} is not writable; choose another with --out")
+    return per_study, run_dir
 
 
 def new_run_id(model: str) -> str:
@@ -212,56 +135,137 @@ def _error_line(exc: BaseException) -> str:
     return f"{ename}: {first}"[:500]
 
 
-def execute_run(notebooks: list[NotebookRun], params: dict, run_dir: Path,
-                progress: bool = True) -> dict:
-    """Execute each notebook into run_dir, keep going after a failure, write summary + report."""
+class _Stopper:
+    """Ctrl-C (SIGINT) and SIGTERM during a run: the kernel and everything it started (Locust runs
+    in its process group, TorchServe records its own) are stopped at once, so the notebook ends
+    and is saved with the error, and the run is marked interrupted."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.kernel = None
+        self.signal: int | None = None
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            return  # already stopping
+        self.signal = signum
+        print(f"\nlab2prod: {signal.Signals(signum).name}: stopping the kernel and every server of this run ...",
+              file=sys.stderr)
+        self.stop_servers()
+        provisioner = getattr(self.kernel, "provisioner", None)
+        pid = getattr(getattr(provisioner, "process", None), "pid", None)
+        if pid:
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def stop_servers(self) -> None:
+        from .serving import stop_recorded
+
+        stop_recorded(self.run_dir)  # a server a notebook started never outlives it, pass or fail
+
+
+def _execute(study: Study, params: dict, run_dir: Path, stopper: _Stopper, bar, timeout: float | None) -> None:
+    import papermill
+    from jupyter_client.manager import AsyncKernelManager
+
+    # IPC sockets in a private folder: the kernel is reachable from this machine's user only, and
+    # ipykernel has no reason to warn about plain TCP.
+    folder = Path(tempfile.mkdtemp(prefix="lab2prod-kernel-"))
+    stopper.kernel = AsyncKernelManager(kernel_name="python3", transport="ipc",
+                                        connection_file=str(folder / "kernel.json"))
+    try:
+        papermill.execute_notebook(
+            str(study.path), str(run_dir / study.path.name), parameters=params, kernel_name="python3",
+            km=stopper.kernel, progress_bar=bar, cwd=str(run_dir), log_output=False, execution_timeout=timeout,
+        )
+    finally:
+        stopper.kernel = None
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _mark_notebook(path: Path, text: str) -> None:
+    """Put why a notebook stopped at its top, in red, as papermill does for a cell error."""
+    import nbformat
+
+    if not path.exists():
+        return
+    notebook = nbformat.read(str(path), as_version=4)
+    notebook.cells.insert(0, nbformat.v4.new_markdown_cell(
+        f'<span style="color:red;font-size:1.5em">lab2prod stopped this notebook ({text})</span>'))
+    nbformat.write(notebook, str(path))
+
+
+def execute_run(selected: list[Study], per_study: dict[str, dict], params: dict, run_dir: Path,
+                progress: bool = True, timeout: float | None = None) -> dict:
+    """Execute each study's notebook into run_dir (a notebook error does not stop the run; Ctrl-C
+    does), then write report.html and summary.json. `timeout` is the seconds one cell may take."""
     import papermill
 
     from .report import write_report
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # preflight allowed it (--force): never merge two runs' results
+    run_dir.mkdir(parents=True)
     records = []
-    for index, notebook in enumerate(notebooks, 1):
-        declared = notebook_parameters(notebook.path)
-        mine = {k: v for k, v in params.items() if k in declared}
-        if "run_dir" in declared:
-            mine["run_dir"] = str(run_dir)
-        output = run_dir / notebook.path.name
-        bar = {"desc": f"[{index}/{len(notebooks)}] {notebook.name}", "file": sys.stderr} \
-            if progress else False
-        start = time.perf_counter()
-        status, error = "ok", None
-        try:
-            papermill.execute_notebook(
-                str(notebook.path), str(output), parameters=mine, kernel_name="python3",
-                progress_bar=bar, cwd=str(run_dir), log_output=False,
-            )
-        except papermill.PapermillExecutionError as exc:
-            status, error = "error", _error_line(exc)
-        except Exception as exc:  # kernel died, notebook unreadable: still recorded
-            status, error = "error", _error_line(exc)
-        finally:
-            from .serving import stop_recorded
-
-            stop_recorded(run_dir)  # a server the notebook started never outlives it, pass or fail
-        records.append({"name": notebook.name, "status": status,
-                        "seconds": round(time.perf_counter() - start, 2), "error": error})
-    results, gates = load_results(run_dir)
-    summary = {
-        "run_id": run_dir.name,
-        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "params": params,
-        "environment": environment_summary(),
-        "notebooks": records,
-        "results": results,
-        "gates": gates,
-    }
+    with _Stopper(run_dir) as stopper:
+        for index, study in enumerate(selected, 1):
+            mine = dict(per_study[study.notebook])
+            if study.param("run_dir"):
+                mine["run_dir"] = str(run_dir)
+            bar = {"desc": f"[{index}/{len(selected)}] {study.notebook}", "file": sys.stderr} if progress else False
+            start = time.perf_counter()
+            status, error = "ok", None
+            try:
+                _execute(study, mine, run_dir, stopper, bar, timeout)
+            except papermill.PapermillExecutionError as exc:
+                status, error = "error", _error_line(exc)
+            except Exception as exc:  # kernel died or timed out, notebook unreadable: still recorded
+                status, error = "error", _error_line(exc)
+                if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc):
+                    status, error = "timeout", f"a cell ran longer than --timeout {timeout:g} s"
+            finally:
+                stopper.stop_servers()
+            if stopper.signal is not None:
+                status, error = "interrupted", f"stopped by {signal.Signals(stopper.signal).name}"
+            if status in ("timeout", "interrupted"):
+                _mark_notebook(run_dir / study.path.name, f"{status}: {error}")
+            records.append({"name": study.notebook, "status": status,
+                            "seconds": round(time.perf_counter() - start, 2), "error": error})
+            if stopper.signal is not None:
+                break
+    summary = build_summary(run_dir, params, records, environment_summary())
+    summary["interrupted"] = stopper.signal is not None
     write_report(summary, run_dir)
     write_json(run_dir / "summary.json", summary)  # last: its presence means the run finished
     return summary
 
 
-def run_passed(summary: dict) -> bool:
-    """True when every notebook ran and no gate failed (skipped gates do not fail a run)."""
-    return all(n["status"] == "ok" for n in summary["notebooks"]) and all(
-        g["passed"] is not False for g in summary["gates"])
+def environment_summary() -> dict:
+    """Where the run happened (the environment notebook records much more)."""
+    import platform
+
+    import torch
+    import torchvision
+
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": cuda,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+    }

@@ -27,6 +27,7 @@ __all__ = [
     "audit_config",
     "config_to_audit",
     "try_live",
+    "security_gates",
 ]
 
 
@@ -299,3 +300,25 @@ def try_live(loaded, run_dir: Path, inputs: list[tuple[str, object]], tried: lis
     finally:
         server.stop()
     return rows
+
+
+def security_gates(tried: list[dict] | None, integrity: list[dict], audit: list[dict], reason: str = "") -> list[dict]:
+    """`security:inputs` (every bad input refused with a reason, nothing crashed, and a live server
+    still answering; skipped with `reason` when `tried` is None), `security:integrity` (every
+    integrity check passes) and `security:config` (every audit item passes)."""
+    from .results import gate
+
+    if tried is None:
+        gates = [gate("security:inputs", False, None, None, reason, skipped=True)]
+    else:
+        refused = sum(bool(r["rejected"] and r["reason"] and not r["crashed"]) for r in tried)
+        alive = all(r.get("server_alive", True) is not False for r in tried)
+        gates = [gate("security:inputs", bool(tried) and refused == len(tried) and alive, refused, len(tried),
+                      f"{refused} of {len(tried)} refused with a reason"
+                      + ("" if alive else "; the server stopped answering"))]
+    return gates + [
+        gate("security:integrity", all(r["passed"] for r in integrity), sum(r["passed"] for r in integrity),
+             len(integrity), "; ".join(r["check"] for r in integrity if not r["passed"]) or "all pass"),
+        gate("security:config", all(r["passed"] for r in audit), sum(r["passed"] for r in audit), len(audit),
+             "; ".join(f"{r['item']}: {r['fix']}" for r in audit if not r["passed"]) or "all pass"),
+    ]

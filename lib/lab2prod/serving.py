@@ -46,6 +46,7 @@ __all__ = [
     "ServingReport",
     "evaluate_serving",
     "serving_gates",
+    "serving_results",
 ]
 
 HANDLER_SOURCE = '''"""TorchServe handler by lab2prod: the input guard and preprocessing are lab2prod's."""
@@ -476,6 +477,9 @@ def stop_recorded(run_dir: Path) -> bool:
     for marker in markers:
         _kill_group(int(marker.read_text().strip()))
         marker.unlink(missing_ok=True)
+        # As stop() does: the tokens die with the server, and its temp folder goes.
+        (marker.parent / "key_file.json").unlink(missing_ok=True)
+        shutil.rmtree(marker.parent / "tmp", ignore_errors=True)
     return bool(markers)
 
 
@@ -778,3 +782,24 @@ def serving_gates(report: ServingReport, sla_ms: float, prob_atol: float = 1e-4)
         gate(names[2], lowest["p99_ms"] is not None and lowest["p99_ms"] <= sla_ms, lowest["p99_ms"], sla_ms,
              f"p99 at {lowest['users']} user(s)"),
     ]
+
+
+def serving_results(report: ServingReport) -> dict:
+    """The named results the serving notebook records (results["serving"])."""
+    keys = ["workers", "threads", "batch_size", "users", "p99_ms", "throughput_per_s"]
+    return {
+        "applies": report.applies,
+        "served_file": report.served_file,
+        "parity_top1_agreement": report.parity.get("top1_agreement"),
+        "max_prob_diff": report.parity.get("max_prob_diff"),
+        "limits": report.limits,
+        "load": report.load,
+        "metrics": report.metrics,
+        "tuning": report.tuning,
+        "tuned": {**{k: report.chosen[k] for k in keys}, "meets_sla": report.chosen["meets_sla"]}
+        if report.chosen else None,
+        "default": {k: report.default[k] for k in keys} if report.default else None,
+        "config_file": report.config_file,
+        "locustfile": report.locustfile,
+        "kubernetes": report.kubernetes,
+    }
