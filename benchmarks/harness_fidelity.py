@@ -18,6 +18,7 @@ import torch
 from torch.utils import benchmark as tub
 
 from lab2prod import benchmark as bm
+from lab2prod.environment import machine_snapshot
 from lab2prod.models import load_model
 from lab2prod.paths import OUTPUTS_DIR
 
@@ -31,7 +32,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    machine = bm.machine_info()
+    machine = machine_snapshot()
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, {args.threads} thread(s)")
     results = []
     for spec, batch_size in CASES:

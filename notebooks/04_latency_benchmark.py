@@ -39,11 +39,12 @@ seed = 0  # seed for input draws and untrained weights
 import pandas as pd
 
 from lab2prod import benchmark as bm
+from lab2prod import environment as env
 from lab2prod import notebook as nb
 from lab2prod.results import record
 
 run_dir, loaded, devices = nb.setup(run_dir, model, weights, example_inputs, seed, device)
-machine = bm.machine_info()
+machine = env.machine_snapshot()
 pd.DataFrame([{**loaded.card(), "devices": ", ".join(devices)}]).set_index("model")
 
 # %%

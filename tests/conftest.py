@@ -25,7 +25,7 @@ def run_cli(tmp_path):
 def torchserve():
     """Skip, with the reason, where TorchServe cannot run (no Java 17 or no torchserve)."""
     from lab2prod.errors import Lab2ProdError
-    from lab2prod.serving import check_requirements
+    from lab2prod.torchserve import check_requirements
 
     try:
         check_requirements()

@@ -133,7 +133,9 @@ def test_sweep_measures_every_variant_and_batch_and_reports_unbuildable_ones():
 
 
 def test_machine_info_names_the_hardware():
-    info = bm.machine_info()
+    from lab2prod.environment import machine_snapshot
+
+    info = machine_snapshot()
     assert info["cores"] >= 1 and info["cpu"] and info["torch"] == torch.__version__
 
 

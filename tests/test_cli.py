@@ -231,7 +231,7 @@ def test_serving_run_serves_loads_tunes_and_leaves_no_server(run_cli, tmp_path, 
 
 
 def test_drift_and_security_run_refuses_every_bad_input(run_cli, tmp_path):
-    from lab2prod.serving import check_requirements
+    from lab2prod.torchserve import check_requirements
 
     try:
         check_requirements()

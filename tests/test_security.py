@@ -96,7 +96,7 @@ def test_integrity_refuses_tampered_and_pickled_files(tmp_path):
 
 
 def test_config_audit_passes_the_deployment_config_and_fails_a_loose_one(tmp_path):
-    from lab2prod.serving import ServeConfig, write_config, write_deployment_config
+    from lab2prod.torchserve import ServeConfig, write_config, write_deployment_config
 
     deployed = write_deployment_config(tmp_path / "ok", "model", None, ServeConfig())
     assert all(r["passed"] for r in security.audit_config(deployed)), security.audit_config(deployed)

@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from lab2prod import serving
+from lab2prod import loadtest, serving, torchserve
 from lab2prod.errors import Lab2ProdError
 
 
 def _have_torchserve() -> bool:
     try:
-        serving.check_requirements()
+        torchserve.check_requirements()
         return True
     except Lab2ProdError:
         return False
@@ -33,20 +33,20 @@ def _alive(pid: int) -> bool:
 
 
 def test_config_binds_loopback_keeps_tokens_and_sets_limits(tmp_path):
-    config = serving.ServeConfig(workers=2, threads=1, batch_size=4, max_request_size=12345)
-    path = serving.write_config(tmp_path, config, {"inference": 1, "management": 2, "metrics": 3})
+    config = torchserve.ServeConfig(workers=2, threads=1, batch_size=4, max_request_size=12345)
+    path = torchserve.write_config(tmp_path, config, {"inference": 1, "management": 2, "metrics": 3})
     text = path.read_text()
     assert "inference_address=http://127.0.0.1:1" in text and "metrics_address=http://127.0.0.1:3" in text
     assert "metrics_mode=prometheus" in text and "max_request_size=12345" in text
     assert "default_workers_per_model=2" in text
     assert "disable_token" not in text and "0.0.0.0" not in text
     assert config.label == "2 worker(s) x 1 thread(s), batch 4"
-    assert serving.DEFAULT_CONFIG.threads == 0 and "default threads" in serving.DEFAULT_CONFIG.label
+    assert torchserve.DEFAULT_CONFIG.threads == 0 and "default threads" in torchserve.DEFAULT_CONFIG.label
 
 
 def test_deployment_config_names_the_chosen_configuration(tmp_path):
     chosen = {"workers": 1, "threads": 1, "batch_size": 4, "max_batch_delay_ms": 5}
-    text = serving.write_deployment_config(tmp_path, "model", chosen, serving.ServeConfig()).read_text()
+    text = torchserve.write_deployment_config(tmp_path, "model", chosen, torchserve.ServeConfig()).read_text()
     (line,) = [line for line in text.splitlines() if line.startswith("models=")]
     models = json.loads(line[len("models="):])
     assert models["model"]["1.0"]["batchSize"] == 4 and models["model"]["1.0"]["minWorkers"] == 1
@@ -66,25 +66,25 @@ def test_tuning_grid_and_choice():
 
 
 def test_missing_java_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(serving.shutil, "which", lambda name: None)
+    monkeypatch.setattr(torchserve.shutil, "which", lambda name: None)
     monkeypatch.delenv("JAVA_HOME", raising=False)
     with pytest.raises(Lab2ProdError, match="Java 17.*openjdk-17-jre-headless"):
-        serving.check_requirements()
+        torchserve.check_requirements()
 
 
 def test_exported_torchscript_prefers_script(tmp_path):
-    assert serving.exported_torchscript(tmp_path) is None
+    assert torchserve.exported_torchscript(tmp_path) is None
     (tmp_path / "models").mkdir()
     for name in ("a.pt", "b.pt"):
         (tmp_path / "models" / name).write_bytes(b"x")
     manifest = [{"format": "torchscript_trace", "file": "models/a.pt"},
                 {"format": "torchscript_script", "file": "models/b.pt"}]
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert serving.exported_torchscript(tmp_path) == tmp_path / "models" / "b.pt"
+    assert torchserve.exported_torchscript(tmp_path) == tmp_path / "models" / "b.pt"
 
 
 def test_locustfile_is_valid_python_and_sends_the_token(tmp_path):
-    path = serving.write_locustfile(tmp_path, "model", [("a", b"\x89PNG fake")])
+    path = loadtest.write_locustfile(tmp_path, [("a", b"\x89PNG fake")])
     subprocess.run([sys.executable, "-m", "py_compile", str(path)], check=True)
     text = path.read_text()
     assert 'f"Bearer {TOKEN}"' in text and "/predictions/{MODEL}" in text and "MAX_REQUESTS" in text
@@ -95,10 +95,10 @@ def test_stop_recorded_kills_the_recorded_process_group(tmp_path):
     process = subprocess.Popen(["sleep", "60"], start_new_session=True)
     (tmp_path / "serving").mkdir()
     (tmp_path / "serving" / "torchserve.pgid").write_text(str(process.pid))
-    assert serving.stop_recorded(tmp_path)
+    assert torchserve.stop_recorded(tmp_path)
     process.wait(timeout=10)
     assert not _alive(process.pid) and not (tmp_path / "serving" / "torchserve.pgid").exists()
-    assert not serving.stop_recorded(tmp_path)
+    assert not torchserve.stop_recorded(tmp_path)
 
 
 def test_gates_skip_models_that_take_tensors():
@@ -111,23 +111,23 @@ def test_a_real_torchserve_predicts_refuses_serves_load_and_stops(tmp_path):
     from lab2prod.models import load_model
 
     loaded = load_model("digits_cnn")
-    server = serving.TorchServe(tmp_path / "serving", serving.ServeConfig(max_request_size=200_000))
+    server = torchserve.TorchServe(tmp_path / "serving", torchserve.ServeConfig(max_request_size=200_000))
     try:
         server.start()
-        archive = serving.build_archive(loaded, tmp_path / "serving", "model", 1)
-        name = server.register(archive, serving.ServeConfig(workers=1, threads=1))
+        archive = torchserve.build_archive(loaded, tmp_path / "serving", "model", 1)
+        name = server.register(archive, torchserve.ServeConfig(workers=1, threads=1))
         requests = serving.request_images(loaded, 12)
         parity = serving.live_parity(server, name, loaded, requests)
         assert parity["failed"] == 0 and parity["top1_agreement"] == 1.0 and parity["max_prob_diff"] <= 1e-4
-        checks = serving.limits_check(server, name, requests[0][1], 200_000)
+        checks = torchserve.limits_check(server, name, requests[0][1], 200_000)
         limits = [(row["request"], row["status"]) for row in checks]
         assert [status for _, status in limits[:4]] == [400, 400, 400, 200]  # no token, wrong token, ping, right
         assert "max_request_size" in limits[4][0] and limits[4][1] in (413, 0)  # 413, or the connection closed
-        locustfile = serving.write_locustfile(tmp_path, name, requests)
-        rows = serving.load_sweep(server, name, locustfile, serving.ServeConfig(), [1, 4], 2)
+        locustfile = loadtest.write_locustfile(tmp_path, requests)
+        rows = loadtest.load_sweep(server, name, locustfile, torchserve.ServeConfig(), [1, 4], 2)
         assert [r["users"] for r in rows] == [1, 4]
         assert all(r["requests"] > 0 and r["error_rate"] == 0 and r["p99_ms"] >= r["p50_ms"] for r in rows)
-        metrics = {row["metric"]: row["value"] for row in serving.scrape_metrics(server)}
+        metrics = {row["metric"]: row["value"] for row in torchserve.scrape_metrics(server)}
         assert metrics["ts_inference_requests_total"] >= sum(r["requests"] for r in rows)
         # The Kubernetes readiness probe, run against this live server: ready with the key file,
         # not ready with a stale one.

@@ -11,16 +11,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import Lab2ProdError
-from .export import _one_line
-from .reload_check import _first_tensor
+from .errors import Lab2ProdError, one_line
+from .reload_check import first_tensor
 
 __all__ = [
     "Timing",
     "summarize",
     "measure",
     "harness_overhead_ns",
-    "machine_info",
     "rss_bytes",
     "CPU_VARIANTS",
     "CUDA_VARIANTS",
@@ -181,18 +179,6 @@ def harness_overhead_ns(calls: int = 20000) -> float:
     return (time.perf_counter_ns() - start) / calls
 
 
-def machine_info() -> dict:
-    """The machine a number was measured on: CPU model and cores, GPU name, driver, CUDA, torch."""
-    from .environment import _cpu_model, _gpu_driver
-
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
-            "gpu": None, "driver": None}
-    if torch.cuda.is_available():
-        info.update(gpu=torch.cuda.get_device_name(0), driver=_gpu_driver())
-    return info
-
-
 # ---------------------------------------------------------------- variants
 
 
@@ -343,7 +329,7 @@ def run_sweep(loaded, variants, device: str, batch_sizes, threads: int | None, m
     batches = {b: loaded.make_inputs(b, seed, "test").to(device) for b in batch_sizes}
     module = loaded.module.to(device).eval()
     with torch.inference_mode():
-        references = {b: _first_tensor(module(batch)).float() for b, batch in batches.items()}
+        references = {b: first_tensor(module(batch)).float() for b, batch in batches.items()}
     rows = []
     steps = [(v, b) for v in variants for b in batch_sizes]
     built: dict[str, Callable | Exception] = {}
@@ -357,18 +343,18 @@ def run_sweep(loaded, variants, device: str, batch_sizes, threads: int | None, m
                 built[variant] = exc
         fn = built[variant]
         if isinstance(fn, Exception):
-            row.error = _one_line(fn)
+            row.error = one_line(fn)
             continue
         batch = batches[batch_size]
         try:
             with torch.inference_mode():
-                output = _first_tensor(fn(batch))
+                output = first_tensor(fn(batch))
             check = check_correct(references[batch_size], output)
             row.correct, row.cosine, row.max_abs_diff = check["correct"], check["cosine"], check["max_abs_diff"]
             timing = measure(lambda fn=fn, batch=batch: fn(batch), batch_size=batch_size, device=device,
                              threads=threads, min_run_time=min_run_time)
         except Exception as exc:
-            row.error = _one_line(exc)
+            row.error = one_line(exc)
             continue
         stats = timing.stats()
         for key in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "max_ms", "std_ms", "n", "throughput_per_s"):

@@ -275,19 +275,19 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
     with `policy`, then apply the decision through the management API (promote: 2.0 becomes the
     default; roll back: 2.0 is unregistered; hold: nothing changes) and verify which version now
     answers the unversioned route. The server is stopped before this returns."""
-    from . import serving
+    from . import loadtest, serving, torchserve
     from .preprocess import ServingPath, lab_transform_for
 
     weights = check_split(weights)
     policy = policy or Policy()
-    config = config or serving.ServeConfig(workers=1, threads=1)
-    serving.check_requirements()
+    config = config or torchserve.ServeConfig(workers=1, threads=1)
+    torchserve.check_requirements()
     run_dir = Path(run_dir)
     serve_dir = run_dir / "canary"
     models_dir = serve_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     example = loaded.make_inputs(2, seed, "train")
-    files = {"1.0": serving.exported_torchscript(run_dir) or _trace(loaded.module, example, models_dir / "v1.pt"),
+    files = {"1.0": torchserve.exported_torchscript(run_dir) or _trace(loaded.module, example, models_dir / "v1.pt"),
              "2.0": _trace(v2, example, models_dir / "v2.pt")}
     requests = serving.request_images(loaded, check_requests, seed)
     lab = ServingPath(lab_transform_for(loaded.family)[0])
@@ -295,22 +295,22 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
     with torch.inference_mode():
         expected = {name: torch.softmax(module(lab(probe).unsqueeze(0)).float(), dim=1)[0]
                     for name, module in (("1.0", loaded.module), ("2.0", v2))}
-    server = serving.TorchServe(serve_dir, config)
+    server = torchserve.TorchServe(serve_dir, config)
     name = "model"
     result = {"weights": list(weights), "users": users, "duration_s": duration_s}
     try:
         server.start()
         for version, file in files.items():
-            archive = serving.build_archive(loaded, serve_dir, name, config.threads, seed, file, version,
+            archive = torchserve.build_archive(loaded, serve_dir, name, config.threads, seed, file, version,
                                             f"{name}-v{version.split('.')[0]}")
             server.register(archive, config, name=name)
         result["served_like_offline"] = {
             version: serving.live_parity(server, f"{name}/{version}", loaded, requests, module)
             for version, module in (("1.0", loaded.module), ("2.0", v2))}
-        locustfile = serving.write_locustfile(serve_dir, name, requests)
+        locustfile = loadtest.write_locustfile(serve_dir, requests)
         routes = [{"path": f"/predictions/{name}/1.0", "weight": weights[0], "label": "v1"},
                   {"path": f"/predictions/{name}/2.0", "weight": weights[1], "label": "v2"}]
-        load = serving.run_locust(server, name, locustfile, users, duration_s, routes=routes)
+        load = loadtest.run_locust(server, name, locustfile, users, duration_s, routes=routes)
         live = load.pop("by_route")
         samples = {label: live[label].pop("latencies_ms") for label in live}
         if samples["v1"] and samples["v2"]:
@@ -327,15 +327,15 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
 
 def _apply(server, name: str, decision: str, probe: bytes, expected: dict[str, torch.Tensor]) -> dict:
     """Carry the decision out on the live server and check which version answers /predictions/<name>."""
-    from .serving import _http
+    from .torchserve import http_request
 
     key = server.keys.get("management")
     if decision == "promote":
-        status, body = _http("PUT", f"{server.management_url}/models/{name}/2.0/set-default", key)
+        status, body = http_request("PUT", f"{server.management_url}/models/{name}/2.0/set-default", key)
         action = "set 2.0 as the default version"
         wanted = "2.0"
     elif decision == "roll back":
-        status, body = _http("DELETE", f"{server.management_url}/models/{name}/2.0", key, timeout=60)
+        status, body = http_request("DELETE", f"{server.management_url}/models/{name}/2.0", key, timeout=60)
         action = "unregistered 2.0"
         wanted = "1.0"
     else:

@@ -269,7 +269,7 @@ class MetricsExporter:
         """Start a /metrics endpoint on 127.0.0.1 (a free port when 0); returns (server, port)."""
         from prometheus_client import start_http_server
 
-        from .serving import free_port
+        from .torchserve import free_port
 
         port = port or free_port()
         server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)

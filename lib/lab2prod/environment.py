@@ -34,6 +34,9 @@ __all__ = [
     "utf8_round_trip_demo",
     "hour_of_day_demo",
     "environment_gate",
+    "cpu_model",
+    "gpu_driver",
+    "machine_snapshot",
 ]
 
 PACKAGES = ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "pandas", "scipy", "matplotlib")
@@ -43,7 +46,7 @@ NUMERIC_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 LOCK_VERSION = 1
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
         found = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
@@ -61,7 +64,7 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _gpu_driver() -> str | None:
+def gpu_driver() -> str | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=10)
@@ -90,9 +93,9 @@ def fingerprint() -> dict[str, object]:
         "cudnn.version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "gpu.name": torch.cuda.get_device_name(0) if cuda else None,
         "gpu.capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
-        "gpu.driver": _gpu_driver() if cuda else None,
+        "gpu.driver": gpu_driver() if cuda else None,
         "gpu.count": torch.cuda.device_count() if cuda else 0,
-        "cpu.model": _cpu_model(),
+        "cpu.model": cpu_model(),
         "cpu.count": os.cpu_count(),
         "torch.threads": torch.get_num_threads(),
         "torch.interop_threads": torch.get_num_interop_threads(),
@@ -328,3 +331,27 @@ def environment_gate(diffs: list[dict], smoke: list[dict], ops: list[dict]) -> d
     problems = [f"{d['key']}: lab {d['lab']} vs here {d['here']}" for d in failing] + [f"{op} fails" for op in bad_ops]
     return gate("environment", not problems, len(problems), 0,
                 "; ".join(problems) if problems else "no fail-level difference; all smoke operators pass")
+
+
+def machine_snapshot() -> dict:
+    """The machine a run or a number was measured on: Python, platform, CPU model and cores, torch,
+    torchvision and torch threads, CUDA, GPU name and driver (summary.json's `environment`, and the
+    benchmark's `machine`)."""
+    import torchvision
+
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,
+        "cuda_available": cuda,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "driver": gpu_driver() if cuda else None,
+    }

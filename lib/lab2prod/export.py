@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import Lab2ProdError
+from .errors import Lab2ProdError, one_line
 from .files import sha256_file
 from .models import LoadedModel, set_eval
-from .reload_check import _first_tensor
+from .reload_check import first_tensor
 
 __all__ = [
     "FORMATS",
@@ -74,11 +74,6 @@ class ComparisonRow:
     error: str | None = None
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
-
-
 def check_formats(formats) -> list[str]:
     """The formats, or a Lab2ProdError naming an unknown one and the known ones."""
     for fmt in formats:
@@ -116,7 +111,7 @@ def export_model(
                 torch.export.save(program, str(path))
             artifact.path = path
         except Exception as exc:
-            artifact.error = _one_line(exc)
+            artifact.error = one_line(exc)
             path.unlink(missing_ok=True)
     artifact.seconds = time.perf_counter() - start
     artifact.warnings = sorted(
@@ -185,7 +180,7 @@ def reload_in_fresh_process(
 def _eager_outputs(loaded: LoadedModel, cases: dict[str, torch.Tensor], device: str) -> dict:
     module = loaded.module.to(device) if device != "cpu" else loaded.module
     with torch.inference_mode():
-        result = {name: _first_tensor(module(batch.to(device))).float().cpu() for name, batch in cases.items()}
+        result = {name: first_tensor(module(batch.to(device))).float().cpu() for name, batch in cases.items()}
     if device != "cpu":
         loaded.module.to("cpu")
     return result

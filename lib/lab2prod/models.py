@@ -32,6 +32,7 @@ __all__ = [
     "LoadedModel",
     "REFERENCE_MODELS",
     "available_models",
+    "digits_tensors",
     "load_model",
     "load_state_dict_file",
     "import_object",
@@ -157,7 +158,7 @@ def available_models() -> list[str]:
 
 
 @lru_cache(maxsize=2)
-def _digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     data = digits_images(split)
     transform = digits_lab_transform()
     images = torch.stack([transform(img) for img in data.images])
@@ -166,7 +167,7 @@ def _digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def digits_batch(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
     """A batch of rendered digits through the lab transform, drawn by `seed` from `split`."""
-    images, _ = _digits_tensors(split)
+    images, _ = digits_tensors(split)
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(images), size=batch_size, replace=batch_size > len(images))
     return images[torch.as_tensor(idx)].clone()
@@ -203,7 +204,7 @@ def photo_batch(batch_size: int, seed: int = 0, split: str = "test") -> torch.Te
 
 def evaluate_accuracy(module: nn.Module, split: str = "test") -> float:
     """Top-1 accuracy (0..1) of a digits model on a split of the rendered digits."""
-    images, labels = _digits_tensors(split)
+    images, labels = digits_tensors(split)
     module.eval()
     with torch.inference_mode():
         predictions = torch.cat([module(chunk).argmax(1) for chunk in images.split(256)])
@@ -221,7 +222,7 @@ def _training_key(name: str) -> str:
 
 def train_reference_model(name: str) -> tuple[nn.Module, dict]:
     """Train a reference model on the rendered digits, deterministically; return it and metrics."""
-    images, labels = _digits_tensors("train")
+    images, labels = digits_tensors("train")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(TRAINING["threads"])  # one thread: same weights on every machine
     try:

@@ -18,6 +18,7 @@ __all__ = [
     "CLIENTS",
     "Bug",
     "BUGS",
+    "png_bytes",
     "bug_names",
     "select_bugs",
     "encode_request",
@@ -41,7 +42,7 @@ EXIF_ORIENTATION = 0x0112
 # ---------------------------------------------------------------- what clients send
 
 
-def _png(image: Image.Image, **params) -> bytes:
+def png_bytes(image: Image.Image, **params) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", **params)
     return buffer.getvalue()
@@ -52,15 +53,15 @@ def _exif_rotated(image: Image.Image) -> tuple[bytes, Image.Image]:
     # "rotate 90 degrees clockwise to display". Pixels are stored turned the other way.
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6
-    return _png(image.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes()), image
+    return png_bytes(image.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes()), image
 
 
 def _encoded(image: Image.Image, mode_image: Image.Image) -> tuple[bytes, Image.Image]:
-    return _png(mode_image), mode_image.convert("RGB")
+    return png_bytes(mode_image), mode_image.convert("RGB")
 
 
 CLIENTS: dict[str, tuple[str, Callable[[Image.Image], tuple[bytes, Image.Image]]]] = {
-    "rgb": ("RGB PNG: what the lab loaded", lambda im: (_png(im), im)),
+    "rgb": ("RGB PNG: what the lab loaded", lambda im: (png_bytes(im), im)),
     "grayscale": ("8-bit grayscale PNG (scanners, document apps)", lambda im: _encoded(im, im.convert("L"))),
     "rgba": ("RGBA PNG (screenshots, design exports)", lambda im: _encoded(im, im.convert("RGBA"))),
     "palette": ("palette PNG, 256 colours (web-optimised images)",

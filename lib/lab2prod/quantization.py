@@ -207,18 +207,18 @@ class EvalData:
 def eval_data(loaded, count: int = 360, seed: int = 0) -> EvalData:
     """Held-out digits with labels for the reference models; `count` held-out inputs otherwise."""
     if loaded.family == "digits":
-        from .models import _digits_tensors
+        from .models import digits_tensors
 
-        images, labels = _digits_tensors("test")
+        images, labels = digits_tensors("test")
         return EvalData(images, labels)
     return EvalData(loaded.make_inputs(count, seed, "test"), None)
 
 
 def _outputs(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    from .reload_check import _first_tensor
+    from .reload_check import first_tensor
 
     with torch.inference_mode():
-        return torch.cat([_first_tensor(module(chunk)).float() for chunk in inputs.split(64)])
+        return torch.cat([first_tensor(module(chunk)).float() for chunk in inputs.split(64)])
 
 
 def quality(reference: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor | None) -> dict:
@@ -363,7 +363,7 @@ def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, s
     a fresh process, and compare with the in-process quantized model. Returns a status dict:
     format, file, produced, error, max_abs_diff, top1_agreement."""
     from .export import reload_in_fresh_process
-    from .reload_check import _first_tensor
+    from .reload_check import first_tensor
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -395,7 +395,7 @@ def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, s
     diffs, agree = [], []
     with torch.inference_mode():
         for name, batch in cases.items():
-            expected = _first_tensor(result.module(batch)).float()
+            expected = first_tensor(result.module(batch)).float()
             diffs.append(float((outputs[name] - expected).abs().max()))
             agree.append(float((outputs[name].argmax(1) == expected.argmax(1)).float().mean()))
     status.update(max_abs_diff=max(diffs), top1_agreement=float(np.mean(agree)))

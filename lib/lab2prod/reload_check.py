@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-__all__ = ["load_exported", "main"]
+__all__ = ["load_exported", "first_tensor", "main"]
 
 
 def load_exported(fmt: str, path: str, device: str = "cpu"):
@@ -30,7 +30,7 @@ def load_exported(fmt: str, path: str, device: str = "cpu"):
     raise ValueError(f"format {fmt!r} is not known")
 
 
-def _first_tensor(output):
+def first_tensor(output):
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         for case, batch in inputs.items():
             try:
-                outputs[case] = _first_tensor(model(batch.to(device))).float().cpu()
+                outputs[case] = first_tensor(model(batch.to(device))).float().cpu()
             except Exception as exc:
                 message = str(exc).strip().splitlines()
                 status["errors"][case] = f"{type(exc).__name__}: {message[0] if message else ''}"[:300]

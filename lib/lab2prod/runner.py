@@ -13,6 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from .environment import machine_snapshot
 from .errors import Lab2ProdError
 from .registry import STUDIES, Study, resolve_parameters
 from .results import build_summary, write_json
@@ -101,7 +102,7 @@ def preflight(selected: list[Study], given: dict, out: Path, run_id: str, force:
     per_study = resolve_parameters(given, selected, common)
     for candidate in selected:
         if candidate.uses_torchserve(per_study[candidate.notebook]):
-            from .serving import check_requirements
+            from .torchserve import check_requirements
 
             try:
                 check_requirements()
@@ -169,7 +170,7 @@ class _Stopper:
                 pass
 
     def stop_servers(self) -> None:
-        from .serving import stop_recorded
+        from .torchserve import stop_recorded
 
         stop_recorded(self.run_dir)  # a server a notebook started never outlives it, pass or fail
 
@@ -243,29 +244,8 @@ def execute_run(selected: list[Study], per_study: dict[str, dict], params: dict,
                             "seconds": round(time.perf_counter() - start, 2), "error": error})
             if stopper.signal is not None:
                 break
-    summary = build_summary(run_dir, params, records, environment_summary())
+    summary = build_summary(run_dir, params, records, machine_snapshot())
     summary["interrupted"] = stopper.signal is not None
     write_report(summary, run_dir)
     write_json(run_dir / "summary.json", summary)  # last: its presence means the run finished
     return summary
-
-
-def environment_summary() -> dict:
-    """Where the run happened (the environment notebook records much more)."""
-    import platform
-
-    import torch
-    import torchvision
-
-    cuda = torch.cuda.is_available()
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda_available": cuda,
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
-    }

@@ -13,7 +13,7 @@ from PIL import Image
 
 from .errors import Lab2ProdError
 from .guard import InputGuard, Rejected
-from .parity import _png
+from .parity import png_bytes
 from .preprocess import ServingPath
 
 __all__ = [
@@ -55,7 +55,7 @@ def bad_inputs(good: Image.Image, max_bytes: int) -> list[tuple[str, object]]:
     gif = io.BytesIO()
     frames = [good.convert("P"), good.rotate(90).convert("P")]
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
-    apng = _png(good.convert("RGB"), save_all=True, append_images=[good.rotate(90).convert("RGB")])
+    apng = png_bytes(good.convert("RGB"), save_all=True, append_images=[good.rotate(90).convert("RGB")])
     sixteen = Image.fromarray((np.asarray(good.convert("L"), dtype=np.uint16) * 257).astype(np.uint16))
     nan = torch.full((3, 32, 32), float("nan"))
     return [
@@ -63,10 +63,10 @@ def bad_inputs(good: Image.Image, max_bytes: int) -> list[tuple[str, object]]:
         ("text", b"{\"image\": \"not really\"}"),
         ("truncated JPEG", jpeg.getvalue()[: len(jpeg.getvalue()) // 2]),
         ("PNG bomb (100000x100000 declared)", _png_bomb()),
-        ("1x1 image", _png(Image.new("RGB", (1, 1)))),
-        ("100000x1 image", _png(Image.new("L", (100_000, 1)))),
+        ("1x1 image", png_bytes(Image.new("RGB", (1, 1)))),
+        ("100000x1 image", png_bytes(Image.new("L", (100_000, 1)))),
         ("CMYK JPEG", cmyk.getvalue()),
-        ("16-bit PNG", _png(sixteen)),
+        ("16-bit PNG", png_bytes(sixteen)),
         ("animated GIF", gif.getvalue()),
         ("animated PNG (2 frames)", apng),
         ("oversize body", b"\x89PNG\r\n\x1a\n" + b"\0" * (max_bytes + 1)),
@@ -253,7 +253,7 @@ def audit_config(path: Path, max_request_size: int = 10_000_000) -> list[dict]:
 def config_to_audit(run_dir: Path) -> Path:
     """The serving notebook's config.properties in this run, else lab2prod's deployment config
     written to run_dir/security."""
-    from .serving import ServeConfig, write_deployment_config
+    from .torchserve import ServeConfig, write_deployment_config
 
     served = Path(run_dir) / "serving" / "config.properties"
     if served.exists():
@@ -268,7 +268,8 @@ def try_live(loaded, run_dir: Path, inputs: list[tuple[str, object]], tried: lis
     server is stopped before this returns."""
     import json
 
-    from .serving import ServeConfig, TorchServe, build_archive, request_images
+    from .serving import request_images
+    from .torchserve import ServeConfig, TorchServe, build_archive
 
     serve_dir = Path(run_dir) / "security" / "server"
     limit = 2 * max(len(p) for _, p in inputs if isinstance(p, bytes))

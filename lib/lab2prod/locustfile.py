@@ -1,0 +1,62 @@
+"""Locust load test by lab2prod: POST image bytes to a TorchServe model with its token.
+
+Run it against any deployment (also distributed: one --master and several --worker processes):
+    LAB2PROD_TOKEN=... LAB2PROD_IMAGES=requests locust -f locustfile.py --host http://HOST:PORT
+Split traffic between model versions by weight (a canary), as a weighted router would:
+    LAB2PROD_ROUTES='[{"path": "/predictions/model/1.0", "weight": 80, "label": "v1"},
+                      {"path": "/predictions/model/2.0", "weight": 20, "label": "v2"}]'
+Settings (environment): LAB2PROD_MODEL (default "model"), LAB2PROD_IMAGES (folder of .png request
+bodies), LAB2PROD_TOKEN, LAB2PROD_SAMPLES (file that receives every request's [latency ms, ok,
+route label]), LAB2PROD_MAX_REQUESTS (stop after that many; 0 means --run-time only).
+"""
+
+import itertools
+import json
+import os
+import random
+from pathlib import Path
+
+from locust import FastHttpUser, constant, events, task
+
+MODEL = os.environ.get("LAB2PROD_MODEL", "model")
+IMAGES = [p.read_bytes() for p in sorted(Path(os.environ.get("LAB2PROD_IMAGES", "requests")).glob("*.png"))]
+TOKEN = os.environ.get("LAB2PROD_TOKEN", "")
+SAMPLES = os.environ.get("LAB2PROD_SAMPLES", "")
+MAX_REQUESTS = int(os.environ.get("LAB2PROD_MAX_REQUESTS", "0"))
+ROUTES = json.loads(os.environ.get("LAB2PROD_ROUTES", "[]")) or [
+    {"path": f"/predictions/{MODEL}", "weight": 1, "label": MODEL}]
+WEIGHTS = [route["weight"] for route in ROUTES]
+_latencies = []
+_user_seeds = itertools.count()
+
+
+@events.request.add_listener
+def _record(request_type, name, response_time, response_length, exception, **kwargs):
+    _latencies.append([response_time, exception is None, name])
+
+
+@events.quitting.add_listener
+def _save(environment, **kwargs):
+    if SAMPLES:
+        Path(SAMPLES).write_text(json.dumps(_latencies))
+
+
+class Client(FastHttpUser):
+    wait_time = constant(0)
+
+    def on_start(self):
+        self.index = 0
+        self.router = random.Random(next(_user_seeds))  # each user draws its own, reproducible split
+
+    @task
+    def predict(self):
+        body = IMAGES[self.index % len(IMAGES)]
+        self.index += 1
+        route = self.router.choices(ROUTES, weights=WEIGHTS)[0]
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/octet-stream"}
+        with self.client.post(route["path"], data=body, headers=headers, name=route["label"],
+                              catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}")
+        if MAX_REQUESTS and len(_latencies) >= MAX_REQUESTS:
+            self.environment.runner.quit()
