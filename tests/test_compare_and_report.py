@@ -139,8 +139,9 @@ def test_report_page_is_self_contained_with_links_and_checklist(tmp_path):
     nbformat.write(notebook, str(tmp_path / "04_latency_benchmark.ipynb"))
     from lab2prod.results import record
 
-    record(tmp_path, "benchmark", {"sla": {"p99_ms": 5.0}}, [gate("sla", False, 120.0, 100.0, "too slow")],
-           "04_latency_benchmark")
+    values = {"model": {}, "rows": [], "sla": {"p99_ms": 120.0}, "sla_by_device": {}, "machine": {}, "threads": 1,
+              "flops_per_item": None, "efficiency": []}
+    record(tmp_path, "benchmark", values, [gate("sla", False, 120.0, 100.0, "too slow")], "04_latency_benchmark")
     summary = report.collect_summary(tmp_path)
     assert summary["notebooks"] == [{"name": "04_latency_benchmark", "status": "ok", "seconds": 2.5, "error": None}]
     page = report.write_report(summary, tmp_path).read_text()
@@ -148,3 +149,4 @@ def test_report_page_is_self_contained_with_links_and_checklist(tmp_path):
     assert "data:image/png;base64,iVBORw0KGgo=" in page
     assert page.index("Scorecard") < page.index("environment") < page.index("latency SLA") < page.index("rollback")
     assert "http://" not in page and "https://" not in page  # nothing to fetch: opens from disk
+    assert "the highest-throughput correct configuration" in page  # the schema explains each result

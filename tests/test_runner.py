@@ -50,10 +50,10 @@ def test_select_studies_names_valid_choices():
 def test_results_round_trip_and_json_cleaning(tmp_path):
     import numpy as np
 
-    record(tmp_path, "export", {"x": np.float32(0.5), "bad": math.nan},
+    record(tmp_path, "custom", {"x": np.float32(0.5), "bad": math.nan},
            [gate("parity:a", True, 0.0, 1e-4), gate("parity:b", False, 2.0, 1e-4, "too far")], "01_export")
     results, gates = load_results(tmp_path)
-    assert results == {"export": {"x": 0.5, "bad": None}}
+    assert results == {"custom": {"x": 0.5, "bad": None}}
     assert [g["notebook"] for g in gates] == ["01_export", "01_export"]
     assert to_jsonable({"p": tmp_path}) == {"p": str(tmp_path)}
 

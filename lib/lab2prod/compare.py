@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import Lab2ProdError
 from .results import gate_verdict
+from .schema import measure_kind
 
 __all__ = ["Change", "load_summary", "flatten", "compare_runs", "regressions", "format_table"]
 
@@ -67,24 +68,8 @@ def flatten(values, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-# The numbers a run's speed stands on: every row of the benchmark (same variant, device and batch
-# in both runs, timed by the benchmark harness; the configuration chosen under the SLA is one of
-# them) and the tuned server. Load-test rows, the untuned server and the canary's live split are
-# context: they move by more than 10% between identical runs.
-HEADLINE = ("benchmark.rows[", "serving.tuned.")
 # Below this many timed calls a P99 is one or two calls: too few to compare.
 MIN_SAMPLES = 100
-
-
-def _kind(path: str) -> str | None:
-    leaf = path.rsplit(".", 1)[-1]
-    if leaf == "p99_ms":
-        return "latency" if path.startswith(HEADLINE) else None
-    if "accuracy" in leaf and not any(w in leaf for w in ("drop", "delta", "change", "rate")):
-        return "accuracy"
-    if leaf.endswith("bytes") and "rss" not in leaf and "mem" not in leaf:
-        return "size"
-    return None
 
 
 def _latency(path: str, flat_a: dict, flat_b: dict, tolerance: float) -> tuple[str, str]:
@@ -154,7 +139,7 @@ def compare_runs(a: dict, b: dict, p99_tolerance: float = 0.10, accuracy_toleran
         changes.append(Change("gate", name, va, vb, f"{va} -> {vb}", verdict))
     flat_a, flat_b = flatten(a.get("results", {})), flatten(b.get("results", {}))
     for path in sorted(set(flat_a) & set(flat_b)):
-        kind = _kind(path)
+        kind = measure_kind(path)
         if kind is None:
             continue
         va, vb = float(flat_a[path]), float(flat_b[path])

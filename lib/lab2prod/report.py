@@ -9,6 +9,7 @@ from pathlib import Path
 from .files import atomic_write
 from .registry import checklist, checklist_item
 from .results import build_summary, gate_verdict, readiness
+from .schema import field_help
 
 __all__ = ["checklist_item", "scorecard", "collect_summary", "readiness", "write_report",
            "sorted_gates", "notebook_images", "notebook_status"]
@@ -164,14 +165,17 @@ def write_report(summary: dict, run_dir: Path) -> Path:
                       for img in images]
     for name, values in summary["results"].items():
         parts.append(f"<h2>Results: {html.escape(name)}</h2>")
-        scalars = {k: v for k, v in values.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        scalars = [{"result": k, "value": v, "what it is": field_help(name, k)} for k, v in values.items()
+                   if isinstance(v, (int, float, str, bool)) or v is None]
         if scalars:
-            parts.append(_table([scalars]))
+            parts.append(_table(scalars))
         for key, value in values.items():
+            about = field_help(name, key)
+            heading = f"<h3>{html.escape(key)}</h3>" + (f"<p>{html.escape(about)}</p>" if about else "")
             if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                parts += [f"<h3>{html.escape(key)}</h3>", _table(value)]
+                parts += [heading, _table(value)]
             elif isinstance(value, dict):
-                parts += [f"<h3>{html.escape(key)}</h3>", _table([value])]
+                parts += [heading, _table([value])]
     parts.append("</body></html>")
     path = run_dir / "report.html"
     text = "\n".join(parts)

@@ -75,6 +75,10 @@ def gate_verdict(g: dict) -> str:
 
 def record(run_dir: str | Path, name: str, values: dict, gates: list[dict], notebook: str) -> Path:
     """Save a notebook's named values and gates as run_dir/results/<name>.json."""
+    from .schema import check_values
+
+    values = to_jsonable(values)
+    check_values(name, values)  # the schema compare, the report and the tests read
     path = Path(run_dir) / "results" / f"{name}.json"
     gates = [{"notebook": notebook, **g} for g in gates]
     write_json(path, {"name": name, "notebook": notebook,

@@ -177,20 +177,22 @@ class _Stopper:
 
 def _execute(study: Study, params: dict, run_dir: Path, stopper: _Stopper, bar, timeout: float | None) -> None:
     import papermill
-    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_client.manager import KernelManager
 
     # IPC sockets in a private folder: the kernel is reachable from this machine's user only, and
     # ipykernel has no reason to warn about plain TCP.
     folder = Path(tempfile.mkdtemp(prefix="lab2prod-kernel-"))
-    stopper.kernel = AsyncKernelManager(kernel_name="python3", transport="ipc",
-                                        connection_file=str(folder / "kernel.json"))
+    kernel = KernelManager(kernel_name="python3", transport="ipc", connection_file=str(folder / "kernel.json"))
+    stopper.kernel = kernel
     try:
         papermill.execute_notebook(
             str(study.path), str(run_dir / study.path.name), parameters=params, kernel_name="python3",
-            km=stopper.kernel, progress_bar=bar, cwd=str(run_dir), log_output=False, execution_timeout=timeout,
+            km=kernel, progress_bar=bar, cwd=str(run_dir), log_output=False, execution_timeout=timeout,
         )
     finally:
         stopper.kernel = None
+        if kernel.has_kernel:  # nbclient leaves a kernel it did not create running: stop it here
+            kernel.shutdown_kernel(now=True)
         shutil.rmtree(folder, ignore_errors=True)
 
 
