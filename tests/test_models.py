@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -85,3 +87,18 @@ def test_bad_model_inputs_raise_clear_errors(model_files, kwargs, message):
     with pytest.raises(Lab2ProdError, match=message.replace("(", r"\(").replace(".", r"\.")) as info:
         load_model(**kwargs)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("def make():\n    return torch.zeros(2, 8)\n", r"cannot be called as fn\(batch_size, seed\) \(too many"),
+    ("def make(batch_size, seed):\n    raise RuntimeError('no data here')\n",
+     r"raised RuntimeError: no data here when called as fn\(2, 0\); it must be def make_batch"),
+    ("make = 3\n", "is not callable; define def make_batch"),
+])
+def test_an_input_function_that_cannot_be_called_names_itself_and_the_signature(tmp_path, monkeypatch, body,
+                                                                                 message):
+    (tmp_path / "user_inputs.py").write_text("import torch\n\n" + body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_inputs", raising=False)  # each case imports its own file
+    with pytest.raises(Lab2ProdError, match=message):
+        load_model("lab2prod.examples:tabular_mlp", example_inputs="user_inputs:make")

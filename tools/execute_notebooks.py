@@ -13,14 +13,17 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from lab2prod.runner import private_kernel
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def execute(path: Path) -> None:
     subprocess.run([sys.executable, "-m", "jupytext", "--sync", "--quiet", str(path)], check=True)
     notebook = nbformat.read(str(path), as_version=4)
-    NotebookClient(notebook, kernel_name="python3", timeout=900,
-                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    with private_kernel() as kernel:
+        NotebookClient(notebook, km=kernel, kernel_name="python3", timeout=900,
+                       resources={"metadata": {"path": str(ROOT)}}).execute()
     for cell in notebook.cells:
         cell.metadata.pop("execution", None)
     nbformat.write(notebook, str(path))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import pickle
 import re
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from .data import DIGIT_CLASSES, digits_images
-from .errors import Lab2ProdError
+from .errors import Lab2ProdError, one_line
 from .files import atomic_write, sha256_file
 from .paths import CACHE_DIR
 from .transforms import DIGITS_INPUT_SIZE, digits_lab_transform, imagenet_lab_transform
@@ -359,12 +360,26 @@ def _load_file_model(path: Path) -> tuple[nn.Module, str]:
 
 def _input_fn(example_inputs: str) -> InputFn:
     fn = import_object(example_inputs, "example_inputs")
+    expected = "def make_batch(batch_size: int, seed: int) -> Tensor"
     if not callable(fn):
-        raise Lab2ProdError(f"example_inputs {example_inputs!r} is not callable")
+        raise Lab2ProdError(f"example_inputs {example_inputs!r} is not callable; define {expected}")
+    try:
+        inspect.signature(fn).bind(2, 0)
+    except TypeError as exc:
+        raise Lab2ProdError(f"example_inputs {example_inputs!r} cannot be called as fn(batch_size, seed) "
+                            f"({exc}); define {expected}") from None
+    except ValueError:
+        pass  # a builtin without a signature: the call below tells
 
     def make(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
         # The train split gets a disjoint seed range, so tracing never sees comparison inputs.
-        batch = fn(batch_size, seed if split == "test" else seed + 1_000_003)
+        try:
+            batch = fn(batch_size, seed if split == "test" else seed + 1_000_003)
+        except Lab2ProdError:
+            raise
+        except Exception as exc:
+            raise Lab2ProdError(f"example_inputs {example_inputs!r} raised {one_line(exc)} when called as "
+                                f"fn({batch_size}, {seed}); it must be {expected}") from None
         if not isinstance(batch, torch.Tensor):
             raise Lab2ProdError(
                 f"example_inputs {example_inputs!r} returned {type(batch).__name__}; "

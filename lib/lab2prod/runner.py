@@ -10,6 +10,7 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -27,6 +28,7 @@ __all__ = [
     "preflight",
     "execute_run",
     "new_run_id",
+    "private_kernel",
 ]
 
 INTERRUPTED_EXIT = 130  # what a shell reports for a command stopped by Ctrl-C
@@ -175,25 +177,35 @@ class _Stopper:
         stop_recorded(self.run_dir)  # a server a notebook started never outlives it, pass or fail
 
 
-def _execute(study: Study, params: dict, run_dir: Path, stopper: _Stopper, bar, timeout: float | None) -> None:
-    import papermill
+@contextmanager
+def private_kernel(kernel_name: str = "python3"):
+    """A Jupyter kernel manager whose kernel talks over IPC sockets in a private folder (reachable
+    by this machine's user only, so ipykernel does not warn about plain TCP), stopped on exit:
+    nbclient and papermill leave a kernel they did not create running."""
     from jupyter_client.manager import KernelManager
 
-    # IPC sockets in a private folder: the kernel is reachable from this machine's user only, and
-    # ipykernel has no reason to warn about plain TCP.
     folder = Path(tempfile.mkdtemp(prefix="lab2prod-kernel-"))
-    kernel = KernelManager(kernel_name="python3", transport="ipc", connection_file=str(folder / "kernel.json"))
-    stopper.kernel = kernel
+    kernel = KernelManager(kernel_name=kernel_name, transport="ipc", connection_file=str(folder / "kernel.json"))
     try:
-        papermill.execute_notebook(
-            str(study.path), str(run_dir / study.path.name), parameters=params, kernel_name="python3",
-            km=kernel, progress_bar=bar, cwd=str(run_dir), log_output=False, execution_timeout=timeout,
-        )
+        yield kernel
     finally:
-        stopper.kernel = None
-        if kernel.has_kernel:  # nbclient leaves a kernel it did not create running: stop it here
+        if kernel.has_kernel:
             kernel.shutdown_kernel(now=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _execute(study: Study, params: dict, run_dir: Path, stopper: _Stopper, bar, timeout: float | None) -> None:
+    import papermill
+
+    with private_kernel() as kernel:
+        stopper.kernel = kernel
+        try:
+            papermill.execute_notebook(
+                str(study.path), str(run_dir / study.path.name), parameters=params, kernel_name="python3",
+                km=kernel, progress_bar=bar, cwd=str(run_dir), log_output=False, execution_timeout=timeout,
+            )
+        finally:
+            stopper.kernel = None
 
 
 def _mark_notebook(path: Path, text: str) -> None:
