@@ -29,10 +29,10 @@ seed = 0  # seed for input draws and untrained weights
 
 # %%
 import pandas as pd
-import torch
 
 from lab2prod import environment as env
 from lab2prod import notebook as nb
+from lab2prod.inputs import export_program
 from lab2prod.results import record
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
@@ -85,7 +85,7 @@ fig = nb.plot_smoke(smoke, tolerance)
 
 # %%
 example = loaded.make_inputs(2, seed)
-program = torch.export.export(loaded.module, (example,))
+_, program = export_program(loaded.module, example)
 ops = env.exported_ops_check(program.module(), example)
 pd.DataFrame(ops).set_index("op")
 

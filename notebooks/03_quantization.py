@@ -52,7 +52,7 @@ types = q.resolve_module_types(module_types)
 quantized_engine = q.resolve_engine(engine)
 data = q.eval_data(loaded, eval_count, seed)
 print(f"quantized engine: {quantized_engine}; timing on {threads} thread(s); "
-      f"{'accuracy on' if data.labels is not None else 'fidelity on'} {len(data.inputs)} held-out inputs")
+      f"{'accuracy on' if data.labels is not None else 'fidelity on'} {data.count} held-out inputs")
 pd.DataFrame([loaded.card()]).set_index("model")
 
 # %% [markdown]

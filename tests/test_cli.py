@@ -49,15 +49,23 @@ def test_traced_data_dependent_model_fails_with_exit_1(run_cli, tmp_path):
     assert gates["parity:torchscript_trace"] is False and gates["parity:torchscript_script"] is True
 
 
-def test_notebook_error_is_saved_and_exits_1(run_cli, tmp_path):
+def test_notebook_error_is_saved_and_exits_1(run_cli, tmp_path, monkeypatch):
+    # An input function that works for the check before the run (batch 2) and fails inside the
+    # notebook (batch 4): the error is the notebook's, so the run still saves it and exits 1.
+    (tmp_path / "fragile_inputs.py").write_text(
+        "import torch\n\n\ndef make(batch_size, seed):\n"
+        "    if batch_size > 2:\n        raise RuntimeError('the data source is down')\n"
+        "    return torch.randn(batch_size, 20)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     out = tmp_path / "out"
-    proc = run_cli("run", "--only", "export", "--model", "lab2prod.examples:tabular_mlp", *TABULAR,
-                   "--no-progress", "-p", "formats=['onnx']", "--out", str(out), "--run-id", "r")
-    assert proc.returncode == 1
+    proc = run_cli("run", "--only", "export", "--model", "lab2prod.examples:tabular_mlp",
+                   "--example-inputs", "fragile_inputs:make", "--no-progress", "-p", "batch_sizes=[4]",
+                   "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     notebook = _summary(out, "r")["notebooks"][0]
-    assert notebook["status"] == "error" and "format 'onnx' is not known" in notebook["error"]
-    assert "format &#x27;onnx&#x27; is not known" in (out / "r" / "01_export.ipynb").read_text() or \
-        "format 'onnx' is not known" in (out / "r" / "01_export.ipynb").read_text()
+    assert notebook["status"] == "error" and "the data source is down" in notebook["error"]
+    assert "the data source is down" in (out / "r" / "01_export.ipynb").read_text()
+    assert "export" not in _summary(out, "r")["results"]  # nothing half-recorded
 
 
 @pytest.mark.parametrize("args, message", [
@@ -65,6 +73,7 @@ def test_notebook_error_is_saved_and_exits_1(run_cli, tmp_path):
     (["--weights", "missing.pt"], "weights file 'missing.pt' does not exist"),
     (["--model", "nowhere.module:factory"], "does not import"),
     (["-p", "atol=big"], "atol='big' has the wrong type"),
+    (["-p", "formats=['onnx']"], "format 'onnx' is not known"),
     (["--only", "canary", "-p", "traffic_split=[80]"], "traffic_split=[80] is out of range: it needs exactly 2 items"),
     (["--only", "canary", "-p", "latency_percentile=100.0"], "latency_percentile 100.0 must be between 0 and 100"),
     (["--only", "environment", "-p", "lock_path=nowhere.json"], "lock file"),
@@ -271,3 +280,21 @@ def test_compare_flags_a_run_made_with_a_slower_variant(run_cli, tmp_path):
     assert flagged == {"benchmark.rows[eager/cpu/1].p99_ms"}
     same = run_cli("compare", str(out / "before"), str(out / "before"))
     assert same.returncode == 0 and "no regression" in same.stdout
+
+
+def test_a_model_with_two_integer_inputs_passes_export_quantization_and_benchmark(run_cli, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "export,quantization,benchmark", "--model", "lab2prod.examples:token_classifier",
+                   "--example-inputs", "lab2prod.examples:token_inputs", "--device", "cpu", "--no-progress",
+                   "-p", "export.batch_sizes=[1,8]", "-p", "quantization.batch_sizes=[1,8]",
+                   "-p", "benchmark.batch_sizes=[1,8]", "-p", "benchmark.min_run_time=0.1",
+                   "-p", "quantization.min_run_time=0.1", "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = _summary(out, "r")["results"]
+    cases = {(f["format"], f["inputs"]) for f in results["export"]["formats"]}
+    assert {("torch_export", "other-ids"), ("torch_export", "shorter"), ("torchscript_trace", "held-out")} <= cases
+    manifest = {m["format"]: m for m in results["export"]["manifest"]}
+    assert manifest["torch_export"]["dynamic_dims"] == "batch+seq"
+    assert manifest["torch_export"]["inputs"]["attention_mask"] == {"shape": [32], "dtype": "int64"}
+    assert results["quantization"]["recommended"] and results["quantization"]["export"]["produced"]
+    assert all(r["correct"] and r["error"] is None for r in results["benchmark"]["rows"])

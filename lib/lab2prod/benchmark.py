@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .errors import Lab2ProdError, one_line
+from .inputs import Inputs, batch_size_of, call, export_program, to_device, trace
 from .reload_check import first_tensor
 
 __all__ = [
@@ -203,22 +204,23 @@ def check_variants(variants, device: str | None = None) -> list[str]:
     return variants
 
 
-def build_variant(module: torch.nn.Module, variant: str, device: str, example: torch.Tensor) -> Callable:
-    """A callable batch -> output for `variant` of `module` on `device`; raises with the reason
-    when the variant does not apply (e.g. CUDA graphs on a CPU)."""
+def build_variant(module: torch.nn.Module, variant: str, device: str, example: Inputs) -> Callable:
+    """A callable for `variant` of `module` on `device`, called like the model (`inputs.call`);
+    raises with the reason when the variant does not apply (e.g. CUDA graphs on a CPU, channels_last
+    for inputs that are not one image batch)."""
     cuda = device.startswith("cuda")
     module = module.to(device).eval()
-    example = example.to(device)
+    example = to_device(example, device)
+    single = isinstance(example, torch.Tensor)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if variant == "eager":
             return module
         if variant == "torchscript":
             with torch.inference_mode(False), torch.no_grad():
-                return torch.jit.freeze(torch.jit.trace(module, example))
+                return torch.jit.freeze(trace(module, example))
         if variant == "torch_export":
-            batch = {0: torch.export.Dim("batch", min=1, max=4096)}
-            return torch.export.export(module, (example,), dynamic_shapes=(batch,)).module()
+            return export_program(module, example)[1].module()
         if variant == "dynamic_int8":
             if cuda:
                 raise Lab2ProdError("dynamic int8 (torch.ao) runs on the CPU only")
@@ -230,12 +232,12 @@ def build_variant(module: torch.nn.Module, variant: str, device: str, example: t
                 raise Lab2ProdError(f"{variant} is measured on CUDA only")
             dtype = torch.float16 if variant == "fp16_autocast" else torch.bfloat16
 
-            def autocast(batch):
+            def autocast(*args, **kwargs):
                 with torch.autocast("cuda", dtype=dtype):
-                    return module(batch)
+                    return module(*args, **kwargs)
             return autocast
         if variant == "channels_last":
-            if example.dim() != 4:
+            if not single or example.dim() != 4:
                 raise Lab2ProdError("channels_last needs 4-d image batches")
             converted = module.to(memory_format=torch.channels_last)
             return lambda batch: converted(batch.contiguous(memory_format=torch.channels_last))
@@ -244,6 +246,8 @@ def build_variant(module: torch.nn.Module, variant: str, device: str, example: t
         if variant == "cuda_graphs":
             if not cuda:
                 raise Lab2ProdError("CUDA graphs need a CUDA device")
+            if not single:
+                raise Lab2ProdError("CUDA graphs are captured here for one input tensor")
             return _cuda_graph(module, example)
     raise Lab2ProdError(f"variant {variant!r} is not known; use some of {', '.join(ALL_VARIANTS)}")
 
@@ -325,11 +329,11 @@ def run_sweep(loaded, variants, device: str, batch_sizes, threads: int | None, m
     then timed with `measure`. A variant that cannot be built or run gets rows with its error."""
     from tqdm import tqdm
 
-    example = loaded.make_inputs(2, seed, "train").to(device)
-    batches = {b: loaded.make_inputs(b, seed, "test").to(device) for b in batch_sizes}
+    example = to_device(loaded.make_inputs(2, seed, "train"), device)
+    batches = {b: to_device(loaded.make_inputs(b, seed, "test"), device) for b in batch_sizes}
     module = loaded.module.to(device).eval()
     with torch.inference_mode():
-        references = {b: first_tensor(module(batch)).float() for b, batch in batches.items()}
+        references = {b: first_tensor(call(module, batch)).float() for b, batch in batches.items()}
     rows = []
     steps = [(v, b) for v in variants for b in batch_sizes]
     built: dict[str, Callable | Exception] = {}
@@ -348,10 +352,10 @@ def run_sweep(loaded, variants, device: str, batch_sizes, threads: int | None, m
         batch = batches[batch_size]
         try:
             with torch.inference_mode():
-                output = first_tensor(fn(batch))
+                output = first_tensor(call(fn, batch))
             check = check_correct(references[batch_size], output)
             row.correct, row.cosine, row.max_abs_diff = check["correct"], check["cosine"], check["max_abs_diff"]
-            timing = measure(lambda fn=fn, batch=batch: fn(batch), batch_size=batch_size, device=device,
+            timing = measure(lambda fn=fn, batch=batch: call(fn, batch), batch_size=batch_size, device=device,
                              threads=threads, min_run_time=min_run_time)
         except Exception as exc:
             row.error = one_line(exc)
@@ -389,13 +393,13 @@ def choose_sla(rows: list[BenchmarkRow], sla_ms: float) -> dict:
 # ---------------------------------------------------------------- efficiency
 
 
-def flops_per_item(module: torch.nn.Module, example: torch.Tensor) -> float:
+def flops_per_item(module: torch.nn.Module, example: Inputs) -> float:
     """FLOPs of one inference (torch.utils.flop_counter; a multiply-add counts 2) per item."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        module(example)
-    return counter.get_total_flops() / example.shape[0]
+        call(module, example)
+    return counter.get_total_flops() / batch_size_of(example)
 
 
 # Dense peak TFLOP/s from the vendors' data sheets: (fp32, fp16/bf16 tensor cores), no sparsity.

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import Lab2ProdError
+from .errors import Lab2ProdError, one_line
+from .inputs import Inputs, batch_size_of, call, take, trace
+from .reload_check import first_tensor
 
 __all__ = [
     "Policy",
@@ -66,12 +68,16 @@ def candidate_model(loaded, candidate: str, candidate_weights: str = "", method:
         return module.eval(), f"{loaded.spec} int8 ({method})"
     other = load_model(candidate, candidate_weights or None, None, seed)
     probe = loaded.make_inputs(2, seed, "test")
-    with torch.inference_mode():
-        shapes = tuple(loaded.module(probe).shape), tuple(other.module(probe).shape)
-    if tuple(other.input_shape) != tuple(loaded.input_shape) or shapes[0] != shapes[1]:
-        raise Lab2ProdError(
-            f"candidate {candidate!r} takes {tuple(other.input_shape)} and answers {shapes[1]}, but v1 "
-            f"takes {tuple(loaded.input_shape)} and answers {shapes[0]}; a canary needs a drop-in replacement")
+    try:
+        with torch.inference_mode():
+            shapes = (tuple(first_tensor(call(loaded.module, probe)).shape),
+                      tuple(first_tensor(call(other.module, probe)).shape))
+    except Exception as exc:
+        raise Lab2ProdError(f"candidate {candidate!r} fails on v1's inputs ({one_line(exc)}); a canary needs a "
+                            "drop-in replacement") from None
+    if shapes[0] != shapes[1]:
+        raise Lab2ProdError(f"candidate {candidate!r} answers {shapes[1]}, but v1 answers {shapes[0]}; a canary "
+                            "needs a drop-in replacement")
     return other.module, other.label
 
 
@@ -128,7 +134,7 @@ def paired_accuracy(v1_correct, v2_correct, confidence: float = 0.95, resamples:
             "mcnemar_p": mcnemar_p_value(v1_only, v2_only)}
 
 
-def offline_latency(v1: nn.Module, v2: nn.Module, batch: torch.Tensor, threads: int = 1,
+def offline_latency(v1: nn.Module, v2: nn.Module, batch: Inputs, threads: int = 1,
                     min_run_time: float = 1.0, rounds: int = 3) -> list[dict]:
     """Latency of v1 and v2 on the same batch, measured in alternating rounds (so drift of the
     machine hits both), pooled: one row per percentile with v1, v2 and the delta in ms."""
@@ -138,7 +144,7 @@ def offline_latency(v1: nn.Module, v2: nn.Module, batch: torch.Tensor, threads: 
     with torch.inference_mode():
         for _ in range(rounds):
             for name, module in (("v1", v1), ("v2", v2)):
-                timing = measure(lambda m=module: m(batch), batch_size=len(batch), threads=threads,
+                timing = measure(lambda m=module: call(m, batch), batch_size=batch_size_of(batch), threads=threads,
                                  min_run_time=min_run_time / rounds)
                 samples[name].extend(timing.samples_ms.tolist())
     rows = []
@@ -168,10 +174,10 @@ def latency_delta_ci(v1_ms, v2_ms, percentile: float = 95.0, confidence: float =
             "ci_low": float(low), "ci_high": float(high)}
 
 
-def _probabilities(module: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def _probabilities(module: nn.Module, inputs: Inputs, batch_size: int = 256) -> torch.Tensor:
     with torch.inference_mode():
-        return torch.cat([torch.softmax(module(inputs[i:i + batch_size]).float(), dim=1)
-                          for i in range(0, len(inputs), batch_size)])
+        return torch.cat([torch.softmax(first_tensor(call(module, take(inputs, i, i + batch_size))).float(), dim=1)
+                          for i in range(0, batch_size_of(inputs), batch_size)])
 
 
 def compare_offline(loaded, v2: nn.Module, count: int = 360, seed: int = 0) -> dict:
@@ -182,7 +188,7 @@ def compare_offline(loaded, v2: nn.Module, count: int = 360, seed: int = 0) -> d
     data = eval_data(loaded, count, seed)
     p1, p2 = _probabilities(loaded.module, data.inputs), _probabilities(v2, data.inputs)
     top1, top2 = p1.argmax(1), p2.argmax(1)
-    result = {"inputs": len(data.inputs), "agreement": float((top1 == top2).float().mean()),
+    result = {"inputs": data.count, "agreement": float((top1 == top2).float().mean()),
               "disagreements": int((top1 != top2).sum()), "max_prob_change": float((p1 - p2).abs().max()),
               "accuracy": None}
     if data.labels is not None:
@@ -245,7 +251,7 @@ def _trace(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript is deprecated upstream; TorchServe 0.12 loads it
-            torch.jit.save(torch.jit.trace(module.eval(), example), str(path))
+            torch.jit.save(trace(module.eval(), example), str(path))
     except Exception as exc:
         raise Lab2ProdError(
             f"v2 cannot be traced to TorchScript for TorchServe ({type(exc).__name__}: "

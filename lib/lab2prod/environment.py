@@ -238,9 +238,13 @@ def compare_smoke(reference: dict[str, list], tolerance: float) -> list[dict]:
     return rows
 
 
-def exported_ops_check(program_module: torch.nn.Module, example: torch.Tensor) -> list[dict]:
-    """Run an exported program node by node; one row per operator: {op, count, ran, error}."""
+def exported_ops_check(program_module: torch.nn.Module, example) -> list[dict]:
+    """Run an exported program node by node on `example` (a tensor, tuple or dict of inputs, as it
+    was exported with); one row per operator: {op, count, ran, error}."""
     import torch.fx
+    from torch.utils import _pytree as pytree
+
+    from .inputs import arguments
 
     counts: dict[str, int] = {}
     failed: dict[str, str] = {}
@@ -259,7 +263,7 @@ def exported_ops_check(program_module: torch.nn.Module, example: torch.Tensor) -
 
     with torch.inference_mode():
         try:
-            Checker(program_module).run(example)
+            Checker(program_module).run(*pytree.tree_flatten(arguments(example))[0])
         except Exception:
             pass  # the failing operator is recorded; those after it did not run
     return [{"op": op, "count": n, "ran": op not in failed, "error": failed.get(op)}

@@ -2,6 +2,8 @@
 
     lab2prod run --only export --model lab2prod.examples:tabular_mlp \
         --example-inputs lab2prod.examples:tabular_inputs
+    lab2prod run --only export,quantization,benchmark --model lab2prod.examples:token_classifier \
+        --example-inputs lab2prod.examples:token_inputs
     lab2prod run --only parity -p serving_transform=lab2prod.examples:serving_bicubic
     lab2prod run --only benchmark --model lab2prod.examples:digits_cnn_tta \
         --example-inputs lab2prod.examples:digits_inputs
@@ -17,6 +19,9 @@ __all__ = [
     "tabular_inputs",
     "tabular_mlp",
     "gated_net",
+    "VOCAB_SIZE",
+    "token_inputs",
+    "token_classifier",
     "sequence_inputs",
     "lstm_classifier",
     "digits_inputs",
@@ -58,6 +63,43 @@ class GatedNet(nn.Module):
 def gated_net() -> nn.Module:
     """The data-dependent model; exported by trace it must fail its parity gate."""
     return GatedNet()
+
+
+VOCAB_SIZE, MAX_LENGTH = 1000, 32
+
+
+def token_inputs(batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """What a tokenizer hands a text model: int64 `input_ids` (0 is padding) and an int64
+    `attention_mask`, right-padded to 32 tokens, each sequence 4 to 32 tokens long."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(4, MAX_LENGTH + 1, (batch_size,), generator=generator)
+    mask = (torch.arange(MAX_LENGTH)[None, :] < lengths[:, None]).long()
+    ids = torch.randint(1, VOCAB_SIZE, (batch_size, MAX_LENGTH), generator=generator) * mask
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+class TokenClassifier(nn.Module):
+    """Two integer inputs, as a fine-tuned text model takes them: token embeddings, masked mean
+    pooling (padding ignored), a Linear-heavy head; 4 classes."""
+
+    def __init__(self, vocab_size: int = VOCAB_SIZE, dim: int = 128, classes: int = 4):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.encoder = nn.Sequential(nn.Linear(dim, 512), nn.GELU(), nn.Linear(512, dim))
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(torch.float32)
+        tokens = self.embed(input_ids)
+        tokens = tokens + self.encoder(tokens)
+        pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.head(pooled)
+
+
+def token_classifier() -> nn.Module:
+    """A model with two integer inputs (ids and mask), seeded so its random weights repeat."""
+    torch.manual_seed(0)
+    return TokenClassifier()
 
 
 SEQUENCE_LENGTH, SEQUENCE_FEATURES = 24, 16

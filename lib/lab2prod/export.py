@@ -21,6 +21,7 @@ import torch
 
 from .errors import Lab2ProdError, one_line
 from .files import sha256_file
+from .inputs import Inputs, call, export_program, map_tensors, to_device, trace, varied_cases
 from .models import LoadedModel, set_eval
 from .reload_check import first_tensor
 
@@ -52,6 +53,7 @@ class ExportArtifact:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     dynamic_batch: bool = False
+    dynamic_dims: str = ""  # torch.export: "batch+seq", "batch" or "" (static shapes)
     seconds: float = 0.0
 
     @property
@@ -103,11 +105,13 @@ def export_model(
                 artifact.dynamic_batch = True
             elif fmt == "torchscript_trace":
                 with torch.inference_mode(False), torch.no_grad():
-                    traced = torch.jit.trace(module, example, check_trace=False)
+                    traced = trace(module, example, check_trace=False)
                 torch.jit.save(traced, str(path))
                 artifact.dynamic_batch = True  # shapes are not frozen unless the code reads them
             else:
-                artifact.dynamic_batch, program = _torch_export(module, example)
+                dynamic, program = export_program(module, example)
+                artifact.dynamic_batch = bool(dynamic)
+                artifact.dynamic_dims = dynamic
                 torch.export.save(program, str(path))
             artifact.path = path
         except Exception as exc:
@@ -120,25 +124,21 @@ def export_model(
     return artifact
 
 
-def _torch_export(module: torch.nn.Module, example: torch.Tensor):
-    """torch.export with a dynamic batch dimension, falling back to a static one."""
-    try:
-        dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-        return True, torch.export.export(module, (example,), dynamic_shapes=dynamic)
-    except Exception:
-        return False, torch.export.export(module, (example,))
-
-
-def input_cases(loaded: LoadedModel, batch_sizes: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Comparison inputs the export never saw: held-out data at every batch size, then two
-    varied batches at the largest size (negated, and Gaussian noise of the same scale), which
-    take a different branch in models with data-dependent control flow."""
+def input_cases(loaded: LoadedModel, batch_sizes: list[int], seed: int = 0) -> dict[str, Inputs]:
+    """Comparison inputs the export never saw: held-out data at every batch size, then varied
+    batches at the largest size (`inputs.varied_cases`: negated and noise for float inputs, other
+    valid ids for integer ones, a shorter sequence), which take another branch in models with
+    data-dependent control flow. A varied case eager itself cannot run is left out."""
     cases = {f"held-out:{bs}": loaded.make_inputs(bs, seed + 1) for bs in batch_sizes}
-    largest = cases[f"held-out:{max(batch_sizes)}"]
+    largest = max(batch_sizes)
     generator = torch.Generator().manual_seed(seed + 2)
-    cases[f"negated:{max(batch_sizes)}"] = -largest
-    noise = torch.randn(largest.shape, generator=generator) * largest.std() + largest.mean()
-    cases[f"noise:{max(batch_sizes)}"] = noise.to(largest.dtype)
+    for name, varied in varied_cases(cases[f"held-out:{largest}"], generator).items():
+        try:
+            with torch.inference_mode():
+                call(loaded.module, varied)
+        except Exception:
+            continue  # e.g. a model whose sequence length is fixed: not a finding about the export
+        cases[f"{name}:{largest}"] = varied
     return cases
 
 
@@ -164,7 +164,7 @@ def reload_in_fresh_process(
     """Load `path` in a new Python process and run every case; returns (status, outputs)."""
     with tempfile.TemporaryDirectory(prefix="lab2prod-reload-") as tmp:
         inputs_file, outputs_file = Path(tmp) / "inputs.pt", Path(tmp) / "outputs.pt"
-        torch.save({name: t.contiguous() for name, t in cases.items()}, inputs_file)
+        torch.save({name: map_tensors(torch.Tensor.contiguous, t) for name, t in cases.items()}, inputs_file)
         command = [sys.executable, "-m", "lab2prod.reload_check", fmt, str(path),
                    str(inputs_file), str(outputs_file), device]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
@@ -180,7 +180,8 @@ def reload_in_fresh_process(
 def _eager_outputs(loaded: LoadedModel, cases: dict[str, torch.Tensor], device: str) -> dict:
     module = loaded.module.to(device) if device != "cpu" else loaded.module
     with torch.inference_mode():
-        result = {name: first_tensor(module(batch.to(device))).float().cpu() for name, batch in cases.items()}
+        result = {name: first_tensor(call(module, to_device(batch, device))).float().cpu()
+                  for name, batch in cases.items()}
     if device != "cpu":
         loaded.module.to("cpu")
     return result
@@ -258,7 +259,6 @@ def write_manifest(
     import torchvision
 
     entries = []
-    example = loaded.make_inputs(1, 0)
     for artifact in artifacts:
         if not artifact.produced:
             continue
@@ -272,8 +272,10 @@ def write_manifest(
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
             "input_shape": [None if artifact.dynamic_batch else 1, *loaded.input_shape],
-            "dtype": str(example.dtype).replace("torch.", ""),
+            "dtype": next(iter(loaded.input_spec.values()))["dtype"],
+            "inputs": loaded.input_spec,
             "dynamic_batch": artifact.dynamic_batch,
+            "dynamic_dims": artifact.dynamic_dims or ("batch" if artifact.dynamic_batch else ""),
             "trained": loaded.trained,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         })

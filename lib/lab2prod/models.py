@@ -16,7 +16,7 @@ import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from torch import nn
 from .data import DIGIT_CLASSES, digits_images
 from .errors import Lab2ProdError, one_line
 from .files import atomic_write, sha256_file
+from .inputs import call, check_inputs, describe
 from .paths import CACHE_DIR
 from .transforms import DIGITS_INPUT_SIZE, digits_lab_transform, imagenet_lab_transform
 
@@ -68,6 +69,11 @@ class LoadedModel:
     # (photographs through the ImageNet recipe) or "tensor" (example_inputs; no image transform).
     family: str = "tensor"
 
+    @cached_property
+    def input_spec(self) -> dict:
+        """{name: {"shape", "dtype"}} of every input, per item (a tensor, a tuple or a dict)."""
+        return describe(self.make_inputs(1, 0))
+
     @property
     def label(self) -> str:
         """The name shown in tables: untrained models say so."""
@@ -84,7 +90,8 @@ class LoadedModel:
             "source": self.source,
             "trained": self.trained,
             "parameters": self.num_parameters,
-            "input_shape": list(self.input_shape),
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+            "inputs": ", ".join(f"{name}: {d['shape']} {d['dtype']}" for name, d in self.input_spec.items()),
             **{k: v for k, v in self.metrics.items()},
         }
 
@@ -371,7 +378,7 @@ def _input_fn(example_inputs: str) -> InputFn:
     except ValueError:
         pass  # a builtin without a signature: the call below tells
 
-    def make(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
+    def make(batch_size: int, seed: int = 0, split: str = "test"):
         # The train split gets a disjoint seed range, so tracing never sees comparison inputs.
         try:
             batch = fn(batch_size, seed if split == "test" else seed + 1_000_003)
@@ -380,12 +387,7 @@ def _input_fn(example_inputs: str) -> InputFn:
         except Exception as exc:
             raise Lab2ProdError(f"example_inputs {example_inputs!r} raised {one_line(exc)} when called as "
                                 f"fn({batch_size}, {seed}); it must be {expected}") from None
-        if not isinstance(batch, torch.Tensor):
-            raise Lab2ProdError(
-                f"example_inputs {example_inputs!r} returned {type(batch).__name__}; "
-                "it must return one tensor batch: fn(batch_size, seed) -> Tensor"
-            )
-        return batch
+        return check_inputs(batch, f"example_inputs {example_inputs!r}")
 
     return make
 
@@ -457,13 +459,15 @@ def load_model(
     probe = make_inputs(2, seed)
     try:
         with torch.inference_mode():
-            set_eval(module)(probe)
+            call(set_eval(module), probe)
     except Exception as exc:
         hint = "pass --example-inputs package.module:fn" if not example_inputs else "check example_inputs"
+        shapes = {name: tuple(d["shape"]) for name, d in describe(probe).items()}
         raise Lab2ProdError(
-            f"model {spec!r} fails on inputs of shape {tuple(probe.shape)} "
+            f"model {spec!r} fails on inputs {shapes if len(shapes) > 1 else next(iter(shapes.values()))} "
             f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:150]}); {hint}"
         ) from None
-    return LoadedModel(spec, set_eval(module), source, trained, tuple(probe.shape[1:]), make_inputs,
+    input_shape = tuple(probe.shape[1:]) if isinstance(probe, torch.Tensor) else ()
+    return LoadedModel(spec, set_eval(module), source, trained, input_shape, make_inputs,
                        notes="" if trained else "random weights: accuracy is meaningless",
                        family="tensor" if example_inputs else "imagenet")

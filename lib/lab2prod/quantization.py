@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .errors import Lab2ProdError
+from .inputs import Inputs, batch_size_of, call, export_program, take, trace
 
 __all__ = [
     "METHODS",
@@ -151,7 +152,7 @@ def _rnn_flops(module: nn.Module, inputs: tuple) -> int:
     return flops * steps * batch
 
 
-def coverage(module: nn.Module, layers: list[str], example: torch.Tensor) -> tuple[float, float]:
+def coverage(module: nn.Module, layers: list[str], example: Inputs) -> tuple[float, float]:
     """(share of parameters, share of FLOPs) in `layers`, each 0..1; FLOPs from
     torch.utils.flop_counter on `example`, plus the matmuls of LSTM/GRU/RNN layers, which it
     does not count."""
@@ -166,7 +167,7 @@ def coverage(module: nn.Module, layers: list[str], example: torch.Tensor) -> tup
         for name, child in named.items() if isinstance(child, tuple(_RNN_GATES))]
     try:
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            module(example)
+            call(module, example)
     finally:
         for hook in hooks:
             hook.remove()
@@ -186,13 +187,14 @@ def serialized_size(module: nn.Module) -> int:
     return len(buffer.getvalue())
 
 
-def latency_ms(module: nn.Module, batch: torch.Tensor, threads: int, min_run_time: float) -> float:
+def latency_ms(module: nn.Module, batch: Inputs, threads: int, min_run_time: float) -> float:
     """Median milliseconds per call, torch.utils.benchmark's blocked_autorange on `threads` threads."""
     from torch.utils import benchmark
 
-    timer = benchmark.Timer("module(batch)", globals={"module": module, "batch": batch}, num_threads=threads)
+    timer = benchmark.Timer("call(module, batch)", globals={"module": module, "batch": batch, "call": call},
+                            num_threads=threads)
     with torch.inference_mode():
-        module(batch)  # warm-up: first calls pack weights and pick kernels
+        call(module, batch)  # warm-up: first calls pack weights and pick kernels
         return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
@@ -200,8 +202,12 @@ def latency_ms(module: nn.Module, batch: torch.Tensor, threads: int, min_run_tim
 class EvalData:
     """Inputs the quality numbers are measured on, with labels when the model has labelled data."""
 
-    inputs: torch.Tensor
+    inputs: Inputs
     labels: torch.Tensor | None
+
+    @property
+    def count(self) -> int:
+        return batch_size_of(self.inputs)
 
 
 def eval_data(loaded, count: int = 360, seed: int = 0) -> EvalData:
@@ -214,11 +220,13 @@ def eval_data(loaded, count: int = 360, seed: int = 0) -> EvalData:
     return EvalData(loaded.make_inputs(count, seed, "test"), None)
 
 
-def _outputs(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+def _outputs(module: nn.Module, inputs: Inputs, chunk: int = 64) -> torch.Tensor:
     from .reload_check import first_tensor
 
+    count = batch_size_of(inputs)
     with torch.inference_mode():
-        return torch.cat([first_tensor(module(chunk)).float() for chunk in inputs.split(64)])
+        return torch.cat([first_tensor(call(module, take(inputs, start, start + chunk))).float()
+                          for start in range(0, count, chunk)])
 
 
 def quality(reference: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor | None) -> dict:
@@ -378,11 +386,9 @@ def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, s
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if fmt == "torchscript_trace":
-                torch.jit.save(torch.jit.trace(result.module, example), str(path))
+                torch.jit.save(trace(result.module, example), str(path))
             else:
-                batch = {0: torch.export.Dim("batch", min=1, max=1024)}
-                program = torch.export.export(result.module, (example,), dynamic_shapes=(batch,))
-                torch.export.save(program, str(path))
+                torch.export.save(export_program(result.module, example)[1], str(path))
         status["produced"] = True
     except Exception as exc:
         status["error"] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
@@ -395,7 +401,7 @@ def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, s
     diffs, agree = [], []
     with torch.inference_mode():
         for name, batch in cases.items():
-            expected = first_tensor(result.module(batch)).float()
+            expected = first_tensor(call(result.module, batch)).float()
             diffs.append(float((outputs[name] - expected).abs().max()))
             agree.append(float((outputs[name].argmax(1) == expected.argmax(1)).float().mean()))
     status.update(max_abs_diff=max(diffs), top1_agreement=float(np.mean(agree)))

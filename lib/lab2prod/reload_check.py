@@ -14,6 +14,8 @@ import warnings
 
 import torch
 
+from lab2prod.inputs import call, to_device
+
 __all__ = ["load_exported", "first_tensor", "main"]
 
 
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         for case, batch in inputs.items():
             try:
-                outputs[case] = first_tensor(model(batch.to(device))).float().cpu()
+                outputs[case] = first_tensor(call(model, to_device(batch, device))).float().cpu()
             except Exception as exc:
                 message = str(exc).strip().splitlines()
                 status["errors"][case] = f"{type(exc).__name__}: {message[0] if message else ''}"[:300]
