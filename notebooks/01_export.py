@@ -26,7 +26,7 @@ weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
 device = "auto"  # auto, cpu or cuda; files are always reloaded on cpu, also on cuda when used
 batch_sizes = [1, 4, 16]  # batch sizes compared after reload
-formats = ["torchscript_script", "torchscript_trace", "torch_export"]  # formats to produce
+formats = ["auto"]  # ["auto"]: every format, skipping those that do not apply; or a list of names
 atol = 1e-4  # largest max-abs-diff between eager and the reloaded file that passes
 run_dir = ""  # run folder; empty means outputs/interactive
 seed = 0  # seed for input draws and untrained weights
@@ -40,6 +40,8 @@ from lab2prod.environment import write_lock
 from lab2prod.results import record
 
 run_dir, loaded, devices = nb.setup(run_dir, model, weights, example_inputs, seed, device)
+auto = formats == ["auto"]
+formats = export.check_formats(formats)
 pd.DataFrame([loaded.card()]).set_index("model")
 
 # %% [markdown]
@@ -73,12 +75,15 @@ fig = nb.plot_max_abs_diff(rows, atol)
 #
 # One gate per format, `parity:<format>`: the file was produced, reloaded in a fresh process,
 # every case within `atol`, top-1 identical, and (trace) no tracer warning that the trace may
-# be wrong. The manifest records what a server needs to know about each file, and the lab
-# environment lock (`models/env.lock.json`) travels with the files for the environment notebook.
+# be wrong. With `formats=["auto"]` a format that does not apply to this model (a Hugging Face
+# model cannot be scripted; its trace warns) is skipped with the reason while another format
+# passes; a file that answers differently always fails. The manifest records what a server needs
+# to know about each file, and the lab environment lock (`models/env.lock.json`) travels with the
+# files for the environment notebook.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-gates = export.format_gates(artifacts, rows, atol)
+gates = export.format_gates(artifacts, rows, atol, auto)
 manifest = export.write_manifest(loaded, artifacts, run_dir)
 lock_file = write_lock(run_dir / "models" / "env.lock.json")  # the lab environment, beside the model
 record(run_dir, "export", {

@@ -44,7 +44,7 @@ from lab2prod.preprocess import lab_transform_for
 from lab2prod.results import record
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
-applies = loaded.family != "tensor"
+applies = loaded.takes_images
 if applies:
     transform, recipe = lab_transform_for(loaded.family)
     guard = InputGuard(max_bytes=max_bytes, expected_shape=loaded.input_shape, z_limit=z_limit,
@@ -127,7 +127,7 @@ pd.DataFrame(audit).set_index("item")
 # %%
 # NBVAL_CHECK_OUTPUT
 tried = tried if applies else None
-gates = security.security_gates(tried, integrity, audit, reason="model takes tensors")
+gates = security.security_gates(tried, integrity, audit, reason=f"model takes {loaded.inputs_text}, not images")
 record(run_dir, "security", {
     "inputs": [{k: r.get(k) for k in ("input", "rejected", "reason", "server_alive", "server_status")}
                for r in tried or []],

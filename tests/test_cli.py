@@ -298,3 +298,24 @@ def test_a_model_with_two_integer_inputs_passes_export_quantization_and_benchmar
     assert manifest["torch_export"]["inputs"]["attention_mask"] == {"shape": [32], "dtype": "int64"}
     assert results["quantization"]["recommended"] and results["quantization"]["export"]["produced"]
     assert all(r["correct"] and r["error"] is None for r in results["benchmark"]["rows"])
+
+
+def test_a_hugging_face_classifier_runs_every_notebook(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from lab2prod.examples import save_hf_example
+
+    folder = save_hf_example(str(tmp_path / "tiny-bert"))
+    out = tmp_path / "out"
+    proc = run_cli("run", "--model", f"hf:{folder}", "--no-progress", "-p", "benchmark.batch_sizes=[1,4]",
+                   "-p", "benchmark.min_run_time=0.1", "-p", "quantization.min_run_time=0.1",
+                   "-p", "quantization.batch_sizes=[1,4]", "-p", "export.batch_sizes=[1,4]", "-p", "drift.batches=4",
+                   "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = _summary(out, "r")
+    assert all(n["status"] == "ok" for n in summary["notebooks"]) and len(summary["notebooks"]) == 10
+    gates = {g["name"]: g for g in summary["gates"]}
+    assert gates["parity:torch_export"]["passed"] and gates["quantization:accuracy"]["passed"]
+    assert gates["sla"]["passed"] and gates["canary:decision"]["passed"]
+    skipped = [g for g in summary["gates"] if g["passed"] is None]
+    assert {g["name"] for g in skipped} >= {"parity:serving", "serving:parity", "drift", "security:inputs"}
+    assert all(g["detail"] for g in skipped)  # every skip says why

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from .errors import Lab2ProdError, one_line
-from .inputs import Inputs, batch_size_of, call, export_program, to_device, trace
-from .reload_check import first_tensor
+from .inputs import Inputs, batch_size_of, call, export_program, first_tensor, to_device, trace
 
 __all__ = [
     "Timing",
@@ -279,16 +278,17 @@ def _cuda_graph(module: torch.nn.Module, example: torch.Tensor) -> Callable:
 
 
 def check_correct(reference: torch.Tensor, output: torch.Tensor, min_cosine: float = 0.999,
-                  min_agreement: float = 0.99) -> dict:
+                  min_agreement: float = 0.99, classifier: bool = True) -> dict:
     """Compare a variant's output with eager fp32 on the same batch: max abs diff, cosine
-    similarity (mean per sample), top-1 agreement, and whether it is correct enough to rank."""
+    similarity (mean per sample), top-1 agreement (a classifier's; an embedder is judged by
+    cosine alone), and whether it is correct enough to rank."""
     ref, out = reference.float().flatten(1).cpu(), output.float().flatten(1).cpu()
     if ref.shape != out.shape:
         return {"max_abs_diff": float("inf"), "cosine": 0.0, "top1_agreement": 0.0, "correct": False}
     cosine = float(torch.nn.functional.cosine_similarity(ref, out, dim=1).mean())
-    agreement = float((ref.argmax(1) == out.argmax(1)).float().mean())
+    agreement = float((ref.argmax(1) == out.argmax(1)).float().mean()) if classifier else None
     return {"max_abs_diff": float((ref - out).abs().max()), "cosine": cosine, "top1_agreement": agreement,
-            "correct": bool(cosine >= min_cosine and agreement >= min_agreement)}
+            "correct": bool(cosine >= min_cosine and (agreement is None or agreement >= min_agreement))}
 
 
 # ---------------------------------------------------------------- sweep and SLA
@@ -353,7 +353,7 @@ def run_sweep(loaded, variants, device: str, batch_sizes, threads: int | None, m
         try:
             with torch.inference_mode():
                 output = first_tensor(call(fn, batch))
-            check = check_correct(references[batch_size], output)
+            check = check_correct(references[batch_size], output, classifier=loaded.task == "classifier")
             row.correct, row.cosine, row.max_abs_diff = check["correct"], check["cosine"], check["max_abs_diff"]
             timing = measure(lambda fn=fn, batch=batch: call(fn, batch), batch_size=batch_size, device=device,
                              threads=threads, min_run_time=min_run_time)

@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from .errors import Lab2ProdError, one_line
-from .inputs import Inputs, batch_size_of, call, take, trace
-from .reload_check import first_tensor
+from .inputs import Inputs, batch_size_of, call, first_tensor, outputs_of, take, trace
 
 __all__ = [
     "Policy",
@@ -180,12 +179,23 @@ def _probabilities(module: nn.Module, inputs: Inputs, batch_size: int = 256) -> 
                           for i in range(0, batch_size_of(inputs), batch_size)])
 
 
+EMBEDDING_AGREEMENT = 0.99  # cosine at which two embeddings of one input count as the same answer
+
+
 def compare_offline(loaded, v2: nn.Module, count: int = 360, seed: int = 0) -> dict:
     """v1 and v2 on the same held-out inputs: top-1 agreement, the largest probability change,
-    and the paired accuracy comparison when the inputs have labels (else accuracy is None)."""
+    and the paired accuracy comparison when the inputs have labels (else accuracy is None). For
+    an embedder: the share of inputs whose embeddings have cosine >= 0.99, and the mean cosine."""
     from .quantization import eval_data
 
     data = eval_data(loaded, count, seed)
+    if loaded.task == "embedder":
+        # Vectors have no top-1: an input "agrees" when v2's embedding points where v1's does.
+        e1, e2 = outputs_of(loaded.module, data.inputs), outputs_of(v2, data.inputs)
+        cosine = torch.nn.functional.cosine_similarity(e1.flatten(1), e2.flatten(1), dim=1)
+        return {"inputs": data.count, "agreement": float((cosine >= EMBEDDING_AGREEMENT).float().mean()),
+                "disagreements": int((cosine < EMBEDDING_AGREEMENT).sum()), "mean_cosine": float(cosine.mean()),
+                "max_prob_change": float((e1 - e2).abs().max()), "accuracy": None}
     p1, p2 = _probabilities(loaded.module, data.inputs), _probabilities(v2, data.inputs)
     top1, top2 = p1.argmax(1), p2.argmax(1)
     result = {"inputs": data.count, "agreement": float((top1 == top2).float().mean()),
@@ -394,9 +404,9 @@ def evaluate_canary(loaded, v2: nn.Module, v2_label: str, run_dir: Path, weights
     offline = compare_offline(loaded, v2, seed=seed)
     latency = offline_latency(loaded.module, v2, loaded.make_inputs(1, seed, "test"), threads, min_run_time)
     report = CanaryReport(loaded.label, v2_label, offline, latency)
-    if loaded.family == "tensor":
-        report.reason = (f"model {loaded.spec!r} takes tensors; the served handler takes images, so the rollout "
-                         "is decided on the offline evidence alone")
+    if not loaded.takes_images:
+        report.reason = (f"model {loaded.spec!r} takes {loaded.inputs_text}, not images; the served handler takes "
+                         "images, so the rollout is decided on the offline evidence alone")
         report.decision, report.rules = decide(offline, None, policy)
         return report
     report.rollout = rollout(loaded, v2, run_dir, tuple(weights), users, duration_s, policy, offline, seed=seed)

@@ -314,7 +314,7 @@ def evaluate_drift(loaded, batch_size: int = 64, batches: int = 50, alpha: float
     from .parity import BUGS, encode_request, parity_images, photo_images
     from .preprocess import lab_transform_for
 
-    if loaded.family != "digits":
+    if loaded.family != "digits":  # labelled images: the digits (a user's --data later)
         return DriftReport(False, f"model {loaded.spec!r} has no labelled image data here (family {loaded.family!r}); "
                                   "drift detection rates need the reference digits")
     transform, recipe = lab_transform_for(loaded.family)

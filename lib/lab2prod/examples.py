@@ -28,6 +28,7 @@ __all__ = [
     "digits_cnn_tta",
     "serving_bicubic",
     "serving_resize_without_crop",
+    "save_hf_example",
 ]
 
 NUM_FEATURES = 20
@@ -186,3 +187,52 @@ def serving_resize_without_crop(data: bytes) -> torch.Tensor:
         v2.ToImage(), v2.Resize(DIGITS_RECIPE.resize, antialias=True), v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(DIGITS_RECIPE.mean), std=list(DIGITS_RECIPE.std)),
     ])(decode_request(data))
+
+
+def save_hf_example(folder: str, task: str = "classifier", layers: int = 2, hidden: int = 64, seed: int = 0,
+                    train_steps: int = 60) -> str:
+    """Write a small Hugging Face checkpoint to `folder` the way a user's fine-tuned model is saved:
+    a WordPiece tokenizer trained here on the bundled text sample and a BERT built from a config
+    (seeded), both with save_pretrained. `task` "classifier" writes a sequence classifier with 4
+    labels, fine-tuned for `train_steps` full-batch steps on the labelled sample (a few seconds),
+    so its answers are confident like a real fine-tuned model's; "embedder" writes a plain encoder
+    with its random weights. Returns the folder:
+
+        python -c "from lab2prod.examples import save_hf_example; save_hf_example('tiny-bert')"
+        lab2prod run --model hf:tiny-bert
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, PreTrainedTokenizerFast
+
+    from .hf import SAMPLE_LABELS, SAMPLE_TEXTS, tokenize
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train_from_iterator(SAMPLE_TEXTS * 4, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+    labels = ["complaint", "question", "news", "praise"]
+    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=max(1, hidden // 32), intermediate_size=hidden * 4,
+                        max_position_embeddings=128, num_labels=len(labels),
+                        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config) if task == "classifier" else BertModel(config)
+    if task == "classifier" and train_steps:
+        batch = tokenize(fast, SAMPLE_TEXTS)
+        labels = torch.tensor(SAMPLE_LABELS)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model.train()
+        for _ in range(train_steps):
+            optimizer.zero_grad()
+            model(**batch, labels=labels).loss.backward()
+            optimizer.step()
+    model.eval()
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

@@ -21,9 +21,8 @@ import torch
 
 from .errors import Lab2ProdError, one_line
 from .files import sha256_file
-from .inputs import Inputs, call, export_program, map_tensors, to_device, trace, varied_cases
+from .inputs import Inputs, call, export_program, first_tensor, map_tensors, to_device, trace, varied_cases
 from .models import LoadedModel, set_eval
-from .reload_check import first_tensor
 
 __all__ = [
     "FORMATS",
@@ -74,14 +73,6 @@ class ComparisonRow:
     max_rel_diff: float | None = None
     top1_agreement: float | None = None
     error: str | None = None
-
-
-def check_formats(formats) -> list[str]:
-    """The formats, or a Lab2ProdError naming an unknown one and the known ones."""
-    for fmt in formats:
-        if fmt not in FORMATS:
-            raise Lab2ProdError(f"format {fmt!r} is not known; use some of {', '.join(FORMATS)}")
-    return list(formats)
 
 
 def export_model(
@@ -142,9 +133,10 @@ def input_cases(loaded: LoadedModel, batch_sizes: list[int], seed: int = 0) -> d
     return cases
 
 
-def compare_outputs(reference: torch.Tensor, candidate: torch.Tensor) -> dict:
+def compare_outputs(reference: torch.Tensor, candidate: torch.Tensor, classifier: bool = True) -> dict:
     """max_abs_diff; max_rel_diff (relative to the largest reference magnitude);
-    top1_agreement (share of rows whose argmax matches, None for non-2D outputs)."""
+    top1_agreement (share of rows whose argmax matches; None for non-2D outputs and for an
+    embedder, whose argmax means nothing)."""
     reference, candidate = reference.float(), candidate.float()
     if reference.shape != candidate.shape:
         raise ValueError(f"output shape {tuple(candidate.shape)} != eager {tuple(reference.shape)}")
@@ -152,7 +144,7 @@ def compare_outputs(reference: torch.Tensor, candidate: torch.Tensor) -> dict:
     max_abs = float(diff.max()) if diff.numel() else 0.0
     scale = float(reference.abs().max()) if reference.numel() else 0.0
     top1 = None
-    if reference.dim() == 2 and reference.shape[1] > 1:
+    if classifier and reference.dim() == 2 and reference.shape[1] > 1:
         top1 = float((reference.argmax(1) == candidate.argmax(1)).float().mean())
     return {"max_abs_diff": max_abs, "max_rel_diff": max_abs / scale if scale else max_abs,
             "top1_agreement": top1}
@@ -210,7 +202,8 @@ def check_exports(
                     row.error = status["errors"][name]
                 else:
                     try:
-                        for key, value in compare_outputs(reference, outputs[name]).items():
+                        for key, value in compare_outputs(reference, outputs[name],
+                                                          loaded.task == "classifier").items():
                             setattr(row, key, value)
                     except ValueError as exc:
                         row.error = str(exc)
@@ -219,17 +212,24 @@ def check_exports(
 
 
 def format_gates(
-    artifacts: list[ExportArtifact], rows: list[ComparisonRow], atol: float
+    artifacts: list[ExportArtifact], rows: list[ComparisonRow], atol: float, auto: bool = False
 ) -> list[dict]:
     """One gate `parity:<format>` per format: produced, reloaded, every case within atol,
-    top-1 identical, and (trace) no tracer warning that the trace may be wrong."""
-    gates = []
+    top-1 identical, and (trace) no tracer warning that the trace may be wrong.
+
+    With `auto` (formats=["auto"]: every format tried, none asked for by name) a format that does
+    not apply to this model (it cannot be produced, or tracing warns while every case matches) is
+    skipped with its reason, as long as another format passes; a file that answers differently
+    always fails."""
+    from .results import gate
+
+    gates, optional = [], []
     for artifact in artifacts:
         mine = [r for r in rows if r.format == artifact.format]
         worst = max((r.max_abs_diff for r in mine if r.max_abs_diff is not None), default=None)
-        failures = []
+        failures, notes = [], []
         if not artifact.produced:
-            failures.append(f"not produced: {artifact.error}")
+            notes.append(f"not produced: {artifact.error}")
         else:
             for r in mine:
                 label = f"{r.inputs} batch {r.batch_size} on {r.device}"
@@ -240,16 +240,29 @@ def format_gates(
                 elif r.top1_agreement is not None and r.top1_agreement < 1.0:
                     failures.append(f"{label}: top-1 agreement {r.top1_agreement:.3f}")
             if artifact.warnings:
-                failures.append(f"tracer warning: {artifact.warnings[0]}")
-        gates.append({
-            "name": f"parity:{artifact.format}",
-            "passed": not failures,
-            "value": worst,
-            "threshold": atol,
-            "detail": "; ".join(failures[:3]) if failures else
-                      f"{len(mine)} cases reloaded in a fresh process, all within atol",
-        })
+                notes.append(f"tracer warning: {artifact.warnings[0]}")
+        problems = failures + notes
+        detail = ("; ".join(problems[:3]) if problems else
+                  f"{len(mine)} cases reloaded in a fresh process, all within atol")
+        gates.append(gate(f"parity:{artifact.format}", not problems, worst, atol, detail))
+        if auto and notes and not failures:
+            optional.append(len(gates) - 1)
+    if optional and any(g["passed"] for g in gates):
+        for index in optional:
+            gates[index] = gate(gates[index]["name"], False, gates[index]["value"], atol,
+                                f"does not apply to this model ({gates[index]['detail']}); formats=['auto'] "
+                                "skips it because another format passes", skipped=True)
     return gates
+
+
+def check_formats(formats) -> list[str]:
+    """The formats, or a Lab2ProdError naming an unknown one and the known ones; ["auto"] is every format."""
+    if list(formats) == ["auto"]:
+        return list(FORMATS)
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise Lab2ProdError(f"format {fmt!r} is not known; use ['auto'] or some of {', '.join(FORMATS)}")
+    return list(formats)
 
 
 def write_manifest(

@@ -18,6 +18,8 @@ __all__ = [
     "Inputs",
     "check_inputs",
     "call",
+    "first_tensor",
+    "outputs_of",
     "to_device",
     "batch_size_of",
     "tensors",
@@ -70,6 +72,25 @@ def call(fn: Callable, inputs: Inputs):
     if isinstance(inputs, tuple):
         return fn(*inputs)
     return fn(inputs)
+
+
+def first_tensor(output) -> torch.Tensor:
+    """The answer of a model that returns a tensor, a tuple/list (its first tensor) or a dict (its first value)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if isinstance(output, dict) and output:
+        return next(iter(output.values()))
+    raise TypeError(f"model returned {type(output).__name__}, not a tensor")
+
+
+def outputs_of(module: Callable, inputs: Inputs, chunk: int = 64) -> torch.Tensor:
+    """The model's answers (first tensor, float) for every row of `inputs`, run `chunk` rows at a time."""
+    count = batch_size_of(inputs)
+    with torch.inference_mode():
+        return torch.cat([first_tensor(call(module, take(inputs, start, start + chunk))).float()
+                          for start in range(0, count, chunk)])
 
 
 def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs) -> Inputs:
@@ -173,7 +194,9 @@ def arguments(inputs: Inputs) -> tuple[tuple, dict]:
 
 def _dynamic_shapes(inputs: Inputs, sequence: bool):
     batch = torch.export.Dim("batch", min=1, max=4096)
-    seq = torch.export.Dim("seq", min=2, max=4096)
+    # The length's range is the model's to say (position embeddings cap it): DYNAMIC lets
+    # torch.export find it, and fails, rather than silently specialize, when the length is fixed.
+    seq = torch.export.Dim.DYNAMIC
 
     def spec(t: torch.Tensor) -> dict:
         dims = {0: batch}

@@ -69,6 +69,20 @@ class LoadedModel:
     # (photographs through the ImageNet recipe) or "tensor" (example_inputs; no image transform).
     family: str = "tensor"
 
+    # "classifier" (class scores: judged by accuracy or top-1 agreement) or "embedder" (vectors:
+    # judged by cosine similarity and max abs difference, never by the argmax of a vector).
+    task: str = "classifier"
+    tokenizer: object = None  # a Hugging Face model's tokenizer: the lab's preprocessing for text
+
+    @property
+    def takes_images(self) -> bool:
+        return self.family in ("digits", "imagenet")
+
+    @property
+    def inputs_text(self) -> str:
+        """What the model takes, in words: "input_ids [64] int64, attention_mask [64] int64"."""
+        return ", ".join(f"{name} {d['shape']} {d['dtype']}" for name, d in self.input_spec.items())
+
     @cached_property
     def input_spec(self) -> dict:
         """{name: {"shape", "dtype"}} of every input, per item (a tensor, a tuple or a dict)."""
@@ -91,7 +105,8 @@ class LoadedModel:
             "trained": self.trained,
             "parameters": self.num_parameters,
             "input_shape": list(self.input_shape) if self.input_shape else None,
-            "inputs": ", ".join(f"{name}: {d['shape']} {d['dtype']}" for name, d in self.input_spec.items()),
+            "inputs": self.inputs_text,
+            "task": self.task,
             **{k: v for k, v in self.metrics.items()},
         }
 
@@ -158,6 +173,26 @@ def torchvision_classifiers() -> list[str]:
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _hf_model(spec: str, weights: str | None, example_inputs: str | None) -> LoadedModel:
+    from .hf import load_hf, text_batches
+
+    if weights:
+        raise Lab2ProdError(f"weights {weights!r} given with {spec!r}, whose folder carries its own; drop --weights")
+    module, tokenizer, task, labels = load_hf(spec[3:])
+    make_inputs = _input_fn(example_inputs) if example_inputs else text_batches(tokenizer)
+    try:
+        with torch.inference_mode():
+            call(module, make_inputs(2, 0))
+    except Lab2ProdError:
+        raise
+    except Exception as exc:
+        raise Lab2ProdError(f"{spec} fails on its tokenizer's output ({one_line(exc)}); check that the model and "
+                            "tokenizer were saved together") from None
+    return LoadedModel(spec, module, "huggingface", True, (), make_inputs, labels, family="text", task=task,
+                       tokenizer=tokenizer,
+                       notes=f"{type(module.model).__name__}; task {task} (from its architecture)")
 
 
 def available_models() -> list[str]:
@@ -409,6 +444,8 @@ def load_model(
     example_inputs = example_inputs or None
     cache_dir = Path(cache_dir) if cache_dir else CACHE_DIR
     path = Path(spec)
+    if spec.startswith("hf:"):
+        return _hf_model(spec, weights, example_inputs)
     if spec in REFERENCE_MODELS:
         module, metrics = _reference_model(spec, cache_dir)
         if weights:

@@ -288,7 +288,7 @@ def plot_quantization_tradeoff(results, batch_size: int, budget_pts: float):
 
     fp32 = results[0]
     labelled = fp32.quality["accuracy"] is not None
-    metric = "accuracy" if labelled else "top1_agreement"
+    metric = "accuracy" if labelled else "top1_agreement" if fp32.quality["top1_agreement"] is not None else "cosine"
     fig, ax = plt.subplots(figsize=(7, 4.2))
     largest = max(r.size_bytes for r in results)
     for i, result in enumerate(results):
@@ -301,7 +301,8 @@ def plot_quantization_tradeoff(results, batch_size: int, budget_pts: float):
     ax.axhspan(reference - budget_pts, reference + 0.5, color="#2ca02c", alpha=0.08,
                label=f"within {budget_pts:g} point budget")
     ax.set_xlabel(f"median latency at batch {batch_size} (ms, lower is better)")
-    ax.set_ylabel("top-1 accuracy (%)" if labelled else "top-1 agreement with fp32 (%)")
+    ax.set_ylabel({"accuracy": "top-1 accuracy (%)", "top1_agreement": "top-1 agreement with fp32 (%)",
+                   "cosine": "cosine similarity to fp32 (x 100)"}[metric])
     ax.set_title("Quantization trade-off: marker area = serialized size")
     ax.legend(fontsize=7, loc="lower right", markerscale=0.4)
     fig.tight_layout()

@@ -474,9 +474,9 @@ def evaluate_parity(loaded, lab_transform: str = "", serving_transform: str = ""
 
     from .preprocess import ServingPath, lab_transform_for, load_transform
 
-    if loaded.family == "tensor" and not lab_transform:
-        return ParityReport(False, f"model {loaded.spec!r} takes tensors (example_inputs), not images; "
-                                   "there is no preprocessing to compare")
+    if not loaded.takes_images and not lab_transform:
+        return ParityReport(False, f"model {loaded.spec!r} takes {loaded.inputs_text}, not images; "
+                                   "there is no image preprocessing to compare")
     transform, recipe = lab_transform_for(loaded.family, lab_transform)
     serving = load_transform(serving_transform, "serving_transform") if serving_transform else ServingPath(transform)
     catalog = select_bugs(bugs) if recipe is not None else []

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .errors import Lab2ProdError
-from .inputs import Inputs, batch_size_of, call, export_program, take, trace
+from .inputs import Inputs, batch_size_of, call, export_program, first_tensor, outputs_of, trace
 
 __all__ = [
     "METHODS",
@@ -204,6 +204,7 @@ class EvalData:
 
     inputs: Inputs
     labels: torch.Tensor | None
+    task: str = "classifier"
 
     @property
     def count(self) -> int:
@@ -217,25 +218,18 @@ def eval_data(loaded, count: int = 360, seed: int = 0) -> EvalData:
 
         images, labels = digits_tensors("test")
         return EvalData(images, labels)
-    return EvalData(loaded.make_inputs(count, seed, "test"), None)
+    return EvalData(loaded.make_inputs(count, seed, "test"), None, loaded.task)
 
 
-def _outputs(module: nn.Module, inputs: Inputs, chunk: int = 64) -> torch.Tensor:
-    from .reload_check import first_tensor
-
-    count = batch_size_of(inputs)
-    with torch.inference_mode():
-        return torch.cat([first_tensor(call(module, take(inputs, start, start + chunk))).float()
-                          for start in range(0, count, chunk)])
-
-
-def quality(reference: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor | None) -> dict:
+def quality(reference: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor | None,
+            task: str = "classifier") -> dict:
     """Fidelity of `outputs` to the fp32 `reference` (mean cosine similarity per sample, top-1
-    agreement, relative L2 error) and accuracy when labels are given."""
+    agreement for a classifier, relative L2 error) and accuracy when labels are given. An
+    embedder has no top-1: the argmax of a vector means nothing."""
     ref, out = reference.flatten(1), outputs.flatten(1)
     row = {
         "cosine": float(nn.functional.cosine_similarity(ref, out, dim=1).mean()),
-        "top1_agreement": float((ref.argmax(1) == out.argmax(1)).float().mean()),
+        "top1_agreement": float((ref.argmax(1) == out.argmax(1)).float().mean()) if task == "classifier" else None,
         "relative_error": float((out - ref).norm() / ref.norm().clamp_min(1e-12)),
         "accuracy": None,
     }
@@ -245,9 +239,13 @@ def quality(reference: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor
 
 
 def _drop_pts(row: dict, fp32: dict) -> float:
-    """Accuracy drop in points when labelled, else top-1 disagreement with fp32 in points."""
+    """The quality lost, in points: the accuracy drop when labelled, else top-1 disagreement with
+    fp32 for a classifier, else (an embedder) 100 x (1 - cosine to fp32), so a 1-point budget is
+    a cosine of at least 0.99."""
     if fp32["accuracy"] is not None:
         return round(100 * (fp32["accuracy"] - row["accuracy"]), 2)
+    if row["top1_agreement"] is None:
+        return round(100 * (1 - row["cosine"]), 2)
     return round(100 * (1 - row["top1_agreement"]), 2)
 
 
@@ -291,7 +289,7 @@ def _measure(name: str, model: nn.Module, layers: list[str], keep: list[str], lo
              reference: torch.Tensor, fp32_quality: dict | None) -> MethodResult:
     example = loaded.make_inputs(2, 0)
     params_share, flops_share = coverage(loaded.module, layers, example) if layers else (0.0, 0.0)
-    row = quality(reference, _outputs(model, data.inputs), data.labels)
+    row = quality(reference, outputs_of(model, data.inputs), data.labels, data.task)
     drop = _drop_pts(row, fp32_quality or row)
     return MethodResult(name, model, layers, keep, serialized_size(model), params_share, flops_share, row, drop)
 
@@ -315,7 +313,7 @@ def evaluate_methods(loaded, methods, module_types, batch_sizes, threads: int = 
     """fp32 first, then each method on the same model, data and batches."""
     methods = check_methods(methods)
     data = data or eval_data(loaded, seed=seed)
-    reference = _outputs(loaded.module, data.inputs)
+    reference = outputs_of(loaded.module, data.inputs)
     fp32 = _measure("fp32", loaded.module, [], [], loaded, data, reference, None)
     results = [fp32]
     for method in methods:
@@ -329,14 +327,14 @@ def evaluate_methods(loaded, methods, module_types, batch_sizes, threads: int = 
 def layer_sensitivity(loaded, method: str, module_types, data: EvalData) -> list[dict]:
     """Quantize one layer at a time: each layer's accuracy drop (or disagreement) and relative
     output error vs fp32, most sensitive first."""
-    reference = _outputs(loaded.module, data.inputs)
-    fp32 = quality(reference, reference, data.labels)
+    reference = outputs_of(loaded.module, data.inputs)
+    fp32 = quality(reference, reference, data.labels, data.task)
     layers = quantized_layers(loaded.module, method, module_types)
     named = dict(loaded.module.named_modules())
     rows = []
     for layer in layers:
         model = quantize(loaded.module, method, module_types, keep_fp32=[n for n in layers if n != layer])
-        row = quality(reference, _outputs(model, data.inputs), data.labels)
+        row = quality(reference, outputs_of(model, data.inputs), data.labels, data.task)
         rows.append({"layer": layer, "type": type(named[layer]).__name__,
                      "parameters": sum(p.numel() for p in named[layer].parameters()),
                      "accuracy_drop_pts": _drop_pts(row, fp32), "relative_error": row["relative_error"],
@@ -348,7 +346,7 @@ def selective_recipe(loaded, method: str, module_types, sensitivity: list[dict],
                      budget_pts: float, fp32: MethodResult) -> MethodResult | None:
     """Keep the most sensitive layers in fp32, one more at a time, until the drop is within the
     budget; None when even one quantized layer exceeds it."""
-    reference = _outputs(loaded.module, data.inputs)
+    reference = outputs_of(loaded.module, data.inputs)
     layers = quantized_layers(loaded.module, method, module_types)
     for kept in range(1, len(sensitivity)):
         keep = [r["layer"] for r in sensitivity[:kept]]
@@ -371,7 +369,6 @@ def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, s
     a fresh process, and compare with the in-process quantized model. Returns a status dict:
     format, file, produced, error, max_abs_diff, top1_agreement."""
     from .export import reload_in_fresh_process
-    from .reload_check import first_tensor
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -403,8 +400,9 @@ def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, s
         for name, batch in cases.items():
             expected = first_tensor(call(result.module, batch)).float()
             diffs.append(float((outputs[name] - expected).abs().max()))
-            agree.append(float((outputs[name].argmax(1) == expected.argmax(1)).float().mean()))
-    status.update(max_abs_diff=max(diffs), top1_agreement=float(np.mean(agree)))
+            if loaded.task == "classifier":
+                agree.append(float((outputs[name].argmax(1) == expected.argmax(1)).float().mean()))
+    status.update(max_abs_diff=max(diffs), top1_agreement=float(np.mean(agree)) if agree else None)
     return status
 
 
@@ -456,7 +454,7 @@ def quantization_gates(results: list[MethodResult], best: MethodResult | None, e
                 gate("quantization:export", False, None, atol, "no recipe to export")]
     touched = f"{len(best.layers)} layers quantized" if best.layers else "nothing to quantize (0% coverage)"
     matches = bool(exported and exported["produced"] and exported["max_abs_diff"] is not None
-                   and exported["max_abs_diff"] <= atol and exported["top1_agreement"] == 1.0)
+                   and exported["max_abs_diff"] <= atol and exported["top1_agreement"] in (None, 1.0))
     detail = (exported or {}).get("error") or f"{exported['format']} reloads in a fresh process and matches"
     return [gate("quantization:accuracy", True, best.accuracy_drop_pts, budget_pts,
                  f"{best.method}: {touched}, drop within budget"),

@@ -152,8 +152,9 @@ STUDIES: list[Study] = [
     Study("export", "01_export", "model integrity", "lab2prod.export", (
         *_MODEL, COMMON["device"],
         Param("batch_sizes", "list[int]", [1, 4, 16], "batch sizes compared after reload", ge=1, min_items=1),
-        Param("formats", "list[str]", ["torchscript_script", "torchscript_trace", "torch_export"],
-              "formats to produce", min_items=1, check="lab2prod.export:check_formats"),
+        Param("formats", "list[str]", ["auto"],
+              '["auto"]: every format, skipping those that do not apply; or a list of names', min_items=1,
+              check="lab2prod.export:check_formats"),
         Param("atol", "float", 1e-4, "largest max-abs-diff between eager and the reloaded file that passes", ge=0),
         *_common("run_dir", "seed"))),
     Study("parity", "02_preprocessing_parity", "preprocessing parity", "lab2prod.parity", (

@@ -14,9 +14,9 @@ import warnings
 
 import torch
 
-from lab2prod.inputs import call, to_device
+from lab2prod.inputs import call, first_tensor, to_device
 
-__all__ = ["load_exported", "first_tensor", "main"]
+__all__ = ["load_exported", "main"]
 
 
 def load_exported(fmt: str, path: str, device: str = "cpu"):
@@ -30,16 +30,6 @@ def load_exported(fmt: str, path: str, device: str = "cpu"):
         module = torch.export.load(path).module()
         return module.to(device) if device != "cpu" else module
     raise ValueError(f"format {fmt!r} is not known")
-
-
-def first_tensor(output):
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    if isinstance(output, dict) and output:
-        return next(iter(output.values()))
-    raise TypeError(f"model returned {type(output).__name__}, not a tensor")
 
 
 def main(argv: list[str] | None = None) -> int:

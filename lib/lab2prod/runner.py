@@ -163,13 +163,8 @@ class _Stopper:
         print(f"\nlab2prod: {signal.Signals(signum).name}: stopping the kernel and every server of this run ...",
               file=sys.stderr)
         self.stop_servers()
-        provisioner = getattr(self.kernel, "provisioner", None)
-        pid = getattr(getattr(provisioner, "process", None), "pid", None)
-        if pid:
-            try:
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if self.kernel is not None:
+            _kill_kernel(self.kernel)
 
     def stop_servers(self) -> None:
         from .torchserve import stop_recorded
@@ -182,16 +177,33 @@ def private_kernel(kernel_name: str = "python3"):
     """A Jupyter kernel manager whose kernel talks over IPC sockets in a private folder (reachable
     by this machine's user only, so ipykernel does not warn about plain TCP), stopped on exit:
     nbclient and papermill leave a kernel they did not create running."""
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
 
+    # The async manager: nbclient polls a blocking client's iopub channel without a timeout, so a
+    # cell timeout or a killed kernel would never be noticed.
     folder = Path(tempfile.mkdtemp(prefix="lab2prod-kernel-"))
-    kernel = KernelManager(kernel_name=kernel_name, transport="ipc", connection_file=str(folder / "kernel.json"))
+    kernel = AsyncKernelManager(kernel_name=kernel_name, transport="ipc",
+                                connection_file=str(folder / "kernel.json"))
     try:
         yield kernel
     finally:
         if kernel.has_kernel:
-            kernel.shutdown_kernel(now=True)
+            try:
+                run_sync(kernel.shutdown_kernel)(now=True)
+            except Exception:  # already dead (Ctrl-C): make sure of it
+                _kill_kernel(kernel)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _kill_kernel(kernel) -> None:
+    """SIGKILL the kernel's process group: the kernel and what it started in it (Locust)."""
+    pid = getattr(getattr(getattr(kernel, "provisioner", None), "process", None), "pid", None)
+    if pid:
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _execute(study: Study, params: dict, run_dir: Path, stopper: _Stopper, bar, timeout: float | None) -> None:
