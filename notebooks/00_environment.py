@@ -24,6 +24,8 @@ tolerance = 1e-4  # largest max-abs-diff of a smoke operator vs the lock that pa
 model = "digits_cnn"  # model whose exported graph must run here
 weights = ""  # optional state_dict file for the model
 example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
+data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
+lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 run_dir = ""  # run folder; empty means outputs/interactive
 seed = 0  # seed for input draws and untrained weights
 
@@ -35,7 +37,9 @@ from lab2prod import notebook as nb
 from lab2prod.inputs import export_program
 from lab2prod.results import record
 
-run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
+run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
+                              data=data, lab_transform=lab_transform)
+
 here = env.fingerprint()
 if lock_path:
     lock, lock_source = env.read_lock(lock_path), lock_path

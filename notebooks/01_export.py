@@ -24,6 +24,8 @@
 model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
 weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
+data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
+lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 device = "auto"  # auto, cpu or cuda; files are always reloaded on cpu, also on cuda when used
 batch_sizes = [1, 4, 16]  # batch sizes compared after reload
 formats = ["auto"]  # ["auto"]: every format, skipping those that do not apply; or a list of names
@@ -39,7 +41,9 @@ from lab2prod import notebook as nb
 from lab2prod.environment import write_lock
 from lab2prod.results import record
 
-run_dir, loaded, devices = nb.setup(run_dir, model, weights, example_inputs, seed, device)
+run_dir, loaded, devices = nb.setup(run_dir, model, weights, example_inputs, seed, device,
+                                    data=data, lab_transform=lab_transform)
+
 auto = formats == ["auto"]
 formats = export.check_formats(formats)
 pd.DataFrame([loaded.card()]).set_index("model")

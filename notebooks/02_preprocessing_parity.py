@@ -25,6 +25,7 @@
 model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
 weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors is skipped here
+data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 serving_transform = ""  # package.module:callable(bytes) -> tensor under test; empty means ServingPath
 bugs = ["all"]  # catalogued bugs to measure: ["all"], a list of names, or [] for none
@@ -40,7 +41,9 @@ from lab2prod import notebook as nb
 from lab2prod import parity
 from lab2prod.results import record
 
-run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
+run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
+                              data=data, lab_transform=lab_transform)
+
 pd.DataFrame([loaded.card()]).set_index("model")
 
 # %% [markdown]

@@ -28,6 +28,8 @@
 model = "digits_mlp"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
 weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
+data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
+lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 methods = ["torch_ao_dynamic", "torchao_int8_dynamic", "torchao_int8_weight_only"]  # recipes to compare
 module_types = ["Linear", "LSTM", "GRU"]  # layer types torch.ao quantizes (torchao: Linear only)
 engine = "auto"  # quantized engine: auto, x86, fbgemm, onednn or qnnpack
@@ -46,7 +48,9 @@ from lab2prod import notebook as nb
 from lab2prod import quantization as q
 from lab2prod.results import record
 
-run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
+run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
+                              data=data, lab_transform=lab_transform)
+
 methods = q.check_methods(methods)
 types = q.resolve_module_types(module_types)
 quantized_engine = q.resolve_engine(engine)

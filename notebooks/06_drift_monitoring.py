@@ -26,6 +26,8 @@
 model = "digits_cnn"  # a reference model: drift rates need its labelled digits
 weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors is skipped here
+data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
+lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 batch_size = 64  # images per monitored batch
 batches = 50  # batches drawn per scenario
 alpha = 0.05  # p-value below which a batch is flagged
@@ -39,7 +41,9 @@ from lab2prod import drift
 from lab2prod import notebook as nb
 from lab2prod.results import record
 
-run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
+run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
+                              data=data, lab_transform=lab_transform)
+
 report = drift.evaluate_drift(loaded, batch_size, batches, alpha, seed)
 print(report.reason or f"reference: {report.reference_size} held-out images; {batches} batches of "
       f"{report.batch_size} per scenario; flagged when p < {alpha:g}")

@@ -24,6 +24,8 @@
 model = "digits_cnn"  # the model attacked and served
 weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors is skipped here
+data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
+lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 eps = 0.03  # L-inf budget of the attacks in [0, 1] pixel units (8/255 is about 0.031)
 pgd_steps = 10  # PGD iterations
 attack_images = 200  # held-out images attacked
@@ -43,8 +45,10 @@ from lab2prod.guard import InputGuard, lab_input_stats
 from lab2prod.preprocess import lab_transform_for
 from lab2prod.results import record
 
-run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed)
-applies = loaded.takes_images
+run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
+                              data=data, lab_transform=lab_transform)
+
+applies = loaded.servable
 if applies:
     transform, recipe = lab_transform_for(loaded.family)
     guard = InputGuard(max_bytes=max_bytes, expected_shape=loaded.input_shape, z_limit=z_limit,
@@ -127,7 +131,7 @@ pd.DataFrame(audit).set_index("item")
 # %%
 # NBVAL_CHECK_OUTPUT
 tried = tried if applies else None
-gates = security.security_gates(tried, integrity, audit, reason=f"model takes {loaded.inputs_text}, not images")
+gates = security.security_gates(tried, integrity, audit, reason=loaded.not_servable_reason)
 record(run_dir, "security", {
     "inputs": [{k: r.get(k) for k in ("input", "rejected", "reason", "server_alive", "server_status")}
                for r in tried or []],

@@ -404,9 +404,8 @@ def evaluate_canary(loaded, v2: nn.Module, v2_label: str, run_dir: Path, weights
     offline = compare_offline(loaded, v2, seed=seed)
     latency = offline_latency(loaded.module, v2, loaded.make_inputs(1, seed, "test"), threads, min_run_time)
     report = CanaryReport(loaded.label, v2_label, offline, latency)
-    if not loaded.takes_images:
-        report.reason = (f"model {loaded.spec!r} takes {loaded.inputs_text}, not images; the served handler takes "
-                         "images, so the rollout is decided on the offline evidence alone")
+    if not loaded.servable:
+        report.reason = f"{loaded.not_servable_reason}, so the rollout is decided on the offline evidence alone"
         report.decision, report.rules = decide(offline, None, policy)
         return report
     report.rollout = rollout(loaded, v2, run_dir, tuple(weights), users, duration_s, policy, offline, seed=seed)

@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--weights", default="", help="state_dict file, loaded with weights_only=True")
     run.add_argument("--example-inputs", default="",
                      help="package.module:fn, fn(batch_size, seed) -> Tensor, for non-image models")
+    run.add_argument("--data", default="",
+                     help="your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt")
+    run.add_argument("--lab-transform", default="",
+                     help="package.module:callable(PIL image) -> tensor: your lab transform, for --data images")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--only", action="append", metavar="NAMES",
                      help="comma-separated short names: environment, export, parity, ...")
@@ -123,18 +127,19 @@ def _run(args: argparse.Namespace) -> int:
                             "e.g. --timeout 900")
     selected = select_studies(_names(args.only), _names(args.skip))
     common = {"model": args.model, "weights": args.weights, "example_inputs": args.example_inputs,
-              "device": args.device}
+              "device": args.device, "data": args.data, "lab_transform": args.lab_transform}
     given = _given_parameters(args)
     _check_device(args.device)
     out = Path(args.out)
     model = str(given.get("model", args.model))
     per_study, run_dir = preflight(selected, given, out, args.run_id or new_run_id(model), args.force,
                                    {k: v for k, v in common.items() if k not in given})
-    models = {(p["model"], p.get("weights", ""), p.get("example_inputs", ""))
-              for p in per_study.values() if "model" in p}
-    for model, weights, example_inputs in sorted(models):
+    keys = ("model", "weights", "example_inputs", "data", "lab_transform")
+    models = {tuple(p.get(k, "") for k in keys) for p in per_study.values() if "model" in p}
+    for model, weights, example_inputs, data, lab_transform in sorted(models):
         print(f"lab2prod: checking model {model!r} ...", file=sys.stderr)
-        load_model(model, weights or None, example_inputs or None)
+        load_model(model, weights or None, example_inputs or None, data=data or None,
+                   lab_transform=lab_transform or None)
     params = {**common, **given}
     summary = execute_run(selected, per_study, params, run_dir, progress=not (args.no_progress or args.json),
                           timeout=args.timeout)

@@ -26,6 +26,9 @@ __all__ = [
     "lstm_classifier",
     "digits_inputs",
     "digits_cnn_tta",
+    "digits_cnn_factory",
+    "digits_transform",
+    "save_digits_example",
     "serving_bicubic",
     "serving_resize_without_crop",
     "save_hf_example",
@@ -153,6 +156,46 @@ class ShiftTTA(nn.Module):
         for dy, dx in self.shifts:
             logits = logits + self.model(torch.roll(x, shifts=(dy, dx), dims=(2, 3)))
         return logits / (len(self.shifts) + 1)
+
+
+def digits_cnn_factory() -> nn.Module:
+    """The digits conv net's architecture with fresh weights: what a user's `package.module:factory`
+    is; its trained weights come with --weights."""
+    from .models import DigitsCNN
+
+    return DigitsCNN()
+
+
+def digits_transform(image):
+    """The digits lab transform as a callable (PIL image -> tensor), for `--lab-transform`."""
+    from .transforms import digits_lab_transform
+
+    return digits_lab_transform()(image)
+
+
+def save_digits_example(folder: str) -> tuple[str, str]:
+    """Write what a user brings: the 360 held-out digits as PNG files in class folders
+    (`folder/data/0/0001.png` ...) and the trained digits_cnn's state_dict (`folder/digits_cnn.pt`).
+    Returns (data folder, weights file):
+
+        python -c "from lab2prod.examples import save_digits_example; save_digits_example('mine')"
+        lab2prod run --model lab2prod.examples:digits_cnn_factory --weights mine/digits_cnn.pt \\
+            --data mine/data --lab-transform lab2prod.examples:digits_transform
+    """
+    from pathlib import Path
+
+    from .data import digits_images
+    from .models import load_model
+
+    root = Path(folder)
+    held_out = digits_images("test")
+    for index, (image, label) in enumerate(zip(held_out.images, held_out.labels, strict=True)):
+        target = root / "data" / str(int(label)) / f"{index:04d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.save(target)
+    weights = root / "digits_cnn.pt"
+    torch.save(load_model("digits_cnn").module.state_dict(), weights)
+    return str(root / "data"), str(weights)
 
 
 def digits_cnn_tta() -> nn.Module:

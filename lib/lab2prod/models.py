@@ -26,7 +26,7 @@ from torch import nn
 from .data import DIGIT_CLASSES, digits_images
 from .errors import Lab2ProdError, one_line
 from .files import atomic_write, sha256_file
-from .inputs import call, check_inputs, describe
+from .inputs import call, check_inputs, describe, first_tensor
 from .paths import CACHE_DIR
 from .transforms import DIGITS_INPUT_SIZE, digits_lab_transform, imagenet_lab_transform
 
@@ -73,10 +73,32 @@ class LoadedModel:
     # judged by cosine similarity and max abs difference, never by the argmax of a vector).
     task: str = "classifier"
     tokenizer: object = None  # a Hugging Face model's tokenizer: the lab's preprocessing for text
+    data: object = None  # the user's data (lab2prod.data.UserData) when --data was given
+    data_labels: object = None  # its labels as indices of the model's outputs, or None
+
+    def data_inputs(self):
+        """Every item of the user's data as model inputs (images through the lab transform, texts
+        through the tokenizer), in file order; None without --data."""
+        if self.data is None:
+            return None
+        return self.make_inputs(len(self.data), 0, "all")
 
     @property
     def takes_images(self) -> bool:
+        return self.family in ("digits", "imagenet", "custom")
+
+    @property
+    def servable(self) -> bool:
+        """Whether lab2prod's served handler can prepare this model's requests: an image model with
+        a built-in recipe (the handler does not carry a user's own lab transform yet)."""
         return self.family in ("digits", "imagenet")
+
+    @property
+    def not_servable_reason(self) -> str:
+        if self.takes_images:
+            return (f"model {self.spec!r} uses its own lab transform, which lab2prod's served handler does not "
+                    "carry yet")
+        return f"model {self.spec!r} takes {self.inputs_text}; the served handler takes images"
 
     @property
     def inputs_text(self) -> str:
@@ -433,11 +455,88 @@ def load_model(
     example_inputs: str | None = None,
     seed: int = 0,
     cache_dir: Path | None = None,
+    data: str | None = None,
+    lab_transform: str | None = None,
 ) -> LoadedModel:
-    """Resolve a model spec: a reference or torchvision name, a .pt/.pt2 file, or module:factory.
+    """Resolve a model spec: a reference or torchvision name, a .pt/.pt2 file, package.module:factory
+    or hf:PATH; with `data` (lab2prod.data.load_user_data) its inputs and labels come from the
+    user's data, images through `lab_transform` (package.module:callable, PIL image -> tensor;
+    default the recipe of the model family).
 
     Raises Lab2ProdError with the valid choices when `spec` is none of those.
     """
+    loaded = _load(spec, weights, example_inputs, seed, cache_dir, with_data=bool(data))
+    return _with_data(loaded, data, lab_transform) if data else loaded
+
+
+def _with_data(loaded: LoadedModel, path: str, lab_transform: str | None) -> LoadedModel:
+    import dataclasses
+
+    from .data import load_user_data
+
+    user = load_user_data(path)
+    family = loaded.family
+    if user.kind == "images":
+        if lab_transform:
+            from .preprocess import load_transform
+
+            transform, family = load_transform(lab_transform, "lab_transform"), "custom"
+        elif loaded.takes_images:
+            from .preprocess import lab_transform_for
+
+            transform = lab_transform_for(loaded.family)[0]
+        else:
+            raise Lab2ProdError(f"data {path!r} holds images but model {loaded.spec!r} takes {loaded.inputs_text}; "
+                                "pass an image model, or pass lab_transform=package.module:callable")
+
+        def make(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
+            return torch.stack([transform(user.items[i]) for i in _draw(len(user), batch_size, seed, split)])
+    elif user.kind == "texts":
+        if loaded.tokenizer is None:
+            raise Lab2ProdError(f"data {path!r} holds texts, which need the model's tokenizer; pass a Hugging Face "
+                                "model (--model hf:PATH)")
+        from .hf import tokenize
+
+        def make(batch_size: int, seed: int = 0, split: str = "test"):
+            return tokenize(loaded.tokenizer, [user.items[i] for i in _draw(len(user), batch_size, seed, split)])
+    else:
+        from .inputs import map_tensors
+
+        def make(batch_size: int, seed: int = 0, split: str = "test"):
+            rows = torch.as_tensor(_draw(len(user), batch_size, seed, split))
+            return map_tensors(lambda t: t[rows], user.items)
+    try:
+        batch = make(2, 0)
+        with torch.inference_mode():
+            probe = first_tensor(call(loaded.module, batch))
+    except Lab2ProdError:
+        raise
+    except Exception as exc:
+        raise Lab2ProdError(f"model {loaded.spec!r} fails on inputs made from data {path!r} ({one_line(exc)}); "
+                            "check the data and lab_transform") from None
+    labels = user.resolve_labels(loaded.class_names, probe.shape[-1]) if loaded.task == "classifier" else None
+    result = dataclasses.replace(loaded, make_inputs=make, family=family, data=user, data_labels=labels,
+                                 input_shape=tuple(batch.shape[1:]) if isinstance(batch, torch.Tensor) else ())
+    if labels is not None:
+        from .inputs import outputs_of
+
+        predictions = outputs_of(result.module, result.data_inputs()).argmax(1)
+        result.metrics = {**loaded.metrics, "heldout_accuracy": round(float((predictions == labels).float().mean()), 4),
+                          "data": f"{len(user)} {user.kind} from {path}"}
+    return result
+
+
+def _draw(count: int, batch_size: int, seed: int, split: str) -> list[int]:
+    """Which items make a batch: every item in order for "all", else a seeded draw (the train split
+    from another seed range, so tracing and comparison inputs differ)."""
+    if split == "all":
+        return list(range(count))
+    rng = np.random.default_rng(seed if split == "test" else seed + 1_000_003)
+    return rng.choice(count, size=batch_size, replace=batch_size > count).tolist()
+
+
+def _load(spec: str, weights: str | None, example_inputs: str | None, seed: int,
+          cache_dir: Path | None, with_data: bool = False) -> LoadedModel:
     if not isinstance(spec, str) or not spec.strip():
         raise Lab2ProdError(f"model {spec!r} is empty; pass a name such as 'digits_cnn'")
     weights = weights or None
@@ -498,6 +597,8 @@ def load_model(
         with torch.inference_mode():
             call(set_eval(module), probe)
     except Exception as exc:
+        if with_data:  # its inputs will be made from the user's data: checked there
+            return LoadedModel(spec, set_eval(module), source, trained, (), make_inputs, family="imagenet")
         hint = "pass --example-inputs package.module:fn" if not example_inputs else "check example_inputs"
         shapes = {name: tuple(d["shape"]) for name, d in describe(probe).items()}
         raise Lab2ProdError(

@@ -480,7 +480,13 @@ def evaluate_parity(loaded, lab_transform: str = "", serving_transform: str = ""
     transform, recipe = lab_transform_for(loaded.family, lab_transform)
     serving = load_transform(serving_transform, "serving_transform") if serving_transform else ServingPath(transform)
     catalog = select_bugs(bugs) if recipe is not None else []
-    names, images, labels = parity_images(loaded.family, max_images, seed)
+    if loaded.data is not None and loaded.data.kind == "images":  # the user's own images and labels
+        count = len(loaded.data) if max_images <= 0 else min(max_images, len(loaded.data))
+        names = [f"{loaded.data.class_names[int(c)]}#{i}" for i, c in enumerate(loaded.data.labels[:count])]
+        images = loaded.data.items[:count]
+        labels = None if loaded.data_labels is None else np.asarray(loaded.data_labels[:count])
+    else:
+        names, images, labels = parity_images(loaded.family, max_images, seed)
     report = ParityReport(True, "", names, labels, recipe, catalog=catalog)
     if recipe is None:
         report.reason = ("the lab transform is not a torchvision Compose with Resize, CenterCrop and "

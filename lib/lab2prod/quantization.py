@@ -212,7 +212,10 @@ class EvalData:
 
 
 def eval_data(loaded, count: int = 360, seed: int = 0) -> EvalData:
-    """Held-out digits with labels for the reference models; `count` held-out inputs otherwise."""
+    """The user's data (--data: every item, with its labels when it has them), else held-out digits
+    with labels for the reference models, else `count` held-out inputs without labels."""
+    if loaded.data is not None:
+        return EvalData(loaded.data_inputs(), loaded.data_labels, loaded.task)
     if loaded.family == "digits":
         from .models import digits_tensors
 

@@ -132,6 +132,10 @@ COMMON = {
     "example_inputs": Param("example_inputs", "str", "",
                             "package.module:fn(batch_size, seed) -> Tensor, for non-image models"),
     "device": Param("device", "str", "auto", "auto, cpu or cuda", check="lab2prod.notebook:resolve_devices"),
+    "data": Param("data", "str", "", "your data: a folder of class folders of images, a .csv/.jsonl of "
+                  "text,label, or a .pt", check="lab2prod.data:check_data"),
+    "lab_transform": Param("lab_transform", "str", "", "package.module:callable(PIL image) -> tensor; empty means "
+                           "the recipe of the model family", check="lab2prod.preprocess:check_lab_transform"),
     "run_dir": Param("run_dir", "str", "", "run folder; empty means outputs/interactive"),
     "seed": Param("seed", "int", 0, "seed for input draws, untrained weights and resampling"),
 }
@@ -141,7 +145,8 @@ def _common(*names: str) -> tuple[Param, ...]:
     return tuple(COMMON[name] for name in names)
 
 
-_MODEL = _common("model", "weights", "example_inputs")
+_INPUTS = _common("weights", "example_inputs", "data", "lab_transform")
+_MODEL = (COMMON["model"], *_INPUTS)
 
 STUDIES: list[Study] = [
     Study("environment", "00_environment", "environment", "lab2prod.environment", (
@@ -159,8 +164,6 @@ STUDIES: list[Study] = [
         *_common("run_dir", "seed"))),
     Study("parity", "02_preprocessing_parity", "preprocessing parity", "lab2prod.parity", (
         *_MODEL,
-        Param("lab_transform", "str", "", "package.module:callable(PIL image) -> tensor; empty means the recipe "
-              "of the model family", check="lab2prod.preprocess:check_lab_transform"),
         Param("serving_transform", "str", "", "package.module:callable(bytes) -> tensor under test; empty means "
               "ServingPath", check="lab2prod.preprocess:check_serving_transform"),
         Param("bugs", "list[str]", ["all"], 'catalogued bugs to measure: ["all"], a list of names, or []',
@@ -170,7 +173,7 @@ STUDIES: list[Study] = [
         Param("max_images", "int", 0, "images to send; 0 means all 360 held-out digits (or 24 photographs)", ge=0),
         *_common("run_dir", "seed"))),
     Study("quantization", "03_quantization", "quantization", "lab2prod.quantization", (
-        Param("model", "str", "digits_mlp", _MODEL_HELP), *_common("weights", "example_inputs"),
+        Param("model", "str", "digits_mlp", _MODEL_HELP), *_INPUTS,
         Param("methods", "list[str]", ["torch_ao_dynamic", "torchao_int8_dynamic", "torchao_int8_weight_only"],
               "recipes to compare", min_items=1, check="lab2prod.quantization:check_methods"),
         Param("module_types", "list[str]", ["Linear", "LSTM", "GRU"],
@@ -215,14 +218,14 @@ STUDIES: list[Study] = [
         *_common("run_dir", "seed")), torchserve=True),
     Study("drift", "06_drift_monitoring", "monitoring", "lab2prod.drift", (
         Param("model", "str", "digits_cnn", "a reference model: drift rates need its labelled digits"),
-        *_common("weights", "example_inputs"),
+        *_INPUTS,
         Param("batch_size", "int", 64, "images per monitored batch", ge=2),
         Param("batches", "int", 50, "batches drawn per scenario", ge=1),
         Param("alpha", "float", 0.05, "p-value below which a batch is flagged", gt=0, lt=1),
         Param("sla_ms", "float", 100.0, "latency objective: a histogram bucket boundary is put on it", gt=0),
         *_common("run_dir", "seed"))),
     Study("security", "07_security", "security", "lab2prod.security", (
-        Param("model", "str", "digits_cnn", "the model attacked and served"), *_common("weights", "example_inputs"),
+        Param("model", "str", "digits_cnn", "the model attacked and served"), *_INPUTS,
         Param("eps", "float", 0.03, "L-inf budget of the attacks in [0, 1] pixel units (8/255 is about 0.031)",
               ge=0, le=1),
         Param("pgd_steps", "int", 10, "PGD iterations", ge=1),
@@ -234,7 +237,7 @@ STUDIES: list[Study] = [
         *_common("run_dir", "seed")), gate_items={"security:integrity": "model integrity"},
         torchserve="live_server"),
     Study("canary", "08_canary", "rollback", "lab2prod.canary", (
-        Param("model", "str", "digits_cnn", "v1: " + _MODEL_HELP), *_common("weights", "example_inputs"),
+        Param("model", "str", "digits_cnn", "v1: " + _MODEL_HELP), *_INPUTS,
         Param("candidate", "str", "int8", "v2: int8 means v1 quantized with candidate_method; else any model spec"),
         Param("candidate_weights", "str", "", "optional state_dict file for a v2 given by model spec"),
         Param("candidate_method", "str", "torch_ao_dynamic", "quantization of v2 when candidate is int8",

@@ -133,9 +133,8 @@ def evaluate_serving(loaded, run_dir: Path, config: ServeConfig, users_levels, d
     """Serve the model with a real TorchServe and measure it: live parity, limits, a Locust load
     sweep, Prometheus metrics, then the tuning sweep (the default configuration first). The server
     is stopped before this returns, also on an error or an interrupt."""
-    if not loaded.takes_images:
-        return ServingReport(False, f"model {loaded.spec!r} takes {loaded.inputs_text}; the served handler "
-                                    "takes images, so there is nothing to serve here")
+    if not loaded.servable:
+        return ServingReport(False, f"{loaded.not_servable_reason}, so there is nothing to serve here")
     check_requirements()
     run_dir = Path(run_dir)
     serve_dir = run_dir / "serving"
