@@ -319,3 +319,22 @@ def test_a_hugging_face_classifier_runs_every_notebook(run_cli, tmp_path, monkey
     skipped = [g for g in summary["gates"] if g["passed"] is None]
     assert {g["name"] for g in skipped} >= {"parity:serving", "serving:parity", "drift", "security:inputs"}
     assert all(g["detail"] for g in skipped)  # every skip says why
+
+
+def test_your_model_weights_and_image_folder_give_the_reference_accuracies(run_cli, tmp_path):
+    from lab2prod.examples import save_digits_example
+    from lab2prod.models import load_model
+
+    data, weights = save_digits_example(str(tmp_path / "mine"))
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "export,parity,quantization", "--model", "lab2prod.examples:digits_cnn_factory",
+                   "--weights", weights, "--data", data, "--lab-transform", "lab2prod.examples:digits_transform",
+                   "--no-progress", "-p", "quantization.min_run_time=0.1", "-p", "export.batch_sizes=[1,4]",
+                   "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = _summary(out, "r")["results"]
+    reference = load_model("digits_cnn").metrics["heldout_accuracy"]
+    assert results["export"]["model"]["heldout_accuracy"] == reference
+    assert round(results["parity"]["lab_accuracy"], 4) == reference and results["parity"]["images"] == 360
+    fp32 = next(m for m in results["quantization"]["methods"] if m["method"] == "fp32")
+    assert round(fp32["accuracy"], 4) == reference
