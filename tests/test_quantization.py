@@ -116,12 +116,26 @@ def test_sensitivity_finds_the_fragile_layer_and_the_selective_recipe_keeps_it_f
     assert results[1].accuracy_drop_pts > 5  # whole-model int8 breaks it
     sensitivity = q.layer_sensitivity(loaded, "torch_ao_dynamic", LINEAR, data)
     assert sensitivity[0]["layer"] == "0" and sensitivity[0]["accuracy_drop_pts"] > 5
-    message = q.add_selective(results, loaded, LINEAR, sensitivity, data, 5.0, [4], 1, 0.01)
-    assert "keeps 0 in fp32" in message
+    steps = q.frontier(loaded, "torch_ao_dynamic", LINEAR, sensitivity, data, 4, 1, 0.01, 5.0)
+    # fp32, then the least sensitive layer alone, then both: the fragile layer goes last
+    assert [(s["quantized_layers"], s["added"]) for s in steps] == [(0, ""), (1, "2"), (2, "0")]
+    assert [s["within_budget"] for s in steps] == [True, True, False] and steps[0]["speedup"] == 1.0
+    assert q.best_step(steps) is steps[1]
+    message = q.add_selective(results, loaded, LINEAR, sensitivity, data, 5.0, [4], 1, 0.01, steps=steps)
+    assert "1 of 2 layers in int8, 1 kept in fp32" in message
     selective = results[-1]
     assert selective.method == "torch_ao_dynamic_selective" and selective.layers == ["2"]
     assert selective.accuracy_drop_pts <= 5.0
     assert q.recommended(results, 5.0, 4) is selective
+
+
+def test_the_frontier_recommends_the_fastest_step_within_the_budget_not_the_most_quantized():
+    steps = [{"quantized_layers": 0, "within_budget": True, "latency_ms": 10.0},
+             {"quantized_layers": 3, "within_budget": True, "latency_ms": 6.0},
+             {"quantized_layers": 6, "within_budget": True, "latency_ms": 7.0},  # more int8, yet slower
+             {"quantized_layers": 9, "within_budget": False, "latency_ms": 4.0}]
+    assert q.best_step(steps)["quantized_layers"] == 3
+    assert q.best_step([steps[0], steps[3]]) is None
 
 
 def test_every_recipe_over_budget_fails_the_gate():

@@ -30,6 +30,7 @@ __all__ = [
     "plot_model_view",
     "quantization_frame",
     "plot_quantization_tradeoff",
+    "plot_frontier",
     "benchmark_frame",
     "plot_latency_distributions",
     "plot_batch_sweep",
@@ -307,6 +308,33 @@ def plot_quantization_tradeoff(results, batch_size: int, budget_pts: float):
                    "cosine": "cosine similarity to fp32 (x 100)"}[metric])
     ax.set_title("Quantization trade-off: marker area = serialized size")
     ax.legend(fontsize=7, loc="lower right", markerscale=0.4)
+    fig.tight_layout()
+    return fig
+
+
+def plot_frontier(steps: list[dict], budget_pts: float):
+    """The speed-fidelity frontier: speedup over fp32 (x) against quality lost in points (y), one
+    point per step labelled with its int8 layer count; within the budget green, the fastest of
+    those ringed, the budget a dashed line."""
+    import matplotlib.pyplot as plt
+
+    from .quantization import best_step
+
+    best = best_step(steps)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([s["speedup"] for s in steps], [s["drop_pts"] for s in steps], "-", color="#bbbbbb", zorder=1)
+    for step in steps:
+        colour = "#2ca02c" if step["within_budget"] else "#d62728"
+        ax.scatter(step["speedup"], step["drop_pts"], s=50, color=colour, zorder=2,
+                   edgecolor="black" if step is best else colour, linewidth=2 if step is best else 0.5)
+        ax.annotate(str(step["quantized_layers"]), (step["speedup"], step["drop_pts"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.axhline(budget_pts, color="#b00020", linestyle="--", linewidth=1, label=f"budget {budget_pts:g} pts")
+    ax.axvline(1.0, color="#888888", linewidth=0.8)
+    ax.set_xlabel(f"speedup over fp32 at batch {steps[0]['batch_size']} (right is faster)")
+    ax.set_ylabel("quality lost (points; lower is better)")
+    ax.set_title("Frontier: layers to int8, least sensitive first (labels: int8 layers)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -35,10 +35,11 @@ __all__ = [
     "MethodResult",
     "evaluate_methods",
     "layer_sensitivity",
-    "selective_recipe",
     "export_quantized",
     "recommended",
     "findings",
+    "frontier",
+    "best_step",
     "add_selective",
     "quantization_gates",
 ]
@@ -345,20 +346,43 @@ def layer_sensitivity(loaded, method: str, module_types, data: EvalData) -> list
     return sorted(rows, key=lambda r: (-r["accuracy_drop_pts"], -r["relative_error"]))
 
 
-def selective_recipe(loaded, method: str, module_types, sensitivity: list[dict], data: EvalData,
-                     budget_pts: float, fp32: MethodResult) -> MethodResult | None:
-    """Keep the most sensitive layers in fp32, one more at a time, until the drop is within the
-    budget; None when even one quantized layer exceeds it."""
+def frontier(loaded, method: str, module_types, sensitivity: list[dict], data: EvalData, batch_size: int,
+             threads: int, min_run_time: float, budget_pts: float, max_steps: int = 12,
+             rounds: int = 2) -> list[dict]:
+    """The speed-fidelity frontier of a selective recipe: layers go to int8 one step at a time, least
+    sensitive first (the per-layer `sensitivity`), and each step is measured: quality lost (points,
+    as the budget counts them), cosine to fp32, median latency at `batch_size` and speedup over
+    fp32 (all steps and fp32 timed in alternating rounds, best median kept). At most `max_steps`
+    steps, spread evenly up to every layer. One row per step, fp32 first."""
     reference = outputs_of(loaded.module, data.inputs)
-    layers = quantized_layers(loaded.module, method, module_types)
-    for kept in range(1, len(sensitivity)):
-        keep = [r["layer"] for r in sensitivity[:kept]]
-        model = quantize(loaded.module, method, module_types, keep_fp32=keep)
-        result = _measure(f"{method}_selective", model, [n for n in layers if n not in keep], keep, loaded, data,
-                          reference, fp32.quality)
-        if result.accuracy_drop_pts <= budget_pts:
-            return result
-    return None
+    fp32_quality = quality(reference, reference, data.labels, data.task)
+    order = [r["layer"] for r in reversed(sensitivity)]  # least sensitive first
+    counts = sorted({int(round(c)) for c in np.linspace(1, len(order), min(len(order), max_steps))}) if order else []
+    models = {0: loaded.module}
+    rows = [{"quantized_layers": 0, "kept_fp32": len(order), "added": "", "drop_pts": 0.0,
+             "cosine": fp32_quality["cosine"]}]
+    for count in counts:
+        model = quantize(loaded.module, method, module_types, keep_fp32=order[count:])
+        row = quality(reference, outputs_of(model, data.inputs), data.labels, data.task)
+        models[count] = model
+        rows.append({"quantized_layers": count, "kept_fp32": len(order) - count, "added": order[count - 1],
+                     "drop_pts": _drop_pts(row, fp32_quality), "cosine": row["cosine"]})
+    batch = loaded.make_inputs(batch_size, 0, "test")
+    for round_ in range(rounds):
+        for row in rows:
+            median = latency_ms(models[row["quantized_layers"]], batch, threads, min_run_time / rounds)
+            row["latency_ms"] = median if round_ == 0 else min(row["latency_ms"], median)
+    for row in rows:
+        row["speedup"] = rows[0]["latency_ms"] / row["latency_ms"]
+        row["within_budget"] = row["drop_pts"] <= budget_pts
+        row["batch_size"] = batch_size
+    return rows
+
+
+def best_step(steps: list[dict]) -> dict | None:
+    """The fastest frontier step within the budget that quantizes something; None when none fits."""
+    within = [s for s in steps if s["quantized_layers"] > 0 and s["within_budget"]]
+    return min(within, key=lambda s: s["latency_ms"], default=None)
 
 
 def recommended(results: list[MethodResult], budget_pts: float, batch_size: int) -> MethodResult | None:
@@ -429,20 +453,30 @@ def findings(results: list[MethodResult], batch_sizes) -> list[str]:
 
 
 def add_selective(results: list[MethodResult], loaded, module_types, sensitivity: list[dict], data: EvalData,
-                  budget_pts: float, batch_sizes, threads: int, min_run_time: float, seed: int = 0) -> str:
+                  budget_pts: float, batch_sizes, threads: int, min_run_time: float, seed: int = 0,
+                  steps: list[dict] | None = None) -> str:
     """Append a selective torch.ao recipe to `results` when the whole-model one exceeds the
-    budget; returns a sentence saying what was done."""
+    budget: the fastest step of the frontier (`steps`) within the budget, timed at every batch
+    size like the other recipes. Returns a sentence saying what was done."""
     full = next((r for r in results if r.method == "torch_ao_dynamic"), None)
     if full is None:
         return "selective recipe: needs torch_ao_dynamic among the methods"
     if full.accuracy_drop_pts <= budget_pts:
         return "selective recipe: not needed, the whole-model recipe is within the budget"
-    selective = selective_recipe(loaded, "torch_ao_dynamic", module_types, sensitivity, data, budget_pts, results[0])
-    if selective is None:
-        return "selective recipe: none fits the budget, even with one layer quantized"
+    best = best_step(steps or [])
+    if best is None:
+        return "selective recipe: no step of the frontier fits the budget, even with one layer quantized"
+    order = [r["layer"] for r in reversed(sensitivity)]
+    keep = order[best["quantized_layers"]:]
+    reference = outputs_of(loaded.module, data.inputs)
+    model = quantize(loaded.module, "torch_ao_dynamic", module_types, keep_fp32=keep)
+    selective = _measure("torch_ao_dynamic_selective", model, order[:best["quantized_layers"]], keep, loaded, data,
+                         reference, results[0].quality)
     _time([selective], loaded, batch_sizes, threads, min_run_time, seed, progress=False)
     results.append(selective)
-    return f"selective recipe: keeps {', '.join(selective.keep_fp32)} in fp32 ({selective.accuracy_drop_pts} pts)"
+    return (f"selective recipe: {best['quantized_layers']} of {len(order)} layers in int8, {len(keep)} kept in fp32 "
+            f"({selective.accuracy_drop_pts} pts; {best['speedup']:.2f}x fp32 at batch {best['batch_size']} on the "
+            "frontier)")
 
 
 def quantization_gates(results: list[MethodResult], best: MethodResult | None, exported: dict | None,

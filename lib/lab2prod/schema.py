@@ -81,6 +81,8 @@ SCHEMAS: dict[str, ResultSchema] = {schema.name: schema for schema in (
         "labelled": ("boolean", "whether quality is accuracy (labels) or fidelity to fp32"),
         "methods": ("array", "per recipe and batch size: latency, speedup, size, quality, coverage"),
         "sensitivity": ("array", "per layer quantized alone: accuracy drop or disagreement, output error"),
+        "frontier": ("array", "layers to int8 one step at a time, least sensitive first: quality lost, cosine, "
+                              "latency and speedup at each step"),
         "recommended": ("string|null", "the fastest recipe within the accuracy budget"),
         "export": ("object|null", "the recommended recipe exported and reloaded in a fresh process"),
         "findings": ("array", "what the numbers say, one sentence each"),
