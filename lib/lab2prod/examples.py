@@ -234,15 +234,16 @@ def serving_resize_without_crop(data: bytes) -> torch.Tensor:
 
 
 def save_hf_example(folder: str, task: str = "classifier", layers: int = 2, hidden: int = 64, seed: int = 0,
-                    train_steps: int = 60, outliers: int = 0) -> str:
+                    train_steps: int = 60, outliers: int = 0, outlier_scale: float = 200.0) -> str:
     """Write a small Hugging Face checkpoint to `folder` the way a user's fine-tuned model is saved:
     a WordPiece tokenizer trained here on the bundled text sample and a BERT built from a config
     (seeded), both with save_pretrained. `task` "classifier" writes a sequence classifier with 4
     labels, fine-tuned for `train_steps` full-batch steps on the labelled sample (a few seconds),
     so its answers are confident like a real fine-tuned model's; "embedder" writes a plain encoder
     with its random weights. `outliers` > 0 gives that many Linear layers (spread over the depth)
-    one input channel 40x larger, as trained transformers have: per-tensor int8 then loses
-    those layers' small weights, and only a selective recipe keeps the fidelity. Returns the folder:
+    one input channel `outlier_scale` times larger, as trained transformers have outlier
+    channels: per-tensor int8 then loses those layers' small weights, and a selective recipe
+    is needed to keep the fidelity. Returns the folder:
 
         python -c "from lab2prod.examples import save_hf_example; save_hf_example('tiny-bert')"
         lab2prod run --model hf:tiny-bert
@@ -284,7 +285,7 @@ def save_hf_example(folder: str, task: str = "classifier", layers: int = 2, hidd
         with torch.no_grad():
             for index in np.linspace(0, len(linears) - 1, outliers).round().astype(int):
                 column = int(torch.randint(0, linears[index].in_features, (1,), generator=generator))
-                linears[index].weight[:, column] *= 40.0
+                linears[index].weight[:, column] *= outlier_scale
     model.eval()
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
