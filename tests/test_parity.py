@@ -164,4 +164,4 @@ def test_evaluate_parity_gate_passes_fails_and_skips():
 
     tabular = load_model("lab2prod.examples:tabular_mlp", example_inputs="lab2prod.examples:tabular_inputs")
     skipped = parity.serving_gate(parity.evaluate_parity(tabular, progress=False), 1e-6)
-    assert skipped["passed"] is None and "takes tensors" in skipped["detail"]
+    assert skipped["passed"] is None and "takes input [20] float32, not images" in skipped["detail"]
