@@ -304,9 +304,10 @@ def test_a_hugging_face_classifier_runs_every_notebook(run_cli, tmp_path, monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from lab2prod.examples import save_hf_example
 
-    folder = save_hf_example(str(tmp_path / "tiny-bert"))
+    save_hf_example(str(tmp_path / "tiny-bert"))
     out = tmp_path / "out"
-    proc = run_cli("run", "--model", f"hf:{folder}", "--no-progress", "-p", "benchmark.batch_sizes=[1,4]",
+    # a path relative to where the user runs lab2prod (run_cli's cwd), as README writes it
+    proc = run_cli("run", "--model", "hf:tiny-bert", "--no-progress", "-p", "benchmark.batch_sizes=[1,4]",
                    "-p", "benchmark.min_run_time=0.1", "-p", "quantization.min_run_time=0.1",
                    "-p", "quantization.batch_sizes=[1,4]", "-p", "export.batch_sizes=[1,4]", "-p", "drift.batches=4",
                    "--out", str(out), "--run-id", "r")

@@ -191,3 +191,16 @@ def test_a_study_added_the_documented_way_runs_lists_and_reports(tmp_path, monke
     summary = json.loads((tmp_path / "o" / "r" / "summary.json").read_text())
     assert summary["results"]["sanity"] == {"finite": True, "shape": [3, 10]}
     assert "output sanity" in (tmp_path / "o" / "r" / "report.html").read_text()
+
+
+def test_relative_paths_are_made_absolute_for_notebooks_that_run_in_the_run_folder(tmp_path, monkeypatch):
+    from lab2prod.runner import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"")
+    (tmp_path / "images").mkdir()
+    given = absolute_paths({"model": "model.pt", "data": "images", "canary.candidate": "hf:ckpt",
+                            "weights": "missing.pt", "seed": 3, "candidate": "int8"})
+    assert given == {"model": str(tmp_path / "model.pt"), "data": str(tmp_path / "images"),
+                     "canary.candidate": f"hf:{tmp_path / 'ckpt'}", "weights": "missing.pt", "seed": 3,
+                     "candidate": "int8"}

@@ -26,6 +26,7 @@ __all__ = [
     "parse_parameter",
     "read_parameters_file",
     "preflight",
+    "absolute_paths",
     "execute_run",
     "new_run_id",
     "private_kernel",
@@ -95,13 +96,33 @@ def read_parameters_file(path: str | Path) -> dict:
     return data
 
 
+_PATH_PARAMETERS = ("weights", "data", "lock_path", "candidate_weights")
+_MODEL_PARAMETERS = ("model", "candidate")
+
+
+def absolute_paths(values: dict) -> dict:
+    """The values with files and folders made absolute (model files, hf:PATH, weights, data, lock,
+    candidate): each notebook runs with its run folder as the working directory, where a path
+    relative to the user's shell would not resolve."""
+    result = {}
+    for key, value in values.items():
+        name = key.rpartition(".")[2]
+        if isinstance(value, str) and value:
+            if name in _MODEL_PARAMETERS and value.startswith("hf:"):
+                value = "hf:" + str(Path(value[3:]).expanduser().absolute())
+            elif name in _MODEL_PARAMETERS + _PATH_PARAMETERS and Path(value).expanduser().exists():
+                value = str(Path(value).expanduser().absolute())
+        result[key] = value
+    return result
+
+
 def preflight(selected: list[Study], given: dict, out: Path, run_id: str, force: bool,
               common: dict) -> tuple[dict[str, dict], Path]:
     """Everything that can be refused before a run folder exists: each parameter's type and range,
     the values only a library function can judge, Java when a study starts TorchServe, an output
     folder that can be written, and a run folder that is new (or `force` to clear it). Returns
     ({notebook: parameters}, run folder)."""
-    per_study = resolve_parameters(given, selected, common)
+    per_study = resolve_parameters(absolute_paths(given), selected, absolute_paths(common))
     for candidate in selected:
         if candidate.uses_torchserve(per_study[candidate.notebook]):
             from .torchserve import check_requirements
