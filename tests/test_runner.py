@@ -119,3 +119,26 @@ def test_report_shows_scalar_results_beside_tables(tmp_path):
                "gates": []}
     html = write_report(summary, tmp_path).read_text()
     assert "false_positive_rate" in html and "0.04" in html and "darker" in html
+
+
+def test_junit_has_a_case_per_gate_and_one_for_a_notebook_that_did_not_finish(tmp_path):
+    from xml.etree import ElementTree
+
+    from lab2prod.results import write_junit
+
+    summary = {"run_id": "r", "notebooks": [
+        {"name": "01_export", "status": "ok", "seconds": 2.0, "error": None},
+        {"name": "05_serving", "status": "timeout", "seconds": 9.0, "error": "a cell ran longer than --timeout 5 s"},
+        {"name": "99_report", "status": "ok", "seconds": 1.0, "error": None}],
+        "gates": [{"notebook": "01_export", **gate("parity:a", True, 0.0, 1e-4)},
+                  {"notebook": "01_export", **gate("parity:b", False, 2.0, 1e-4, "too far")},
+                  {"notebook": "01_export", **gate("parity:c", False, None, None, "does not apply", skipped=True)}]}
+    root = ElementTree.parse(write_junit(tmp_path / "ci" / "gates.xml", summary)).getroot()
+    suites = {s.get("name"): s for s in root}
+    export = suites["01_export"]
+    counts = [export.get(key) for key in ("tests", "failures", "skipped", "errors")]
+    assert counts == ["3", "1", "1", "0"]
+    assert export.find("testcase[@name='parity:b']/failure").get("message").endswith("too far")
+    assert suites["05_serving"].get("errors") == "1" and suites["05_serving"].get("tests") == "1"
+    assert "timeout" in suites["05_serving"].find("testcase/error").get("message")
+    assert suites["99_report"].get("tests") == "0" and len(list(suites["99_report"])) == 0

@@ -126,7 +126,8 @@ def write_junit(path: Path, summary: dict) -> Path:
     root = ET.Element("testsuites", name=f"lab2prod {summary['run_id']}")
     for notebook in summary["notebooks"]:
         gates = [g for g in summary["gates"] if g.get("notebook") == notebook["name"]]
-        suite = ET.SubElement(root, "testsuite", name=notebook["name"], tests=str(len(gates) or 1),
+        suite = ET.SubElement(root, "testsuite", name=notebook["name"],
+                              tests=str(len(gates) + int(notebook["status"] != "ok")),
                               failures=str(sum(g["passed"] is False for g in gates)),
                               skipped=str(sum(g["passed"] is None for g in gates)),
                               errors=str(int(notebook["status"] != "ok")), time=str(notebook["seconds"]))
