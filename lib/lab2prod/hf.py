@@ -147,13 +147,12 @@ def tokenize(tokenizer, texts: list[str], max_length: int = MAX_LENGTH) -> dict[
 
 def text_batches(tokenizer, texts: list[str] | None = None):
     """make_inputs(batch_size, seed, split) over `texts` (default the bundled sample): a seeded
-    draw of texts, tokenized; the train split draws from another seed range."""
+    draw of texts (every text, in order, for split "all"), tokenized."""
+    from .inputs import draw_indices
 
     pool = list(texts or SAMPLE_TEXTS)
 
     def make(batch_size: int, seed: int = 0, split: str = "test") -> dict[str, torch.Tensor]:
-        generator = torch.Generator().manual_seed(seed if split == "test" else seed + 1_000_003)
-        picks = torch.randint(0, len(pool), (batch_size,), generator=generator).tolist()
-        return tokenize(tokenizer, [pool[i] for i in picks])
+        return tokenize(tokenizer, [pool[i] for i in draw_indices(len(pool), batch_size, seed, split)])
 
     return make

@@ -29,11 +29,29 @@ __all__ = [
     "describe",
     "varied_cases",
     "arguments",
+    "TRAIN_SEED_OFFSET",
+    "draw_indices",
     "export_program",
     "trace",
 ]
 
 Inputs = torch.Tensor | tuple | dict
+
+
+# The train split of an input source draws from another seed range, so tracing and export never see
+# the inputs they are compared on.
+TRAIN_SEED_OFFSET = 1_000_003
+
+
+def draw_indices(count: int, batch_size: int, seed: int, split: str) -> list[int]:
+    """Which of `count` items make a batch: every item in order for "all", else a seeded draw (the
+    train split from another seed range)."""
+    if split == "all":
+        return list(range(count))
+    import numpy as np
+
+    rng = np.random.default_rng(seed if split == "test" else seed + TRAIN_SEED_OFFSET)
+    return rng.choice(count, size=batch_size, replace=batch_size > count).tolist()
 
 
 def check_inputs(inputs, source: str) -> Inputs:

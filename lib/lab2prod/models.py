@@ -26,7 +26,7 @@ from torch import nn
 from .data import DIGIT_CLASSES, digits_images
 from .errors import Lab2ProdError, one_line
 from .files import atomic_write, sha256_file
-from .inputs import call, check_inputs, describe, first_tensor
+from .inputs import TRAIN_SEED_OFFSET, call, check_inputs, describe, draw_indices, first_tensor
 from .paths import CACHE_DIR
 from .transforms import DIGITS_INPUT_SIZE, digits_lab_transform, imagenet_lab_transform
 
@@ -438,7 +438,7 @@ def _input_fn(example_inputs: str) -> InputFn:
     def make(batch_size: int, seed: int = 0, split: str = "test"):
         # The train split gets a disjoint seed range, so tracing never sees comparison inputs.
         try:
-            batch = fn(batch_size, seed if split == "test" else seed + 1_000_003)
+            batch = fn(batch_size, seed if split == "test" else seed + TRAIN_SEED_OFFSET)
         except Lab2ProdError:
             raise
         except Exception as exc:
@@ -490,20 +490,19 @@ def _with_data(loaded: LoadedModel, path: str, lab_transform: str | None) -> Loa
                                 "pass an image model, or pass lab_transform=package.module:callable")
 
         def make(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
-            return torch.stack([transform(user.items[i]) for i in _draw(len(user), batch_size, seed, split)])
+            return torch.stack([transform(user.items[i]) for i in draw_indices(len(user), batch_size, seed, split)])
     elif user.kind == "texts":
         if loaded.tokenizer is None:
             raise Lab2ProdError(f"data {path!r} holds texts, which need the model's tokenizer; pass a Hugging Face "
                                 "model (--model hf:PATH)")
-        from .hf import tokenize
+        from .hf import text_batches
 
-        def make(batch_size: int, seed: int = 0, split: str = "test"):
-            return tokenize(loaded.tokenizer, [user.items[i] for i in _draw(len(user), batch_size, seed, split)])
+        make = text_batches(loaded.tokenizer, user.items)
     else:
         from .inputs import map_tensors
 
         def make(batch_size: int, seed: int = 0, split: str = "test"):
-            rows = torch.as_tensor(_draw(len(user), batch_size, seed, split))
+            rows = torch.as_tensor(draw_indices(len(user), batch_size, seed, split))
             return map_tensors(lambda t: t[rows], user.items)
     try:
         batch = make(2, 0)
@@ -524,15 +523,6 @@ def _with_data(loaded: LoadedModel, path: str, lab_transform: str | None) -> Loa
         result.metrics = {**loaded.metrics, "heldout_accuracy": round(float((predictions == labels).float().mean()), 4),
                           "data": f"{len(user)} {user.kind} from {path}"}
     return result
-
-
-def _draw(count: int, batch_size: int, seed: int, split: str) -> list[int]:
-    """Which items make a batch: every item in order for "all", else a seeded draw (the train split
-    from another seed range, so tracing and comparison inputs differ)."""
-    if split == "all":
-        return list(range(count))
-    rng = np.random.default_rng(seed if split == "test" else seed + 1_000_003)
-    return rng.choice(count, size=batch_size, replace=batch_size > count).tolist()
 
 
 def _load(spec: str, weights: str | None, example_inputs: str | None, seed: int,
