@@ -17,15 +17,21 @@
 # Model Analyzer does: every combination of workers, torch threads per worker and server-side
 # batch size at the target load, keeping the highest throughput whose P99 meets the SLA.
 #
-# The handler imports lab2prod's serving path (`lab2prod.preprocess.ServingPath`), so its
-# preprocessing is the lab transform object, not a copy. The served file is the export
-# notebook's TorchScript when this run has one (TorchScript is the old path, deprecated
-# upstream; TorchServe 0.12 loads it natively).
+# The handler imports lab2prod's request codec (`lab2prod.codec`), so its preprocessing is the
+# lab's own object, not a copy: image bytes through the lab transform (the user's own
+# `lab_transform`, whose source file the archive carries, or the family's recipe), JSON
+# `{"text": ...}` through the model's tokenizer (its files in the archive), or JSON of named arrays
+# for a model given with `example_inputs`. A classifier answers class probabilities and top-1, an
+# embedder its vector. The served file is the export notebook's TorchScript when this run has one
+# (TorchScript is the old path, deprecated upstream; TorchServe 0.12 loads it natively).
+#
+# TorchServe has been in limited maintenance since 2025 (0.12.0 is its last release): it still
+# serves, but weigh that when choosing a server for a new deployment.
 
 # %% tags=["parameters"]
 model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
 weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
-example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors is skipped here
+example_inputs = ""  # package.module:fn(batch_size, seed); its requests are JSON arrays
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 users = [1, 8, 32, 64]  # concurrent Locust users per load level
@@ -68,14 +74,16 @@ pd.DataFrame([loaded.card()]).set_index("model")
 # %%
 report = serving.evaluate_serving(loaded, run_dir, config, users, duration_s, grid, tune_users, sla_ms,
                                   parity_requests, seed)
-print(report.reason or f"served {report.served_file}; deployment config: {report.config_file}; "
-      f"locustfile: {report.locustfile}")
+print(report.reason or f"served {report.served_file} taking {report.requests}; deployment config: "
+      f"{report.config_file}; locustfile: {report.locustfile}")
 
 # %% [markdown]
 # ## Live parity
 #
-# Held-out images sent as request bytes, one by one; the served top-1 and probabilities against
-# the lab path run in this process.
+# Held-out requests sent one by one (image bytes, or JSON for text and tensor models); the served
+# answers against the lab path run in this process on the same bodies. A classifier is judged by
+# top-1 agreement and the largest probability difference, an embedder by the smallest cosine and
+# the largest absolute difference.
 
 # %%
 pd.DataFrame([report.parity]) if report.applies else report.reason
@@ -155,8 +163,8 @@ pd.DataFrame(kubernetes.describe(run_dir / report.kubernetes)).set_index("kind")
 # %% [markdown]
 # ## Gates
 #
-# `serving:parity`: every live request answered, top-1 identical to the lab, probabilities within
-# 1e-4. `serving:errors`: no failed request at any load level. `serving:sla`: p99 ≤ `sla_ms` at
+# `serving:parity`: every live request answered, top-1 identical to the lab and probabilities
+# within 1e-4 (an embedder: cosine at least 0.9999 and values within 1e-4). `serving:errors`: no failed request at any load level. `serving:sla`: p99 ≤ `sla_ms` at
 # the lowest load level.
 
 # %%

@@ -16,6 +16,12 @@
 # decode (truncated files), then NaN/Inf, shape and range checks and a z-score screen of the
 # input statistics against the lab's. Every refusal has a reason code.
 #
+# A text model gets JSON `{"text": ...}` and its guard (`lab2prod.guard.TextGuard`) refuses
+# bodies that are not UTF-8 or not JSON, wrong keys, a text that is not a string, blank, full of
+# control characters, or over the model's token limit (refused, never silently cut). A tensor
+# model gets JSON of named arrays and its guard (`TensorGuard`) refuses wrong names, dtypes
+# (fractions in token ids) and shapes, NaN, and ids outside the range the lab's inputs span.
+#
 # Adversarial examples are measured honestly: FGSM and PGD on the reference model, with the
 # perturbation budget in the usual [0, 1] pixel scale and the model's normalization inside the
 # attacked function. A statistics screen is not a defence against them, and the numbers show it.
@@ -23,7 +29,7 @@
 # %% tags=["parameters"]
 model = "digits_cnn"  # the model attacked and served
 weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
-example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors is skipped here
+example_inputs = ""  # package.module:fn(batch_size, seed); its requests are JSON arrays
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 eps = 0.03  # L-inf budget of the attacks in [0, 1] pixel units (8/255 is about 0.031)
@@ -41,19 +47,15 @@ import torch
 
 from lab2prod import notebook as nb
 from lab2prod import security
-from lab2prod.guard import InputGuard, lab_input_stats
-from lab2prod.preprocess import lab_transform_for
+from lab2prod.codec import codec_for
 from lab2prod.results import record
+from lab2prod.serving import request_images
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform)
 
-applies = loaded.servable
-if applies:
-    transform, recipe = lab_transform_for(loaded.family)
-    guard = InputGuard(max_bytes=max_bytes, expected_shape=loaded.input_shape, z_limit=z_limit,
-                       lab_stats=lab_input_stats(loaded.make_inputs(256, 0, "train")))
-print("guard:", guard if applies else f"skipped: {model!r} takes tensors, not images")
+codec = codec_for(loaded, max_bytes=max_bytes, z_limit=z_limit)
+print(f"{codec.kind} requests; guard: {codec.guard}")
 
 # %% [markdown]
 # ## Every bad input tried
@@ -64,16 +66,11 @@ print("guard:", guard if applies else f"skipped: {model!r} takes tensors, not im
 # must still answer a good request afterwards.
 
 # %%
-if applies:
-    from lab2prod.parity import parity_images
-
-    good_image = parity_images(loaded.family, 1)[1][0]
-    inputs = security.bad_inputs(good_image, max_bytes)
-    tried = security.try_inputs(guard, transform, inputs)
-    if live_server:
-        tried = security.try_live(loaded, run_dir, inputs, tried, seed)
-    table = pd.DataFrame(tried).set_index("input")
-table if applies else "skipped"
+inputs = codec.hostile(max_bytes, request_images(loaded, 1, seed)[0][1])
+tried = security.try_inputs(codec, inputs)
+if live_server:
+    tried = security.try_live(loaded, run_dir, inputs, tried, seed, max_bytes)
+pd.DataFrame(tried).set_index("input")
 
 # %% [markdown]
 # ## Adversarial examples (FGSM, PGD)
@@ -82,8 +79,9 @@ table if applies else "skipped"
 # screen flags. Expect the screen to catch few or none: the perturbations are small by design.
 
 # %%
-if applies and loaded.family == "digits":
+if loaded.family == "digits" and not loaded.lab_transform:
     from lab2prod.data import digits_images
+    from lab2prod.transforms import DIGITS_RECIPE as recipe
     from lab2prod.transforms import digits_lab_transform
 
     data = digits_images("test")
@@ -91,10 +89,12 @@ if applies and loaded.family == "digits":
     x01 = torch.stack([unnormalized(im) for im in data.images[:attack_images]])
     labels = torch.as_tensor(data.labels[:attack_images])
     adversarial, examples = security.adversarial_report(loaded.module, x01, labels, recipe.mean, recipe.std, eps,
-                                                        guard, pgd_steps, seed)
+                                                        codec.guard, pgd_steps, seed)
 else:
     adversarial, examples = None, None
-pd.Series(adversarial).to_frame("value") if adversarial else "needs a reference model with labels"
+pd.Series(adversarial).to_frame("value") if adversarial else \
+    f"skipped: the attacks need labelled images and the lab's normalization (the digits models); {model!r} " \
+    f"takes {loaded.inputs_text}"
 
 # %%
 fig = nb.plot_adversarial(examples) if examples else None
@@ -130,8 +130,7 @@ pd.DataFrame(audit).set_index("item")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-tried = tried if applies else None
-gates = security.security_gates(tried, integrity, audit, reason=loaded.not_servable_reason)
+gates = security.security_gates(tried, integrity, audit)
 record(run_dir, "security", {
     "inputs": [{k: r.get(k) for k in ("input", "rejected", "reason", "server_alive", "server_status")}
                for r in tried or []],

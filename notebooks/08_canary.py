@@ -26,7 +26,7 @@
 # %% tags=["parameters"]
 model = "digits_cnn"  # v1: reference or torchvision name, a .pt/.pt2 file, or package.module:factory
 weights = ""  # optional state_dict file for v1 (loaded weights-only, never unpickled)
-example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors gets no rollout
+example_inputs = ""  # package.module:fn(batch_size, seed); its requests are JSON arrays
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 candidate = "int8"  # v2: int8 means v1 quantized with candidate_method; else any model spec

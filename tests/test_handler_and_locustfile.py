@@ -16,10 +16,12 @@ import torch
 
 pytest.importorskip("ts.torch_handler.base_handler", reason="torchserve is not installed")
 
+from lab2prod.codec import codec_for  # noqa: E402
+from lab2prod.inputs import call, first_tensor  # noqa: E402
 from lab2prod.loadtest import LOCUSTFILE, write_locustfile  # noqa: E402
 from lab2prod.models import load_model  # noqa: E402
 from lab2prod.serving import request_images  # noqa: E402
-from lab2prod.torchserve import guard_settings  # noqa: E402
+from lab2prod.torchserve import trace_to_file  # noqa: E402
 from lab2prod.ts_handler import Lab2ProdHandler  # noqa: E402
 
 
@@ -37,17 +39,30 @@ class FakeContext:
         self.statuses[idx] = (code, phrase)
 
 
-@pytest.fixture(scope="module")
-def handler_and_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model_dir")
-    loaded = load_model("digits_cnn")
-    torch.jit.save(torch.jit.trace(loaded.module.eval(), loaded.make_inputs(2, 0, "train")), str(folder / "model.pt"))
-    (folder / "lab2prod.json").write_text(json.dumps({"family": loaded.family, "guard": guard_settings(loaded)}))
+def _model_dir(loaded, folder):
+    """What build_archive puts in an archive, written to a folder as TorchServe unpacks it."""
+    trace_to_file(loaded.module, loaded.make_inputs(2, 0, "train"), folder / "model.pt")
+    spec, _ = codec_for(loaded).archive(folder)
+    (folder / "lab2prod.json").write_text(json.dumps({"family": loaded.family, "task": loaded.task, "codec": spec}))
     threads = torch.get_num_threads()
     handler = Lab2ProdHandler()
     handler.initialize(FakeContext(folder))
     torch.set_num_threads(threads)  # the handler sets one thread, as in a worker
-    return handler, loaded, folder
+    return handler
+
+
+@pytest.fixture(scope="module")
+def handler_and_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model_dir")
+    loaded = load_model("digits_cnn")
+    return _model_dir(loaded, folder), loaded, folder
+
+
+def _lab_answers(loaded, requests):
+    lab = codec_for(loaded, guarded=False)
+    with torch.inference_mode():
+        out = torch.cat([first_tensor(call(loaded.module, lab(body))).float() for _, body in requests])
+    return out if loaded.task == "embedder" else torch.softmax(out, dim=1)
 
 
 def test_handler_answers_like_the_lab_and_refuses_bad_requests_with_a_reason(handler_and_model):
@@ -57,11 +72,7 @@ def test_handler_answers_like_the_lab_and_refuses_bad_requests_with_a_reason(han
     rows = [{"data": body} for _, body in requests] + [{"body": b"not an image"}, {"data": b""}]
     outputs = handler.handle(rows, context)
     assert len(outputs) == 5
-    from lab2prod.preprocess import ServingPath, lab_transform_for
-
-    lab = ServingPath(lab_transform_for(loaded.family)[0])
-    with torch.inference_mode():
-        expected = torch.softmax(loaded.module(torch.stack([lab(body) for _, body in requests])), dim=1)
+    expected = _lab_answers(loaded, requests)
     for output, probabilities in zip(outputs[:3], expected, strict=True):
         assert output["top1"] == int(probabilities.argmax())
         assert max(abs(a - b) for a, b in zip(output["probabilities"], probabilities.tolist(), strict=True)) < 1e-5
@@ -73,9 +84,46 @@ def test_handler_stages_can_be_called_one_by_one(handler_and_model):
     handler, loaded, folder = handler_and_model
     handler.context = FakeContext(folder)
     tensors, kept, outputs = handler.preprocess([{"data": body} for _, body in request_images(loaded, 2)])
-    assert kept == [0, 1] and outputs == [None, None] and tensors[0].shape == loaded.input_shape
+    assert kept == [0, 1] and outputs == [None, None] and tensors[0].shape == (1, *loaded.input_shape)
     answers = handler.postprocess(handler.inference(tensors))
     assert [len(a["probabilities"]) for a in answers] == [10, 10]
+
+
+def test_a_tensor_model_is_served_from_json_arrays_and_a_bad_body_gets_its_reason(tmp_path):
+    loaded = load_model("lab2prod.examples:token_classifier", example_inputs="lab2prod.examples:token_inputs")
+    handler = _model_dir(loaded, tmp_path)
+    requests = request_images(loaded, 4)
+    assert json.loads(requests[0][1]).keys() == {"input_ids", "attention_mask"}
+    context = FakeContext(tmp_path)
+    # TorchServe hands an application/json body over parsed; a body it could not parse stays bytes.
+    rows = [{"data": json.loads(body)} for _, body in requests] + [{"body": b'{"input_ids": [1]}'}]
+    outputs = handler.handle(rows, context)
+    expected = _lab_answers(loaded, requests)
+    for output, probabilities in zip(outputs[:4], expected, strict=True):
+        assert output["top1"] == int(probabilities.argmax())
+        assert max(abs(a - b) for a, b in zip(output["probabilities"], probabilities.tolist(), strict=True)) < 1e-5
+    assert outputs[4]["rejected"] == "keys" and context.statuses == {4: (400, "keys")}
+
+
+def test_a_hugging_face_encoder_is_served_from_text_with_its_archived_tokenizer(tmp_path):
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    pytest.importorskip("transformers")
+    from lab2prod.examples import save_hf_example
+
+    folder = save_hf_example(str(tmp_path / "encoder"), task="embedder", layers=1, hidden=32)
+    loaded = load_model(f"hf:{folder}")
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = _model_dir(loaded, served)
+    assert (served / "tokenizer.json").exists()  # the archive carries the tokenizer
+    requests = request_images(loaded, 3)
+    outputs = handler.handle([{"data": body} for _, body in requests] + [{"data": b'{"text": ""}'}],
+                             FakeContext(served))
+    expected = _lab_answers(loaded, requests)
+    for output, vector in zip(outputs[:3], expected, strict=True):
+        assert "top1" not in output and len(output["embedding"]) == vector.numel()
+        assert torch.allclose(torch.tensor(output["embedding"]), vector, atol=1e-5)
+    assert outputs[3]["rejected"] == "empty_text"
 
 
 class _Stub(BaseHTTPRequestHandler):

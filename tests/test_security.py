@@ -7,6 +7,7 @@ from PIL import Image
 
 from lab2prod import security
 from lab2prod.guard import InputGuard, Rejected, lab_input_stats, sniff_format
+from lab2prod.codec import ImageCodec
 from lab2prod.preprocess import ServingPath
 from lab2prod.transforms import DIGITS_RECIPE, digits_lab_transform
 
@@ -18,7 +19,7 @@ def _photo(width=48, height=36):
 
 def test_every_bad_input_is_refused_with_a_reason_and_nothing_crashes():
     guard = InputGuard(max_bytes=200_000, expected_shape=(3, 32, 32))
-    rows = security.try_inputs(guard, digits_lab_transform(), security.bad_inputs(_photo(), 200_000))
+    rows = security.try_inputs(ImageCodec(digits_lab_transform(), guard), security.bad_inputs(_photo(), 200_000))
     assert len(rows) == 12
     bad = [r for r in rows if not r["rejected"] or not r["reason"] or r["crashed"]]
     assert not bad, bad
@@ -36,6 +37,7 @@ def test_a_good_image_passes_and_formats_are_sniffed_not_named():
     _photo().save(buffer, format="PNG")
     guard = InputGuard(expected_shape=(3, 32, 32))
     assert ServingPath(digits_lab_transform(), guard)(buffer.getvalue()).shape == (3, 32, 32)
+    assert ImageCodec(digits_lab_transform(), guard)(buffer.getvalue()).shape == (1, 3, 32, 32)
     assert sniff_format(buffer.getvalue()) == "PNG" and sniff_format(b"GIF89a...") == "GIF"
     assert sniff_format(b"hello") is None
 

@@ -99,7 +99,7 @@ def test_your_digits_as_png_files_give_the_reference_accuracy(tmp_path):
                        lab_transform="lab2prod.examples:digits_transform")
     reference = load_model("digits_cnn")
     assert yours.metrics["heldout_accuracy"] == reference.metrics["heldout_accuracy"]
-    assert yours.family == "custom" and not yours.servable and "own lab transform" in yours.not_servable_reason
+    assert yours.family == "custom" and yours.lab_transform == "lab2prod.examples:digits_transform"
     images, labels = digits_tensors("test")  # the folder holds them class by class, in order
     assert torch.equal(yours.data_inputs(), images[torch.argsort(labels, stable=True)])
     with pytest.raises(Lab2ProdError, match="holds images but model .* takes"):

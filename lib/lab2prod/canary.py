@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 
 from .errors import Lab2ProdError, one_line
-from .inputs import Inputs, batch_size_of, call, first_tensor, outputs_of, take, trace
+from .inputs import Inputs, batch_size_of, call, first_tensor, outputs_of, take
 
 __all__ = [
     "Policy",
@@ -257,28 +256,27 @@ def _verdict(rules: list[dict]) -> str:
     return "roll back" if "roll back" in outcomes else ("hold" if "hold" in outcomes else "promote")
 
 
-def _trace(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
+def _trace(module: nn.Module, example: Inputs, path: Path) -> Path:
+    from .torchserve import trace_to_file
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript is deprecated upstream; TorchServe 0.12 loads it
-            torch.jit.save(trace(module.eval(), example), str(path))
-    except Exception as exc:
-        raise Lab2ProdError(
-            f"v2 cannot be traced to TorchScript for TorchServe ({type(exc).__name__}: "
-            f"{(str(exc).strip().splitlines() or [''])[0][:120]}); torchao models export with torch.export only, "
-            "so use candidate_method torch_ao_dynamic for the rollout") from None
-    return path
+        return trace_to_file(module, example, path)
+    except Lab2ProdError as exc:
+        raise Lab2ProdError(f"v2: {exc}; torchao models export with torch.export only, so use candidate_method "
+                            "torch_ao_dynamic for the rollout") from None
 
 
-def _log_distance(p: torch.Tensor, q: torch.Tensor) -> float:
+def _log_distance(p: torch.Tensor, q: torch.Tensor, task: str = "classifier") -> float:
     # On log-probabilities: a confident classifier's versions differ mostly in the tiny ones.
+    # Embeddings are compared as they are.
     p, q = p.detach(), q.detach()
+    if task == "embedder":
+        return float((p - q).abs().max())
     return float((p.clamp_min(1e-30).log() - q.clamp_min(1e-30).log()).abs().max())
 
 
-def _closest(served: list[float], candidates: dict[str, torch.Tensor]) -> tuple[str, float]:
-    served_t = torch.tensor(served)
-    distances = {name: _log_distance(served_t, p) for name, p in candidates.items()}
+def _closest(served: torch.Tensor, candidates: dict[str, torch.Tensor], task: str) -> tuple[str, float]:
+    distances = {name: _log_distance(served, p, task) for name, p in candidates.items()}
     name = min(distances, key=distances.get)
     return name, distances[name]
 
@@ -292,7 +290,7 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
     default; roll back: 2.0 is unregistered; hold: nothing changes) and verify which version now
     answers the unversioned route. The server is stopped before this returns."""
     from . import loadtest, serving, torchserve
-    from .preprocess import ServingPath, lab_transform_for
+    from .codec import codec_for
 
     weights = check_split(weights)
     policy = policy or Policy()
@@ -306,11 +304,13 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
     files = {"1.0": torchserve.exported_torchscript(run_dir) or _trace(loaded.module, example, models_dir / "v1.pt"),
              "2.0": _trace(v2, example, models_dir / "v2.pt")}
     requests = serving.request_images(loaded, check_requests, seed)
-    lab = ServingPath(lab_transform_for(loaded.family)[0])
+    lab = codec_for(loaded, guarded=False)
     probe = requests[0][1]
     with torch.inference_mode():
-        expected = {name: torch.softmax(module(lab(probe).unsqueeze(0)).float(), dim=1)[0]
+        expected = {name: first_tensor(call(module, lab(probe))).float()[0]
                     for name, module in (("1.0", loaded.module), ("2.0", v2))}
+    if loaded.task != "embedder":
+        expected = {name: torch.softmax(out, dim=0) for name, out in expected.items()}
     server = torchserve.TorchServe(serve_dir, config)
     name = "model"
     result = {"weights": list(weights), "users": users, "duration_s": duration_s}
@@ -323,7 +323,7 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
         result["served_like_offline"] = {
             version: serving.live_parity(server, f"{name}/{version}", loaded, requests, module)
             for version, module in (("1.0", loaded.module), ("2.0", v2))}
-        locustfile = loadtest.write_locustfile(serve_dir, requests)
+        locustfile = loadtest.write_locustfile(serve_dir, requests, lab.suffix)
         routes = [{"path": f"/predictions/{name}/1.0", "weight": weights[0], "label": "v1"},
                   {"path": f"/predictions/{name}/2.0", "weight": weights[1], "label": "v2"}]
         load = loadtest.run_locust(server, name, locustfile, users, duration_s, routes=routes)
@@ -335,13 +335,14 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
         result.update(live=live, load=load, latencies_ms=samples)
         decision, rules = decide(offline or compare_offline(loaded, v2, seed=seed), live, policy)
         result.update(decision=decision, rules=rules)
-        result["applied"] = _apply(server, name, decision, probe, expected)
+        result["applied"] = _apply(server, name, decision, probe, expected, lab.content_type, loaded.task)
     finally:
         server.stop()
     return result
 
 
-def _apply(server, name: str, decision: str, probe: bytes, expected: dict[str, torch.Tensor]) -> dict:
+def _apply(server, name: str, decision: str, probe: bytes, expected: dict[str, torch.Tensor],
+           content_type: str | None = None, task: str = "classifier") -> dict:
     """Carry the decision out on the live server and check which version answers /predictions/<name>."""
     from .torchserve import http_request
 
@@ -356,10 +357,12 @@ def _apply(server, name: str, decision: str, probe: bytes, expected: dict[str, t
         wanted = "1.0"
     else:
         status, body, action, wanted = 200, b"", "kept both versions at the same weights", "1.0"
-    answer_status, answer = server.predict(name, probe)
-    answered, distance = (_closest(json.loads(answer)["probabilities"], expected) if answer_status == 200
+    from .codec import answer_vector
+
+    answer_status, answer = server.predict(name, probe, content_type=content_type)
+    answered, distance = (_closest(answer_vector(json.loads(answer)), expected, task) if answer_status == 200
                           else (None, None))
-    distinct = _log_distance(expected["1.0"], expected["2.0"]) > 1e-3
+    distinct = _log_distance(expected["1.0"], expected["2.0"], task) > 1e-3
     return {"action": action, "status": status, "message": body[:200].decode(errors="replace"),
             "default_answered_by": answered if distinct else "v1 and v2 answer alike",
             "expected": wanted, "max_log_prob_diff": distance,
@@ -399,15 +402,11 @@ def evaluate_canary(loaded, v2: nn.Module, v2_label: str, run_dir: Path, weights
                     duration_s: float = 10.0, policy: Policy | None = None, threads: int = 1,
                     min_run_time: float = 1.0, seed: int = 0) -> CanaryReport:
     """Offline comparison (agreement, paired accuracy, latency per percentile), then the weighted
-    rollout on TorchServe for image models, and the decision."""
+    rollout on TorchServe (every kind of model: image bytes or JSON requests), and the decision."""
     policy = policy or Policy()
     offline = compare_offline(loaded, v2, seed=seed)
     latency = offline_latency(loaded.module, v2, loaded.make_inputs(1, seed, "test"), threads, min_run_time)
     report = CanaryReport(loaded.label, v2_label, offline, latency)
-    if not loaded.servable:
-        report.reason = f"{loaded.not_servable_reason}, so the rollout is decided on the offline evidence alone"
-        report.decision, report.rules = decide(offline, None, policy)
-        return report
     report.rollout = rollout(loaded, v2, run_dir, tuple(weights), users, duration_s, policy, offline, seed=seed)
     report.decision, report.rules = report.rollout["decision"], report.rollout["rules"]
     return report
@@ -425,14 +424,15 @@ def canary_gates(report: CanaryReport) -> list[dict]:
     names = ("canary:served", "canary:rollback")
     if report.rollout is None:
         return gates + [gate(n, False, None, None, report.reason, skipped=True) for n in names]
+    from .serving import parity_passes, parity_text
+
     served = report.rollout["served_like_offline"]
-    worst = max(s["max_prob_diff"] for s in served.values())
-    served_ok = all(s["failed"] == 0 and s["top1_agreement"] == 1.0 for s in served.values()) and worst <= 1e-4
+    worst = max(s.get("max_abs_diff", s.get("max_prob_diff", math.inf)) for s in served.values())
+    served_ok = all(parity_passes(s) for s in served.values())
     applied = report.rollout["applied"]
     return gates + [
         gate(names[0], served_ok, worst, 1e-4,
-             "; ".join(f"v{v[0]}: {s['requests']} requests, {s['failed']} failed, top-1 agreement "
-                       f"{s['top1_agreement']:.3f}" for v, s in served.items())),
+             "; ".join(f"v{v[0]}: {parity_text(s)}" for v, s in served.items())),
         gate(names[1], applied["verified"], applied["default_answered_by"], applied["expected"],
              f"{applied['action']} (HTTP {applied['status']}); the unversioned route answered as "
              f"{applied['default_answered_by']}"),

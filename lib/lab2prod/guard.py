@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["Rejected", "InputGuard", "MAGIC", "sniff_format", "lab_input_stats"]
+__all__ = ["Rejected", "InputGuard", "MAGIC", "sniff_format", "lab_input_stats", "read_json", "TextGuard",
+           "TensorGuard"]
 
 # Formats by their first bytes (magic numbers), never by a file name or a Content-Type.
 MAGIC = {
@@ -128,3 +129,115 @@ class InputGuard:
         if means.numel() != lab_mean.size:
             return None
         return float(np.max(np.abs((means.numpy() - lab_mean) / lab_std)))
+
+
+# ---------------------------------------------------------------- JSON requests (text and tensor models)
+
+
+def read_json(body, max_bytes: int) -> dict:
+    """A JSON request body as a dict, or Rejected: empty, too_large, not_utf8, not_json or
+    not_object. `body` may already be parsed (TorchServe parses application/json bodies)."""
+    import json
+
+    if isinstance(body, dict):
+        return body
+    if isinstance(body, str):  # TorchServe hands text/* bodies over decoded
+        body = body.encode("utf-8")
+    if isinstance(body, (list, str, int, float)) and not isinstance(body, bool):
+        raise Rejected("not_object", f"the JSON body is a {type(body).__name__}; send a JSON object")
+    if not isinstance(body, (bytes, bytearray)) or len(body) == 0:
+        raise Rejected("empty", "the request body is empty; send a JSON object")
+    if len(body) > max_bytes:
+        raise Rejected("too_large", f"{len(body)} bytes is over the {max_bytes}-byte limit; send less")
+    try:
+        text = bytes(body).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected("not_utf8", f"the body is not valid UTF-8 (byte {exc.start}); encode the JSON as UTF-8") \
+            from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Rejected("not_json", f"the body is not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise Rejected("not_object", f"the JSON body is a {type(value).__name__}; send a JSON object")
+    return value
+
+
+def _check_keys(value: dict, expected: list[str]) -> None:
+    missing, extra = [k for k in expected if k not in value], [k for k in value if k not in expected]
+    if missing or extra:
+        said = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                           f"unexpected {', '.join(map(str, extra))[:60]}" if extra else "") if part)
+        raise Rejected("keys", f"{said}; send exactly {', '.join(repr(k) for k in expected)}")
+
+
+@dataclass
+class TextGuard:
+    """Checks on a text request `{"text": "..."}`: size, UTF-8, JSON, keys, a string, not blank,
+    at most `max_chars` characters, no NUL or other control characters but whitespace, and (once
+    tokenized, by the codec) at most `max_tokens` tokens: a longer text is refused, never cut."""
+
+    max_bytes: int = 100_000
+    max_chars: int = 20_000
+    max_tokens: int = 64
+
+    def check(self, body) -> str:
+        value = read_json(body, self.max_bytes)
+        _check_keys(value, ["text"])
+        text = value["text"]
+        if not isinstance(text, str):
+            raise Rejected("type", f"'text' is a {type(text).__name__}; send a string")
+        if not text.strip():
+            raise Rejected("empty_text", "'text' is empty or blank; send the text to classify")
+        if len(text) > self.max_chars:
+            raise Rejected("too_long", f"{len(text)} characters is over the {self.max_chars}-character limit")
+        if any(ord(c) < 32 and c not in "\t\n\r" for c in text) or "\x7f" in text:
+            raise Rejected("control_chars", "'text' holds control characters (NUL, escape...); strip them")
+        return text
+
+    def check_tokens(self, count: int) -> None:
+        if count > self.max_tokens:
+            raise Rejected("too_many_tokens", f"{count} tokens is over the model's {self.max_tokens}; "
+                                              "shorten the text or split it")
+
+
+@dataclass
+class TensorGuard:
+    """Checks on a tensor request `{name: nested list, ...}` (one item, no batch dimension): size,
+    UTF-8, JSON, exactly the model's input names, numbers of the input's dtype (an integer input
+    refuses fractions, a bool input takes 0/1), the lab's per-item shape, finite values, and for
+    integer inputs the range the lab's inputs span (token ids outside the vocabulary crash an
+    embedding)."""
+
+    inputs: dict  # {name: {"shape": [...], "dtype": "int64"}}
+    max_bytes: int = 1_000_000
+    ranges: dict | None = None  # {name: [low, high]} for integer inputs
+
+    def check(self, body) -> dict[str, np.ndarray]:
+        value = read_json(body, self.max_bytes)
+        _check_keys(value, list(self.inputs))
+        arrays = {}
+        for name, declared in self.inputs.items():
+            raw = value[name]
+            try:
+                array = np.asarray(raw, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise Rejected("shape", f"'{name}' is not a rectangular array of numbers; send nested lists of "
+                                        f"shape {declared['shape']}") from None
+            if list(array.shape) != list(declared["shape"]):
+                raise Rejected("shape", f"'{name}' has shape {list(array.shape)}, expected {declared['shape']} "
+                                        "(one item, no batch dimension)")
+            if not np.isfinite(array).all():
+                raise Rejected("not_finite", f"'{name}' holds NaN or Infinity")
+            dtype = declared["dtype"]
+            if dtype == "bool" and not np.isin(array, (0, 1)).all():
+                raise Rejected("dtype", f"'{name}' is bool; send 0/1 or true/false")
+            if not dtype.startswith(("float", "bfloat", "complex")) and not (array == np.round(array)).all():
+                raise Rejected("dtype", f"'{name}' is {dtype}; send whole numbers, not fractions")
+            if self.ranges and name in self.ranges:
+                low, high = self.ranges[name]
+                if array.size and (array.min() < low or array.max() > high):
+                    raise Rejected("range", f"'{name}' values {array.min():g}..{array.max():g} are outside "
+                                            f"{low:g}..{high:g}, the range of the lab's inputs")
+            arrays[name] = array
+        return arrays

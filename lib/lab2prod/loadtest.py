@@ -15,18 +15,25 @@ import numpy as np
 from .errors import Lab2ProdError
 from .torchserve import ServeConfig, TorchServe, tool_path
 
-__all__ = ["LOCUSTFILE", "write_locustfile", "latency_stats", "run_locust", "load_sweep"]
+__all__ = ["LOCUSTFILE", "content_type_of", "write_locustfile", "latency_stats", "run_locust", "load_sweep"]
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
 
-def write_locustfile(run_dir: Path, requests: list[tuple[str, bytes]]) -> Path:
-    """Save the locustfile and the request images in run_dir/serving, for reuse against any host."""
+def content_type_of(path: Path) -> str:
+    """The Content-Type a request file is sent with: JSON for .json, raw bytes otherwise."""
+    return "application/json" if Path(path).suffix == ".json" else "application/octet-stream"
+
+
+def write_locustfile(run_dir: Path, requests: list[tuple[str, bytes]], suffix: str = ".png") -> Path:
+    """Save the locustfile and the request bodies (`suffix` .png for images, .json for JSON
+    requests) in run_dir/serving, for reuse against any host."""
     serve = Path(run_dir) / "serving"
     images = serve / "requests"
+    shutil.rmtree(images, ignore_errors=True)
     images.mkdir(parents=True, exist_ok=True)
     for i, (_, body) in enumerate(requests):
-        (images / f"{i:04d}.png").write_bytes(body)
+        (images / f"{i:04d}{suffix}").write_bytes(body)
     path = serve / "locustfile.py"
     shutil.copyfile(LOCUSTFILE, path)
     return path

@@ -1,13 +1,14 @@
-"""Locust load test by lab2prod: POST image bytes to a TorchServe model with its token.
+"""Locust load test by lab2prod: POST request bodies (image bytes or JSON) to a TorchServe model with its token.
 
 Run it against any deployment (also distributed: one --master and several --worker processes):
     LAB2PROD_TOKEN=... LAB2PROD_IMAGES=requests locust -f locustfile.py --host http://HOST:PORT
 Split traffic between model versions by weight (a canary), as a weighted router would:
     LAB2PROD_ROUTES='[{"path": "/predictions/model/1.0", "weight": 80, "label": "v1"},
                       {"path": "/predictions/model/2.0", "weight": 20, "label": "v2"}]'
-Settings (environment): LAB2PROD_MODEL (default "model"), LAB2PROD_IMAGES (folder of .png request
-bodies), LAB2PROD_TOKEN, LAB2PROD_SAMPLES (file that receives every request's [latency ms, ok,
-route label]), LAB2PROD_MAX_REQUESTS (stop after that many; 0 means --run-time only).
+Settings (environment): LAB2PROD_MODEL (default "model"), LAB2PROD_IMAGES (folder of request
+bodies: .png/.jpg sent as bytes, .json as application/json), LAB2PROD_TOKEN, LAB2PROD_SAMPLES
+(file that receives every request's [latency ms, ok, route label]), LAB2PROD_MAX_REQUESTS (stop
+after that many; 0 means --run-time only).
 """
 
 import itertools
@@ -19,7 +20,10 @@ from pathlib import Path
 from locust import FastHttpUser, constant, events, task
 
 MODEL = os.environ.get("LAB2PROD_MODEL", "model")
-IMAGES = [p.read_bytes() for p in sorted(Path(os.environ.get("LAB2PROD_IMAGES", "requests")).glob("*.png"))]
+# Request bodies: .png/.jpg files are sent as bytes, .json files as application/json.
+BODIES = [(p.read_bytes(), "application/json" if p.suffix == ".json" else "application/octet-stream")
+          for p in sorted(Path(os.environ.get("LAB2PROD_IMAGES", "requests")).iterdir())
+          if p.suffix in (".png", ".jpg", ".jpeg", ".json")]
 TOKEN = os.environ.get("LAB2PROD_TOKEN", "")
 SAMPLES = os.environ.get("LAB2PROD_SAMPLES", "")
 MAX_REQUESTS = int(os.environ.get("LAB2PROD_MAX_REQUESTS", "0"))
@@ -50,10 +54,10 @@ class Client(FastHttpUser):
 
     @task
     def predict(self):
-        body = IMAGES[self.index % len(IMAGES)]
+        body, content_type = BODIES[self.index % len(BODIES)]
         self.index += 1
         route = self.router.choices(ROUTES, weights=WEIGHTS)[0]
-        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/octet-stream"}
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": content_type}
         with self.client.post(route["path"], data=body, headers=headers, name=route["label"],
                               catch_response=True) as response:
             if response.status_code != 200:

@@ -26,7 +26,7 @@ from torch import nn
 from .data import DIGIT_CLASSES, digits_images
 from .errors import Lab2ProdError, one_line
 from .files import atomic_write, sha256_file
-from .inputs import TRAIN_SEED_OFFSET, call, check_inputs, describe, draw_indices, first_tensor
+from .inputs import TRAIN_SEED_OFFSET, call, check_inputs, describe, draw_indices, first_tensor, outputs_of
 from .paths import CACHE_DIR
 from .transforms import DIGITS_INPUT_SIZE, digits_lab_transform, imagenet_lab_transform
 
@@ -75,6 +75,7 @@ class LoadedModel:
     tokenizer: object = None  # a Hugging Face model's tokenizer: the lab's preprocessing for text
     data: object = None  # the user's data (lab2prod.data.UserData) when --data was given
     data_labels: object = None  # its labels as indices of the model's outputs, or None
+    lab_transform: str = ""  # the user's lab transform (package.module:callable) for an image model
 
     def data_inputs(self):
         """Every item of the user's data as model inputs (images through the lab transform, texts
@@ -86,19 +87,6 @@ class LoadedModel:
     @property
     def takes_images(self) -> bool:
         return self.family in ("digits", "imagenet", "custom")
-
-    @property
-    def servable(self) -> bool:
-        """Whether lab2prod's served handler can prepare this model's requests: an image model with
-        a built-in recipe (the handler does not carry a user's own lab transform yet)."""
-        return self.family in ("digits", "imagenet")
-
-    @property
-    def not_servable_reason(self) -> str:
-        if self.takes_images:
-            return (f"model {self.spec!r} uses its own lab transform, which lab2prod's served handler does not "
-                    "carry yet")
-        return f"model {self.spec!r} takes {self.inputs_text}; the served handler takes images"
 
     @property
     def inputs_text(self) -> str:
@@ -246,14 +234,15 @@ def _sample_photos() -> tuple:
     return tuple(Image.fromarray(img) for img in load_sample_images().images)
 
 
-def photo_batch(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
-    """Random crops of scikit-learn's sample photographs through the ImageNet lab transform.
+def photo_batch(batch_size: int, seed: int = 0, split: str = "test", transform=None) -> torch.Tensor:
+    """Random crops of scikit-learn's sample photographs through the ImageNet lab transform (or
+    `transform`, a callable taking a PIL image).
 
     `split` picks disjoint halves of each photograph (left for "train", right for "test"),
     so tracing inputs and comparison inputs never share pixels.
     """
     photos = _sample_photos()
-    transform = imagenet_lab_transform()
+    transform = transform or imagenet_lab_transform()
     rng = np.random.default_rng(seed)
     batch = []
     for _ in range(batch_size):
@@ -466,7 +455,44 @@ def load_model(
     Raises Lab2ProdError with the valid choices when `spec` is none of those.
     """
     loaded = _load(spec, weights, example_inputs, seed, cache_dir, with_data=bool(data))
-    return _with_data(loaded, data, lab_transform) if data else loaded
+    if data:
+        return _with_data(loaded, data, lab_transform)
+    return _with_transform(loaded, lab_transform) if lab_transform and loaded.takes_images else loaded
+
+
+def _with_transform(loaded: LoadedModel, spec: str) -> LoadedModel:
+    """An image model whose lab transform is the user's: its inputs are the family's images (the
+    digits, or the sample photographs) through that transform; the digits accuracy is measured
+    through it too."""
+    import dataclasses
+
+    from .preprocess import load_transform
+
+    transform = load_transform(spec, "lab_transform")
+    if loaded.family == "digits":
+        def make(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
+            data = digits_images("train" if split == "train" else "test")
+            rng = np.random.default_rng(seed)
+            picks = rng.choice(len(data), size=batch_size, replace=batch_size > len(data))
+            return torch.stack([transform(data.images[int(i)]) for i in picks])
+    else:
+        def make(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
+            return photo_batch(batch_size, seed, split, transform)
+    try:
+        batch = make(2, 0)
+        with torch.inference_mode():
+            call(loaded.module, batch)
+    except Exception as exc:
+        raise Lab2ProdError(f"model {loaded.spec!r} fails on images through lab_transform {spec!r} "
+                            f"({one_line(exc)}); check that the transform makes the tensor the model takes") from None
+    result = dataclasses.replace(loaded, make_inputs=make, lab_transform=spec, input_shape=tuple(batch.shape[1:]))
+    if loaded.family == "digits":
+        test = digits_images("test")
+        inputs = torch.stack([transform(image) for image in test.images])
+        predictions = outputs_of(loaded.module, inputs).argmax(1)
+        accuracy = float((predictions == torch.as_tensor(test.labels)).float().mean())
+        result.metrics = {**loaded.metrics, "heldout_accuracy": round(accuracy, 4), "lab_transform": spec}
+    return result
 
 
 def _with_data(loaded: LoadedModel, path: str, lab_transform: str | None) -> LoadedModel:
@@ -515,6 +541,7 @@ def _with_data(loaded: LoadedModel, path: str, lab_transform: str | None) -> Loa
                             "check the data and lab_transform") from None
     labels = user.resolve_labels(loaded.class_names, probe.shape[-1]) if loaded.task == "classifier" else None
     result = dataclasses.replace(loaded, make_inputs=make, family=family, data=user, data_labels=labels,
+                                 lab_transform=(lab_transform or "") if user.kind == "images" else "",
                                  input_shape=tuple(batch.shape[1:]) if isinstance(batch, torch.Tensor) else ())
     if labels is not None:
         from .inputs import outputs_of

@@ -14,7 +14,6 @@ from PIL import Image
 from .errors import Lab2ProdError
 from .guard import InputGuard, Rejected
 from .parity import png_bytes
-from .preprocess import ServingPath
 
 __all__ = [
     "bad_inputs",
@@ -74,18 +73,15 @@ def bad_inputs(good: Image.Image, max_bytes: int) -> list[tuple[str, object]]:
     ]
 
 
-def try_inputs(guard: InputGuard, transform, inputs: list[tuple[str, object]]) -> list[dict]:
-    """Each input through the guard: rejected?, the reason code and message, and whether anything
-    other than a Rejected was raised (a crash)."""
-    serving = ServingPath(transform, guard)
+def try_inputs(path, inputs: list[tuple[str, object]]) -> list[dict]:
+    """Each input through a guarded request path (a lab2prod.codec codec, or any callable that
+    raises Rejected): rejected?, the reason code and message, and whether anything other than a
+    Rejected was raised (a crash)."""
     rows = []
     for name, payload in inputs:
         row = {"input": name, "rejected": False, "reason": None, "message": "", "crashed": False}
         try:
-            if isinstance(payload, torch.Tensor):
-                guard.check_tensor(payload)
-            else:
-                serving(payload)
+            path(payload)
         except Rejected as exc:
             row.update(rejected=True, reason=exc.code, message=exc.message)
         except Exception as exc:  # a crash: the guard let something through to a failure
@@ -262,14 +258,18 @@ def config_to_audit(run_dir: Path) -> Path:
     return write_deployment_config(Path(run_dir) / "security", "model", None, ServeConfig())
 
 
-def try_live(loaded, run_dir: Path, inputs: list[tuple[str, object]], tried: list[dict], seed: int = 0) -> list[dict]:
+def try_live(loaded, run_dir: Path, inputs: list[tuple[str, object]], tried: list[dict], seed: int = 0,
+             max_bytes: int = 1_000_000) -> list[dict]:
     """Send the byte inputs (and requests without or with a wrong token) to a real TorchServe whose
-    handler runs the guard; after each, check that a good request still gets an answer. The
-    server is stopped before this returns."""
+    handler runs the guard (with the model's content type: JSON for text and tensor models); after
+    each, check that a good request still gets an answer. The server is stopped before this returns."""
     import json
 
+    from .codec import codec_for
     from .serving import request_images
     from .torchserve import ServeConfig, TorchServe, build_archive
+
+    content_type = codec_for(loaded, guarded=False).content_type
 
     serve_dir = Path(run_dir) / "security" / "server"
     limit = 2 * max(len(p) for _, p in inputs if isinstance(p, bytes))
@@ -278,7 +278,7 @@ def try_live(loaded, run_dir: Path, inputs: list[tuple[str, object]], tried: lis
     rows = [dict(r) for r in tried]
     try:
         server.start()
-        name = server.register(build_archive(loaded, serve_dir, "model", 1, seed), config)
+        name = server.register(build_archive(loaded, serve_dir, "model", 1, seed, max_bytes=max_bytes), config)
         good = request_images(loaded, 1, seed)[0][1]
         by_name = {r["input"]: r for r in rows}
         for label, payload in inputs:
@@ -286,18 +286,18 @@ def try_live(loaded, run_dir: Path, inputs: list[tuple[str, object]], tried: lis
             if not isinstance(payload, bytes):
                 row.update(server_status=None, server_reason="not sent: HTTP carries bytes", server_alive=None)
                 continue
-            status, body = server.predict(name, payload)
+            status, body = server.predict(name, payload, content_type=content_type)
             try:
                 reason = json.loads(body).get("rejected") or json.loads(body).get("code")
             except (json.JSONDecodeError, AttributeError):
                 reason = None
             row.update(server_status=status, server_reason=reason or f"HTTP {status}",
-                       server_alive=server.predict(name, good)[0] == 200)
+                       server_alive=server.predict(name, good, content_type=content_type)[0] == 200)
         for label, token in (("no token", None), ("wrong token", "not-the-token")):
-            status, _ = server.predict(name, good, token=token)
+            status, _ = server.predict(name, good, token=token, content_type=content_type)
             rows.append({"input": label, "rejected": status != 200, "reason": f"HTTP {status}", "message": "",
                          "crashed": False, "server_status": status, "server_reason": f"HTTP {status}",
-                         "server_alive": server.predict(name, good)[0] == 200})
+                         "server_alive": server.predict(name, good, content_type=content_type)[0] == 200})
     finally:
         server.stop()
     return rows

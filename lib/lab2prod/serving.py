@@ -7,10 +7,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .loadtest import load_sweep, run_locust, write_locustfile
+from .codec import codec_for
+from .loadtest import content_type_of, load_sweep, run_locust, write_locustfile
 from .torchserve import (
     DEFAULT_CONFIG,
     ServeConfig,
@@ -26,7 +26,10 @@ from .torchserve import (
 __all__ = [
     "ServeConfig",
     "request_images",
+    "fidelity",
     "live_parity",
+    "parity_passes",
+    "parity_text",
     "tuning_grid",
     "tune",
     "choose",
@@ -37,36 +40,75 @@ __all__ = [
 ]
 
 
-def request_images(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]:
-    """(name, PNG bytes) of held-out images for the model's family: what clients send."""
-    from .parity import encode_request, parity_images
+REQUEST_KINDS = {"image": "image file bytes (PNG, JPEG)", "text": 'JSON {"text": "..."}',
+                 "tensor": "JSON of named arrays, one item"}
 
-    names, images, _ = parity_images(loaded.family, count, seed)
-    return [(name, encode_request(image, "rgb")[0]) for name, image in zip(names, images, strict=True)]
+
+def request_images(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """(name, body) of what clients send this model: image bytes, or JSON for text and tensor
+    models (lab2prod.codec.request_bodies)."""
+    from .codec import request_bodies
+
+    return request_bodies(loaded, count, seed)
+
+
+def fidelity(served: torch.Tensor, expected: torch.Tensor, task: str) -> dict:
+    """How far served answers are from the lab's, one row per request: for a classifier, top-1
+    agreement and the largest probability difference; for an embedder, the smallest cosine and
+    the largest absolute difference (never the argmax of a vector)."""
+    if task == "embedder":
+        cosine = torch.nn.functional.cosine_similarity(served.float(), expected.float(), dim=1)
+        return {"min_cosine": float(cosine.min()), "max_abs_diff": float((served - expected).abs().max())}
+    return {"top1_agreement": float((served.argmax(1) == expected.argmax(1)).float().mean()),
+            "max_prob_diff": float((served - expected).abs().max())}
 
 
 def live_parity(server: TorchServe, name: str, loaded, requests: list[tuple[str, bytes]],
                 module: torch.nn.Module | None = None) -> dict:
-    """Send each request to the server and compare with the lab path in process (through
-    `module`, default the loaded model): top-1 agreement and the largest probability difference."""
-    from .preprocess import ServingPath, lab_transform_for
+    """Send each request to the server and compare with the lab path in process (the same codec
+    without its guard, through `module`, default the loaded model): see `fidelity`. A failed
+    request counts as a disagreement."""
+    from .codec import answer_vector, codec_for
+    from .inputs import call, first_tensor
 
-    transform, _ = lab_transform_for(loaded.family)
-    lab = ServingPath(transform)
-    agree, max_diff, failures = [], 0.0, 0
+    lab = codec_for(loaded, guarded=False)
+    served, expected, failures = [], [], 0
     with torch.inference_mode():
         for _, body in requests:
-            status, payload = server.predict(name, body)
-            expected = torch.softmax((module or loaded.module)(lab(body).unsqueeze(0)).float(), dim=1)[0]
+            status, payload = server.predict(name, body, content_type=lab.content_type)
+            out = first_tensor(call(module or loaded.module, lab(body))).float()[0]
+            out = out if loaded.task == "embedder" else torch.softmax(out, dim=0)
             if status != 200:
                 failures += 1
-                agree.append(False)
                 continue
-            served = json.loads(payload)
-            agree.append(served["top1"] == int(expected.argmax()))
-            max_diff = max(max_diff, float((torch.tensor(served["probabilities"]) - expected).abs().max()))
-    return {"requests": len(requests), "failed": failures, "top1_agreement": float(np.mean(agree)),
-            "max_prob_diff": max_diff}
+            served.append(answer_vector(json.loads(payload)))
+            expected.append(out)
+    row = {"requests": len(requests), "failed": failures, "measure": loaded.task}
+    if served:
+        row.update(fidelity(torch.stack(served), torch.stack(expected), loaded.task))
+        if "top1_agreement" in row:
+            row["top1_agreement"] *= len(served) / len(requests)
+    return row
+
+
+def parity_passes(parity: dict, atol: float = 1e-4, min_cosine: float = 0.9999) -> bool:
+    """Every request answered and answered like the lab: top-1 identical and probabilities within
+    `atol` (classifier), or cosine >= `min_cosine` and values within `atol` (embedder)."""
+    if parity.get("failed", 1) != 0:
+        return False
+    if parity.get("measure") == "embedder":
+        return parity["min_cosine"] >= min_cosine and parity["max_abs_diff"] <= atol
+    return parity["top1_agreement"] == 1.0 and parity["max_prob_diff"] <= atol
+
+
+def parity_text(parity: dict) -> str:
+    """One line for a gate or a table: what was compared and how close it came."""
+    if parity.get("measure") == "embedder":
+        return (f"{parity['requests']} requests, {parity['failed']} failed, "
+                f"cosine >= {parity.get('min_cosine', 0):.6f}, "
+                f"max abs diff {parity.get('max_abs_diff', float('nan')):.2g}")
+    return (f"{parity['requests']} requests, {parity['failed']} failed, top-1 agreement "
+            f"{parity.get('top1_agreement', 0):.3f}")
 
 
 def tuning_grid(workers, threads, batch_sizes, max_batch_delay_ms: int) -> list[ServeConfig]:
@@ -88,7 +130,8 @@ def tune(server: TorchServe, loaded, run_dir: Path, locustfile: Path, configs: l
                                                      config.threads, seed, model_file)
         name = server.register(archives[config.threads], config)
         try:
-            server.predict(name, (Path(locustfile).parent / "requests" / "0000.png").read_bytes())  # warm
+            warm = sorted((Path(locustfile).parent / "requests").iterdir())[0]
+            server.predict(name, warm.read_bytes(), content_type=content_type_of(warm))
             row = run_locust(server, name, locustfile, users, duration_s)
         finally:
             server.unregister(name)
@@ -113,6 +156,7 @@ class ServingReport:
 
     applies: bool
     reason: str = ""
+    requests: str = ""  # what clients send: image bytes, JSON texts or JSON arrays
     model_name: str = ""
     served_file: str = ""
     parity: dict = field(default_factory=dict)
@@ -133,8 +177,6 @@ def evaluate_serving(loaded, run_dir: Path, config: ServeConfig, users_levels, d
     """Serve the model with a real TorchServe and measure it: live parity, limits, a Locust load
     sweep, Prometheus metrics, then the tuning sweep (the default configuration first). The server
     is stopped before this returns, also on an error or an interrupt."""
-    if not loaded.servable:
-        return ServingReport(False, f"{loaded.not_servable_reason}, so there is nothing to serve here")
     check_requirements()
     run_dir = Path(run_dir)
     serve_dir = run_dir / "serving"
@@ -142,7 +184,8 @@ def evaluate_serving(loaded, run_dir: Path, config: ServeConfig, users_levels, d
     model_file = exported_torchscript(run_dir)
     name = "model"
     report = ServingReport(True, model_name=name,
-                           served_file=str(model_file.relative_to(run_dir)) if model_file else "traced here")
+                           served_file=str(model_file.relative_to(run_dir)) if model_file else "traced here",
+                           requests=REQUEST_KINDS[codec_for(loaded, guarded=False).kind])
     server = TorchServe(serve_dir, config)
     try:
         server.start()
@@ -150,8 +193,9 @@ def evaluate_serving(loaded, run_dir: Path, config: ServeConfig, users_levels, d
         server.register(archive, config)
         requests = request_images(loaded, parity_count, seed)
         report.parity = live_parity(server, name, loaded, requests)
-        report.limits = limits_check(server, name, requests[0][1], config.max_request_size)
-        locustfile = write_locustfile(run_dir, requests)
+        report.limits = limits_check(server, name, requests[0][1], config.max_request_size,
+                                     codec_for(loaded, guarded=False).content_type)
+        locustfile = write_locustfile(run_dir, requests, codec_for(loaded, guarded=False).suffix)
         report.locustfile = str(locustfile.relative_to(run_dir))
         report.load = load_sweep(server, name, locustfile, config, users_levels, duration_s, progress)
         report.metrics = scrape_metrics(server)
@@ -182,13 +226,12 @@ def serving_gates(report: ServingReport, sla_ms: float, prob_atol: float = 1e-4)
     if not report.applies:
         return [gate(n, False, None, None, report.reason, skipped=True) for n in names]
     parity = report.parity
-    parity_ok = parity["failed"] == 0 and parity["top1_agreement"] == 1.0 and parity["max_prob_diff"] <= prob_atol
+    parity_ok = parity_passes(parity, prob_atol)
     worst_errors = max(r["error_rate"] for r in report.load)
     lowest = min(report.load, key=lambda r: r["users"])
     return [
-        gate(names[0], parity_ok, parity["max_prob_diff"], prob_atol,
-             f"{parity['requests']} requests: top-1 agreement {parity['top1_agreement']:.3f}, "
-             f"{parity['failed']} failed"),
+        gate(names[0], parity_ok, parity.get("max_abs_diff", parity.get("max_prob_diff")), prob_atol,
+             parity_text(parity)),
         gate(names[1], worst_errors == 0, worst_errors, 0.0,
              f"levels {', '.join(str(r['users']) for r in report.load)} users"),
         gate(names[2], lowest["p99_ms"] is not None and lowest["p99_ms"] <= sla_ms, lowest["p99_ms"], sla_ms,
@@ -204,6 +247,9 @@ def serving_results(report: ServingReport) -> dict:
         "served_file": report.served_file,
         "parity_top1_agreement": report.parity.get("top1_agreement"),
         "max_prob_diff": report.parity.get("max_prob_diff"),
+        "parity_min_cosine": report.parity.get("min_cosine"),
+        "parity_max_abs_diff": report.parity.get("max_abs_diff"),
+        "requests": report.requests,
         "limits": report.limits,
         "load": report.load,
         "metrics": report.metrics,

@@ -29,7 +29,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "exported_torchscript",
     "build_archive",
-    "guard_settings",
+    "trace_to_file",
     "write_config",
     "write_deployment_config",
     "http_request",
@@ -124,10 +124,15 @@ def exported_torchscript(run_dir: Path) -> Path | None:
 
 
 def build_archive(loaded, serve_dir: Path, name: str, threads: int, seed: int = 0,
-                  model_file: Path | None = None, version: str = "1.0", archive_name: str = "") -> Path:
+                  model_file: Path | None = None, version: str = "1.0", archive_name: str = "",
+                  max_bytes: int = 1_000_000) -> Path:
     """Build `archive_name` (default `name`).mar for model `name` at `version` from a TorchScript
     file (the export notebook's when given, else a trace made here) with lab2prod's handler, the
-    class names and a model-config.yaml carrying the handler's thread count. Returns the .mar path."""
+    model's request codec (`lab2prod.codec`: its guard settings, and the user's lab transform
+    source or the tokenizer's files), the class names and a model-config.yaml carrying the
+    handler's thread count. Returns the .mar path."""
+    from .codec import codec_for
+
     serve_dir = Path(serve_dir)
     archive_name = archive_name or name
     store, work = serve_dir / "model-store", serve_dir / "archive" / archive_name
@@ -137,19 +142,17 @@ def build_archive(loaded, serve_dir: Path, name: str, threads: int, seed: int = 
         shutil.copyfile(model_file, work / "model.pt")
     model_file = work / "model.pt"
     if not model_file.exists():
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(loaded.module.cpu().eval(), loaded.make_inputs(2, seed, "train"))
-        torch.jit.save(traced, str(model_file))
+        trace_to_file(loaded.module, loaded.make_inputs(2, seed, "train"), model_file)
     shutil.copyfile(HANDLER_FILE, work / "lab2prod_handler.py")
+    codec_spec, codec_files = codec_for(loaded, max_bytes=max_bytes).archive(work)
     (work / "lab2prod.json").write_text(json.dumps({"family": loaded.family, "class_names": loaded.class_names,
-                                                    "model": loaded.spec, "guard": guard_settings(loaded)}))
+                                                    "model": loaded.spec, "task": loaded.task,
+                                                    "codec": codec_spec}))
     (work / "model-config.yaml").write_text(f"handler:\n  threads: {int(threads)}\n")
+    extra = ",".join(str(f) for f in [work / "lab2prod.json", *codec_files])
     command = [tool_path("torch-model-archiver"), "--model-name", name, "--version", version,
                "--serialized-file", str(model_file), "--handler", str(work / "lab2prod_handler.py"),
-               "--extra-files", str(work / "lab2prod.json"), "--config-file", str(work / "model-config.yaml"),
+               "--extra-files", extra, "--config-file", str(work / "model-config.yaml"),
                "--export-path", str(work), "--force"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
@@ -158,13 +161,23 @@ def build_archive(loaded, serve_dir: Path, name: str, threads: int, seed: int = 
     return Path(shutil.move(work / f"{name}.mar", store / f"{archive_name}.mar"))
 
 
-def guard_settings(loaded, max_bytes: int = 1_000_000) -> dict:
-    """The InputGuard the handler builds: byte limit, the lab input shape, and the lab's input
-    statistics for the z-score screen (from training inputs)."""
-    from .guard import lab_input_stats
+def trace_to_file(module: torch.nn.Module, example, path: Path) -> Path:
+    """Trace `module` on `example` (a tensor, tuple or dict) to TorchScript at `path`, the format
+    TorchServe 0.12 loads natively (the old path, deprecated upstream); a Lab2ProdError saying why
+    when it does not trace."""
+    import warnings
 
-    return {"max_bytes": max_bytes, "expected_shape": list(loaded.input_shape),
-            "lab_stats": lab_input_stats(loaded.make_inputs(256, 0, "train"))}
+    from .errors import one_line
+    from .inputs import trace
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(trace(module.cpu().eval(), example), str(path))
+    except Exception as exc:
+        raise Lab2ProdError(f"the model cannot be traced to TorchScript for TorchServe ({one_line(exc)}); "
+                            "serve a model whose forward traces, or export it with the export notebook") from None
+    return Path(path)
 
 
 def write_config(serve_dir: Path, config: ServeConfig, ports: dict[str, int]) -> Path:
@@ -214,12 +227,12 @@ def write_deployment_config(serve_dir: Path, name: str, chosen: dict | None, con
 
 
 def http_request(method: str, url: str, token: str | None = None, body: bytes | None = None,
-          timeout: float = 30) -> tuple[int, bytes]:
+                 timeout: float = 30, content_type: str | None = None) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, method=method)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     if body is not None:
-        request.add_header("Content-Type", "application/octet-stream")
+        request.add_header("Content-Type", content_type or "application/octet-stream")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
@@ -267,6 +280,9 @@ class TorchServe:
 
     def _env(self) -> dict:
         env = dict(os.environ, TMPDIR=str(self.serve_dir / "tmp"), TEMP=str(self.serve_dir / "tmp"))
+        # The handler imports what this process imports (the user's model and transform modules).
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in [*sys.path, env.get("PYTHONPATH", "")]
+                                                          if p and os.path.isdir(p)))
         env.pop("TS_CONFIG_FILE", None)
         return env
 
@@ -335,9 +351,11 @@ class TorchServe:
     def unregister(self, name: str) -> None:
         http_request("DELETE", f"{self.management_url}/models/{name}", self.keys.get("management"), timeout=60)
 
-    def predict(self, name: str, body: bytes, token: str | None = "") -> tuple[int, bytes]:
+    def predict(self, name: str, body: bytes, token: str | None = "",
+                content_type: str | None = None) -> tuple[int, bytes]:
         token = self.keys.get("inference") if token == "" else token
-        return http_request("POST", f"{self.inference_url}/predictions/{name}", token, body)
+        return http_request("POST", f"{self.inference_url}/predictions/{name}", token, body,
+                            content_type=content_type)
 
     def stop(self) -> None:
         """Stop this instance: `torchserve --stop` with this instance's temp folder, then its
@@ -402,19 +420,20 @@ def scrape_metrics(server: TorchServe) -> list[dict]:
     return rows
 
 
-def limits_check(server: TorchServe, name: str, body: bytes, max_request_size: int) -> list[dict]:
+def limits_check(server: TorchServe, name: str, body: bytes, max_request_size: int,
+                 content_type: str | None = None) -> list[dict]:
     """What the server answers to a missing token, a wrong token (on /predictions and /ping) and
     a body over max_request_size: the status codes actually returned."""
     url = f"{server.inference_url}/predictions/{name}"
-    oversized = body + b"\0" * (max_request_size + 1024 - len(body))
+    oversized = body + b" " * (max_request_size + 1024 - len(body))
+    key = server.keys["inference"]
     cases = [
-        ("predict, no token", http_request("POST", url, None, body)),
-        ("predict, wrong token", http_request("POST", url, "wrong-token", body)),
+        ("predict, no token", http_request("POST", url, None, body, content_type=content_type)),
+        ("predict, wrong token", http_request("POST", url, "wrong-token", body, content_type=content_type)),
         ("ping, no token", http_request("GET", f"{server.inference_url}/ping", None)),
-        ("predict, right token", http_request("POST", url, server.keys["inference"], body)),
-        (f"predict, body of {len(oversized)} bytes > max_request_size", http_request("POST", url,
-                                                                                    server.keys["inference"],
-                                                                             oversized)),
+        ("predict, right token", http_request("POST", url, key, body, content_type=content_type)),
+        (f"predict, body of {len(oversized)} bytes > max_request_size",
+         http_request("POST", url, key, oversized, content_type=content_type)),
     ]
     rows = []
     for case, (status, payload) in cases:

@@ -1,7 +1,9 @@
 """The TorchServe handler lab2prod archives: its input guard and preprocessing are lab2prod's own objects.
 
 TorchServe loads this file from the model archive (as `lab2prod_handler.py`); it imports lab2prod,
-so the served transform is the lab transform object, not a copy.
+so the served request path is the lab's codec object (`lab2prod.codec`), not a copy: image bytes
+through the user's lab transform (carried in the archive) or the family's recipe, JSON texts
+through the model's tokenizer (carried in the archive), or JSON arrays for tensor models.
 """
 
 import json
@@ -10,56 +12,56 @@ import os
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from lab2prod.guard import InputGuard, Rejected
-from lab2prod.preprocess import ServingPath, lab_transform_for
+from lab2prod.codec import answers, from_spec
+from lab2prod.guard import Rejected
+from lab2prod.inputs import call, cat, first_tensor, to_device
 
 __all__ = ["Lab2ProdHandler"]
 
 
 class Lab2ProdHandler(BaseHandler):
-    """preprocess (guard + lab transform per request) -> inference (one batch) -> postprocess
-    (softmax probabilities and top-1); a refused request gets HTTP 400 with its reason code."""
+    """preprocess (guard + codec per request) -> inference (one batch) -> postprocess (softmax
+    probabilities and top-1 for a classifier, the vector for an embedder); a refused request gets
+    HTTP 400 with its reason code."""
 
     def initialize(self, context):
         properties = context.system_properties
-        with open(os.path.join(properties.get("model_dir"), "lab2prod.json")) as spec_file:
+        model_dir = properties.get("model_dir")
+        with open(os.path.join(model_dir, "lab2prod.json")) as spec_file:
             spec = json.load(spec_file)
         threads = int((getattr(context, "model_yaml_config", None) or {}).get("handler", {}).get("threads", 0))
         if threads > 0:
             torch.set_num_threads(threads)  # one worker, one thread: no oversubscription
         super().initialize(context)
-        transform, _ = lab_transform_for(spec["family"])
-        self.serving_path = ServingPath(transform, InputGuard(**spec["guard"]))
+        self.task = spec.get("task", "classifier")
+        self.codec = from_spec(spec["codec"], model_dir)
 
     def preprocess(self, data):
-        """(tensors, kept indices, outputs) where a refused request already has its output."""
-        outputs, kept, tensors = [None] * len(data), [], []
+        """(inputs per kept request, kept indices, outputs) where a refused request already has its output."""
+        outputs, kept, items = [None] * len(data), [], []
         for index, row in enumerate(data):
             body = row.get("data") if row.get("data") is not None else row.get("body")
-            if isinstance(body, str):
-                body = body.encode("latin-1")
             try:
-                tensors.append(self.serving_path(bytes(body or b"")))
+                items.append(self.codec(body if body is not None else b""))
                 kept.append(index)
             except Rejected as exc:
                 self.context.set_response_status(400, exc.code, idx=index)
                 outputs[index] = {"rejected": exc.code, "message": exc.message}
-        return tensors, kept, outputs
+        return items, kept, outputs
 
     def inference(self, data, *args, **kwargs):
         with torch.inference_mode():
-            return self.model(torch.stack(data).to(self.device))
+            return first_tensor(call(self.model, to_device(cat(data), self.device)))
 
     def postprocess(self, data):
-        probabilities = torch.softmax(data.float(), dim=1).cpu()
-        return [{"top1": int(p.argmax()), "probabilities": p.tolist()} for p in probabilities]
+        return answers(self.task, data)
 
     def handle(self, data, context):
         # Each request is checked on its own: a refused one gets HTTP 400 with its reason code,
         # the others of the same server batch are still answered.
         self.context = context
-        tensors, kept, outputs = self.preprocess(data)
-        if tensors:
-            for index, answer in zip(kept, self.postprocess(self.inference(tensors)), strict=True):
+        items, kept, outputs = self.preprocess(data)
+        if items:
+            for index, answer in zip(kept, self.postprocess(self.inference(items)), strict=True):
                 outputs[index] = answer
         return outputs
