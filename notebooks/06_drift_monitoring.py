@@ -15,20 +15,29 @@
 # the server is not), and for another source altogether (photographs sent to a digit model).
 # Under no shift the flag rate is the false-positive rate and must sit near the chosen p-value.
 #
-# **Tests.** MMD between penultimate-layer embeddings (RBF kernel, median-heuristic bandwidth,
+# The reference is half of your data (`data`: images, texts or tensors), or the held-out digits,
+# or draws of your input function; the batches come from the other half. Texts are shifted by
+# typos, upper case, truncation and another source; tensors by scaled, offset and noisy features,
+# redrawn ids and cut sequences. Without labels the accuracy change is unknown and only false
+# positives are judged. A text model needs your texts (`data`): the bundled sentences are too few.
+#
+# **Tests.** MMD between embeddings (by default the input of the last Linear layer, an
+# embedder's own output, or the output of the layer named by `layer`; RBF kernel, median-heuristic bandwidth,
 # permutation p-value), per-feature KS on the embeddings with Bonferroni correction (scipy),
-# PSI of the predicted classes (with a permutation p-value, so it reads at the same alpha), and
-# KS on image properties (brightness, contrast, width, height, aspect). The MMD statistic and its
+# PSI of the predicted classes (with a permutation p-value, so it reads at the same alpha; not for
+# an embedder), and KS on input properties (images: brightness, contrast, width, height, aspect;
+# texts: characters, words, shares of capitals, digits and non-ASCII; tensors: per-input statistics). The MMD statistic and its
 # permutation test are lab2prod's own, vectorized in torch; the tests check them against a plain
 # loop implementation. Then the metrics a service exports with `prometheus_client`.
 
 # %% tags=["parameters"]
-model = "digits_cnn"  # a reference model: drift rates need its labelled digits
+model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
 weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
-example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors is skipped here
+example_inputs = ""  # package.module:fn(batch_size, seed); its draws are the reference without data
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
-batch_size = 64  # images per monitored batch
+batch_size = 64  # inputs per monitored batch
+layer = ""  # module whose output is the embedding (a name from model.named_modules()); empty: the default
 batches = 50  # batches drawn per scenario
 alpha = 0.05  # p-value below which a batch is flagged
 sla_ms = 100.0  # latency objective: a histogram bucket boundary is put on it
@@ -44,16 +53,16 @@ from lab2prod.results import record
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform)
 
-report = drift.evaluate_drift(loaded, batch_size, batches, alpha, seed)
-print(report.reason or f"reference: {report.reference_size} held-out images; {batches} batches of "
-      f"{report.batch_size} per scenario; flagged when p < {alpha:g}")
+report = drift.evaluate_drift(loaded, batch_size, batches, alpha, seed, layer=layer)
+print(report.reason or f"reference: {report.reference_size} {report.reference}; embeddings: {report.embedding}; "
+      f"{batches} batches of {report.batch_size} per scenario; flagged when p < {alpha:g}")
 
 # %% [markdown]
 # ## Detection rates
 #
 # Rows: scenarios, with the change in the model's accuracy they cause (what matters). Columns:
 # tests. The `no shift` row is the false-positive rate. Serving bugs leave the images as they
-# were, so the image-property test cannot see them: only what the model sees can.
+# were, so the input-property test cannot see them: only what the model sees can.
 
 # %%
 fig = nb.plot_drift(report) if report.applies else None

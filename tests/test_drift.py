@@ -99,3 +99,62 @@ def test_embeddings_are_the_input_of_the_last_linear_layer():
     embedded, logits = drift.embeddings(model, x)
     assert embedded.shape == (5, 6) and np.allclose(embedded, torch.relu(model[0](x)).detach().numpy())
     assert logits.shape == (5, 3)
+
+
+def test_embeddings_from_a_named_layer_or_an_embedders_output_and_a_clear_error_for_an_unknown_one():
+    from lab2prod.errors import Lab2ProdError
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).eval()
+    x = torch.randn(10, 4)
+    named, out = drift.embeddings(model, x, layer="1")
+    assert np.allclose(named, torch.relu(model[0](x)).detach().numpy(), atol=1e-6) and out.shape == (10, 3)
+    vectors, _ = drift.embeddings(model, x, task="embedder")
+    assert np.allclose(vectors, model(x).detach().numpy(), atol=1e-6)
+    assert "output of layer '1'" in drift.embedding_layer(model, "1")[0]
+    with pytest.raises(Lab2ProdError, match="layer 'fc9' is not in the model; use one of 0, 1, 2"):
+        drift.embeddings(model, x, layer="fc9")
+
+
+def test_a_tensor_model_without_labels_gets_tensor_shifts_and_is_judged_on_false_positives():
+    from lab2prod.models import load_model
+
+    loaded = load_model("lab2prod.examples:token_classifier", example_inputs="lab2prod.examples:token_inputs")
+    report = drift.evaluate_drift(loaded, batch_size=32, batches=10, seed=0)
+    assert report.applies and "input function" in report.reference and "head" in report.embedding
+    scenarios = {r["scenario"] for r in report.scenarios}
+    assert scenarios == {"no shift", "other ids (drawn in range)", "first half of each sequence"}
+    cut = {r["test"]: r["detection_rate"] for r in report.scenarios if r["scenario"] == "first half of each sequence"}
+    assert cut["ks_input_properties"] == 1.0  # half the tokens gone: the lengths show it every time
+    assert all(r["accuracy"] is None for r in report.scenarios)
+    assert "no labels" in drift.drift_gate(report)["detail"]
+
+
+def test_text_shifts_and_properties():
+    rng = np.random.default_rng(0)
+    text = "The Battery lasts 2 days"
+    assert drift.TEXT_SHIFTS["upper case"](text, rng) == text.upper()
+    assert drift.TEXT_SHIFTS["first 4 words only"](text, rng) == "The Battery lasts 2"
+    typo = drift.TEXT_SHIFTS["typos (1 letter in 6)"](text * 10, rng)
+    assert len(typo) == len(text) * 10 and typo != text * 10
+    (row,) = drift.text_properties([text])
+    assert row[0] == len(text) and row[1] == 5 and row[3] == 1 / len(text)
+
+
+def test_a_text_model_needs_your_texts_and_says_so(tmp_path):
+    import os
+
+    pytest.importorskip("transformers")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from lab2prod.examples import save_hf_example
+    from lab2prod.models import load_model
+
+    folder = save_hf_example(str(tmp_path / "bert"), layers=1, hidden=32, train_steps=0)
+    report = drift.evaluate_drift(load_model(f"hf:{folder}"), batch_size=16, batches=2)
+    assert not report.applies and "--data texts.csv" in report.reason
+    texts = tmp_path / "texts.csv"
+    from lab2prod.hf import SAMPLE_TEXTS
+
+    texts.write_text("text\n" + "\n".join(f'"{t} {i}"' for i in range(4) for t in SAMPLE_TEXTS) + "\n")
+    report = drift.evaluate_drift(load_model(f"hf:{folder}", data=str(texts)), batch_size=16, batches=4)
+    assert report.applies and report.reference_size == 64
+    assert "another source: the bundled sample texts" in {r["scenario"] for r in report.scenarios}

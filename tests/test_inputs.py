@@ -84,3 +84,37 @@ def test_export_and_trace_take_keyword_and_positional_inputs():
     dims, program = I.export_program(pair, pair_inputs(4))
     assert dims == "batch"
     assert torch.allclose(I.call(program.module(), pair_inputs(9, 2)), I.call(pair, pair_inputs(9, 2)), atol=1e-6)
+
+
+def test_an_input_function_may_return_labels_and_they_are_used_where_labels_are():
+    from lab2prod.models import load_model
+    from lab2prod.quantization import eval_data
+
+    loaded = load_model("lab2prod.examples:token_classifier", example_inputs="lab2prod.examples:labelled_token_inputs")
+    assert set(loaded.make_inputs(3, 0)) == {"input_ids", "attention_mask"}  # the inputs alone
+    labels = loaded.make_labels(5, 1)
+    lengths = loaded.make_inputs(5, 1)["attention_mask"].sum(1)
+    assert torch.equal(labels, ((lengths - 4) // 8).clamp(max=3))
+    data = eval_data(loaded, 40)
+    assert data.labels is not None and len(data.labels) == data.count == 40
+    assert 0 <= loaded.metrics["heldout_accuracy"] <= 1 and "labelled draws" in loaded.metrics["data"]
+    unlabelled = load_model("lab2prod.examples:token_classifier", example_inputs="lab2prod.examples:token_inputs")
+    assert unlabelled.make_labels is None and eval_data(unlabelled, 8).labels is None
+
+
+@pytest.mark.parametrize("labels, message", [
+    ("torch.rand(batch_size)", "not .* class indices"),
+    ("torch.zeros(batch_size + 1, dtype=torch.long)", "not .* class indices"),
+    ("torch.full((batch_size,), 9)", "labels up to 9 but the model answers 4 scores"),
+])
+def test_bad_labels_from_an_input_function_are_refused_naming_it(tmp_path, monkeypatch, labels, message):
+    from lab2prod.errors import Lab2ProdError
+    from lab2prod.models import load_model
+
+    name = f"my_inputs_{abs(hash(labels))}"  # one module per case: imports are cached
+    (tmp_path / f"{name}.py").write_text(
+        "import torch\nfrom lab2prod.examples import token_inputs\n"
+        f"def fn(batch_size, seed):\n    return {{'inputs': token_inputs(batch_size, seed), 'labels': {labels}}}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(Lab2ProdError, match=f"example_inputs '{name}:fn'.*{message}"):
+        load_model("lab2prod.examples:token_classifier", example_inputs=f"{name}:fn")

@@ -83,6 +83,13 @@ def token_inputs(batch_size: int, seed: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def labelled_token_inputs(batch_size: int, seed: int) -> dict:
+    """`token_inputs` with a label per sequence, as an input function may return them:
+    {"inputs": ..., "labels": ...}; the label is the length bucket (4-11, 12-19, 20-27, 28-32 tokens)."""
+    inputs = token_inputs(batch_size, seed)
+    return {"inputs": inputs, "labels": ((inputs["attention_mask"].sum(1) - 4) // 8).clamp(max=3)}
+
+
 class TokenClassifier(nn.Module):
     """Two integer inputs, as a fine-tuned text model takes them: token embeddings, masked mean
     pooling (padding ignored), a Linear-heavy head; 4 classes."""

@@ -76,6 +76,9 @@ class LoadedModel:
     data: object = None  # the user's data (lab2prod.data.UserData) when --data was given
     data_labels: object = None  # its labels as indices of the model's outputs, or None
     lab_transform: str = ""  # the user's lab transform (package.module:callable) for an image model
+    # labels(batch_size, seed, split) for the batches make_inputs draws, when the input function
+    # returns {"inputs": ..., "labels": ...}; None otherwise
+    make_labels: Callable[..., torch.Tensor] | None = None
 
     def data_inputs(self):
         """Every item of the user's data as model inputs (images through the lab transform, texts
@@ -413,7 +416,8 @@ def _load_file_model(path: Path) -> tuple[nn.Module, str]:
 
 def _input_fn(example_inputs: str) -> InputFn:
     fn = import_object(example_inputs, "example_inputs")
-    expected = "def make_batch(batch_size: int, seed: int) -> Tensor"
+    expected = ("def make_batch(batch_size: int, seed: int) -> Tensor, tuple or dict of tensors "
+                "(or {'inputs': ..., 'labels': ...})")
     if not callable(fn):
         raise Lab2ProdError(f"example_inputs {example_inputs!r} is not callable; define {expected}")
     try:
@@ -424,7 +428,9 @@ def _input_fn(example_inputs: str) -> InputFn:
     except ValueError:
         pass  # a builtin without a signature: the call below tells
 
-    def make(batch_size: int, seed: int = 0, split: str = "test"):
+    state = {"labelled": False}
+
+    def raw(batch_size: int, seed: int, split: str):
         # The train split gets a disjoint seed range, so tracing never sees comparison inputs.
         try:
             batch = fn(batch_size, seed if split == "test" else seed + TRAIN_SEED_OFFSET)
@@ -433,8 +439,27 @@ def _input_fn(example_inputs: str) -> InputFn:
         except Exception as exc:
             raise Lab2ProdError(f"example_inputs {example_inputs!r} raised {one_line(exc)} when called as "
                                 f"fn({batch_size}, {seed}); it must be {expected}") from None
-        return check_inputs(batch, f"example_inputs {example_inputs!r}")
+        if isinstance(batch, dict) and set(batch) == {"inputs", "labels"}:
+            state["labelled"] = True
+            return batch["inputs"], batch["labels"]
+        return batch, None
 
+    def make(batch_size: int, seed: int = 0, split: str = "test"):
+        return check_inputs(raw(batch_size, seed, split)[0], f"example_inputs {example_inputs!r}")
+
+    def labels(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
+        values = raw(batch_size, seed, split)[1]
+        try:
+            values = torch.as_tensor(values)
+        except (TypeError, ValueError, RuntimeError):
+            values = None
+        if values is None or values.dim() != 1 or len(values) != batch_size or torch.is_floating_point(values):
+            raise Lab2ProdError(f"example_inputs {example_inputs!r} returned labels that are not {batch_size} class "
+                                "indices; return {'inputs': ..., 'labels': a 1-d integer tensor, one per item}")
+        return values.long()
+
+    make.labels = labels
+    make.labelled = lambda: state["labelled"]
     return make
 
 
@@ -541,6 +566,7 @@ def _with_data(loaded: LoadedModel, path: str, lab_transform: str | None) -> Loa
                             "check the data and lab_transform") from None
     labels = user.resolve_labels(loaded.class_names, probe.shape[-1]) if loaded.task == "classifier" else None
     result = dataclasses.replace(loaded, make_inputs=make, family=family, data=user, data_labels=labels,
+                                 make_labels=None,
                                  lab_transform=(lab_transform or "") if user.kind == "images" else "",
                                  input_shape=tuple(batch.shape[1:]) if isinstance(batch, torch.Tensor) else ())
     if labels is not None:
@@ -623,6 +649,22 @@ def _load(spec: str, weights: str | None, example_inputs: str | None, seed: int,
             f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:150]}); {hint}"
         ) from None
     input_shape = tuple(probe.shape[1:]) if isinstance(probe, torch.Tensor) else ()
-    return LoadedModel(spec, set_eval(module), source, trained, input_shape, make_inputs,
-                       notes="" if trained else "random weights: accuracy is meaningless",
-                       family="tensor" if example_inputs else "imagenet")
+    loaded = LoadedModel(spec, set_eval(module), source, trained, input_shape, make_inputs,
+                         notes="" if trained else "random weights: accuracy is meaningless",
+                         family="tensor" if example_inputs else "imagenet")
+    return _with_labels(loaded, example_inputs) if getattr(make_inputs, "labelled", lambda: False)() else loaded
+
+
+def _with_labels(loaded: LoadedModel, example_inputs: str, count: int = 360) -> LoadedModel:
+    """A model whose input function also returns labels: they must be indices of its outputs, and
+    its accuracy on `count` held-out draws goes on its card."""
+    labels = loaded.make_inputs.labels(count, 0, "test")
+    predictions = outputs_of(loaded.module, loaded.make_inputs(count, 0, "test")).argmax(1)
+    outputs = int(outputs_of(loaded.module, loaded.make_inputs(1, 0, "test")).shape[-1])
+    if int(labels.min()) < 0 or int(labels.max()) >= outputs:
+        raise Lab2ProdError(f"example_inputs {example_inputs!r} returned labels up to {int(labels.max())} but the "
+                            f"model answers {outputs} scores; labels must be 0..{outputs - 1}")
+    loaded.make_labels = loaded.make_inputs.labels
+    loaded.metrics = {**loaded.metrics, "heldout_accuracy": round(float((predictions == labels).float().mean()), 4),
+                      "data": f"{count} labelled draws of {example_inputs}"}
+    return loaded

@@ -214,7 +214,8 @@ class EvalData:
 
 def eval_data(loaded, count: int = 360, seed: int = 0) -> EvalData:
     """The user's data (--data: every item, with its labels when it has them), else held-out digits
-    with labels for the reference models, else `count` held-out inputs without labels."""
+    with labels for the reference models, else `count` held-out inputs (with the labels the input
+    function returns, if it does)."""
     if loaded.data is not None:
         return EvalData(loaded.data_inputs(), loaded.data_labels, loaded.task)
     if loaded.family == "digits":
@@ -222,7 +223,8 @@ def eval_data(loaded, count: int = 360, seed: int = 0) -> EvalData:
 
         images, labels = digits_tensors("test")
         return EvalData(images, labels)
-    return EvalData(loaded.make_inputs(count, seed, "test"), None, loaded.task)
+    labels = loaded.make_labels(count, seed, "test") if loaded.make_labels is not None else None
+    return EvalData(loaded.make_inputs(count, seed, "test"), labels, loaded.task)
 
 
 def quality(reference: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor | None,

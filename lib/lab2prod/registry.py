@@ -217,9 +217,10 @@ STUDIES: list[Study] = [
         Param("parity_requests", "int", 64, "held-out images sent one by one for live parity", ge=1),
         *_common("run_dir", "seed")), torchserve=True),
     Study("drift", "06_drift_monitoring", "monitoring", "lab2prod.drift", (
-        Param("model", "str", "digits_cnn", "a reference model: drift rates need its labelled digits"),
-        *_INPUTS,
-        Param("batch_size", "int", 64, "images per monitored batch", ge=2),
+        COMMON["model"], *_INPUTS,
+        Param("batch_size", "int", 64, "inputs per monitored batch", ge=2),
+        Param("layer", "str", "", "module whose output is the embedding (a name from model.named_modules()); "
+              "empty: the default"),
         Param("batches", "int", 50, "batches drawn per scenario", ge=1),
         Param("alpha", "float", 0.05, "p-value below which a batch is flagged", gt=0, lt=1),
         Param("sla_ms", "float", 100.0, "latency objective: a histogram bucket boundary is put on it", gt=0),
