@@ -164,8 +164,8 @@ pd.DataFrame(kubernetes.describe(run_dir / report.kubernetes)).set_index("kind")
 # ## Gates
 #
 # `serving:parity`: every live request answered, top-1 identical to the lab and probabilities
-# within 1e-4 (an embedder: cosine at least 0.9999 and values within 1e-4). `serving:errors`: no failed request at any load level. `serving:sla`: p99 ≤ `sla_ms` at
-# the lowest load level.
+# within 1e-4 (an embedder: cosine at least 0.9999 and values within 1e-4). `serving:errors`: no
+# failed request at any load level. `serving:sla`: p99 ≤ `sla_ms` at the lowest load level.
 
 # %%
 # NBVAL_CHECK_OUTPUT

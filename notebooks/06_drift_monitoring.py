@@ -22,13 +22,14 @@
 # positives are judged. A text model needs your texts (`data`): the bundled sentences are too few.
 #
 # **Tests.** MMD between embeddings (by default the input of the last Linear layer, an
-# embedder's own output, or the output of the layer named by `layer`; RBF kernel, median-heuristic bandwidth,
-# permutation p-value), per-feature KS on the embeddings with Bonferroni correction (scipy),
-# PSI of the predicted classes (with a permutation p-value, so it reads at the same alpha; not for
-# an embedder), and KS on input properties (images: brightness, contrast, width, height, aspect;
-# texts: characters, words, shares of capitals, digits and non-ASCII; tensors: per-input statistics). The MMD statistic and its
-# permutation test are lab2prod's own, vectorized in torch; the tests check them against a plain
-# loop implementation. Then the metrics a service exports with `prometheus_client`.
+# embedder's own output, or the output of the layer named by `layer`; RBF kernel,
+# median-heuristic bandwidth, permutation p-value), per-feature KS on the embeddings with
+# Bonferroni correction (scipy), PSI of the predicted classes (with a permutation p-value, so it
+# reads at the same alpha; not for an embedder), and KS on input properties (images: brightness,
+# contrast, width, height, aspect; texts: characters, words, shares of capitals, digits and
+# non-ASCII; tensors: per-input statistics). The MMD statistic and its permutation test are
+# lab2prod's own, vectorized in torch; the tests check them against a plain loop
+# implementation. Then the metrics a service exports with `prometheus_client`.
 
 # %% tags=["parameters"]
 model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from lab2prod import security
-from lab2prod.guard import InputGuard, Rejected, lab_input_stats, sniff_format
 from lab2prod.codec import ImageCodec
+from lab2prod.guard import InputGuard, Rejected, lab_input_stats, sniff_format
 from lab2prod.preprocess import ServingPath
 from lab2prod.transforms import DIGITS_RECIPE, digits_lab_transform
 
