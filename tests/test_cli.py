@@ -77,6 +77,7 @@ def test_notebook_error_is_saved_and_exits_1(run_cli, tmp_path, monkeypatch):
     (["--only", "canary", "-p", "traffic_split=[80]"], "traffic_split=[80] is out of range: it needs exactly 2 items"),
     (["--only", "canary", "-p", "latency_percentile=100.0"], "latency_percentile 100.0 must be between 0 and 100"),
     (["--only", "environment", "-p", "lock_path=nowhere.json"], "lock file"),
+    (["--only", "drift", "-p", "layer=fc9"], "layer 'fc9' is not in the model; use one of features"),
     (["--device", "cuda"], "CUDA"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_run_folder(run_cli, tmp_path, args, message):

@@ -115,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     import json
 
     from .models import load_model
+    from .registry import study
     from .report import scorecard, sorted_gates
     from .results import gate_verdict, readiness
     from .runner import INTERRUPTED_EXIT, execute_run, new_run_id, preflight, select_studies
@@ -136,10 +137,16 @@ def _run(args: argparse.Namespace) -> int:
                                    {k: v for k, v in common.items() if k not in given})
     keys = ("model", "weights", "example_inputs", "data", "lab_transform")
     models = {tuple(p.get(k, "") for k in keys) for p in per_study.values() if "model" in p}
+    loaded = {}
     for model, weights, example_inputs, data, lab_transform in sorted(models):
         print(f"lab2prod: checking model {model!r} ...", file=sys.stderr)
-        load_model(model, weights or None, example_inputs or None, data=data or None,
-                   lab_transform=lab_transform or None)
+        loaded[(model, weights, example_inputs, data, lab_transform)] = load_model(
+            model, weights or None, example_inputs or None, data=data or None, lab_transform=lab_transform or None)
+    drift_params = per_study.get(study("drift").notebook, {})
+    if drift_params.get("layer"):  # a layer name is only known once the model is
+        from .drift import embedding_layer
+
+        embedding_layer(loaded[tuple(drift_params.get(k, "") for k in keys)].module, drift_params["layer"])
     params = {**common, **given}
     summary = execute_run(selected, per_study, params, run_dir, progress=not (args.no_progress or args.json),
                           timeout=args.timeout)
