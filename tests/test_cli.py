@@ -296,7 +296,7 @@ def test_a_model_with_two_integer_inputs_passes_export_quantization_benchmark_an
                    "--device", "cpu", "--no-progress", *QUICK_SERVING,
                    "-p", "export.batch_sizes=[1,8]", "-p", "quantization.batch_sizes=[1,8]",
                    "-p", "benchmark.batch_sizes=[1,8]", "-p", "benchmark.min_run_time=0.1",
-                   "-p", "quantization.min_run_time=0.1", "--out", str(out), "--run-id", "r")
+                   "-p", "quantization.min_run_time=0.1", "--out", "out", "--run-id", "r")  # relative, as typed
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = _summary(out, "r")["results"]
     cases = {(f["format"], f["inputs"]) for f in results["export"]["formats"]}

@@ -59,6 +59,7 @@ def run_locust(server: TorchServe, name: str, locustfile: Path, users: int, dura
     `duration_s` seconds) and compute the percentiles from every request's latency. With
     `routes` ([{path, weight, label}]) each request goes to one route drawn by weight, and
     `by_route` holds the same statistics per label, with the raw `latencies_ms`."""
+    locustfile = Path(locustfile).resolve()  # Locust runs in the serving folder: a relative path would miss
     serve = locustfile.parent
     samples_file = serve / f"samples_{name}_{users}.json"
     samples_file.unlink(missing_ok=True)

@@ -134,7 +134,7 @@ def preflight(selected: list[Study], given: dict, out: Path, run_id: str, force:
                         if isinstance(candidate.torchserve, str) else "")
                 raise Lab2ProdError(f"{candidate.short} starts TorchServe: {exc}; or --skip {candidate.short}"
                                     f"{flag}") from None
-    run_dir = out / run_id
+    run_dir = (out / run_id).absolute()  # notebooks and the servers they start run in other folders
     if run_dir.exists() and any(run_dir.iterdir()) and not force:
         raise Lab2ProdError(f"run folder {str(run_dir)!r} already exists; choose another --run-id, or pass --force "
                             "to clear it first (results of two runs are never merged)")
