@@ -26,6 +26,7 @@ weights = ""  # optional state_dict file for the model
 example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
+task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
 run_dir = ""  # run folder; empty means outputs/interactive
 seed = 0  # seed for input draws and untrained weights
 
@@ -38,7 +39,7 @@ from lab2prod.inputs import export_program
 from lab2prod.results import record
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
-                              data=data, lab_transform=lab_transform)
+                              data=data, lab_transform=lab_transform, task=task)
 
 here = env.fingerprint()
 if lock_path:

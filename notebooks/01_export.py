@@ -26,6 +26,7 @@ weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
+task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
 device = "auto"  # auto, cpu or cuda; files are always reloaded on cpu, also on cuda when used
 batch_sizes = [1, 4, 16]  # batch sizes compared after reload
 formats = ["auto"]  # ["auto"]: every format, skipping those that do not apply; or a list of names
@@ -42,7 +43,7 @@ from lab2prod.environment import write_lock
 from lab2prod.results import record
 
 run_dir, loaded, devices = nb.setup(run_dir, model, weights, example_inputs, seed, device,
-                                    data=data, lab_transform=lab_transform)
+                                    data=data, lab_transform=lab_transform, task=task)
 
 auto = formats == ["auto"]
 formats = export.check_formats(formats)

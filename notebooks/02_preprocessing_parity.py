@@ -27,6 +27,7 @@ weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed); a model that takes tensors is skipped here
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
+task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
 serving_transform = ""  # package.module:callable(bytes) -> tensor under test; empty means ServingPath
 bugs = ["all"]  # catalogued bugs to measure: ["all"], a list of names, or [] for none
 atol = 1e-6  # largest per-element abs diff between serving and lab tensors that passes
@@ -42,7 +43,7 @@ from lab2prod import parity
 from lab2prod.results import record
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
-                              data=data, lab_transform=lab_transform)
+                              data=data, lab_transform=lab_transform, task=task)
 
 pd.DataFrame([loaded.card()]).set_index("model")
 

@@ -28,6 +28,7 @@ weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-image models
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
+task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
 device = "auto"  # auto (cuda when present, also cpu), cpu or cuda
 batch_sizes = [1, 4, 16, 64]  # batch sizes swept
 variants = ["auto"]  # auto picks the defaults of the device; or a list of names such as eager, torch_export
@@ -46,7 +47,7 @@ from lab2prod import notebook as nb
 from lab2prod.results import record
 
 run_dir, loaded, devices = nb.setup(run_dir, model, weights, example_inputs, seed, device,
-                                    data=data, lab_transform=lab_transform)
+                                    data=data, lab_transform=lab_transform, task=task)
 
 machine = env.machine_snapshot()
 pd.DataFrame([{**loaded.card(), "devices": ", ".join(devices)}]).set_index("model")

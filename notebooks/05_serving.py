@@ -34,6 +34,7 @@ weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed); its requests are JSON arrays
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
+task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
 users = [1, 8, 32, 64]  # concurrent Locust users per load level
 duration_s = 4.0  # seconds of load per level and per tuned configuration
 workers = 1  # workers for the load sweep
@@ -58,7 +59,7 @@ from lab2prod import serving
 from lab2prod.results import record
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
-                              data=data, lab_transform=lab_transform)
+                              data=data, lab_transform=lab_transform, task=task)
 
 config = serving.ServeConfig(workers, threads, batch_size, max_batch_delay_ms, max_request_size)
 grid = serving.tuning_grid(tune_workers, tune_threads, tune_batch_sizes, max_batch_delay_ms)

@@ -37,6 +37,7 @@ weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed); its draws are the reference without data
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
+task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
 batch_size = 64  # inputs per monitored batch
 layer = ""  # module whose output is the embedding (a name from model.named_modules()); empty: the default
 batches = 50  # batches drawn per scenario
@@ -52,7 +53,7 @@ from lab2prod import notebook as nb
 from lab2prod.results import record
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
-                              data=data, lab_transform=lab_transform)
+                              data=data, lab_transform=lab_transform, task=task)
 
 report = drift.evaluate_drift(loaded, batch_size, batches, alpha, seed, layer=layer)
 print(report.reason or f"reference: {report.reference_size} {report.reference}; embeddings: {report.embedding}; "

@@ -32,6 +32,7 @@ weights = ""  # optional state_dict file (loaded weights-only, never unpickled)
 example_inputs = ""  # package.module:fn(batch_size, seed); its requests are JSON arrays
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
+task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
 eps = 0.03  # L-inf budget of the attacks in [0, 1] pixel units (8/255 is about 0.031)
 pgd_steps = 10  # PGD iterations
 attack_images = 200  # held-out images attacked
@@ -52,7 +53,7 @@ from lab2prod.results import record
 from lab2prod.serving import request_images
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
-                              data=data, lab_transform=lab_transform)
+                              data=data, lab_transform=lab_transform, task=task)
 
 codec = codec_for(loaded, max_bytes=max_bytes, z_limit=z_limit)
 print(f"{codec.kind} requests; guard: {codec.guard}")

@@ -29,6 +29,7 @@ weights = ""  # optional state_dict file for v1 (loaded weights-only, never unpi
 example_inputs = ""  # package.module:fn(batch_size, seed); its requests are JSON arrays
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
+task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
 candidate = "int8"  # v2: int8 means v1 quantized with candidate_method; else any model spec
 candidate_weights = ""  # optional state_dict file for a v2 given by model spec
 candidate_method = "torch_ao_dynamic"  # quantization of v2 when candidate is int8
@@ -54,7 +55,7 @@ from lab2prod.quantization import serialized_size
 from lab2prod.results import record
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
-                              data=data, lab_transform=lab_transform)
+                              data=data, lab_transform=lab_transform, task=task)
 
 v2, v2_label = canary.candidate_model(loaded, candidate, candidate_weights, candidate_method, seed)
 policy = canary.Policy(max_accuracy_drop_pts=max_accuracy_drop_pts, max_latency_increase_ms=max_latency_increase_ms,

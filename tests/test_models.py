@@ -102,3 +102,18 @@ def test_an_input_function_that_cannot_be_called_names_itself_and_the_signature(
     monkeypatch.delitem(sys.modules, "user_inputs", raising=False)  # each case imports its own file
     with pytest.raises(Lab2ProdError, match=message):
         load_model("lab2prod.examples:tabular_mlp", example_inputs="user_inputs:make")
+
+
+def test_the_task_is_inferred_from_unit_length_outputs_declared_or_refused():
+    from lab2prod.models import load_model
+
+    embedder = load_model("lab2prod.examples:image_embedder")
+    assert embedder.task == "embedder" and "inferred: its outputs are unit vectors" in embedder.notes
+    tabular = load_model("lab2prod.examples:tabular_mlp", example_inputs="lab2prod.examples:tabular_inputs")
+    assert tabular.task == "classifier" and "pass --task embedder" in tabular.notes
+    declared = load_model("lab2prod.examples:tabular_mlp", example_inputs="lab2prod.examples:tabular_inputs",
+                          task="embedder")
+    assert declared.task == "embedder" and "declared" in declared.notes
+    assert load_model("digits_cnn", task="auto").task == "classifier"
+    with pytest.raises(Lab2ProdError, match="task 'regressor' is not known"):
+        load_model("digits_cnn", task="regressor")

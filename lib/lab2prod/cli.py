@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="package.module:fn, fn(batch_size, seed) -> Tensor, for non-image models")
     run.add_argument("--data", default="",
                      help="your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt")
+    run.add_argument("--task", default="auto", choices=["auto", "classifier", "embedder"],
+                     help="what the model answers: class scores or vectors (auto: a Hugging Face model's "
+                          "architecture, else inferred from its outputs and stated)")
     run.add_argument("--lab-transform", default="",
                      help="package.module:callable(PIL image) -> tensor: your lab transform, for --data images")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -128,20 +131,22 @@ def _run(args: argparse.Namespace) -> int:
                             "e.g. --timeout 900")
     selected = select_studies(_names(args.only), _names(args.skip))
     common = {"model": args.model, "weights": args.weights, "example_inputs": args.example_inputs,
-              "device": args.device, "data": args.data, "lab_transform": args.lab_transform}
+              "device": args.device, "data": args.data, "lab_transform": args.lab_transform,
+              "task": args.task}
     given = _given_parameters(args)
     _check_device(args.device)
     out = Path(args.out)
     model = str(given.get("model", args.model))
     per_study, run_dir = preflight(selected, given, out, args.run_id or new_run_id(model), args.force,
                                    {k: v for k, v in common.items() if k not in given})
-    keys = ("model", "weights", "example_inputs", "data", "lab_transform")
+    keys = ("model", "weights", "example_inputs", "data", "lab_transform", "task")
     models = {tuple(p.get(k, "") for k in keys) for p in per_study.values() if "model" in p}
     loaded = {}
-    for model, weights, example_inputs, data, lab_transform in sorted(models):
+    for model, weights, example_inputs, data, lab_transform, task in sorted(models):
         print(f"lab2prod: checking model {model!r} ...", file=sys.stderr)
-        loaded[(model, weights, example_inputs, data, lab_transform)] = load_model(
-            model, weights or None, example_inputs or None, data=data or None, lab_transform=lab_transform or None)
+        loaded[(model, weights, example_inputs, data, lab_transform, task)] = load_model(
+            model, weights or None, example_inputs or None, data=data or None, lab_transform=lab_transform or None,
+            task=task or "auto")
     drift_params = per_study.get(study("drift").notebook, {})
     if drift_params.get("layer"):  # a layer name is only known once the model is
         from .drift import embedding_layer

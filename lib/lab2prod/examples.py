@@ -166,6 +166,27 @@ class ShiftTTA(nn.Module):
         return logits / (len(self.shifts) + 1)
 
 
+class ImageEmbedder(nn.Module):
+    """An image embedding model: a small conv net ending in a 64-d L2-normalized vector, as image
+    retrieval models answer (takes 3x224x224 photographs)."""
+
+    def __init__(self, dim: int = 64):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 5, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2),
+                                      nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.project = nn.Linear(32 * 16, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.project(self.features(x)), dim=1)
+
+
+def image_embedder() -> nn.Module:
+    """An image embedder with seeded random weights: `--model lab2prod.examples:image_embedder`
+    is found to be an embedder from its unit-length outputs."""
+    torch.manual_seed(0)
+    return ImageEmbedder().eval()
+
+
 def digits_cnn_factory() -> nn.Module:
     """The digits conv net's architecture with fresh weights: what a user's `package.module:factory`
     is; its trained weights come with --weights."""

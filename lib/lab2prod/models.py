@@ -471,6 +471,7 @@ def load_model(
     cache_dir: Path | None = None,
     data: str | None = None,
     lab_transform: str | None = None,
+    task: str = "auto",
 ) -> LoadedModel:
     """Resolve a model spec: a reference or torchvision name, a .pt/.pt2 file, package.module:factory
     or hf:PATH; with `data` (lab2prod.data.load_user_data) its inputs and labels come from the
@@ -479,10 +480,47 @@ def load_model(
 
     Raises Lab2ProdError with the valid choices when `spec` is none of those.
     """
-    loaded = _load(spec, weights, example_inputs, seed, cache_dir, with_data=bool(data))
+    check_task(task)
+    loaded = _with_task(_load(spec, weights, example_inputs, seed, cache_dir, with_data=bool(data)), task or "auto")
     if data:
         return _with_data(loaded, data, lab_transform)
     return _with_transform(loaded, lab_transform) if lab_transform and loaded.takes_images else loaded
+
+
+TASKS = ("auto", "classifier", "embedder")
+
+
+def check_task(task: str) -> str:
+    """`task` checked: auto, classifier or embedder."""
+    if task not in TASKS and task:
+        raise Lab2ProdError(f"task {task!r} is not known; use classifier (class scores), embedder (vectors) or auto")
+    return task
+
+
+def _with_task(loaded: LoadedModel, task: str) -> LoadedModel:
+    """The task declared by the user, or (auto) the one a Hugging Face architecture or a
+    reference model has, else inferred from the outputs: rows of unit length (a normalized
+    embedding) make an embedder, anything else a classifier. The card's notes say which."""
+    if task != "auto":
+        if task != loaded.task:
+            loaded.class_names = None if task == "embedder" else loaded.class_names
+            loaded.notes = "; ".join(n for n in (loaded.notes, f"task {task} (declared)") if n)
+        loaded.task = task
+        return loaded
+    if loaded.source in ("huggingface", "reference"):
+        return loaded
+    try:
+        out = outputs_of(loaded.module, loaded.make_inputs(4, 0, "test"))
+    except Exception:  # a model that needs --data: judged as declared (default classifier)
+        return loaded
+    norms = out.flatten(1).norm(dim=1)
+    if out.dim() == 2 and bool(((norms - 1).abs() < 1e-3).all()):
+        loaded.task = "embedder"
+        said = "task embedder (inferred: its outputs are unit vectors; pass --task classifier if they are scores)"
+    else:
+        said = "task classifier (inferred from its outputs; pass --task embedder if it answers vectors)"
+    loaded.notes = "; ".join(n for n in (loaded.notes, said) if n)
+    return loaded
 
 
 def _with_transform(loaded: LoadedModel, spec: str) -> LoadedModel:

@@ -61,16 +61,16 @@ class Setup(NamedTuple):
 
 
 def setup(run_dir: str, model: str = "", weights: str = "", example_inputs: str = "", seed: int = 0,
-          device: str = "cpu", data: str = "", lab_transform: str = "") -> Setup:
+          device: str = "cpu", data: str = "", lab_transform: str = "", task: str = "auto") -> Setup:
     """What every notebook does first, in one call: hide the known deprecation notices, resolve
     the run folder (outputs/interactive on the defaults), the devices, and load the model (with
-    the user's data and lab transform when given)."""
+    the user's data, lab transform and task when given)."""
     from .models import load_model
 
     quiet_deprecations()
     folder = resolve_run_dir(run_dir)
     devices = resolve_devices(device)
-    loaded = load_model(model, weights, example_inputs, seed, data=data, lab_transform=lab_transform) \
+    loaded = load_model(model, weights, example_inputs, seed, data=data, lab_transform=lab_transform, task=task) \
         if model else None
     return Setup(folder, loaded, devices)
 

@@ -136,6 +136,9 @@ COMMON = {
                   "text,label, or a .pt", check="lab2prod.data:check_data"),
     "lab_transform": Param("lab_transform", "str", "", "package.module:callable(PIL image) -> tensor; empty means "
                            "the recipe of the model family", check="lab2prod.preprocess:check_lab_transform"),
+    "task": Param("task", "str", "auto", "classifier, embedder or auto (a Hugging Face model: its architecture; "
+                  "else inferred from the outputs)",
+                  check="lab2prod.models:check_task"),
     "run_dir": Param("run_dir", "str", "", "run folder; empty means outputs/interactive"),
     "seed": Param("seed", "int", 0, "seed for input draws, untrained weights and resampling"),
 }
@@ -145,7 +148,7 @@ def _common(*names: str) -> tuple[Param, ...]:
     return tuple(COMMON[name] for name in names)
 
 
-_INPUTS = _common("weights", "example_inputs", "data", "lab_transform")
+_INPUTS = _common("weights", "example_inputs", "data", "lab_transform", "task")
 _MODEL = (COMMON["model"], *_INPUTS)
 
 STUDIES: list[Study] = [
