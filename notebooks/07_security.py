@@ -80,21 +80,23 @@ pd.DataFrame(tried).set_index("input")
 # screen flags. Expect the screen to catch few or none: the perturbations are small by design.
 
 # %%
-if loaded.family == "digits" and not loaded.lab_transform:
-    from lab2prod.data import digits_images
-    from lab2prod.transforms import DIGITS_RECIPE as recipe
-    from lab2prod.transforms import digits_lab_transform
+if loaded.family in ("digits", "photos") and not loaded.lab_transform:
+    from lab2prod.models import reference_images
+    from lab2prod.preprocess import lab_transform_for
+    from lab2prod.transforms import recipe_transform
 
-    data = digits_images("test")
-    unnormalized = digits_lab_transform(normalize=False)
-    x01 = torch.stack([unnormalized(im) for im in data.images[:attack_images]])
-    labels = torch.as_tensor(data.labels[:attack_images])
+    _, recipe = lab_transform_for(loaded.family)
+    images, labels = reference_images(loaded.family, "test")
+    picks = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:attack_images]
+    unnormalized = recipe_transform(recipe, normalize=False)
+    x01 = torch.stack([unnormalized(images[i]) for i in picks])
+    labels = torch.as_tensor(labels)[picks]
     adversarial, examples = security.adversarial_report(loaded.module, x01, labels, recipe.mean, recipe.std, eps,
                                                         codec.guard, pgd_steps, seed)
 else:
     adversarial, examples = None, None
 pd.Series(adversarial).to_frame("value") if adversarial else \
-    f"skipped: the attacks need labelled images and the lab's normalization (the digits models); {model!r} " \
+    f"skipped: the attacks need labelled images and the lab's normalization (the reference models); {model!r} " \
     f"takes {loaded.inputs_text}"
 
 # %%

@@ -463,9 +463,9 @@ def _image_source(loaded, seed: int, include_bugs: bool) -> _Source:
     if loaded.data is not None and loaded.data.kind == "images":
         images, labels = list(loaded.data.items), _labels(loaded.data_labels)
         what = f"images of {loaded.data.path}"
-    elif loaded.family == "digits":
-        _, images, labels = parity_images("digits")
-        what = "held-out digits"
+    elif loaded.family in ("digits", "photos"):
+        _, images, labels = parity_images(loaded.family)
+        what = "held-out digits" if loaded.family == "digits" else "held-out photo crops"
     else:
         images, labels, what = [image for _, image in _photo_crops(240, seed)], None, "crops of sample photographs"
     ref, cur = _halves(len(images), seed)
@@ -476,7 +476,12 @@ def _image_source(loaded, seed: int, include_bugs: bool) -> _Source:
             # The images are as they were (their properties too); what the server made of them is not.
             shifts[bug.name] = ("serving bug", lambda items, rng, p=path: [(im, p(encode_request(im, "rgb")[0]))
                                                                           for im in items], True)
-    if loaded.family == "digits" or loaded.data is not None:
+    if loaded.family == "photos":
+        from .photos import other_photographs
+
+        others = other_photographs()
+        shifts["another source: grey-level photographs"] = ("data shift", lambda items, rng: others, False)
+    elif loaded.family == "digits" or loaded.data is not None:
         photos = [photo for _, photo in photo_images()]
         crops = [photo.crop((x, y, x + 160, y + 120)) for photo in photos for x in range(0, 320, 40) for y in (0, 200)]
         shifts["another source: photographs"] = ("data shift", lambda items, rng: crops, False)

@@ -35,6 +35,10 @@ __all__ = [
     "REFERENCE_MODELS",
     "available_models",
     "digits_tensors",
+    "reference_images",
+    "reference_tensors",
+    "reference_batch",
+    "REFERENCE_FAMILIES",
     "load_model",
     "load_state_dict_file",
     "import_object",
@@ -65,7 +69,8 @@ class LoadedModel:
     class_names: list[str] | None = None
     metrics: dict = field(default_factory=dict)
     notes: str = ""
-    # What the inputs are: "digits" (labelled digit images, the digits lab transform), "imagenet"
+    # What the inputs are: "digits" (labelled digit images, the digits lab transform), "photos"
+    # (labelled photo crops, the photo reference recipe), "imagenet"
     # (photographs through the ImageNet recipe) or "tensor" (example_inputs; no image transform).
     family: str = "tensor"
 
@@ -89,7 +94,7 @@ class LoadedModel:
 
     @property
     def takes_images(self) -> bool:
-        return self.family in ("digits", "imagenet", "custom")
+        return self.family in ("digits", "photos", "imagenet", "custom")
 
     @property
     def inputs_text(self) -> str:
@@ -166,11 +171,44 @@ class DigitsMLP(nn.Module):
         return self.layers(x)
 
 
+class PhotoCNN(nn.Module):
+    """A small conv net for 3x112x112 photographs: a strided stem, three conv blocks (conv,
+    batch norm, ReLU), global average pooling and a Linear head (10 classes: which photograph a
+    crop comes from)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        def block(i: int, o: int, **conv) -> list[nn.Module]:
+            return [nn.Conv2d(i, o, **{"kernel_size": 3, "padding": 1, **conv}), nn.BatchNorm2d(o), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *block(3, 16, kernel_size=5, stride=2, padding=2),
+            *block(16, 24), nn.MaxPool2d(2),
+            *block(24, 48), nn.MaxPool2d(2),
+            *block(48, 64), nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 REFERENCE_MODELS: dict[str, Callable[[], nn.Module]] = {
     "digits_cnn": DigitsCNN,
     "digits_mlp": DigitsMLP,
+    "photo_cnn": PhotoCNN,
 }
+# Which labelled data each reference model learns: "digits" (rendered digits, 3x32x32) or
+# "photos" (crops of ten photographs, 3x112x112; lab2prod.photos).
+REFERENCE_FAMILIES = {"digits_cnn": "digits", "digits_mlp": "digits", "photo_cnn": "photos"}
 TRAINING = {"epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0, "threads": 1}
+# Photos also learn from mirrored crops (a seeded coin per crop): the held-out crops are from the
+# other half of each photograph.
+PHOTO_TRAINING = {"epochs": 10, "batch_size": 32, "lr": 3e-3, "seed": 0, "threads": 1, "flip": True}
+
+
+def training_config(name: str) -> dict:
+    return PHOTO_TRAINING if REFERENCE_FAMILIES[name] == "photos" else TRAINING
 
 
 def set_eval(module: nn.Module) -> nn.Module:
@@ -214,6 +252,44 @@ def available_models() -> list[str]:
 
 
 @lru_cache(maxsize=2)
+def photo_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The photo crops of a split through the photo lab transform, with their labels."""
+    from .photos import photo_crops
+    from .transforms import photo_lab_transform
+
+    crops = photo_crops(split)
+    transform = photo_lab_transform()
+    return torch.stack([transform(image) for image in crops.images]), torch.as_tensor(crops.labels, dtype=torch.long)
+
+
+def reference_images(family: str, split: str) -> tuple[list, np.ndarray]:
+    """(PIL images, labels) of a reference family's split, before any transform."""
+    if family == "photos":
+        from .photos import photo_crops
+
+        crops = photo_crops(split)
+        return crops.images, crops.labels
+    data = digits_images(split)
+    return data.images, np.asarray(data.labels)
+
+
+def reference_tensors(family: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) of a reference family's split: "digits" or "photos"."""
+    return photo_tensors(split) if family == "photos" else digits_tensors(split)
+
+
+def reference_batch(family: str):
+    """make_inputs for a reference family: a seeded draw of its split's lab tensors."""
+    def make(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
+        images, _ = reference_tensors(family, split)
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(len(images), size=batch_size, replace=batch_size > len(images))
+        return images[torch.as_tensor(idx)].clone()
+
+    return make
+
+
+@lru_cache(maxsize=2)
 def digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     data = digits_images(split)
     transform = digits_lab_transform()
@@ -223,10 +299,7 @@ def digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def digits_batch(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
     """A batch of rendered digits through the lab transform, drawn by `seed` from `split`."""
-    images, _ = digits_tensors(split)
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(images), size=batch_size, replace=batch_size > len(images))
-    return images[torch.as_tensor(idx)].clone()
+    return reference_batch("digits")(batch_size, seed, split)
 
 
 @lru_cache(maxsize=1)
@@ -259,9 +332,9 @@ def photo_batch(batch_size: int, seed: int = 0, split: str = "test", transform=N
     return torch.stack(batch)
 
 
-def evaluate_accuracy(module: nn.Module, split: str = "test") -> float:
-    """Top-1 accuracy (0..1) of a digits model on a split of the rendered digits."""
-    images, labels = digits_tensors(split)
+def evaluate_accuracy(module: nn.Module, split: str = "test", family: str = "digits") -> float:
+    """Top-1 accuracy (0..1) of a reference model on a split of its family's data."""
+    images, labels = reference_tensors(family, split)
     module.eval()
     with torch.inference_mode():
         predictions = torch.cat([module(chunk).argmax(1) for chunk in images.split(256)])
@@ -274,31 +347,45 @@ def _training_key(name: str) -> str:
 
     config = {"name": name, **TRAINING, "render_seed": RENDER_SEED, "mean": DIGITS_MEAN,
               "std": DIGITS_STD, "torch": ".".join(torch.__version__.split(".")[:2])}
+    if REFERENCE_FAMILIES[name] == "photos":
+        from . import photos
+        from .transforms import PHOTO_RECIPE
+
+        config = {"name": name, **PHOTO_TRAINING, "seed_crops": photos.PHOTO_SEED, "classes": photos.PHOTO_CLASSES,
+                  "crops": photos.CROPS_PER_PHOTO, "scales": [photos.TRAIN_SCALES, photos.TEST_SCALES],
+                  "recipe": [PHOTO_RECIPE.resize, PHOTO_RECIPE.crop, PHOTO_RECIPE.mean, PHOTO_RECIPE.std],
+                  "torch": config["torch"]}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def train_reference_model(name: str) -> tuple[nn.Module, dict]:
-    """Train a reference model on the rendered digits, deterministically; return it and metrics."""
-    images, labels = digits_tensors("train")
+    """Train a reference model on its family's training split (the rendered digits, or the photo
+    crops), deterministically; return it and metrics."""
+    family, training = REFERENCE_FAMILIES[name], training_config(name)
+    images, labels = reference_tensors(family, "train")
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(TRAINING["threads"])  # one thread: same weights on every machine
+    torch.set_num_threads(training["threads"])  # one thread: same weights on every machine
     try:
-        generator = torch.Generator().manual_seed(TRAINING["seed"])
-        torch.manual_seed(TRAINING["seed"])
+        generator = torch.Generator().manual_seed(training["seed"])
+        torch.manual_seed(training["seed"])
         module = REFERENCE_MODELS[name]()
-        optimizer = torch.optim.Adam(module.parameters(), lr=TRAINING["lr"])
+        optimizer = torch.optim.Adam(module.parameters(), lr=training["lr"])
         module.train()
-        for _ in range(TRAINING["epochs"]):
+        for _ in range(training["epochs"]):
             order = torch.randperm(len(images), generator=generator)
-            for batch in order.split(TRAINING["batch_size"]):
+            for batch in order.split(training["batch_size"]):
+                inputs = images[batch]
+                if training.get("flip"):
+                    mirrored = torch.rand(len(batch), generator=generator) < 0.5
+                    inputs = torch.where(mirrored[:, None, None, None], inputs.flip(3), inputs)
                 optimizer.zero_grad()
-                loss = nn.functional.cross_entropy(module(images[batch]), labels[batch])
+                loss = nn.functional.cross_entropy(module(inputs), labels[batch])
                 loss.backward()
                 optimizer.step()
     finally:
         torch.set_num_threads(previous_threads)
     module.eval()
-    return module, {"heldout_accuracy": round(evaluate_accuracy(module, "test"), 4)}
+    return module, {"heldout_accuracy": round(evaluate_accuracy(module, "test", family), 4)}
 
 
 def _reference_model(name: str, cache_dir: Path) -> tuple[nn.Module, dict]:
@@ -313,7 +400,7 @@ def _reference_model(name: str, cache_dir: Path) -> tuple[nn.Module, dict]:
             return module.eval(), meta["metrics"]
     module, metrics = train_reference_model(name)
     atomic_write(weights_path, lambda p: torch.save(module.state_dict(), p))
-    meta = {"model": name, "training": TRAINING, "metrics": metrics,
+    meta = {"model": name, "training": training_config(name), "metrics": metrics,
             "sha256": sha256_file(weights_path)}
     atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
     return module, metrics
@@ -525,19 +612,19 @@ def _with_task(loaded: LoadedModel, task: str) -> LoadedModel:
 
 def _with_transform(loaded: LoadedModel, spec: str) -> LoadedModel:
     """An image model whose lab transform is the user's: its inputs are the family's images (the
-    digits, or the sample photographs) through that transform; the digits accuracy is measured
-    through it too."""
+    digits, the photo crops, or the sample photographs) through that transform; a reference
+    model's accuracy is measured through it too."""
     import dataclasses
 
     from .preprocess import load_transform
 
     transform = load_transform(spec, "lab_transform")
-    if loaded.family == "digits":
+    if loaded.family in ("digits", "photos"):
         def make(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
-            data = digits_images("train" if split == "train" else "test")
+            images, _ = reference_images(loaded.family, "train" if split == "train" else "test")
             rng = np.random.default_rng(seed)
-            picks = rng.choice(len(data), size=batch_size, replace=batch_size > len(data))
-            return torch.stack([transform(data.images[int(i)]) for i in picks])
+            picks = rng.choice(len(images), size=batch_size, replace=batch_size > len(images))
+            return torch.stack([transform(images[int(i)]) for i in picks])
     else:
         def make(batch_size: int, seed: int = 0, split: str = "test") -> torch.Tensor:
             return photo_batch(batch_size, seed, split, transform)
@@ -549,11 +636,11 @@ def _with_transform(loaded: LoadedModel, spec: str) -> LoadedModel:
         raise Lab2ProdError(f"model {loaded.spec!r} fails on images through lab_transform {spec!r} "
                             f"({one_line(exc)}); check that the transform makes the tensor the model takes") from None
     result = dataclasses.replace(loaded, make_inputs=make, lab_transform=spec, input_shape=tuple(batch.shape[1:]))
-    if loaded.family == "digits":
-        test = digits_images("test")
-        inputs = torch.stack([transform(image) for image in test.images])
+    if loaded.family in ("digits", "photos"):
+        images, labels = reference_images(loaded.family, "test")
+        inputs = torch.stack([transform(image) for image in images])
         predictions = outputs_of(loaded.module, inputs).argmax(1)
-        accuracy = float((predictions == torch.as_tensor(test.labels)).float().mean())
+        accuracy = float((predictions == torch.as_tensor(labels)).float().mean())
         result.metrics = {**loaded.metrics, "heldout_accuracy": round(accuracy, 4), "lab_transform": spec}
     return result
 
@@ -627,13 +714,20 @@ def _load(spec: str, weights: str | None, example_inputs: str | None, seed: int,
     if spec.startswith("hf:"):
         return _hf_model(spec, weights, example_inputs)
     if spec in REFERENCE_MODELS:
+        family = REFERENCE_FAMILIES[spec]
         module, metrics = _reference_model(spec, cache_dir)
         if weights:
             _apply_weights(module, weights, spec)
-            metrics = {"heldout_accuracy": round(evaluate_accuracy(module, "test"), 4)}
-        return LoadedModel(spec, module.eval(), "reference", True,
-                           (3, DIGITS_INPUT_SIZE, DIGITS_INPUT_SIZE), digits_batch,
-                           DIGIT_CLASSES, metrics, family="digits")
+            metrics = {"heldout_accuracy": round(evaluate_accuracy(module, "test", family), 4)}
+        if family == "photos":
+            from .photos import PHOTO_CLASSES
+            from .transforms import PHOTO_INPUT_SIZE
+
+            shape, classes = (3, PHOTO_INPUT_SIZE, PHOTO_INPUT_SIZE), list(PHOTO_CLASSES)
+        else:
+            shape, classes = (3, DIGITS_INPUT_SIZE, DIGITS_INPUT_SIZE), DIGIT_CLASSES
+        return LoadedModel(spec, module.eval(), "reference", True, shape, reference_batch(family), classes, metrics,
+                           family=family)
     if path.suffix in (".pt", ".pth", ".pt2", ".ts", ".jit") or path.is_file():
         if not path.is_file():
             raise Lab2ProdError(f"model file {spec!r} does not exist")

@@ -256,14 +256,23 @@ def _photo_crops(count: int, seed: int) -> list[tuple[str, Image.Image]]:
 def parity_images(family: str, max_images: int = 0,
                   seed: int = 0) -> tuple[list[str], list[Image.Image], np.ndarray | None]:
     """(names, images, labels) for a model family: held-out digits with labels for "digits",
-    photographs and crops of them without labels otherwise. `max_images` 0 means all digits
-    (360) or 24 photographs."""
+    held-out photo crops with labels for "photos" (lab2prod.photos), photographs and crops of
+    them without labels otherwise. `max_images` 0 means all digits (360), all photo crops (300)
+    or 24 photographs."""
     if family == "digits":
         from .data import digits_images
 
         data = digits_images("test")
         count = len(data) if max_images <= 0 else min(max_images, len(data))
         return [f"digit#{i}" for i in range(count)], data.images[:count], np.asarray(data.labels[:count])
+    if family == "photos":
+        from .photos import photo_crops
+
+        crops = photo_crops("test")
+        count = len(crops) if max_images <= 0 else min(max_images, len(crops))
+        # Spread over the classes: the crops are stored photograph by photograph.
+        picks = np.linspace(0, len(crops) - 1, count).round().astype(int) if count < len(crops) else np.arange(count)
+        return [crops.names[i] for i in picks], [crops.images[i] for i in picks], crops.labels[picks]
     crops = _photo_crops(max_images if max_images > 0 else 24, seed)
     return [name for name, _ in crops], [image for _, image in crops], None
 

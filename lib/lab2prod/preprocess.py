@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import Lab2ProdError
-from .transforms import DIGITS_RECIPE, IMAGENET_RECIPE, Recipe, recipe_of, recipe_transform
+from .transforms import DIGITS_RECIPE, IMAGENET_RECIPE, PHOTO_RECIPE, Recipe, recipe_of, recipe_transform
 
 __all__ = ["decode_request", "ServingPath", "check_lab_transform", "check_serving_transform", "lab_transform_for",
            "load_transform"]
@@ -70,12 +70,12 @@ def check_serving_transform(spec: str) -> Callable:
 
 
 def lab_transform_for(family: str, spec: str = "") -> tuple[Callable, Recipe | None]:
-    """The lab transform of a model family ("digits" or "imagenet"), or the user's `spec`
+    """The lab transform of a model family ("digits", "photos" or "imagenet"), or the user's `spec`
     (package.module:callable taking a PIL image), with the recipe read from it when possible."""
     if spec:
         transform = load_transform(spec, "lab_transform")
         return transform, recipe_of(transform)
-    recipes = {"digits": DIGITS_RECIPE, "imagenet": IMAGENET_RECIPE}
+    recipes = {"digits": DIGITS_RECIPE, "photos": PHOTO_RECIPE, "imagenet": IMAGENET_RECIPE}
     if family not in recipes:
         raise Lab2ProdError(
             f"model family {family!r} has no image transform; preprocessing parity needs an image model "

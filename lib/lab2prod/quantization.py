@@ -213,15 +213,21 @@ class EvalData:
 
 
 def eval_data(loaded, count: int = 360, seed: int = 0) -> EvalData:
-    """The user's data (--data: every item, with its labels when it has them), else held-out digits
-    with labels for the reference models, else `count` held-out inputs (with the labels the input
+    """The user's data (--data: every item, with its labels when it has them), else the held-out
+    digits or photo crops with labels for the reference models, else `count` held-out inputs (with the labels the input
     function returns, if it does)."""
     if loaded.data is not None:
         return EvalData(loaded.data_inputs(), loaded.data_labels, loaded.task)
-    if loaded.family == "digits":
-        from .models import digits_tensors
+    if loaded.family in ("digits", "photos"):
+        from .models import reference_images, reference_tensors
 
-        images, labels = digits_tensors("test")
+        if loaded.lab_transform:  # the held-out images through the user's own lab transform
+            from .preprocess import load_transform
+
+            transform = load_transform(loaded.lab_transform, "lab_transform")
+            images, labels = reference_images(loaded.family, "test")
+            return EvalData(torch.stack([transform(image) for image in images]), torch.as_tensor(labels))
+        images, labels = reference_tensors(loaded.family, "test")
         return EvalData(images, labels)
     labels = loaded.make_labels(count, seed, "test") if loaded.make_labels is not None else None
     return EvalData(loaded.make_inputs(count, seed, "test"), labels, loaded.task)

@@ -16,6 +16,11 @@ __all__ = [
     "Recipe",
     "DIGITS_RECIPE",
     "IMAGENET_RECIPE",
+    "PHOTO_INPUT_SIZE",
+    "PHOTO_MEAN",
+    "PHOTO_STD",
+    "PHOTO_RECIPE",
+    "photo_lab_transform",
     "recipe_transform",
     "recipe_of",
     "digits_lab_transform",
@@ -27,6 +32,11 @@ DIGITS_INPUT_SIZE = 32
 # Recomputed from the data by tests/test_transforms.py, which fails if the rendering changes.
 DIGITS_MEAN = (0.6900, 0.6892, 0.6882)
 DIGITS_STD = (0.2301, 0.2298, 0.2295)
+# The photo reference model's recipe: shorter side to 128, centre-crop 112, the training crops'
+# per-channel mean and std (recomputed from the crops by tests/test_photos.py).
+PHOTO_INPUT_SIZE = 112
+PHOTO_MEAN = (0.4777, 0.3475, 0.3022)
+PHOTO_STD = (0.3102, 0.2170, 0.2167)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,6 +55,7 @@ class Recipe:
 
 DIGITS_RECIPE = Recipe(DIGITS_INPUT_SIZE, DIGITS_INPUT_SIZE, DIGITS_MEAN, DIGITS_STD)
 IMAGENET_RECIPE = Recipe(256, 224, IMAGENET_MEAN, IMAGENET_STD)
+PHOTO_RECIPE = Recipe(128, PHOTO_INPUT_SIZE, PHOTO_MEAN, PHOTO_STD)
 
 
 def recipe_transform(
@@ -95,3 +106,8 @@ def digits_lab_transform(normalize: bool = True) -> v2.Compose:
 def imagenet_lab_transform() -> v2.Compose:
     """The torchvision ImageNet recipe: Resize(256), CenterCrop(224), scale, ImageNet mean/std."""
     return recipe_transform(IMAGENET_RECIPE)
+
+
+def photo_lab_transform(normalize: bool = True) -> v2.Compose:
+    """The photo reference model's lab transform: Resize(128), CenterCrop(112), scale, normalize."""
+    return recipe_transform(PHOTO_RECIPE, normalize=normalize)
