@@ -31,7 +31,7 @@ task = "auto"  # classifier, embedder or auto (a Hugging Face model: its archite
 serving_transform = ""  # package.module:callable(bytes) -> tensor under test; empty means ServingPath
 bugs = ["all"]  # catalogued bugs to measure: ["all"], a list of names, or [] for none
 atol = 1e-6  # largest per-element abs diff between serving and lab tensors that passes
-max_images = 0  # images to send; 0 means all 360 held-out digits (or 24 photographs)
+max_images = 0  # images to send; 0 means all held-out images (360 digits, 300 photo crops; else 24 photographs)
 run_dir = ""  # run folder; empty means outputs/interactive
 seed = 0  # seed for photograph crops and untrained weights
 
@@ -50,9 +50,10 @@ pd.DataFrame([loaded.card()]).set_index("model")
 # %% [markdown]
 # ## Send every image, as every client would
 #
-# Labelled held-out digits for the reference models (so accuracy can be measured); real
-# photographs from scikit-learn and scikit-image, whole and cropped to varied aspect ratios,
-# for any other image model (agreement with the lab path only, no labels).
+# Labelled held-out images for the reference models (so accuracy can be measured): the digits,
+# or for `photo_cnn` its held-out photo crops at 4:3, 3:4, 16:9, 9:16 and 1:1; your images with
+# `data`; real photographs from scikit-learn and scikit-image, whole and cropped to varied
+# aspect ratios, for any other image model (agreement with the lab path only, no labels).
 
 # %%
 report = parity.evaluate_parity(loaded, lab_transform, serving_transform, bugs, max_images, seed, progress=False)

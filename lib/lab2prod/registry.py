@@ -173,7 +173,8 @@ STUDIES: list[Study] = [
               check="lab2prod.parity:select_bugs"),
         Param("atol", "float", 1e-6, "largest per-element abs diff between serving and lab tensors that passes",
               ge=0),
-        Param("max_images", "int", 0, "images to send; 0 means all 360 held-out digits (or 24 photographs)", ge=0),
+        Param("max_images", "int", 0,
+              "images to send; 0 means all held-out images (360 digits, 300 photo crops; else 24 photographs)", ge=0),
         *_common("run_dir", "seed"))),
     Study("quantization", "03_quantization", "quantization", "lab2prod.quantization", (
         Param("model", "str", "digits_mlp", _MODEL_HELP), *_INPUTS,
