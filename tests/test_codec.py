@@ -151,3 +151,15 @@ def test_text_requests_are_tokenized_like_the_lab_and_long_texts_refused(tmp_pat
     assert {r["reason"] for r in rows} >= {"empty", "not_utf8", "not_json", "keys", "type", "empty_text",
                                            "too_many_tokens", "too_large", "control_chars"}
     assert len(rows) == 11
+
+
+def test_a_transform_object_archives_the_users_module_not_its_class_module(tmp_path, monkeypatch):
+    (tmp_path / "my_compose.py").write_text(
+        "# my_compose: the user's module\nfrom lab2prod.transforms import digits_lab_transform\n"
+        "lab = digits_lab_transform()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = load_model("digits_cnn", lab_transform="my_compose:lab")
+    served = tmp_path / "served"
+    served.mkdir()
+    spec, files = codec.codec_for(loaded).archive(served)
+    assert files and files[0].read_text().startswith("# my_compose: the user's module")

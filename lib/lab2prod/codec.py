@@ -196,13 +196,14 @@ def _fields(guard) -> dict | None:
 
 
 def _source_file(spec: str) -> Path | None:
+    """The source file of the module a package.module:name spec names (the module itself, also
+    when the name is an object such as a torchvision Compose whose class lives elsewhere)."""
     from .models import import_object
 
-    obj = import_object(spec.partition(":")[0] + ":" + spec.partition(":")[2].split(".")[0], "lab_transform")
-    module = sys.modules.get(getattr(obj, "__module__", "") or "") or inspect.getmodule(obj)
+    import_object(spec, "lab_transform")  # imports the module, with a clear error when it does not
     try:
-        return Path(inspect.getsourcefile(module)) if module else None
-    except TypeError:
+        return Path(inspect.getsourcefile(sys.modules[spec.partition(":")[0]]))
+    except (KeyError, TypeError):
         return None
 
 
