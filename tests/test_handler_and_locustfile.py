@@ -16,8 +16,7 @@ import torch
 
 pytest.importorskip("ts.torch_handler.base_handler", reason="torchserve is not installed")
 
-from lab2prod.codec import codec_for  # noqa: E402
-from lab2prod.inputs import call, first_tensor  # noqa: E402
+from lab2prod.codec import codec_for, lab_answer  # noqa: E402
 from lab2prod.loadtest import LOCUSTFILE, write_locustfile  # noqa: E402
 from lab2prod.models import load_model  # noqa: E402
 from lab2prod.serving import request_images  # noqa: E402
@@ -61,8 +60,7 @@ def handler_and_model(tmp_path_factory):
 def _lab_answers(loaded, requests):
     lab = codec_for(loaded, guarded=False)
     with torch.inference_mode():
-        out = torch.cat([first_tensor(call(loaded.module, lab(body))).float() for _, body in requests])
-    return out if loaded.task == "embedder" else torch.softmax(out, dim=1)
+        return torch.stack([lab_answer(loaded.module, lab, body, loaded.task) for _, body in requests])
 
 
 def test_handler_answers_like_the_lab_and_refuses_bad_requests_with_a_reason(handler_and_model):

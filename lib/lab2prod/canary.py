@@ -290,7 +290,7 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
     default; roll back: 2.0 is unregistered; hold: nothing changes) and verify which version now
     answers the unversioned route. The server is stopped before this returns."""
     from . import loadtest, serving, torchserve
-    from .codec import codec_for
+    from .codec import codec_for, lab_answer
 
     weights = check_split(weights)
     policy = policy or Policy()
@@ -307,10 +307,8 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
     lab = codec_for(loaded, guarded=False)
     probe = requests[0][1]
     with torch.inference_mode():
-        expected = {name: first_tensor(call(module, lab(probe))).float()[0]
+        expected = {name: lab_answer(module, lab, probe, loaded.task)
                     for name, module in (("1.0", loaded.module), ("2.0", v2))}
-    if loaded.task != "embedder":
-        expected = {name: torch.softmax(out, dim=0) for name, out in expected.items()}
     server = torchserve.TorchServe(serve_dir, config)
     name = "model"
     result = {"weights": list(weights), "users": users, "duration_s": duration_s}

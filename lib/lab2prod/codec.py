@@ -32,7 +32,7 @@ from .errors import Lab2ProdError
 from .guard import InputGuard, TensorGuard, TextGuard
 from .inputs import Inputs, describe
 
-__all__ = ["ImageCodec", "TextCodec", "TensorCodec", "codec_for", "from_spec", "answers", "answer_vector",
+__all__ = ["ImageCodec", "TextCodec", "TensorCodec", "codec_for", "from_spec", "answers", "lab_answer", "answer_vector",
            "request_bodies", "JSON_CONTENT_TYPE"]
 
 JSON_CONTENT_TYPE = "application/json"
@@ -46,16 +46,15 @@ class ImageCodec:
     kind, suffix, content_type = "image", ".png", "application/octet-stream"
 
     def __init__(self, transform, guard: InputGuard | None = None, family: str = "", transform_spec: str = ""):
+        from .preprocess import ServingPath
+
         self.transform, self.guard, self.family, self.transform_spec = transform, guard, family, transform_spec
+        self.path = ServingPath(transform, guard)
 
     def __call__(self, body) -> torch.Tensor:
-        from .preprocess import decode_request
-
         if isinstance(body, torch.Tensor):  # a tensor payload: only the tensor checks apply
             return (self.guard.check_tensor(body) if self.guard else body).unsqueeze(0)
-        if self.guard is None:
-            return self.transform(decode_request(_raw(body))).unsqueeze(0)
-        return self.guard.check_tensor(self.transform(self.guard.check_bytes(_raw(body)))).unsqueeze(0)
+        return self.path(_raw(body)).unsqueeze(0)
 
     def archive(self, work: Path) -> tuple[dict, list[Path]]:
         spec = {"kind": self.kind, "family": self.family, "guard": _fields(self.guard)}
@@ -297,6 +296,15 @@ def answers(task: str, outputs: torch.Tensor) -> list[dict]:
         return [{"embedding": row.tolist()} for row in outputs.reshape(outputs.shape[0], -1)]
     probabilities = torch.softmax(outputs, dim=1)
     return [{"top1": int(p.argmax()), "probabilities": p.tolist()} for p in probabilities]
+
+
+def lab_answer(module, lab, body, task: str) -> torch.Tensor:
+    """What the served model should answer for one request body, computed in process through
+    the codec `lab`: class probabilities for a classifier, the vector for an embedder."""
+    from .inputs import call, first_tensor
+
+    out = first_tensor(call(module, lab(body))).float()[0]
+    return out if task == "embedder" else torch.softmax(out, dim=0)
 
 
 def answer_vector(payload: dict) -> torch.Tensor:

@@ -68,21 +68,18 @@ def live_parity(server: TorchServe, name: str, loaded, requests: list[tuple[str,
     """Send each request to the server and compare with the lab path in process (the same codec
     without its guard, through `module`, default the loaded model): see `fidelity`. A failed
     request counts as a disagreement."""
-    from .codec import answer_vector, codec_for
-    from .inputs import call, first_tensor
+    from .codec import answer_vector, lab_answer
 
     lab = codec_for(loaded, guarded=False)
     served, expected, failures = [], [], 0
     with torch.inference_mode():
         for _, body in requests:
             status, payload = server.predict(name, body, content_type=lab.content_type)
-            out = first_tensor(call(module or loaded.module, lab(body))).float()[0]
-            out = out if loaded.task == "embedder" else torch.softmax(out, dim=0)
             if status != 200:
                 failures += 1
                 continue
             served.append(answer_vector(json.loads(payload)))
-            expected.append(out)
+            expected.append(lab_answer(module or loaded.module, lab, body, loaded.task))
     row = {"requests": len(requests), "failed": failures, "measure": loaded.task}
     if served:
         row.update(fidelity(torch.stack(served), torch.stack(expected), loaded.task))
