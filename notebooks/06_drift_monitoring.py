@@ -22,7 +22,8 @@
 # positives are judged. A text model needs your texts (`data`): the bundled sentences are too few.
 #
 # **Tests.** MMD between embeddings (by default the input of the last Linear layer, an
-# embedder's own output, or the output of the layer named by `layer`; RBF kernel,
+# embedder's own output, a text classifier's token embeddings averaged over the sequence, or the
+# output of the layer named by `layer`; RBF kernel,
 # median-heuristic bandwidth, permutation p-value), per-feature KS on the embeddings with
 # Bonferroni correction (scipy), PSI of the predicted classes (with a permutation p-value, so it
 # reads at the same alpha; not for an embedder), and KS on input properties (images: brightness,

@@ -339,12 +339,32 @@ def test_a_hugging_face_classifier_runs_every_notebook(run_cli, tmp_path, monkey
     assert results["serving"]["requests"].startswith("JSON") and results["serving"]["parity_top1_agreement"] == 1.0
     reasons = {r["reason"] for r in results["security"]["inputs"]}
     assert {"not_utf8", "too_many_tokens", "empty_text", "keys"} <= reasons
+    # Text preprocessing parity: the served tokenization is the lab's on every sample text.
+    assert gates["parity:serving"]["passed"] and results["parity"]["kind"] == "text"
     skipped = [g for g in summary["gates"] if g["passed"] is None]
-    # TorchScript formats skip for a transformer (torch.export passes); text preprocessing parity
-    # is not the image catalog's; drift needs the user's texts.
-    assert {g["name"] for g in skipped} == {"parity:serving", "drift", "parity:torchscript_script",
-                                            "parity:torchscript_trace"}
+    # TorchScript formats skip for a transformer (torch.export passes); drift needs the user's texts.
+    assert {g["name"] for g in skipped} == {"drift", "parity:torchscript_script", "parity:torchscript_trace"}
     assert all(g["detail"] for g in skipped)  # every skip says why
+
+
+def test_the_reference_text_model_passes_text_parity_and_drift_and_a_short_tokenizer_fails(run_cli, tmp_path):
+    out = tmp_path / "out"
+    ok = run_cli("run", "--model", "text_langid", "--only", "parity,drift", "--no-progress", "-p", "max_texts=90",
+                 "-p", "drift.batches=6", "--out", str(out), "--run-id", "ok")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    summary = _summary(out, "ok")
+    gates = {g["name"]: g for g in summary["gates"]}
+    assert gates["parity:serving"]["passed"] and gates["drift"]["passed"]
+    parity = summary["results"]["parity"]
+    assert parity["kind"] == "text" and parity["texts"] == 90 and len(parity["bugs"]) >= 10
+    assert parity["bugs"][0]["accuracy_drop_pts"] > 20  # sorted by impact
+    bad = run_cli("run", "--model", "text_langid", "--only", "parity", "--no-progress", "-p", "max_texts=30",
+                  "-p", "bugs=[]", "-p", "serving_transform=lab2prod.examples:tokenizer_max_length_16",
+                  "--out", str(out), "--run-id", "bad")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "FAIL parity:serving" in bad.stdout and "30 of 30 requests encoded differently" in bad.stdout
+    executed = (out / "bad" / "02_preprocessing_parity.ipynb").read_text()
+    assert "text#0" in executed and "length 16 vs 72" in executed  # the requests that differ, listed
 
 
 def test_your_model_weights_and_image_folder_give_the_reference_accuracies(run_cli, tmp_path):

@@ -60,12 +60,7 @@ class ImageCodec:
         spec = {"kind": self.kind, "family": self.family, "guard": _fields(self.guard)}
         files = []
         if self.transform_spec:
-            spec["transform"] = {"spec": self.transform_spec, "file": TRANSFORM_FILE,
-                                 "attr": self.transform_spec.partition(":")[2]}
-            source = _source_file(self.transform_spec)
-            if source is not None:
-                shutil.copyfile(source, work / TRANSFORM_FILE)
-                files.append(work / TRANSFORM_FILE)
+            spec["transform"], files = _archive_source(self.transform_spec, work)
         return spec, files
 
     def hostile(self, max_bytes: int, good: bytes) -> list[tuple[str, object]]:
@@ -76,29 +71,39 @@ class ImageCodec:
 
 
 class TextCodec:
-    """JSON `{"text": ...}` -> the tokenizer's tensors for one text, padded to the lab's length;
+    """JSON `{"text": ...}` -> the model's inputs for one text through the lab's text path
+    (lab2prod.text.TextPath: the lab's cleanup, then the tokenizer padded to the lab's length);
     with a guard, the body is checked and a text over the token limit is refused."""
 
     kind, suffix, content_type = "text", ".json", JSON_CONTENT_TYPE
 
-    def __init__(self, tokenizer, max_length: int, guard: TextGuard | None = None):
-        self.tokenizer, self.max_length, self.guard = tokenizer, int(max_length), guard
+    def __init__(self, path, guard: TextGuard | None = None):
+        self.path, self.guard = path, guard
+
+    @property
+    def tokenizer(self):
+        return self.path.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.path.max_length
 
     def __call__(self, body) -> dict[str, torch.Tensor]:
-        from .hf import tokenize
-
         if self.guard is None:
             text = json.loads(_raw(body).decode("utf-8"))["text"] if not isinstance(body, dict) else body["text"]
         else:
             text = self.guard.check(body)
-            self.guard.check_tokens(len(self.tokenizer(text, truncation=False)["input_ids"]))
-        return tokenize(self.tokenizer, [text], self.max_length)
+            self.guard.check_tokens(self.path.count_tokens(text))
+        return self.path(text)
 
     def archive(self, work: Path) -> tuple[dict, list[Path]]:
         # At the archive's top level, beside the handler (the archiver flattens folders anyway).
         files = [Path(f) for f in self.tokenizer.save_pretrained(str(work)) if Path(f).is_file()]
-        return {"kind": self.kind, "max_length": self.max_length, "tokenizer": ".",
-                "guard": _fields(self.guard)}, files
+        spec = {"kind": self.kind, "max_length": self.max_length, "tokenizer": ".", "guard": _fields(self.guard)}
+        if self.path.clean_spec:
+            spec["transform"], source = _archive_source(self.path.clean_spec, work)
+            files += source
+        return spec, files
 
     def hostile(self, max_bytes: int, good: bytes) -> list[tuple[str, object]]:
         limit = self.guard.max_tokens if self.guard else self.max_length
@@ -194,6 +199,17 @@ def _fields(guard) -> dict | None:
     return asdict(guard) if guard is not None else None
 
 
+def _archive_source(spec: str, work: Path) -> tuple[dict, list[Path]]:
+    """The archive entry of a user's lab transform (an image transform or a text cleanup) and its
+    source file copied into `work`, so a server without the user's package can still import it."""
+    entry = {"spec": spec, "file": TRANSFORM_FILE, "attr": spec.partition(":")[2]}
+    source = _source_file(spec)
+    if source is None:
+        return entry, []
+    shutil.copyfile(source, work / TRANSFORM_FILE)
+    return entry, [work / TRANSFORM_FILE]
+
+
 def _source_file(spec: str) -> Path | None:
     """The source file of the module a package.module:name spec names (the module itself, also
     when the name is an object such as a torchvision Compose whose class lives elsewhere)."""
@@ -223,12 +239,9 @@ def codec_for(loaded, guarded: bool = True, max_bytes: int = 1_000_000, z_limit:
     """The codec of a loaded model: text for a model with a tokenizer, image for an image model
     (its lab transform: the user's, or the family's recipe), tensor otherwise. `guarded` adds the
     input guard with limits from the lab's own inputs (shape, statistics, ranges)."""
-    if loaded.tokenizer is not None:
-        from .hf import MAX_LENGTH
-
-        limit = min(MAX_LENGTH, getattr(loaded.tokenizer, "model_max_length", MAX_LENGTH) or MAX_LENGTH)
-        return TextCodec(loaded.tokenizer, limit, TextGuard(max_bytes=max_bytes, max_tokens=limit)
-                         if guarded else None)
+    if loaded.text_path is not None:
+        path = loaded.text_path
+        return TextCodec(path, TextGuard(max_bytes=max_bytes, max_tokens=path.max_length) if guarded else None)
     if loaded.takes_images:
         from .guard import lab_input_stats
         from .preprocess import lab_transform_for
@@ -250,8 +263,13 @@ def from_spec(spec: dict, model_dir: str | Path):
     if spec["kind"] == "text":
         from transformers import AutoTokenizer
 
+        from .text import TextPath
+
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir / spec["tokenizer"]), local_files_only=True)
-        return TextCodec(tokenizer, spec["max_length"], TextGuard(**guard) if guard else None)
+        clean_spec = (spec.get("transform") or {}).get("spec", "")
+        clean = _imported_transform(spec["transform"], model_dir) if clean_spec else None
+        guard = TextGuard(**guard) if guard else None
+        return TextCodec(TextPath(tokenizer, spec["max_length"], clean, clean_spec), guard)
     if spec["kind"] == "tensor":
         return TensorCodec(spec["inputs"], spec["structure"], TensorGuard(**guard) if guard else None)
     if guard and guard.get("expected_shape") is not None:
@@ -261,13 +279,25 @@ def from_spec(spec: dict, model_dir: str | Path):
     from .preprocess import lab_transform_for
 
     transform_spec = (spec.get("transform") or {}).get("spec", "")
+    if transform_spec:
+        transform = _imported_transform(spec["transform"], model_dir)
+    else:
+        transform, _ = lab_transform_for(spec["family"])
+    return ImageCodec(transform, InputGuard(**guard) if guard else None, spec["family"], transform_spec)
+
+
+def _imported_transform(entry: dict, model_dir: Path):
+    """The user's lab transform by its name where the user's package is installed, else from the
+    source file the archive carries; the import error when neither works."""
+    from .preprocess import load_transform
+
     try:
-        transform, _ = lab_transform_for(spec["family"], transform_spec)
+        return load_transform(entry["spec"], "lab_transform")
     except Lab2ProdError:  # the user's package is not installed where the server runs
-        transform = _archived_transform(spec["transform"], model_dir) if transform_spec else None
+        transform = _archived_transform(entry, model_dir)
         if transform is None:
             raise
-    return ImageCodec(transform, InputGuard(**guard) if guard else None, spec["family"], transform_spec)
+        return transform
 
 
 def _archived_transform(entry: dict, model_dir: Path):
@@ -318,7 +348,7 @@ def request_bodies(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]
     as JSON of named arrays."""
     from .inputs import draw_indices
 
-    if loaded.tokenizer is not None:
+    if loaded.text_path is not None:
         from .hf import SAMPLE_TEXTS
 
         texts = list(loaded.data.items) if loaded.data is not None and loaded.data.kind == "texts" else SAMPLE_TEXTS

@@ -26,6 +26,7 @@ __all__ = [
     "tensor_properties",
     "TEXT_SHIFTS",
     "embedding_layer",
+    "text_embedding_layer",
     "applicable_tests",
     "drift_source",
     "TESTS",
@@ -61,6 +62,24 @@ def embedding_layer(module: torch.nn.Module, layer: str = "", task: str = "class
         if linears:
             return f"the input of the last Linear layer ({linears[-1][0]!r})", linears[-1][1]
     return "the model's output (its embedding)", None
+
+
+def text_embedding_layer(module: torch.nn.Module) -> str:
+    """The name of a text model's embeddings module (token + position embeddings, as the first
+    encoder layer sees them), or '' when the model does not say which its input embeddings are.
+
+    Measured on text_langid: the classifier's pooled features (the default for other models)
+    flagged typos in 14% and a cut to the first four words in 6% of the batches, though they cost
+    21 and 11 points; the embeddings flagged both in every batch, with the same false positives."""
+    inner = getattr(module, "model", module)
+    get = getattr(inner, "get_input_embeddings", None)
+    target = get() if callable(get) else None
+    if target is None:
+        return ""
+    names = {id(m): n for n, m in module.named_modules()}
+    name = names.get(id(target), "")
+    parent = name.rpartition(".")[0]
+    return parent if parent.endswith("embeddings") else name
 
 
 def _pooled(t: torch.Tensor) -> torch.Tensor:
@@ -498,7 +517,7 @@ def _image_source(loaded, seed: int, include_bugs: bool) -> _Source:
 
 
 def _text_source(loaded, seed: int) -> _Source:
-    from .hf import SAMPLE_TEXTS, tokenize
+    from .hf import SAMPLE_TEXTS
 
     texts, labels = list(loaded.data.items), _labels(loaded.data_labels)
     ref, cur = _halves(len(texts), seed)
@@ -509,7 +528,7 @@ def _text_source(loaded, seed: int) -> _Source:
                                                               False)
     return _Source(f"texts of {loaded.data.path}", [texts[i] for i in ref], [texts[i] for i in cur],
                    None if labels is None else labels[ref], None if labels is None else labels[cur],
-                   lambda items: tokenize(loaded.tokenizer, items), text_properties, shifts)
+                   loaded.text_path.encode, text_properties, shifts)
 
 
 def _tensor_source(loaded, seed: int, count: int = 360) -> _Source:
@@ -536,7 +555,7 @@ def drift_source(loaded, seed: int = 0, include_bugs: bool = True) -> _Source | 
     cannot be measured here (a string)."""
     if loaded.takes_images:
         return _image_source(loaded, seed, include_bugs)
-    if loaded.tokenizer is not None:
+    if loaded.text_path is not None:
         if loaded.data is None or loaded.data.kind != "texts":
             return (f"model {loaded.spec!r} is a text model and drift needs your texts as the reference: pass "
                     "--data texts.csv (text,label rows; a few hundred); the 32 bundled sentences are too few")
@@ -557,7 +576,12 @@ def evaluate_drift(loaded, batch_size: int = 64, batches: int = 50, alpha: float
     source = drift_source(loaded, seed, include_bugs)
     if isinstance(source, str):
         return DriftReport(False, source)
+    default_text = not layer and loaded.text_path is not None and loaded.task == "classifier"
+    layer = text_embedding_layer(loaded.module) if default_text else layer
     where, _ = embedding_layer(loaded.module, layer, loaded.task)
+    if default_text and layer:
+        where += (" (the token embeddings averaged over the sequence: a text classifier's default, as its last "
+                  "layers learn to ignore spelling and length; pass layer= to read another)")
 
     def features(items, labels):
         return features_of(loaded.module, source.to_inputs(items), source.properties(items), labels, layer,

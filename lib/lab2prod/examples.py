@@ -318,3 +318,16 @@ def save_hf_example(folder: str, task: str = "classifier", layers: int = 2, hidd
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def tokenizer_max_length_16(text: str) -> dict:
+    """A serving tokenizer for text_langid that truncates and pads to 16 tokens where the lab used
+    72: the lab's cleanup and tokenizer otherwise. It fails `parity:serving` and lists the requests:
+
+        lab2prod run --model text_langid --only parity -p serving_transform=lab2prod.examples:tokenizer_max_length_16
+    """
+    from .langid import reference_tokenizer
+    from .text import clean_text
+
+    return dict(reference_tokenizer()(clean_text(text), max_length=16, truncation=True, padding="max_length",
+                                      return_tensors="pt"))

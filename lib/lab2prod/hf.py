@@ -8,6 +8,7 @@ applied to the user's texts, or to a small bundled sample when none are given.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -115,6 +116,9 @@ def load_hf(path: str):
     for a *ForSequenceClassification architecture, else "embedder"."""
     folder = check_folder(path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder only, never the hub
+    # transformers imports torchao, whose import logs a deprecation from torch's pytree registry
+    # on every load; it says nothing about the user's model and would make notebook output unstable.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     except ImportError as exc:
@@ -140,19 +144,20 @@ def load_hf(path: str):
 
 def tokenize(tokenizer, texts: list[str], max_length: int = MAX_LENGTH) -> dict[str, torch.Tensor]:
     """The tokenizer's tensors for `texts`, padded to `max_length` (or the model's own limit)."""
-    limit = min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)
-    encoded = tokenizer(list(texts), padding="max_length", truncation=True, max_length=limit, return_tensors="pt")
-    return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    from .text import TextPath
+
+    return TextPath(tokenizer, max_length).encode(list(texts))
 
 
-def text_batches(tokenizer, texts: list[str] | None = None):
+def text_batches(path, texts: list[str] | None = None):
     """make_inputs(batch_size, seed, split) over `texts` (default the bundled sample): a seeded
-    draw of texts (every text, in order, for split "all"), tokenized."""
+    draw of texts (every text, in order, for split "all") through the text path `path`
+    (lab2prod.text.TextPath: the lab's cleanup and tokenizer)."""
     from .inputs import draw_indices
 
     pool = list(texts or SAMPLE_TEXTS)
 
     def make(batch_size: int, seed: int = 0, split: str = "test") -> dict[str, torch.Tensor]:
-        return tokenize(tokenizer, [pool[i] for i in draw_indices(len(pool), batch_size, seed, split)])
+        return path.encode([pool[i] for i in draw_indices(len(pool), batch_size, seed, split)])
 
     return make

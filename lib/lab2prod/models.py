@@ -78,9 +78,12 @@ class LoadedModel:
     # judged by cosine similarity and max abs difference, never by the argmax of a vector).
     task: str = "classifier"
     tokenizer: object = None  # a Hugging Face model's tokenizer: the lab's preprocessing for text
+    text_path: object = None  # a text model's lab2prod.text.TextPath: cleanup, tokenizer and its settings
     data: object = None  # the user's data (lab2prod.data.UserData) when --data was given
     data_labels: object = None  # its labels as indices of the model's outputs, or None
-    lab_transform: str = ""  # the user's lab transform (package.module:callable) for an image model
+    # the lab transform (package.module:callable): PIL image -> tensor for an image model, the
+    # text cleanup (str -> str, run before the tokenizer) for a text model
+    lab_transform: str = ""
     # labels(batch_size, seed, split) for the batches make_inputs draws, when the input function
     # returns {"inputs": ..., "labels": ...}; None otherwise
     make_labels: Callable[..., torch.Tensor] | None = None
@@ -227,12 +230,14 @@ def torchvision_classifiers() -> list[str]:
 
 
 def _hf_model(spec: str, weights: str | None, example_inputs: str | None) -> LoadedModel:
-    from .hf import load_hf, text_batches
+    from .hf import MAX_LENGTH, load_hf, text_batches
+    from .text import TextPath
 
     if weights:
         raise Lab2ProdError(f"weights {weights!r} given with {spec!r}, whose folder carries its own; drop --weights")
     module, tokenizer, task, labels = load_hf(spec[3:])
-    make_inputs = _input_fn(example_inputs) if example_inputs else text_batches(tokenizer)
+    text_path = TextPath(tokenizer, MAX_LENGTH)
+    make_inputs = _input_fn(example_inputs) if example_inputs else text_batches(text_path)
     try:
         with torch.inference_mode():
             call(module, make_inputs(2, 0))
@@ -242,13 +247,45 @@ def _hf_model(spec: str, weights: str | None, example_inputs: str | None) -> Loa
         raise Lab2ProdError(f"{spec} fails on its tokenizer's output ({one_line(exc)}); check that the model and "
                             "tokenizer were saved together") from None
     return LoadedModel(spec, module, "huggingface", True, (), make_inputs, labels, family="text", task=task,
-                       tokenizer=tokenizer,
+                       tokenizer=tokenizer, text_path=text_path,
                        notes=f"{type(module.model).__name__}; task {task} (from its architecture)")
+
+
+TEXT_REFERENCE = "text_langid"  # the reference text model (lab2prod.langid), loaded through hf:
 
 
 def available_models() -> list[str]:
     """Every model name `load_model` accepts besides files and `package.module:factory`."""
-    return list(REFERENCE_MODELS) + torchvision_classifiers()
+    return list(REFERENCE_MODELS) + [TEXT_REFERENCE] + torchvision_classifiers()
+
+
+def _text_reference(cache_dir: Path) -> LoadedModel:
+    """The reference text model: its save_pretrained folder (trained into the cache when absent)
+    loaded through the same path as a user's hf: folder, with the lab's cleanup before the
+    tokenizer and the held-out sentences as its labelled data."""
+    import dataclasses
+
+    from . import langid
+    from .data import UserData
+    from .hf import text_batches
+    from .text import TextPath, clean_text
+
+    folder, metrics = langid.reference_folder(cache_dir)
+    loaded = _hf_model(f"hf:{folder}", None, None)
+    path = TextPath(loaded.tokenizer, langid.MAX_LENGTH, clean_text, "lab2prod.text:clean_text")
+    test, train = langid.language_texts("test"), langid.language_texts("train")
+    held_out, training = text_batches(path, test.texts), text_batches(path, train.texts)
+
+    def make(batch_size: int, seed: int = 0, split: str = "test"):
+        return (training if split == "train" else held_out)(batch_size, seed, "all" if split == "all" else "test")
+
+    labels = torch.as_tensor(test.labels)
+    data = UserData("texts", "text_langid held-out sentences", list(test.texts), labels, list(test.class_names))
+    return dataclasses.replace(
+        loaded, spec=TEXT_REFERENCE, source="reference", make_inputs=make, text_path=path, data=data,
+        data_labels=labels, lab_transform="lab2prod.text:clean_text", metrics=dict(metrics),
+        notes=f"BertForSequenceClassification fine-tuned on {len(train)} sentences in {len(test.class_names)} "
+              "languages; the lab cleans each text (lab2prod.text:clean_text) before the tokenizer")
 
 
 @lru_cache(maxsize=2)
@@ -569,6 +606,8 @@ def load_model(
     """
     check_task(task)
     loaded = _with_task(_load(spec, weights, example_inputs, seed, cache_dir, with_data=bool(data)), task or "auto")
+    if lab_transform and loaded.text_path is not None:
+        loaded = _with_text_cleanup(loaded, lab_transform)
     if data:
         return _with_data(loaded, data, lab_transform)
     return _with_transform(loaded, lab_transform) if lab_transform and loaded.takes_images else loaded
@@ -645,6 +684,25 @@ def _with_transform(loaded: LoadedModel, spec: str) -> LoadedModel:
     return result
 
 
+def _with_text_cleanup(loaded: LoadedModel, spec: str) -> LoadedModel:
+    """A text model whose lab cleaned each text before the tokenizer: `spec` (package.module:callable,
+    str -> str) runs first wherever the model's texts are tokenized, in the lab and when served."""
+    from .preprocess import load_transform
+
+    clean = load_transform(spec, "lab_transform")
+    try:
+        cleaned = clean("A short <b>test</b> text.")
+    except Exception as exc:
+        raise Lab2ProdError(f"lab_transform {spec!r} raised on a text ({one_line(exc)}); for a text model it takes "
+                            "a str and returns the cleaned str") from None
+    if not isinstance(cleaned, str):
+        raise Lab2ProdError(f"lab_transform {spec!r} returned {type(cleaned).__name__} for a text; for a text model "
+                            "it takes a str and returns the cleaned str")
+    loaded.text_path.clean, loaded.text_path.clean_spec = clean, spec  # the inputs' closures share this path
+    loaded.lab_transform = spec
+    return loaded
+
+
 def _with_data(loaded: LoadedModel, path: str, lab_transform: str | None) -> LoadedModel:
     import dataclasses
 
@@ -673,7 +731,7 @@ def _with_data(loaded: LoadedModel, path: str, lab_transform: str | None) -> Loa
                                 "model (--model hf:PATH)")
         from .hf import text_batches
 
-        make = text_batches(loaded.tokenizer, user.items)
+        make = text_batches(loaded.text_path, user.items)
     else:
         from .inputs import map_tensors
 
@@ -692,7 +750,7 @@ def _with_data(loaded: LoadedModel, path: str, lab_transform: str | None) -> Loa
     labels = user.resolve_labels(loaded.class_names, probe.shape[-1]) if loaded.task == "classifier" else None
     result = dataclasses.replace(loaded, make_inputs=make, family=family, data=user, data_labels=labels,
                                  make_labels=None,
-                                 lab_transform=(lab_transform or "") if user.kind == "images" else "",
+                                 lab_transform=(lab_transform or "") if user.kind == "images" else loaded.lab_transform,
                                  input_shape=tuple(batch.shape[1:]) if isinstance(batch, torch.Tensor) else ())
     if labels is not None:
         from .inputs import outputs_of
@@ -713,6 +771,10 @@ def _load(spec: str, weights: str | None, example_inputs: str | None, seed: int,
     path = Path(spec)
     if spec.startswith("hf:"):
         return _hf_model(spec, weights, example_inputs)
+    if spec == TEXT_REFERENCE:
+        if weights or example_inputs:
+            raise Lab2ProdError(f"model {spec!r} carries its weights and texts; drop --weights and --example-inputs")
+        return _text_reference(cache_dir)
     if spec in REFERENCE_MODELS:
         family = REFERENCE_FAMILIES[spec]
         module, metrics = _reference_model(spec, cache_dir)

@@ -185,8 +185,15 @@ def plot_smoke(smoke: list[dict], tolerance: float):
 
 
 def parity_serving_frame(report) -> pd.DataFrame:
-    """The serving path under test on each client's encoding of the images, vs the lab path."""
+    """The serving path under test on each client's encoding of the images, vs the lab path; for
+    a text model, its encodings and outputs vs the lab's over every text."""
     from .parity import CLIENTS
+
+    if report.kind == "text":
+        columns = ["bug", "requests", "encodings_differ", "max_output_diff", "top1_agreement", "min_cosine",
+                   "accuracy", "failed_requests"]
+        frame = pd.DataFrame([r.summary() for r in report.serving], columns=columns)
+        return frame.rename(columns={"bug": "path"}).set_index("path").dropna(axis=1, how="all")
 
     rows = [{**r.summary(), "client sends": CLIENTS[r.client][0]} for r in report.serving]
     columns = ["client", "client sends", "max_abs_diff", "mean_abs_diff", "top1_agreement", "accuracy",
@@ -199,6 +206,9 @@ def parity_bug_frame(report) -> pd.DataFrame:
     """Every catalogued bug, most harmful first, with what goes wrong and where it happens."""
     columns = ["bug", "client", "max_abs_diff", "mean_abs_diff", "top1_agreement", "accuracy",
                "accuracy_drop_pts", "failed_requests", "what", "where"]
+    if report.kind == "text":
+        columns = ["bug", "encodings_differ", "top1_agreement", "min_cosine", "accuracy", "accuracy_drop_pts",
+                   "failed_requests", "what", "where"]
     frame = pd.DataFrame(report.bug_rows(), columns=columns).set_index("bug")
     return frame.dropna(axis=1, how="all")
 
@@ -216,6 +226,10 @@ def plot_parity_impact(report):
     elif any(r["top1_agreement"] < 1 for r in rows):
         values = [100 * (1 - r["top1_agreement"]) for r in rows]
         xlabel, unit, alarm = "top-1 disagreement with the lab path (%)", "%", 5
+    elif getattr(report, "kind", "image") == "text":
+        values = [100 * r["encodings_differ"] / max(r["requests"], 1) for r in rows]
+        xlabel, unit, alarm = "requests encoded differently from the lab (%; no labels, predictions never changed)", \
+            "%", 5
     else:
         values = [min(r["mean_abs_diff"], 10.0) for r in rows]
         xlabel, unit, alarm = "mean |serving − lab| per element (no labels; predictions never changed)", "", 0.1
@@ -236,6 +250,35 @@ def plot_parity_impact(report):
     ax.set_title("What each serving bug costs on this model")
     fig.tight_layout()
     return fig
+
+
+def text_model_view(report, bugs: int = 5, text: int | None = None, tokens: int = 14) -> pd.DataFrame:
+    """What the model sees for one text: the tokens the lab path made and those of the most
+    harmful bugs that still encode it (special tokens shown, padding left out; a dot marks a
+    position the attention mask hides). By default the first text whose encoding the most bugs change."""
+    import numpy as np
+
+    results = {r.path: r for r in report.bugs}
+    worst = [row["bug"] for row in report.bug_rows() if row["failed_requests"] < len(report.names)][:bugs]
+    if text is None:
+        changed = [sum(bool(results[name].differences[i]) for name in worst) for i in range(len(report.names))]
+        text = int(np.argmax(changed)) if changed else 0
+    tokenizer = report.tokenizer
+
+    def shown(encoding) -> list[str]:
+        ids = encoding["input_ids"][0].tolist()
+        mask = encoding.get("attention_mask", None)
+        mask = mask[0].tolist() if mask is not None else [1] * len(ids)
+        pieces = [(tokenizer.convert_ids_to_tokens(i), m) for i, m in zip(ids, mask, strict=True)]
+        return [(p if m else f"·{p}") for p, m in pieces if p != tokenizer.pad_token or m][:tokens]
+
+    rows = {"lab path": shown(report.lab_encodings[text])}
+    for name in worst:
+        encoding = results[name].encodings[text]
+        rows[name] = shown(encoding) if encoding is not None else ["(request failed)"]
+    frame = pd.DataFrame.from_dict(rows, orient="index").fillna("")
+    frame.index.name = f"{report.names[text]}: {report.texts[text][:50]!r}"
+    return frame
 
 
 def plot_model_view(report, bugs: int = 5, images: int = 3):

@@ -211,13 +211,17 @@ def bug_names() -> list[str]:
 
 
 def select_bugs(names) -> list[Bug]:
-    """The catalogued bugs named in `names` ("all" or a list), in catalog order."""
+    """The catalogued image bugs named in `names` ("all" or a list), in catalog order; names of
+    text bugs (lab2prod.text_parity) are accepted and left to the text catalog."""
+    from .text_parity import text_bug_names
+
     names = [names] if isinstance(names, str) else list(names)
     if names == ["all"]:
         return list(BUGS)
-    unknown = [n for n in names if n not in bug_names()]
+    unknown = [n for n in names if n not in bug_names() and n not in text_bug_names()]
     if unknown:
-        raise Lab2ProdError(f"bugs {unknown} are not catalogued; use 'all' or some of {', '.join(bug_names())}")
+        raise Lab2ProdError(f"bugs {unknown} are not catalogued; use 'all' or some of {', '.join(bug_names())} "
+                            f"(images) or {', '.join(text_bug_names())} (texts)")
     return [bug for bug in BUGS if bug.name in names]
 
 
@@ -449,6 +453,7 @@ class ParityReport:
     serving: list[PathResult] = field(default_factory=list)
     bugs: list[PathResult] = field(default_factory=list)
     catalog: list[Bug] = field(default_factory=list)
+    kind: str = "image"
 
     @property
     def serving_max_abs_diff(self) -> float:
@@ -534,3 +539,40 @@ def serving_gate(report: ParityReport, atol: float) -> dict:
     return gate("parity:serving", False, worst, atol,
                 f"{differ} of {total} requests differ ({clients}){extra}; "
                 f"largest finite max abs diff {max(finite, default=float('nan')):.3g}")
+
+
+# ---------------------------------------------------------------- images or texts
+
+
+def evaluate(loaded, lab_transform: str = "", serving_transform: str = "", bugs=("all",), max_images: int = 0,
+             max_texts: int = 0, seed: int = 0, progress: bool = True):
+    """The parity report of a model: texts through the tokenizer for a text model
+    (lab2prod.text_parity), else images through the lab transform."""
+    if loaded.text_path is not None:
+        from .text_parity import evaluate_text_parity
+
+        names = [bugs] if isinstance(bugs, str) else list(bugs)
+        text_names = names if names == ["all"] else [n for n in names if n not in bug_names()]
+        return evaluate_text_parity(loaded, serving_transform, text_names, max_texts, progress)
+    return evaluate_parity(loaded, lab_transform, serving_transform,
+                           [n for n in ([bugs] if isinstance(bugs, str) else bugs) if n == "all" or n in bug_names()],
+                           max_images, seed, progress)
+
+
+def parity_gate(report, atol: float) -> dict:
+    """Gate `parity:serving` for either kind of report."""
+    if getattr(report, "kind", "image") == "text":
+        from .text_parity import text_serving_gate
+
+        return text_serving_gate(report)
+    return serving_gate(report, atol)
+
+
+def where_serving_differs(report, atol: float) -> list[dict]:
+    """Requests where the serving path differs from the lab path (worst images first; texts in order)."""
+    if getattr(report, "kind", "image") == "text":
+        from .text_parity import differing_requests
+
+        return [row for result in report.serving for row in differing_requests(result, report)]
+    return [row for result in report.serving
+            for row in worst_images(result, report.names, report.request_sets[result.client], atol)]

@@ -167,14 +167,17 @@ STUDIES: list[Study] = [
         *_common("run_dir", "seed"))),
     Study("parity", "02_preprocessing_parity", "preprocessing parity", "lab2prod.parity", (
         *_MODEL,
-        Param("serving_transform", "str", "", "package.module:callable(bytes) -> tensor under test; empty means "
-              "ServingPath", check="lab2prod.preprocess:check_serving_transform"),
+        Param("serving_transform", "str", "", "package.module:callable under test: request bytes -> tensor for an "
+              "image model, text -> encoding (dict of tensors) for a text model; empty means lab2prod's serving path",
+              check="lab2prod.preprocess:check_serving_transform"),
         Param("bugs", "list[str]", ["all"], 'catalogued bugs to measure: ["all"], a list of names, or []',
               check="lab2prod.parity:select_bugs"),
         Param("atol", "float", 1e-6, "largest per-element abs diff between serving and lab tensors that passes",
               ge=0),
         Param("max_images", "int", 0,
               "images to send; 0 means all held-out images (360 digits, 300 photo crops; else 24 photographs)", ge=0),
+        Param("max_texts", "int", 0, "texts to send to a text model; 0 means all its labelled texts (540 for "
+              "text_langid, or your --data; else the 32 sample texts)", ge=0),
         *_common("run_dir", "seed"))),
     Study("quantization", "03_quantization", "quantization", "lab2prod.quantization", (
         Param("model", "str", "digits_mlp", _MODEL_HELP), *_INPUTS,

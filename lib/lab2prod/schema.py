@@ -64,6 +64,9 @@ SCHEMAS: dict[str, ResultSchema] = {schema.name: schema for schema in (
     }, (Measure("export.model.heldout_accuracy", "accuracy"), Measure("export.manifest[*].bytes", "size"))),
     ResultSchema("parity", {
         "applies": ("boolean", "false for a model that takes tensors (no image preprocessing to compare)"),
+        "kind": ("string", "image (request bytes through the lab transform) or text (JSON through the tokenizer)"),
+        "texts": ("integer", "texts sent as requests (a text model)"),
+        "bugs_not_applicable": ("object", "text bugs that need what this model lacks, with the reason"),
         "serving_transform": ("string", "the serving path under test"),
         "lab_transform": ("string|null", "the lab transform the serving path is compared with"),
         "recipe": ("object|null", "resize, crop, mean and std of the lab transform"),
@@ -71,8 +74,10 @@ SCHEMAS: dict[str, ResultSchema] = {schema.name: schema for schema in (
         "labelled": ("boolean", "whether accuracy (labels) or only agreement is measured"),
         "serving_max_abs_diff": ("number|null", "largest per-element difference, serving vs lab tensors"),
         "lab_accuracy": ("number|null", "accuracy of the lab path on the requests (0-1)"),
-        "serving": ("array", "the serving path per client encoding (rgb, grayscale, rgba, palette, exif)"),
-        "bugs": ("array", "each catalogued serving bug: tensor diff, agreement, accuracy and drop, failed requests"),
+        "serving": ("array", "the serving path per client encoding (rgb, grayscale, rgba, palette, exif); "
+                             "for texts, encodings that differ and the output difference"),
+        "bugs": ("array", "each catalogued serving bug: tensor diff (texts: encodings that differ), agreement, "
+                          "accuracy and drop, failed requests"),
     }, (Measure("parity.lab_accuracy", "accuracy"),)),
     ResultSchema("quantization", {
         "model": _MODEL_CARD,
