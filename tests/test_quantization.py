@@ -168,3 +168,12 @@ def test_findings_name_the_fastest_recipe_from_the_numbers():
     lines = q.findings(results, [1])
     assert lines[0] == "batch 1: fastest is torch_ao_dynamic at 1 ms, 3.00x fp32 (3 ms)"
     assert "100.0% of parameters" in lines[1]
+
+
+def test_findings_say_when_no_int8_recipe_beats_fp32():
+    loaded = _loaded(nn.Sequential(nn.Linear(12, 32)), (12,))
+    results = q.evaluate_methods(loaded, ["torch_ao_dynamic"], LINEAR, [1], threads=1, min_run_time=0.01,
+                                 data=q.eval_data(loaded, count=8), progress=False)
+    results[1].latency_ms[1], results[0].latency_ms[1] = 2.0, 1.0
+    line = q.findings(results, [1])[0]
+    assert line.startswith("batch 1: fastest is torch_ao_dynamic at 2 ms, 0.50x fp32") and "for size, not speed" in line

@@ -452,7 +452,9 @@ def findings(results: list[MethodResult], batch_sizes) -> list[str]:
             continue
         speedup = fp32.latency_ms[batch_size] / best.latency_ms[batch_size]
         lines.append(f"batch {batch_size}: fastest is {best.method} at {best.latency_ms[batch_size]:.3g} ms, "
-                     f"{speedup:.2f}x fp32 ({fp32.latency_ms[batch_size]:.3g} ms)")
+                     f"{speedup:.2f}x fp32 ({fp32.latency_ms[batch_size]:.3g} ms)"
+                     + ("; no int8 recipe beats fp32 here: the (de)quantization around small matmuls costs more "
+                        "than int8 saves, so quantize this model for size, not speed" if speedup < 1 else ""))
     for result in results[1:]:
         lines.append(f"{result.method}: {len(result.layers)} layers, {100 * result.coverage_params:.1f}% of "
                      f"parameters, {100 * result.coverage_flops:.1f}% of FLOPs; "
