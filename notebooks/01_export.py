@@ -16,9 +16,15 @@
 #
 # **Formats.** TorchScript (`torch.jit.script` and `torch.jit.trace`) is what many deployed
 # systems load today; it is **deprecated upstream** and kept here as the *old path*.
-# `torch.export` (`.pt2`) is its successor, the *new path*. The classic trap: `torch.jit.trace`
-# records the branch that the example input took, so a model with data-dependent control flow
-# traces without error and then answers wrongly. Varied inputs (negated, noise) catch it.
+# `torch.export` (`.pt2`) is its successor, the *new path*. **ONNX** is the third path many teams
+# ship: `torch.onnx.export(..., dynamo=True)` from the same torch.export program (a dynamic batch,
+# and a dynamic length for sequences), checked with the ONNX checker and shape inference, reloaded
+# in ONNX Runtime (which runs outside Python too, on CPU, CUDA or TensorRT). The exporter may put
+# the weights in an external data file beside the `.onnx`: the manifest hashes both and records
+# the opset. The classic trap: `torch.jit.trace` records the branch that the example input took,
+# so a model with data-dependent control flow traces without error and then answers wrongly.
+# Varied inputs (negated, noise) catch it; torch.export and ONNX refuse such a model, with the
+# reason.
 
 # %% tags=["parameters"]
 model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
@@ -94,13 +100,13 @@ lock_file = write_lock(run_dir / "models" / "env.lock.json")  # the lab environm
 record(run_dir, "export", {
     "model": loaded.card(),
     "formats": [r.__dict__ for r in rows],
-    "artifacts": [{"format": a.format, "produced": a.produced, "error": a.error,
-                   "warnings": a.warnings, "dynamic_batch": a.dynamic_batch} for a in artifacts],
+    "artifacts": [{"format": a.format, "produced": a.produced, "error": a.error, "warnings": a.warnings,
+                   "dynamic_batch": a.dynamic_batch, "opset": a.opset} for a in artifacts],
     "manifest": manifest,
     "env_lock": str(lock_file.relative_to(run_dir)),
 }, gates, notebook="01_export")
 nb.gates_frame(gates)[["verdict", "threshold", "detail"]]
 
 # %%
-columns = ["format", "file", "bytes", "sha256", "dynamic_batch", "torch"]
+columns = ["format", "file", "bytes", "sha256", "dynamic_batch", "torch", "opset", "external_data"]
 pd.DataFrame(manifest, columns=columns).set_index("format")

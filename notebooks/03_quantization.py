@@ -22,7 +22,13 @@
 # `torchao_int8_weight_only` are torchao's `quantize_` configs (the *new path*). torchao is
 # written for GPUs and `torch.compile`; in eager mode on a CPU its ops run unfused, so expect
 # them to gain less here, and weight-only int8 to be slower than fp32 (it dequantizes the
-# weights on every call). The measured numbers below say how much, on this machine.
+# weights on every call). `onnxruntime_int8_dynamic` (and `_per_channel`) is ONNX Runtime's
+# `quantize_dynamic` on the model's ONNX export: int8 MatMul and Conv (and embedding Gather),
+# activations quantized per call, the whole graph run by ONNX Runtime's C++ session.
+# `onnxruntime_fp32` is that export unquantized: it splits ONNX Runtime's speedup into what the
+# runtime gives by itself and what its int8 kernels add. The measured numbers below say how
+# much, on this machine. A model that does not export to ONNX skips the ONNX Runtime rows,
+# with the reason.
 
 # %% tags=["parameters"]
 model = "digits_mlp"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
@@ -31,7 +37,8 @@ example_inputs = ""  # package.module:fn(batch_size, seed) -> Tensor, for non-im
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
-methods = ["torch_ao_dynamic", "torchao_int8_dynamic", "torchao_int8_weight_only"]  # recipes to compare
+methods = ["torch_ao_dynamic", "torchao_int8_dynamic", "torchao_int8_weight_only", "onnxruntime_fp32",
+           "onnxruntime_int8_dynamic", "onnxruntime_int8_dynamic_per_channel"]  # recipes to compare
 module_types = ["Linear", "LSTM", "GRU"]  # layer types torch.ao quantizes (torchao: Linear only)
 engine = "auto"  # quantized engine: auto, x86, fbgemm, onednn or qnnpack
 batch_sizes = [1, 16]  # batch sizes timed
@@ -70,8 +77,18 @@ pd.DataFrame([loaded.card()]).set_index("model")
 # that only quantizes Linear layers.
 
 # %%
-results = q.evaluate_methods(loaded, methods, types, batch_sizes, threads, min_run_time, seed, data, progress=False)
+skipped = {}
+results = q.evaluate_methods(loaded, methods, types, batch_sizes, threads, min_run_time, seed, data, progress=False,
+                             skipped=skipped)
+for method, why in skipped.items():
+    print(f"{method} skipped: {why}")
 nb.quantization_frame(results)
+
+# %% [markdown]
+# Which recipe wins on this CPU, and why: each line is computed from the table. For ONNX
+# Runtime the speedup is split into its fp32 session (one fused C++ graph, no Python between
+# ops) and its int8 kernels (`MatMulInteger`/`ConvInteger` after `DynamicQuantizeLinear`);
+# torch.ao's fbgemm int8 Linear runs inside eager PyTorch, op by op.
 
 # %%
 print("\n".join(q.findings(results, batch_sizes)))
@@ -141,5 +158,6 @@ record(run_dir, "quantization", {
     "recommended": best.method if best else None,
     "export": exported,
     "findings": q.findings(results, batch_sizes),
+    "skipped": skipped,
 }, gates, notebook="03_quantization")
 nb.gates_frame(gates)[["verdict", "threshold", "detail"]]

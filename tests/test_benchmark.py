@@ -143,7 +143,10 @@ def test_machine_info_names_the_hardware():
 def test_cuda_sweep_runs_every_cuda_variant():
     loaded = _small_loaded()
     rows = bm.run_sweep(loaded, bm.CUDA_VARIANTS, "cuda", [1, 4], None, 0.05, progress=False)
-    errors = {r.variant: r.error for r in rows if r.error}
+    # ONNX Runtime's CUDA and TensorRT rows need onnxruntime-gpu (benchmarks/gpu_check.sh installs it);
+    # without it they say so, and nothing else may fail
+    errors = {r.variant: r.error for r in rows if r.error
+              and not (r.variant.startswith("onnxruntime") and "ExecutionProvider here" in r.error)}
     assert not errors, errors
     assert all(r.peak_mem_bytes and r.peak_mem_bytes > 0 for r in rows)
     fp32 = [r for r in rows if r.variant in ("eager", "torchscript", "torch_export", "channels_last", "cuda_graphs")]

@@ -73,7 +73,7 @@ def test_notebook_error_is_saved_and_exits_1(run_cli, tmp_path, monkeypatch):
     (["--weights", "missing.pt"], "weights file 'missing.pt' does not exist"),
     (["--model", "nowhere.module:factory"], "does not import"),
     (["-p", "atol=big"], "atol='big' has the wrong type"),
-    (["-p", "formats=['onnx']"], "format 'onnx' is not known"),
+    (["-p", "formats=['tflite']"], "format 'tflite' is not known"),
     (["--only", "canary", "-p", "traffic_split=[80]"], "traffic_split=[80] is out of range: it needs exactly 2 items"),
     (["--only", "canary", "-p", "latency_percentile=100.0"], "latency_percentile 100.0 must be between 0 and 100"),
     (["--only", "environment", "-p", "lock_path=nowhere.json"], "lock file"),

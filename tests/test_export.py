@@ -72,8 +72,8 @@ def test_manifest_records_checksum_and_versions(tmp_path):
 
 def test_unknown_format_is_an_error(tmp_path):
     loaded = load_model("lab2prod.examples:tabular_mlp", example_inputs=TABULAR)
-    with pytest.raises(ValueError, match="format 'onnx' is not known"):
-        export.export_model(loaded, "onnx", tmp_path)
+    with pytest.raises(ValueError, match="format 'tflite' is not known"):
+        export.export_model(loaded, "tflite", tmp_path)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; run the same pytest command on one")

@@ -182,9 +182,9 @@ def harness_overhead_ns(calls: int = 20000) -> float:
 # ---------------------------------------------------------------- variants
 
 
-CPU_VARIANTS = ["eager", "torchscript", "torch_export", "dynamic_int8"]
+CPU_VARIANTS = ["eager", "torchscript", "torch_export", "dynamic_int8", "onnxruntime", "onnxruntime_int8"]
 CUDA_VARIANTS = ["eager", "torchscript", "torch_export", "fp16_autocast", "bf16_autocast", "channels_last",
-                 "torch_compile", "cuda_graphs"]
+                 "torch_compile", "cuda_graphs", "onnxruntime_cuda", "onnxruntime_tensorrt"]
 ALL_VARIANTS = list(dict.fromkeys(CPU_VARIANTS + CUDA_VARIANTS))
 
 
@@ -226,6 +226,8 @@ def build_variant(module: torch.nn.Module, variant: str, device: str, example: I
             from .quantization import MODULE_TYPES, quantize
 
             return quantize(module, "torch_ao_dynamic", tuple(MODULE_TYPES.values()))
+        if variant.startswith("onnxruntime"):
+            return _ort_variant(module, variant, device, example)
         if variant in ("fp16_autocast", "bf16_autocast"):
             if not cuda:
                 raise Lab2ProdError(f"{variant} is measured on CUDA only")
@@ -249,6 +251,43 @@ def build_variant(module: torch.nn.Module, variant: str, device: str, example: I
                 raise Lab2ProdError("CUDA graphs are captured here for one input tensor")
             return _cuda_graph(module, example)
     raise Lab2ProdError(f"variant {variant!r} is not known; use some of {', '.join(ALL_VARIANTS)}")
+
+
+def _ort_variant(module: torch.nn.Module, variant: str, device: str, example: Inputs) -> Callable:
+    """The model's ONNX export in an ONNX Runtime session (graph optimizations on, intra-op
+    threads following the harness's): fp32, ONNX Runtime's dynamic int8 (CPU), or on a GPU the
+    CUDA (or TensorRT) execution provider with I/O binding. Inputs go to the session from the
+    host, as a server's would; the output comes back as a torch tensor on `device`."""
+    import shutil
+    import weakref
+
+    import onnxruntime
+
+    from .onnx_rt import OrtModule, export_to_temp, quantize_file
+
+    cuda = device.startswith("cuda")
+    if variant in ("onnxruntime_cuda", "onnxruntime_tensorrt") and not cuda:
+        raise Lab2ProdError(f"{variant} needs a CUDA device")
+    if variant == "onnxruntime_int8" and cuda:
+        raise Lab2ProdError("ONNX Runtime's dynamic int8 runs on the CPU execution provider only")
+    wanted = {"onnxruntime_cuda": "CUDAExecutionProvider", "onnxruntime_tensorrt": "TensorrtExecutionProvider"}
+    if variant in wanted and wanted[variant] not in onnxruntime.get_available_providers():
+        raise Lab2ProdError(f"ONNX Runtime has no {wanted[variant]} here (install onnxruntime-gpu with CUDA 12)")
+    folder, path = export_to_temp(module.cpu(), to_device(example, "cpu"))
+    module.to(device)
+    if variant == "onnxruntime_int8":
+        quantize_file(path, folder / "model.int8.onnx")
+        path = folder / "model.int8.onnx"
+    session = OrtModule(path, threads=0, device="cuda" if variant in wanted else "cpu")
+    if variant == "onnxruntime_tensorrt":
+        session.providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    weakref.finalize(session, shutil.rmtree, str(folder), True)
+
+    def run(*args, **kwargs):
+        return session(*args, **kwargs).to(device)
+
+    run.session = session
+    return run
 
 
 def _cuda_graph(module: torch.nn.Module, example: torch.Tensor) -> Callable:

@@ -39,7 +39,8 @@ __all__ = [
     "machine_snapshot",
 ]
 
-PACKAGES = ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "pandas", "scipy", "matplotlib")
+PACKAGES = ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "pandas", "scipy", "matplotlib", "onnx",
+            "onnxruntime", "onnxscript", "transformers", "tokenizers")
 NUMERIC_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG",
                     "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "NVIDIA_TF32_OVERRIDE",
                     "ONEDNN_DEFAULT_FPMATH_MODE", "TZ", "LANG", "LC_ALL", "PYTHONHASHSEED", "PYTHONUTF8")
@@ -73,6 +74,15 @@ def gpu_driver() -> str | None:
         return None
 
 
+def _ort_providers() -> str | None:
+    """ONNX Runtime's available execution providers (CPU, CUDA, TensorRT...), comma-separated."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return ",".join(onnxruntime.get_available_providers())
+
+
 def fingerprint() -> dict[str, object]:
     """A flat {key: value} description of this environment (versions, hardware, locale, time zone)."""
     config = torch.__config__.show()
@@ -103,6 +113,7 @@ def fingerprint() -> dict[str, object]:
         "torch.onednn": onednn.group(1) if onednn else None,
         "torch.quantized_engines": ",".join(torch.backends.quantized.supported_engines),
         "torch.quantized_engine": torch.backends.quantized.engine,
+        "onnxruntime.providers": _ort_providers(),
         "locale": ".".join(filter(None, locale.getlocale())) or "C",
         "encoding.preferred": locale.getpreferredencoding(False),
         "encoding.filesystem": sys.getfilesystemencoding(),
@@ -201,7 +212,7 @@ def _severity(key: str, lab, here) -> str:
     if key == "cuda.available":
         return "fail" if lab and not here else "info"
     if key.startswith("package.") or key.startswith("encoding.") or key.startswith("timezone") \
-            or key in ("locale", "cuda.version", "cudnn.version", "torch.quantized_engine"):
+            or key in ("locale", "cuda.version", "cudnn.version", "torch.quantized_engine", "onnxruntime.providers"):
         return "warn"
     return "info"
 

@@ -1,7 +1,8 @@
-"""Serialize a model (TorchScript script/trace, torch.export) and prove the file reloads and agrees.
+"""Serialize a model (TorchScript script/trace, torch.export, ONNX) and prove the file reloads and agrees.
 
 TorchScript is what many deployed systems load today and is deprecated upstream; torch.export
-(`.pt2`) is its successor. Both are produced side by side so a reader sees what each costs.
+(`.pt2`) is its successor; ONNX (run by ONNX Runtime, outside Python too) is the third path many
+teams ship. All are produced side by side so a reader sees what each costs.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ __all__ = [
     "write_manifest",
 ]
 
-FORMATS = ("torchscript_script", "torchscript_trace", "torch_export")
-FILE_SUFFIX = {"torchscript_script": ".pt", "torchscript_trace": ".pt", "torch_export": ".pt2"}
+FORMATS = ("torchscript_script", "torchscript_trace", "torch_export", "onnx")
+FILE_SUFFIX = {"torchscript_script": ".pt", "torchscript_trace": ".pt", "torch_export": ".pt2", "onnx": ".onnx"}
 TRACE_BATCH_SIZE = 2
 
 
@@ -52,8 +53,10 @@ class ExportArtifact:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     dynamic_batch: bool = False
-    dynamic_dims: str = ""  # torch.export: "batch+seq", "batch" or "" (static shapes)
+    dynamic_dims: str = ""  # torch.export and onnx: "batch+seq", "batch" or "" (static shapes)
     seconds: float = 0.0
+    opset: int | None = None  # onnx: the default-domain opset
+    extra_files: list[Path] = field(default_factory=list)  # onnx: external data written beside the file
 
     @property
     def produced(self) -> bool:
@@ -82,7 +85,7 @@ def export_model(
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not known; use one of {', '.join(FORMATS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"model.{fmt}{FILE_SUFFIX[fmt]}"
+    path = out_dir / ("model.onnx" if fmt == "onnx" else f"model.{fmt}{FILE_SUFFIX[fmt]}")
     # Tracing and export see training-split inputs; comparisons use held-out ones.
     example = loaded.make_inputs(TRACE_BATCH_SIZE, seed, split="train")
     module = set_eval(loaded.module)
@@ -99,6 +102,13 @@ def export_model(
                     traced = trace(module, example, check_trace=False)
                 torch.jit.save(traced, str(path))
                 artifact.dynamic_batch = True  # shapes are not frozen unless the code reads them
+            elif fmt == "onnx":
+                from .onnx_rt import export_onnx
+
+                written = export_onnx(module, example, path)
+                artifact.dynamic_dims, artifact.opset = written["dynamic_dims"], written["opset"]
+                artifact.dynamic_batch = bool(written["dynamic_dims"])
+                artifact.extra_files = [f for f in written["files"] if f != path]
             else:
                 dynamic, program = export_program(module, example)
                 artifact.dynamic_batch = bool(dynamic)
@@ -108,6 +118,9 @@ def export_model(
         except Exception as exc:
             artifact.error = one_line(exc)
             path.unlink(missing_ok=True)
+            if fmt == "onnx":  # nothing half-written: the exporter's external data file too
+                for leftover in out_dir.glob(f"{path.name}.data"):
+                    leftover.unlink(missing_ok=True)
     artifact.seconds = time.perf_counter() - start
     artifact.warnings = sorted(
         {str(w.message).splitlines()[0] for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
@@ -289,11 +302,22 @@ def write_manifest(
             "inputs": loaded.input_spec,
             "dynamic_batch": artifact.dynamic_batch,
             "dynamic_dims": artifact.dynamic_dims or ("batch" if artifact.dynamic_batch else ""),
+            **({"opset": artifact.opset, **_onnx_versions(),
+                "external_data": [{"file": str(f.relative_to(run_dir)), "sha256": sha256_file(f),
+                                   "bytes": f.stat().st_size} for f in artifact.extra_files]}
+               if artifact.format == "onnx" else {}),
             "trained": loaded.trained,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         })
     (run_dir / "manifest.json").write_text(json.dumps(entries, indent=2))
     return entries
+
+
+def _onnx_versions() -> dict:
+    from .onnx_rt import versions
+
+    info = versions()
+    return {"onnx": info["onnx"], "onnxruntime": info["onnxruntime"]}
 
 
 def rows_as_dicts(rows: list[ComparisonRow]) -> list[dict]:

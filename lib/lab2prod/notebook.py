@@ -89,15 +89,17 @@ def resolve_devices(device: str) -> list[str]:
 
 
 def artifacts_frame(artifacts: list[ExportArtifact], run_dir: Path) -> pd.DataFrame:
-    """One row per format: produced or why not, file size, dynamic batch, tracer warnings."""
+    """One row per format: produced or why not, size (with an ONNX file's external data), dynamic
+    batch, the ONNX opset, tracer warnings."""
     rows = []
     for a in artifacts:
         rows.append({
             "format": a.format,
             "produced": a.produced,
             "file": str(a.path.relative_to(run_dir)) if a.produced else "",
-            "MB": round(a.path.stat().st_size / 1e6, 2) if a.produced else None,
+            "MB": round(sum(f.stat().st_size for f in [a.path, *a.extra_files]) / 1e6, 2) if a.produced else None,
             "dynamic_batch": a.dynamic_batch if a.produced else None,
+            "opset": a.opset,
             "why not / warning": a.error or (a.warnings[0] if a.warnings else ""),
         })
     return pd.DataFrame(rows).set_index("format")

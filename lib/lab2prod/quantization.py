@@ -1,4 +1,5 @@
-"""Dynamic int8 quantization by torch.ao and torchao: size, latency, accuracy, coverage, per-layer sensitivity."""
+"""Dynamic int8 quantization by torch.ao, torchao and ONNX Runtime: size, latency, accuracy, coverage,
+per-layer sensitivity."""
 
 from __future__ import annotations
 
@@ -49,7 +50,14 @@ METHODS = {
     "torch_ao_dynamic": ("torch.ao (old path)", "quantize_dynamic: int8 weights, activations quantized per batch"),
     "torchao_int8_dynamic": ("torchao (new path)", "Int8DynamicActivationInt8WeightConfig"),
     "torchao_int8_weight_only": ("torchao (new path)", "Int8WeightOnlyConfig: int8 weights, float activations"),
+    "onnxruntime_fp32": ("ONNX Runtime", "the ONNX export in ONNX Runtime, not quantized: what the runtime alone "
+                         "gives, so the int8 rows can be split into runtime and int8"),
+    "onnxruntime_int8_dynamic": ("ONNX Runtime", "quantize_dynamic on the ONNX export: int8 weights per tensor, "
+                                 "activations quantized per call (MatMul, Conv, Gather)"),
+    "onnxruntime_int8_dynamic_per_channel": ("ONNX Runtime", "quantize_dynamic with per_channel=True: one int8 scale "
+                                             "per output channel"),
 }
+ORT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # what ONNX Runtime's dynamic int8 turns into int8 ops
 MODULE_TYPES = {"Linear": nn.Linear, "LSTM": nn.LSTM, "GRU": nn.GRU, "LSTMCell": nn.LSTMCell,
                 "GRUCell": nn.GRUCell, "RNNCell": nn.RNNCell}
 TORCHAO_TYPES = (nn.Linear,)  # torchao's int8 configs replace Linear weights only
@@ -92,8 +100,14 @@ def check_methods(methods) -> list[str]:
 
 
 def check_method(method: str) -> str:
-    """One quantization method (the canary's candidate), checked like a list of them."""
-    return check_methods([method])[0]
+    """One quantization method (the canary's candidate), checked like a list of them; the canary
+    serves its candidate through TorchServe's torch handler, so an ONNX Runtime method is refused."""
+    method = check_methods([method])[0]
+    if method.startswith("onnxruntime"):
+        torch_methods = [m for m in METHODS if not m.startswith("onnxruntime")]
+        raise Lab2ProdError(f"method {method!r} makes an ONNX file, which the canary's TorchServe handler does not "
+                            f"serve; use one of {', '.join(torch_methods)}")
+    return method
 
 
 def _import_torchao():
@@ -109,13 +123,22 @@ def _import_torchao():
 
 def quantized_layers(module: nn.Module, method: str, module_types: tuple[type, ...]) -> list[str]:
     """Names of the leaf layers that `method` quantizes in `module`."""
-    types = tuple(t for t in module_types if t in TORCHAO_TYPES) if method.startswith("torchao") else module_types
+    if method == "onnxruntime_fp32":
+        return []
+    if method.startswith("onnxruntime"):
+        types = ORT_TYPES
+    else:
+        types = tuple(t for t in module_types if t in TORCHAO_TYPES) if method.startswith("torchao") else module_types
     return [name for name, child in module.named_modules() if name and types and isinstance(child, types)]
 
 
-def quantize(module: nn.Module, method: str, module_types: tuple[type, ...], keep_fp32=()) -> nn.Module:
-    """A quantized copy of `module`; the layers named in `keep_fp32` stay in float."""
+def quantize(module: nn.Module, method: str, module_types: tuple[type, ...], keep_fp32=(), example=None) -> nn.Module:
+    """A quantized copy of `module`; the layers named in `keep_fp32` stay in float. ONNX Runtime's
+    methods export `module` to ONNX on `example` and return the int8 file in a session
+    (lab2prod.onnx_rt.OrtModule; its files are removed with it)."""
     check_methods([method])
+    if method.startswith("onnxruntime"):
+        return _ort_quantized(module, method, example)
     model = copy.deepcopy(module).eval()
     layers = [n for n in quantized_layers(model, method, module_types) if n not in set(keep_fp32)]
     if not layers:
@@ -132,6 +155,32 @@ def quantize(module: nn.Module, method: str, module_types: tuple[type, ...], kee
         chosen = set(layers)
         tq.quantize_(model, config, filter_fn=lambda child, fqn: fqn in chosen)
     return model
+
+
+def _ort_quantized(module: nn.Module, method: str, example) -> nn.Module:
+    import shutil
+    import weakref
+
+    from .onnx_rt import OrtModule, export_to_temp, quantize_file
+
+    if example is None:
+        raise Lab2ProdError(f"{method} needs example inputs to export the model to ONNX")
+    folder, source = export_to_temp(module, example)
+    if method == "onnxruntime_fp32":
+        session = OrtModule(source)
+        session.quantized_ops = []
+        weakref.finalize(session, shutil.rmtree, str(folder), True)
+        return session
+    target = folder / "model.int8.onnx"
+    try:
+        ops = quantize_file(source, target, per_channel=method.endswith("per_channel"))
+    except Exception as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise Lab2ProdError(f"{method}: ONNX Runtime could not quantize the model ({exc})") from None
+    quantized = OrtModule(target)
+    quantized.quantized_ops = ops
+    weakref.finalize(quantized, shutil.rmtree, str(folder), True)
+    return quantized
 
 
 _RNN_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
@@ -180,7 +229,10 @@ def coverage(module: nn.Module, layers: list[str], example: Inputs) -> tuple[flo
 
 
 def serialized_size(module: nn.Module) -> int:
-    """Bytes of torch.save(module.state_dict()): what a deployment ships."""
+    """Bytes of torch.save(module.state_dict()), or of an ONNX file and its external data: what a
+    deployment ships."""
+    if hasattr(module, "file_bytes"):
+        return int(module.file_bytes)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -192,6 +244,8 @@ def latency_ms(module: nn.Module, batch: Inputs, threads: int, min_run_time: flo
     """Median milliseconds per call, torch.utils.benchmark's blocked_autorange on `threads` threads."""
     from torch.utils import benchmark
 
+    if hasattr(module, "set_threads"):  # an ONNX Runtime session: its own intra-op threads, as many
+        module.set_threads(threads)
     timer = benchmark.Timer("call(module, batch)", globals={"module": module, "batch": batch, "call": call},
                             num_threads=threads)
     with torch.inference_mode():
@@ -321,16 +375,26 @@ def _time(results: list[MethodResult], loaded, batch_sizes, threads, min_run_tim
 
 
 def evaluate_methods(loaded, methods, module_types, batch_sizes, threads: int = 1, min_run_time: float = 0.5,
-                     seed: int = 0, data: EvalData | None = None, progress: bool = True) -> list[MethodResult]:
-    """fp32 first, then each method on the same model, data and batches."""
+                     seed: int = 0, data: EvalData | None = None, progress: bool = True,
+                     skipped: dict | None = None) -> list[MethodResult]:
+    """fp32 first, then each method on the same model, data and batches. A method that does not
+    apply to this model (ONNX Runtime's, when the model does not export to ONNX) is left out,
+    with its reason in `skipped`."""
     methods = check_methods(methods)
     data = data or eval_data(loaded, seed=seed)
     reference = outputs_of(loaded.module, data.inputs)
     fp32 = _measure("fp32", loaded.module, [], [], loaded, data, reference, None)
     results = [fp32]
+    example = loaded.make_inputs(2, seed, "train")
     for method in methods:
         layers = quantized_layers(loaded.module, method, module_types)
-        model = quantize(loaded.module, method, module_types)
+        try:
+            model = quantize(loaded.module, method, module_types, example=example)
+        except Lab2ProdError as exc:
+            if skipped is None or not method.startswith("onnxruntime"):
+                raise
+            skipped[method] = str(exc)
+            continue
         results.append(_measure(method, model, layers, [], loaded, data, reference, fp32.quality))
     _time(results, loaded, batch_sizes, threads, min_run_time, seed, progress)
     return results
@@ -394,8 +458,9 @@ def best_step(steps: list[dict]) -> dict | None:
 
 
 def recommended(results: list[MethodResult], budget_pts: float, batch_size: int) -> MethodResult | None:
-    """The fastest quantized recipe at `batch_size` within the accuracy budget."""
-    within = [r for r in results if r.method != "fp32" and r.accuracy_drop_pts <= budget_pts]
+    """The fastest quantized recipe at `batch_size` within the accuracy budget (ONNX Runtime's
+    included; its unquantized session is a reference, not a recipe)."""
+    within = [r for r in results if r.method not in ("fp32", "onnxruntime_fp32") and r.accuracy_drop_pts <= budget_pts]
     return min(within, key=lambda r: r.latency_ms[batch_size], default=None)
 
 
@@ -409,15 +474,23 @@ def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, s
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = {f"held-out:{b}": loaded.make_inputs(b, seed + 1, "test") for b in batch_sizes}
     example = loaded.make_inputs(2, seed, "train")
-    fmt = "torchscript_trace" if result.method.startswith("torch_ao") or result.method == "fp32" else "torch_export"
-    path = out_dir / f"quantized_{result.method}.{'pt' if fmt.startswith('torchscript') else 'pt2'}"
+    if result.method.startswith("onnxruntime"):
+        fmt = "onnx"
+    else:
+        fmt = "torchscript_trace" if result.method.startswith("torch_ao") or result.method == "fp32" else "torch_export"
+    suffix = {"onnx": "onnx", "torch_export": "pt2"}.get(fmt, "pt")
+    path = out_dir / f"quantized_{result.method}.{suffix}"
     status = {"method": result.method, "format": fmt, "file": f"{out_dir.name}/{path.name}", "produced": False,
               "error": None,
               "max_abs_diff": None, "top1_agreement": None}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if fmt == "torchscript_trace":
+            if fmt == "onnx":  # the int8 file itself, as ONNX Runtime made it
+                import shutil
+
+                shutil.copyfile(result.module.path, path)
+            elif fmt == "torchscript_trace":
                 torch.jit.save(trace(result.module, example), str(path))
             else:
                 torch.export.save(export_program(result.module, example)[1], str(path))
@@ -455,10 +528,38 @@ def findings(results: list[MethodResult], batch_sizes) -> list[str]:
                      f"{speedup:.2f}x fp32 ({fp32.latency_ms[batch_size]:.3g} ms)"
                      + ("; no int8 recipe beats fp32 here: the (de)quantization around small matmuls costs more "
                         "than int8 saves, so quantize this model for size, not speed" if speedup < 1 else ""))
+    lines += _runtime_split(results, batch_sizes)
     for result in results[1:]:
+        if result.method == "onnxruntime_fp32":
+            continue
         lines.append(f"{result.method}: {len(result.layers)} layers, {100 * result.coverage_params:.1f}% of "
                      f"parameters, {100 * result.coverage_flops:.1f}% of FLOPs; "
                      f"{fp32.size_bytes / result.size_bytes:.2f}x smaller")
+    return lines
+
+
+def _runtime_split(results: list[MethodResult], batch_sizes) -> list[str]:
+    """Why ONNX Runtime's int8 wins or loses: its speedup over eager fp32 split into what ONNX
+    Runtime gives without quantization (its fp32 session: one C++ graph, fused ops, no Python
+    per op) and what its int8 kernels add on top, beside torch.ao's int8 at the same batch size."""
+    by_name = {r.method: r for r in results}
+    fp32, ort = by_name["fp32"], by_name.get("onnxruntime_fp32")
+    if ort is None:
+        return []
+    lines = []
+    for batch_size in sorted(batch_sizes):
+        for name in ("onnxruntime_int8_dynamic", "onnxruntime_int8_dynamic_per_channel"):
+            if name not in by_name:
+                continue
+            total = fp32.latency_ms[batch_size] / by_name[name].latency_ms[batch_size]
+            runtime = fp32.latency_ms[batch_size] / ort.latency_ms[batch_size]
+            line = (f"batch {batch_size}: {name} is {total:.2f}x eager fp32 = {runtime:.2f}x from ONNX Runtime itself "
+                    f"(its fp32 session) x {total / runtime:.2f}x from its int8 kernels")
+            if "torch_ao_dynamic" in by_name:
+                torch_ao = fp32.latency_ms[batch_size] / by_name["torch_ao_dynamic"].latency_ms[batch_size]
+                line += f"; torch.ao int8 is {torch_ao:.2f}x"
+            lines.append(line)
+            break
     return lines
 
 

@@ -181,7 +181,9 @@ STUDIES: list[Study] = [
         *_common("run_dir", "seed"))),
     Study("quantization", "03_quantization", "quantization", "lab2prod.quantization", (
         Param("model", "str", "digits_mlp", _MODEL_HELP), *_INPUTS,
-        Param("methods", "list[str]", ["torch_ao_dynamic", "torchao_int8_dynamic", "torchao_int8_weight_only"],
+        Param("methods", "list[str]", ["torch_ao_dynamic", "torchao_int8_dynamic", "torchao_int8_weight_only",
+                                       "onnxruntime_fp32", "onnxruntime_int8_dynamic",
+                                       "onnxruntime_int8_dynamic_per_channel"],
               "recipes to compare", min_items=1, check="lab2prod.quantization:check_methods"),
         Param("module_types", "list[str]", ["Linear", "LSTM", "GRU"],
               "layer types torch.ao quantizes (torchao: Linear only)", min_items=1,

@@ -20,7 +20,8 @@ __all__ = ["load_exported", "main"]
 
 
 def load_exported(fmt: str, path: str, device: str = "cpu"):
-    """Load a TorchScript (`torchscript_*`) or torch.export (`torch_export`) file onto `device`."""
+    """Load a TorchScript (`torchscript_*`), torch.export (`torch_export`) or ONNX (`onnx`, in an
+    ONNX Runtime session) file onto `device`."""
     if fmt.startswith("torchscript"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -29,6 +30,12 @@ def load_exported(fmt: str, path: str, device: str = "cpu"):
     if fmt == "torch_export":
         module = torch.export.load(path).module()
         return module.to(device) if device != "cpu" else module
+    if fmt == "onnx":  # ONNX Runtime on the file and its external data, no torch model code
+        from lab2prod.onnx_rt import OrtModule
+
+        module = OrtModule(path, threads=1, device=device)
+        module.session  # noqa: B018 - load now, so a broken file fails the load, not the first case
+        return module
     raise ValueError(f"format {fmt!r} is not known")
 
 

@@ -91,6 +91,8 @@ SCHEMAS: dict[str, ResultSchema] = {schema.name: schema for schema in (
         "recommended": ("string|null", "the fastest recipe within the accuracy budget"),
         "export": ("object|null", "the recommended recipe exported and reloaded in a fresh process"),
         "findings": ("array", "what the numbers say, one sentence each"),
+        "skipped": ("object", "methods that do not apply to this model, with the reason (ONNX Runtime's when the "
+                              "model does not export to ONNX)"),
     }, (Measure("quantization.model.heldout_accuracy", "accuracy"), Measure("quantization.methods[*].accuracy",
                                                                             "accuracy"),
         Measure("quantization.methods[*].size_bytes", "size"))),
