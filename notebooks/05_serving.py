@@ -26,7 +26,12 @@
 # (TorchScript is the old path, deprecated upstream; TorchServe 0.12 loads it natively).
 #
 # TorchServe has been in limited maintenance since 2025 (0.12.0 is its last release): it still
-# serves, but weigh that when choosing a server for a new deployment.
+# serves, but weigh that when choosing a server for a new deployment. With `backend="both"` (or
+# `"rayserve"`) the same model is also served by **Ray Serve**, which is maintained and runs
+# unchanged on a Ray cluster (KubeRay): the same codec and guard in its deployment, a bearer
+# token checked by the deployment (Ray Serve has no authorization of its own), the same
+# locustfile at the same loads, Ray's Prometheus metrics, replicas x threads x `@serve.batch`
+# tuned against the same SLA, and the two servers side by side with a line saying which to pick.
 
 # %% tags=["parameters"]
 model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
@@ -35,6 +40,7 @@ example_inputs = ""  # package.module:fn(batch_size, seed); its requests are JSO
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
+backend = "torchserve"  # torchserve, rayserve or both (measured side by side)
 users = [1, 8, 32, 64]  # concurrent Locust users per load level
 duration_s = 4.0  # seconds of load per level and per tuned configuration
 workers = 1  # workers for the load sweep
@@ -53,6 +59,7 @@ seed = 0  # seed for untrained weights and photo crops
 
 # %%
 import pandas as pd
+from IPython.display import display
 
 from lab2prod import notebook as nb
 from lab2prod import serving
@@ -61,6 +68,7 @@ from lab2prod.results import record
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform, task=task)
 
+backend = serving.check_backend(backend)
 config = serving.ServeConfig(workers, threads, batch_size, max_batch_delay_ms, max_request_size)
 grid = serving.tuning_grid(tune_workers, tune_threads, tune_batch_sizes, max_batch_delay_ms)
 pd.DataFrame([loaded.card()]).set_index("model")
@@ -73,8 +81,11 @@ pd.DataFrame([loaded.card()]).set_index("model")
 # for `duration_s` seconds.
 
 # %%
-report = serving.evaluate_serving(loaded, run_dir, config, users, duration_s, grid, tune_users, sla_ms,
-                                  parity_requests, seed)
+if backend == "rayserve":
+    report = serving.ServingReport(False, "backend='rayserve': TorchServe not started")
+else:
+    report = serving.evaluate_serving(loaded, run_dir, config, users, duration_s, grid, tune_users, sla_ms,
+                                      parity_requests, seed)
 print(report.reason or f"served {report.served_file} taking {report.requests}; deployment config: "
       f"{report.config_file}; locustfile: {report.locustfile}")
 
@@ -162,14 +173,74 @@ from lab2prod import kubernetes
 pd.DataFrame(kubernetes.describe(run_dir / report.kubernetes)).set_index("kind") if report.applies else report.reason
 
 # %% [markdown]
+# ## Ray Serve: the same model, the same measurements
+#
+# With `backend` "rayserve" or "both": a local Ray (127.0.0.1, as many CPUs as the machine has,
+# no dashboard, its own temp folder, always shut down) serves the same TorchScript file through
+# the same codec and guard. The deployment checks a bearer token generated at this start (key
+# file mode 0600) and refuses bodies over `max_request_size` with 413. Load: the same
+# locustfile at the same numbers of users. Tuning: replicas (the `tune_workers` values) x torch
+# threads x `@serve.batch` size at `tune_users`, after Ray Serve's defaults (one replica, torch's
+# default threads, no batching).
+
+# %%
+ray = None
+if backend in ("rayserve", "both"):
+    ray_config = serving.ray_grid([workers], [max(threads, 1)], [batch_size], max_request_size=max_request_size)[0]
+    ray_grid = serving.ray_grid(tune_workers, tune_threads, tune_batch_sizes, max_request_size=max_request_size)
+    ray = serving.evaluate_rayserve(loaded, run_dir, ray_config, users, duration_s, ray_grid, tune_users, sla_ms,
+                                    parity_requests, seed)
+    display(pd.DataFrame([ray.parity]))
+    display(pd.DataFrame(ray.limits).set_index("request"))
+    load_columns = ["users", "requests", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "error_rate", "throughput_per_s"]
+    display(pd.DataFrame(ray.load, columns=load_columns).set_index("users"))
+    display(pd.DataFrame(ray.metrics).set_index("metric") if ray.metrics else "no Ray Serve metrics")
+    display(pd.DataFrame(ray.tuning)[["config", "replicas", "threads", "max_batch_size", "p50_ms", "p99_ms",
+                                      "throughput_per_s", "error_rate", "meets_sla"]].set_index("config"))
+    print(f"Serve config: {ray.serve_config} (serve run accepts it); KubeRay manifest: {ray.rayservice}")
+else:
+    print(f"backend={backend!r}: Ray Serve not started (pass -p backend=both to measure it beside TorchServe)")
+
+# %% [markdown]
+# ## Side by side, and which to pick
+#
+# Both servers' defaults and tuned configurations at `tune_users` users against the same SLA.
+# `cpus` is how many torch threads the server runs at once (workers or replicas x threads).
+# `share_of_in_process` is the server's throughput over what the same TorchScript file does
+# called in this process at the same batch size and threads, times the workers the cores can
+# run side by side (lab2prod's benchmark harness, measured now): what the server itself costs.
+
+# %%
+from lab2prod.torchserve import exported_torchscript
+
+served = exported_torchscript(run_dir) or run_dir / "serving" / "rayserve" / "model" / "model.pt"
+ceilings = {}
+for name, rep in (("TorchServe", report if report.applies else None), ("Ray Serve", ray)):
+    for kind, row in (("default", rep.default if rep else None), ("tuned", rep.chosen if rep else None)):
+        if row is not None and served.exists():
+            key = (row["batch_size"], row["threads"], row["workers"])  # one measurement per configuration
+            measured = next((c for c in ceilings.values() if c["key"] == key), None)
+            ceilings[(name, kind)] = measured or {"key": key, **serving.in_process_ceiling(
+                served, loaded, row["batch_size"], row["threads"], row["workers"], seed)}
+side = serving.side_by_side(report if report.applies else None, ray, ceilings)
+pick = serving.pick_server(side, sla_ms)
+print(pick)
+pd.DataFrame(side).set_index(["server", "config"]).round(3) if side else "nothing served"
+
+# %%
+fig = nb.plot_side_by_side(side, sla_ms) if side else None
+
+# %% [markdown]
 # ## Gates
 #
 # `serving:parity`: every live request answered, top-1 identical to the lab and probabilities
 # within 1e-4 (an embedder: cosine at least 0.9999 and values within 1e-4). `serving:errors`: no
 # failed request at any load level. `serving:sla`: p99 ≤ `sla_ms` at the lowest load level.
+# `rayserve:parity`, `rayserve:errors`, `rayserve:sla`: the same three for Ray Serve, when the
+# backend includes it.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-gates = serving.serving_gates(report, sla_ms)
-record(run_dir, "serving", serving.serving_results(report), gates, notebook="05_serving")
+gates = serving.serving_gates(report, sla_ms) + (serving.rayserve_gates(ray, sla_ms) if ray is not None else [])
+record(run_dir, "serving", serving.serving_results(report, backend, ray, side, pick), gates, notebook="05_serving")
 nb.gates_frame(gates)[["verdict", "threshold"]]

@@ -113,7 +113,7 @@ integrity = security.integrity_checks(run_dir, run_dir / "security")
 pd.DataFrame(integrity).set_index("check")
 
 # %% [markdown]
-# ## TorchServe configuration audit
+# ## Server configuration audit (TorchServe, and Ray Serve when it was served)
 #
 # The `config.properties` the serving notebook left in this run (or, without one, the deployment
 # configuration lab2prod writes), each item pass/fail with the fix.
@@ -122,6 +122,10 @@ pd.DataFrame(integrity).set_index("check")
 config_path = security.config_to_audit(run_dir)
 audit = security.audit_config(config_path)
 print("audited:", config_path.relative_to(run_dir))
+ray_config = run_dir / "serving" / "rayserve" / "serve_config.yaml"  # when the serving notebook ran Ray Serve
+if ray_config.exists():
+    audit += security.audit_ray_config(ray_config)
+    print("audited:", ray_config.relative_to(run_dir))
 pd.DataFrame(audit).set_index("item")
 
 # %% [markdown]

@@ -240,6 +240,32 @@ def test_serving_run_serves_loads_tunes_and_leaves_no_server(run_cli, tmp_path, 
     assert str(serve) not in running  # no TorchServe of this run is left
 
 
+def test_both_servers_are_measured_side_by_side_and_nothing_is_left_running(run_cli, tmp_path, torchserve):
+    pytest.importorskip("ray.serve")
+    out = tmp_path / "out"
+    proc = run_cli("run", "--only", "export,serving", "--no-progress", "-p", "backend=both",
+                   "-p", "export.formats=['torchscript_trace']", "-p", "users=[1,4]", "-p", "duration_s=2",
+                   "-p", "tune_workers=[1]", "-p", "tune_threads=[1]", "-p", "tune_batch_sizes=[1,4]",
+                   "-p", "parity_requests=16", "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = _summary(out, "r")
+    gates = {g["name"]: g["passed"] for g in summary["gates"]}
+    assert all(gates[f"{server}:{what}"] for server in ("serving", "rayserve") for what in ("parity", "errors", "sla"))
+    serving = summary["results"]["serving"]
+    rows = {(r["server"], r["config"]) for r in serving["side_by_side"]}
+    assert rows == {(s, c) for s in ("TorchServe", "Ray Serve") for c in ("default", "tuned")}
+    assert serving["pick"].startswith("pick ") and all(r["share_of_in_process"] > 0 for r in serving["side_by_side"])
+    ray = serving["rayserve"]
+    assert [r["status"] for r in ray["limits"]] == [401, 401, 200, 413]
+    assert (out / "r" / ray["serve_config"]).exists() and (out / "r" / ray["rayservice"]).exists()
+    executed = (out / "r" / "05_serving.ipynb").read_text()
+    assert "TorchServe vs Ray Serve" in executed and "pick " in executed  # the table, the plot and the line
+    report = (out / "r" / "report.html").read_text()
+    assert "rayserve:parity" in report
+    leftovers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.strip()
+    assert not leftovers and not list(out.glob("**/ray.pids")) and not list(out.glob("**/key_file.json"))
+
+
 def test_drift_and_security_run_refuses_every_bad_input(run_cli, tmp_path):
     from lab2prod.torchserve import check_requirements
 

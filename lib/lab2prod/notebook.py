@@ -658,3 +658,27 @@ def plot_scorecard(rows: list[dict]):
     ax.set_title("Readiness scorecard, in checklist order")
     fig.tight_layout()
     return fig
+
+
+def plot_side_by_side(rows: list[dict], sla_ms: float):
+    """TorchServe and Ray Serve, default and tuned: throughput and P99 side by side, the SLA dashed."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    labels = [f"{r['server']}\n{r['config']}" for r in rows]
+    colors = ["#1f77b4" if r["server"] == "TorchServe" else "#ff7f0e" for r in rows]
+    alphas = [0.45 if r["config"] == "default" else 1.0 for r in rows]
+    for ax, key, title in ((left, "throughput_per_s", "throughput (req/s)"), (right, "p99_ms", "P99 (ms)")):
+        values = [r[key] or 0 for r in rows]
+        bars = ax.bar(labels, values, color=colors)
+        for bar, alpha, value in zip(bars, alphas, values, strict=True):
+            bar.set_alpha(alpha)
+            ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.0f}", ha="center", va="bottom", fontsize=8)
+        ax.set_title(title)
+        ax.tick_params(axis="x", labelsize=8)
+    right.axhline(sla_ms, color="black", linestyle="--", linewidth=0.8, label=f"SLA {sla_ms:g} ms")
+    right.set_yscale("log")
+    right.legend(fontsize=8)
+    fig.suptitle("TorchServe vs Ray Serve at the same load", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -210,6 +210,8 @@ STUDIES: list[Study] = [
         *_common("run_dir", "seed"))),
     Study("serving", "05_serving", "serving", "lab2prod.serving", (
         *_MODEL,
+        Param("backend", "str", "torchserve", "torchserve, rayserve or both (measured side by side)",
+              check="lab2prod.serving:check_backend"),
         Param("users", "list[int]", [1, 8, 32, 64], "concurrent Locust users per load level", ge=1, min_items=1),
         Param("duration_s", "float", 4.0, "seconds of load per level and per tuned configuration", gt=0),
         Param("workers", "int", 1, "workers for the load sweep", ge=1),

@@ -191,6 +191,11 @@ class _Stopper:
         from .torchserve import stop_recorded
 
         stop_recorded(self.run_dir)  # a server a notebook started never outlives it, pass or fail
+        try:
+            from .rayserve import stop_recorded as stop_ray
+        except ImportError:  # Ray not installed: no Ray was started
+            return
+        stop_ray(self.run_dir)
 
 
 @contextmanager

@@ -123,6 +123,12 @@ SCHEMAS: dict[str, ResultSchema] = {schema.name: schema for schema in (
         "config_file": ("string", "config.properties written with the chosen configuration"),
         "locustfile": ("string", "the locustfile left in the run folder"),
         "kubernetes": ("string", "the Kubernetes manifests written for the chosen configuration"),
+        "backend": ("string", "torchserve, rayserve or both"),
+        "rayserve": ("object|null", "Ray Serve's parity, limits, load, metrics, tuning, chosen configuration, Serve "
+                                    "config file and RayService manifest"),
+        "side_by_side": ("array", "TorchServe and Ray Serve, default and tuned, at the same load: throughput, "
+                                  "p50/p95/p99, errors, CPUs, share of the in-process ceiling"),
+        "pick": ("string", "which server to pick for this model on this machine, and why"),
     }, (Measure("serving.tuned.p99_ms", "latency"),)),
     ResultSchema("drift", {
         "false_positive_rate": ("number|null", "share of batches flagged under no shift (primary test)"),

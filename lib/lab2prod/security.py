@@ -246,6 +246,29 @@ def audit_config(path: Path, max_request_size: int = 10_000_000) -> list[dict]:
     return rows
 
 
+def audit_ray_config(path: Path, max_request_size: int = 10_000_000) -> list[dict]:
+    """Check a Ray Serve config file written by the serving notebook: each item pass/fail with the
+    fix, as for TorchServe. Ray Serve has no authorization of its own, so the application must be
+    lab2prod's (its deployment checks a bearer token)."""
+    import yaml
+
+    content = yaml.safe_load(Path(path).read_text())
+    host = (content.get("http_options") or {}).get("host", "(default: 127.0.0.1)")
+    apps = content.get("applications") or []
+    sizes = [int(a.get("args", {}).get("max_request_size", 0) or 0) for a in apps]
+    return [
+        {"item": "ray: token checked by the deployment",
+         "passed": bool(apps) and all(a.get("import_path") == "lab2prod.rayserve:app" for a in apps),
+         "value": ", ".join(a.get("import_path", "?") for a in apps) or "(no application)",
+         "fix": "serve lab2prod.rayserve:app (its deployment refuses a missing or wrong bearer token); Ray Serve "
+                "has no authorization of its own"},
+        {"item": "ray: bind address", "passed": host in ("127.0.0.1", "localhost", "(default: 127.0.0.1)"),
+         "value": host, "fix": "http_options.host: 127.0.0.1 on a machine; in a pod, a Service and a proxy with TLS"},
+        {"item": "ray: max_request_size", "passed": bool(sizes) and all(0 < n <= max_request_size for n in sizes),
+         "value": ", ".join(map(str, sizes)) or "(unset)", "fix": f"max_request_size at most {max_request_size}"},
+    ]
+
+
 def config_to_audit(run_dir: Path) -> Path:
     """The serving notebook's config.properties in this run, else lab2prod's deployment config
     written to run_dir/security."""

@@ -1,15 +1,18 @@
-"""The serving study: a real TorchServe serving the model, live parity with the lab, what it refuses,
-a Locust load sweep, Prometheus metrics, and workers x threads x batch tuned against the SLA."""
+"""The serving study: a real TorchServe (and, with `backend`, Ray Serve) serving the model, live
+parity with the lab, what it refuses, a Locust load sweep, Prometheus metrics, the knobs tuned
+against the SLA, and the two servers side by side."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from .codec import codec_for
+from .errors import Lab2ProdError
 from .loadtest import content_type_of, load_sweep, run_locust, write_locustfile
 from .torchserve import (
     DEFAULT_CONFIG,
@@ -37,7 +40,28 @@ __all__ = [
     "evaluate_serving",
     "serving_gates",
     "serving_results",
+    "BACKENDS",
+    "check_backend",
+    "ray_grid",
+    "evaluate_rayserve",
+    "in_process_ceiling",
+    "side_by_side",
+    "pick_server",
 ]
+
+BACKENDS = ("torchserve", "rayserve", "both")
+
+
+def check_backend(backend: str) -> str:
+    """torchserve, rayserve or both; a clear error otherwise (and when Ray Serve is not installed)."""
+    if backend not in BACKENDS:
+        raise Lab2ProdError(f"backend {backend!r} is not known; use torchserve, rayserve or both")
+    if backend != "torchserve":
+        try:
+            import ray.serve  # noqa: F401
+        except ImportError:
+            raise Lab2ProdError(f"backend {backend!r} needs Ray Serve; pip install -r requirements.txt") from None
+    return backend
 
 
 REQUEST_KINDS = {"image": "image file bytes (PNG, JPEG)", "text": 'JSON {"text": "..."}',
@@ -236,10 +260,15 @@ def serving_gates(report: ServingReport, sla_ms: float, prob_atol: float = 1e-4)
     ]
 
 
-def serving_results(report: ServingReport) -> dict:
+def serving_results(report: ServingReport, backend: str = "torchserve", ray: RayReport | None = None,
+                    side: list[dict] | None = None, pick: str = "") -> dict:
     """The named results the serving notebook records (results["serving"])."""
     keys = ["workers", "threads", "batch_size", "users", "p99_ms", "throughput_per_s"]
     return {
+        "backend": backend,
+        "rayserve": asdict(ray) if ray is not None else None,
+        "side_by_side": side or [],
+        "pick": pick,
         "applies": report.applies,
         "served_file": report.served_file,
         "parity_top1_agreement": report.parity.get("top1_agreement"),
@@ -258,3 +287,201 @@ def serving_results(report: ServingReport) -> dict:
         "locustfile": report.locustfile,
         "kubernetes": report.kubernetes,
     }
+
+
+# ---------------------------------------------------------------- Ray Serve beside TorchServe
+
+
+def ray_grid(replicas, threads, batch_sizes, num_cpus: int = 2, max_request_size: int = 1_000_000) -> list:
+    """Every combination of replicas x torch threads per replica x @serve.batch size. The replicas
+    share Ray's `num_cpus` evenly (so each can be placed); threads are set apart from that, so
+    replicas x threads can oversubscribe the cores, as TorchServe's workers x threads can."""
+    from .rayserve import RayConfig
+
+    return [RayConfig(r, num_cpus / r, t, b, 0.005, max_request_size) for r in replicas for t in threads
+            for b in batch_sizes]
+
+
+def _ray_tune(server, model_dir: Path, locustfile: Path, configs: list, users: int, duration_s: float,
+              sla_ms: float, progress: bool = False) -> list[dict]:
+    from tqdm import tqdm
+
+    rows = []
+    warm = sorted((Path(locustfile).parent / "requests").iterdir())[0]
+    for config in tqdm(configs, desc="tune ray", unit="config", disable=not progress):
+        server.deploy(model_dir, config)
+        server.predict("model", warm.read_bytes(), content_type=content_type_of(warm))
+        row = run_locust(server, "model", locustfile, users, duration_s)
+        rows.append({**row, **asdict(config), "config": config.label, "workers": config.replicas,
+                     "batch_size": config.max_batch_size,
+                     "meets_sla": row["p99_ms"] is not None and row["p99_ms"] <= sla_ms and row["error_rate"] == 0})
+    return rows
+
+
+def in_process_ceiling(model_file: Path, loaded, batch_size: int, threads: int, workers: int,
+                       seed: int = 0, min_run_time: float = 1.0) -> dict:
+    """What the server could at most deliver: the served TorchScript file called in this process at
+    the server's batch size and threads (lab2prod's benchmark harness), times the workers the cores
+    can run side by side."""
+    from .benchmark import measure
+    from .codec import request_bodies
+    from .inputs import call, cat
+
+    module = torch.jit.load(str(model_file)).eval()
+    lab = codec_for(loaded, guarded=False)
+    bodies = [body for _, body in request_bodies(loaded, max(batch_size, 1), seed)]
+    batch = cat([lab(bodies[i % len(bodies)]) for i in range(max(batch_size, 1))])
+    threads = int(threads) or (os.cpu_count() or 1)  # 0: torch's default, a thread per core
+    with torch.inference_mode():
+        timing = measure(lambda: call(module, batch), batch_size=max(batch_size, 1), threads=threads,
+                         min_run_time=min_run_time)
+    parallel = max(1, min(int(workers), (os.cpu_count() or 1) // threads))
+    single = timing.stats()["throughput_per_s"]
+    return {"batch_size": batch_size, "threads": threads, "workers": parallel, "one_worker_per_s": single,
+            "ceiling_per_s": single * parallel}
+
+
+@dataclass
+class RayReport:
+    """Ray Serve's measurements, as the TorchServe ones: parity, limits, load, metrics, tuning."""
+
+    parity: dict = field(default_factory=dict)
+    limits: list[dict] = field(default_factory=list)
+    load: list[dict] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    tuning: list[dict] = field(default_factory=list)
+    default: dict | None = None
+    chosen: dict | None = None
+    serve_config: str = ""
+    rayservice: str = ""
+
+
+def evaluate_rayserve(loaded, run_dir: Path, config, users_levels, duration_s: float, grid: list, tune_users: int,
+                      sla_ms: float, parity_count: int = 64, seed: int = 0, num_cpus: int = 2,
+                      progress: bool = False) -> RayReport:
+    """Serve the model with Ray Serve (local Ray on 127.0.0.1, `num_cpus` CPUs) and measure it as
+    TorchServe is measured: live parity, limits, the same locustfile at the same users, Prometheus
+    metrics from Ray's endpoint, then the default and the grid of RayConfigs at `tune_users`. Ray
+    is shut down before this returns, also on an error or an interrupt. Writes the chosen
+    configuration as a Serve config file and a KubeRay RayService manifest."""
+    import yaml
+
+    from .loadtest import write_locustfile
+    from .rayserve import (
+        DEFAULT_RAY_CONFIG,
+        RayServer,
+        rayservice_manifest,
+        serve_config,
+        validate_rayservice,
+        write_model_dir,
+    )
+    from .rayserve import write_serve_config as write_config_file
+
+    run_dir = Path(run_dir)
+    ray_dir = run_dir / "serving" / "rayserve"
+    model_dir = write_model_dir(loaded, ray_dir / "model", exported_torchscript(run_dir), seed, config.max_request_size)
+    requests = request_images(loaded, parity_count, seed)
+    content_type = codec_for(loaded, guarded=False).content_type
+    locustfile = run_dir / "serving" / "locustfile.py"
+    if not locustfile.exists():
+        locustfile = write_locustfile(run_dir, requests, codec_for(loaded, guarded=False).suffix)
+    report = RayReport()
+    with RayServer(ray_dir, num_cpus=num_cpus) as server:
+        server.deploy(model_dir, config)
+        report.parity = live_parity(server, "model", loaded, requests)
+        report.limits = [row for row in limits_check(server, "model", requests[0][1], config.max_request_size,
+                                                     content_type) if not row["request"].startswith("ping")]
+        for users in users_levels:
+            row = run_locust(server, "model", locustfile, users, duration_s)
+            report.load.append({**row, "workers": config.replicas, "threads": config.threads,
+                                "batch_size": config.max_batch_size})
+        report.metrics = _ray_metric_rows(server.scrape_metrics())
+        default, *tuned = _ray_tune(server, model_dir, locustfile, [DEFAULT_RAY_CONFIG, *grid], tune_users,
+                                    duration_s, sla_ms, progress)
+    report.default = {**default, "default": True}
+    report.tuning = [report.default, *tuned]
+    report.chosen = choose(report.tuning)
+    from .rayserve import RayConfig
+
+    chosen = RayConfig(**{k: report.chosen[k] for k in RayConfig.__dataclass_fields__}) if report.chosen else config
+    content = serve_config(str(model_dir), chosen)
+    report.serve_config = str(write_config_file(ray_dir / "serve_config.yaml", content).relative_to(run_dir))
+    manifest, document = ray_dir / "rayservice.yaml", rayservice_manifest(content, chosen)
+    problems = validate_rayservice(document)
+    if problems:  # never write a manifest that would not apply
+        raise Lab2ProdError(f"the RayService manifest does not validate: {'; '.join(problems[:3])}")
+    manifest.write_text(yaml.safe_dump(document, sort_keys=False))
+    report.rayservice = str(manifest.relative_to(run_dir))
+    return report
+
+
+def _ray_metric_rows(samples: list[dict]) -> list[dict]:
+    """Ray Serve's request counters and latency sums for the deployment, one row per metric."""
+    totals: dict[str, float] = {}
+    for sample in samples:
+        name = sample["metric"]
+        if any(key in name for key in ("request_counter", "processing_latency_ms_sum", "processing_latency_ms_count",
+                                       "num_router_requests", "request_latency_ms_count", "batch_size_count")):
+            totals[name] = totals.get(name, 0.0) + float(sample["value"])
+    return [{"metric": name, "labels": "all replicas", "value": value} for name, value in sorted(totals.items())]
+
+
+def side_by_side(ts: ServingReport | None, ray: RayReport | None, ceilings: dict) -> list[dict]:
+    """TorchServe and Ray Serve, default and tuned, at the same load and SLA: throughput, P50/P95/P99,
+    errors, CPUs used and the share of the in-process ceiling of the same configuration."""
+    rows = []
+    for server, report in (("TorchServe", ts), ("Ray Serve", ray)):
+        if report is None or not report.tuning:
+            continue
+        for kind, row in (("default", report.default), ("tuned", report.chosen)):
+            if row is None:
+                continue
+            threads = row["threads"] or (os.cpu_count() or 1)  # 0: torch's default, a thread per core
+            cpus = row["workers"] * threads  # threads the server runs at once (TorchServe workers, Ray replicas)
+            ceiling = ceilings.get((server, kind))
+            rows.append({"server": server, "config": kind, "setting": row["config"],
+                         "throughput_per_s": row["throughput_per_s"], "p50_ms": row["p50_ms"], "p95_ms": row["p95_ms"],
+                         "p99_ms": row["p99_ms"], "error_rate": row["error_rate"], "cpus": cpus,
+                         "meets_sla": row["meets_sla"],
+                         "share_of_in_process": row["throughput_per_s"] / ceiling["ceiling_per_s"]
+                         if ceiling else None})
+    return rows
+
+
+def pick_server(rows: list[dict], sla_ms: float) -> str:
+    """One sentence: which server to pick for this model on this machine, and why."""
+    tuned = {r["server"]: r for r in rows if r["config"] == "tuned"}
+    if len(tuned) < 2:
+        return "one server measured: nothing to compare"
+    ts, ray = tuned["TorchServe"], tuned["Ray Serve"]
+    meeting = [r for r in (ts, ray) if r["meets_sla"]]
+    if len(meeting) == 1:
+        return (f"pick {meeting[0]['server']}: only it meets p99 <= {sla_ms:g} ms at this load "
+                f"({meeting[0]['throughput_per_s']:.0f} req/s)")
+    best, other = (ts, ray) if ts["throughput_per_s"] >= ray["throughput_per_s"] else (ray, ts)
+    ratio = best["throughput_per_s"] / max(other["throughput_per_s"], 1e-9)
+    if best is ts and ratio < 1.25:
+        return (f"pick Ray Serve: TorchServe is {ratio:.2f}x faster here ({ts['throughput_per_s']:.0f} vs "
+                f"{ray['throughput_per_s']:.0f} req/s), too little to outweigh that TorchServe is in limited "
+                "maintenance since 2025 while Ray Serve is maintained and scales out on a Ray cluster")
+    return (f"pick {best['server']}: {ratio:.2f}x the throughput of {other['server']} at the same load "
+            f"({best['throughput_per_s']:.0f} vs {other['throughput_per_s']:.0f} req/s, p99 {best['p99_ms']:.0f} ms)"
+            + ("; note TorchServe is in limited maintenance since 2025" if best is ts else ""))
+
+
+def rayserve_gates(report: RayReport, sla_ms: float, prob_atol: float = 1e-4) -> list[dict]:
+    """rayserve:parity, rayserve:errors, rayserve:sla: TorchServe's gates, for Ray Serve."""
+    from .results import gate
+
+    names = ("rayserve:parity", "rayserve:errors", "rayserve:sla")
+    worst_errors = max(r["error_rate"] for r in report.load)
+    lowest = min(report.load, key=lambda r: r["users"])
+    return [
+        gate(names[0], parity_passes(report.parity, prob_atol),
+             report.parity.get("max_abs_diff", report.parity.get("max_prob_diff")), prob_atol,
+             parity_text(report.parity)),
+        gate(names[1], worst_errors == 0, worst_errors, 0.0,
+             f"levels {', '.join(str(r['users']) for r in report.load)} users"),
+        gate(names[2], lowest["p99_ms"] is not None and lowest["p99_ms"] <= sla_ms, lowest["p99_ms"], sla_ms,
+             f"p99 at {lowest['users']} user(s)"),
+    ]
