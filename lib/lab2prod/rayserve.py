@@ -228,8 +228,21 @@ class RayServer:
         from ray import serve
 
         args = {"model_dir": str(model_dir), "token_file": str(self.key_file), **asdict(config)}
-        serve.run(app(args), name=name, route_prefix=f"/predictions/{name}", blocking=False)
         deadline = time.monotonic() + timeout_s
+        if name in serve.status().applications:
+            # A rolling update starts the new replicas before it stops the old ones; with every CPU
+            # reserved by the old replicas the new ones could never be placed. Tuning replaces the
+            # application instead.
+            serve.delete(name, _blocking=True)
+        # serve.run waits, without a limit, until the application runs; its non-waiting form lets
+        # this wait end with a reason (a failed replica, or one that cannot be placed)
+        from ray.serve import api
+
+        run = getattr(api, "_run", None)
+        if run is not None:
+            run(app(args), _blocking=False, name=name, route_prefix=f"/predictions/{name}")
+        else:  # pragma: no cover - another Ray version
+            serve.run(app(args), name=name, route_prefix=f"/predictions/{name}")
         while time.monotonic() < deadline:
             status = serve.status().applications.get(name)
             if status is not None and str(status.status).endswith("RUNNING"):

@@ -342,16 +342,10 @@ def in_process_ceiling(model_file: Path, loaded, batch_size: int, threads: int, 
 
 
 @dataclass
-class RayReport:
-    """Ray Serve's measurements, as the TorchServe ones: parity, limits, load, metrics, tuning."""
+class RayReport(ServingReport):
+    """Ray Serve's measurements, the TorchServe ones (parity, limits, load, metrics, tuning) plus
+    the Serve config file and the RayService manifest written for the chosen configuration."""
 
-    parity: dict = field(default_factory=dict)
-    limits: list[dict] = field(default_factory=list)
-    load: list[dict] = field(default_factory=list)
-    metrics: list[dict] = field(default_factory=list)
-    tuning: list[dict] = field(default_factory=list)
-    default: dict | None = None
-    chosen: dict | None = None
     serve_config: str = ""
     rayservice: str = ""
 
@@ -385,7 +379,9 @@ def evaluate_rayserve(loaded, run_dir: Path, config, users_levels, duration_s: f
     locustfile = run_dir / "serving" / "locustfile.py"
     if not locustfile.exists():
         locustfile = write_locustfile(run_dir, requests, codec_for(loaded, guarded=False).suffix)
-    report = RayReport()
+    report = RayReport(True, requests=REQUEST_KINDS[codec_for(loaded, guarded=False).kind], model_name="model",
+                       served_file=str((model_dir / "model.pt").relative_to(run_dir)),
+                       locustfile=str(locustfile.relative_to(run_dir)))
     with RayServer(ray_dir, num_cpus=num_cpus) as server:
         server.deploy(model_dir, config)
         report.parity = live_parity(server, "model", loaded, requests)
