@@ -205,7 +205,8 @@ def test_benchmark_run_picks_a_configuration_under_the_sla(run_cli, tmp_path):
     assert "PASS sla" in proc.stdout
     values = _summary(out, "r")["results"]["benchmark"]
     variants = {(r["variant"], r["batch_size"]) for r in values["rows"]}
-    assert variants == {(v, b) for v in ("eager", "torchscript", "torch_export", "dynamic_int8") for b in (1, 4)}
+    assert variants == {(v, b) for v in ("eager", "torchscript", "torch_export", "dynamic_int8", "onnxruntime",
+                                         "onnxruntime_int8") for b in (1, 4)}
     assert all(r["correct"] and r["p99_ms"] >= r["p50_ms"] > 0 for r in values["rows"])
     sla = values["sla"]
     assert sla["met"] and sla["p99_ms"] <= sla["sla_ms"] == 100.0 and sla["batch_size"] in (1, 4)
@@ -244,8 +245,8 @@ def test_both_servers_are_measured_side_by_side_and_nothing_is_left_running(run_
     pytest.importorskip("ray.serve")
     out = tmp_path / "out"
     proc = run_cli("run", "--only", "export,serving", "--no-progress", "-p", "backend=both",
-                   "-p", "export.formats=['torchscript_trace']", "-p", "users=[1,4]", "-p", "duration_s=2",
-                   "-p", "tune_workers=[1]", "-p", "tune_threads=[1]", "-p", "tune_batch_sizes=[1,4]",
+                   "-p", "export.formats=['torchscript_trace']", "-p", "users=[2]", "-p", "duration_s=2",
+                   "-p", "tune_workers=[1]", "-p", "tune_threads=[1]", "-p", "tune_batch_sizes=[4]",
                    "-p", "parity_requests=16", "--out", str(out), "--run-id", "r")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = _summary(out, "r")
@@ -259,7 +260,7 @@ def test_both_servers_are_measured_side_by_side_and_nothing_is_left_running(run_
     assert [r["status"] for r in ray["limits"]] == [401, 401, 200, 413]
     assert (out / "r" / ray["serve_config"]).exists() and (out / "r" / ray["rayservice"]).exists()
     executed = (out / "r" / "05_serving.ipynb").read_text()
-    assert "TorchServe vs Ray Serve" in executed and "pick " in executed  # the table, the plot and the line
+    assert "share_of_in_process" in executed and "pick " in executed and "image/png" in executed  # table, line, plot
     report = (out / "r" / "report.html").read_text()
     assert "rayserve:parity" in report
     leftovers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.strip()
