@@ -27,7 +27,7 @@ def test_export_run_passes(run_cli, tmp_path, model, extra):
     assert set(summary) >= {"run_id", "params", "environment", "notebooks", "results", "gates"}
     assert summary["notebooks"][0]["status"] == "ok"
     assert {g["name"] for g in summary["gates"]} == {
-        "parity:torchscript_script", "parity:torchscript_trace", "parity:torch_export"}
+        "parity:torchscript_script", "parity:torchscript_trace", "parity:torch_export", "parity:onnx"}
     formats = summary["results"]["export"]["formats"]
     assert {(f["format"], f["batch_size"]) for f in formats if f["inputs"] == "held-out"} >= {
         ("torch_export", 1), ("torch_export", 3)}
