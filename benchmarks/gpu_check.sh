@@ -56,7 +56,7 @@ export HF_HUB_OFFLINE=1
 
 runs=()
 for model in resnet18 digits_cnn; do
-    "$py" -m lab2prod.cli run --only benchmark --model "$model" --device "$device" "${settings[@]}" \
+    "$py" -m lab2prod.run.cli run --only benchmark --model "$model" --device "$device" "${settings[@]}" \
         --no-progress --out "$out/runs" --run-id "$model" > "$out/run_$model.txt" 2>&1 \
         || echo "gpu_check: the benchmark of $model did not pass its gate (see $out/run_$model.txt)"
     runs+=("$out/runs/$model")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def table(run_dirs: list[Path]) -> str:
-    from lab2prod.benchmark import device_peak_tflops
+    from lab2prod.studies.benchmark import device_peak_tflops
 
     lines, machine = [], {}
     for run_dir in run_dirs:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils import benchmark as tub
 
-from lab2prod import benchmark as bm
-from lab2prod.environment import machine_snapshot
-from lab2prod.models import load_model
-from lab2prod.paths import OUTPUTS_DIR
+from lab2prod.core.paths import OUTPUTS_DIR
+from lab2prod.models.load import load_model
+from lab2prod.studies import benchmark as bm
+from lab2prod.studies.environment import machine_snapshot
 
 CASES = [("resnet18", 1), ("digits_mlp", 16)]
 

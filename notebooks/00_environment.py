@@ -33,10 +33,10 @@ seed = 0  # seed for input draws and untrained weights
 # %%
 import pandas as pd
 
-from lab2prod import environment as env
-from lab2prod import notebook as nb
-from lab2prod.inputs import export_program
-from lab2prod.results import record
+from lab2prod.core.inputs import export_program
+from lab2prod.core.results import record
+from lab2prod.studies import environment as env
+from lab2prod.studies import notebook as nb
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform, task=task)

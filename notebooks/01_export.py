@@ -43,10 +43,10 @@ seed = 0  # seed for input draws and untrained weights
 # %%
 import pandas as pd
 
-from lab2prod import export
-from lab2prod import notebook as nb
-from lab2prod.environment import write_lock
-from lab2prod.results import record
+from lab2prod.core.results import record
+from lab2prod.studies import export
+from lab2prod.studies import notebook as nb
+from lab2prod.studies.environment import write_lock
 
 run_dir, loaded, devices = nb.setup(run_dir, model, weights, example_inputs, seed, device,
                                     data=data, lab_transform=lab_transform, task=task)

@@ -46,9 +46,9 @@ seed = 0  # seed for photograph crops and untrained weights
 import pandas as pd
 from IPython.display import display
 
-from lab2prod import notebook as nb
-from lab2prod import parity
-from lab2prod.results import record
+from lab2prod.core.results import record
+from lab2prod.studies import notebook as nb
+from lab2prod.studies import parity
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform, task=task)

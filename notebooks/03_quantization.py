@@ -52,9 +52,9 @@ seed = 0  # seed for input draws and untrained weights
 # %%
 import pandas as pd
 
-from lab2prod import notebook as nb
-from lab2prod import quantization as q
-from lab2prod.results import record
+from lab2prod.core.results import record
+from lab2prod.studies import notebook as nb
+from lab2prod.studies import quantization as q
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform, task=task)

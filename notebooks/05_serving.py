@@ -17,7 +17,7 @@
 # Model Analyzer does: every combination of workers, torch threads per worker and server-side
 # batch size at the target load, keeping the highest throughput whose P99 meets the SLA.
 #
-# The handler imports lab2prod's request codec (`lab2prod.codec`), so its preprocessing is the
+# The handler imports lab2prod's request codec (`lab2prod.kinds.codec`), so its preprocessing is the
 # lab's own object, not a copy: image bytes through the lab transform (the user's own
 # `lab_transform`, whose source file the archive carries, or the family's recipe), JSON
 # `{"text": ...}` through the model's tokenizer (its files in the archive), or JSON of named arrays
@@ -61,9 +61,9 @@ seed = 0  # seed for untrained weights and photo crops
 import pandas as pd
 from IPython.display import display
 
-from lab2prod import notebook as nb
-from lab2prod import serving
-from lab2prod.results import record
+from lab2prod.core.results import record
+from lab2prod.studies import notebook as nb
+from lab2prod.studies import serving
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform, task=task)
@@ -168,7 +168,7 @@ else:
 # The folder holds the Dockerfile and build context of the image the Deployment runs.
 
 # %%
-from lab2prod import kubernetes
+from lab2prod.servers import kubernetes
 
 pd.DataFrame(kubernetes.describe(run_dir / report.kubernetes)).set_index("kind") if report.applies else report.reason
 
@@ -211,7 +211,7 @@ else:
 # run side by side (lab2prod's benchmark harness, measured now): what the server itself costs.
 
 # %%
-from lab2prod.torchserve import exported_torchscript
+from lab2prod.servers.torchserve.server import exported_torchscript
 
 served = exported_torchscript(run_dir) or run_dir / "serving" / "rayserve" / "model" / "model.pt"
 ceilings = {}

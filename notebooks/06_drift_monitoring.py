@@ -49,9 +49,9 @@ seed = 0  # seed for the reference split, batch draws and permutations
 
 # %%
 
-from lab2prod import drift
-from lab2prod import notebook as nb
-from lab2prod.results import record
+from lab2prod.core.results import record
+from lab2prod.studies import drift
+from lab2prod.studies import notebook as nb
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform, task=task)
@@ -76,7 +76,7 @@ nb.drift_frame(report).round(3) if report.applies else report.reason
 # %% [markdown]
 # ## Metrics a service exports
 #
-# `lab2prod.drift.MetricsExporter` holds a `data_drift_score` gauge, an inference latency
+# `lab2prod.studies.drift.MetricsExporter` holds a `data_drift_score` gauge, an inference latency
 # histogram with a bucket boundary on the SLA, and requests counted by outcome; `serve()` starts a
 # `/metrics` endpoint on 127.0.0.1 that a handler or sidecar can use. Below, the exposition text
 # after recording the monitored batches of two scenarios (values from this run).

@@ -9,14 +9,14 @@
 # %% [markdown]
 # # 07 · Security: hostile inputs, adversarial examples, model integrity, server configuration
 #
-# Production requests are not all friendly. The input guard (`lab2prod.guard.InputGuard`) is
+# Production requests are not all friendly. The input guard (`lab2prod.kinds.guard.InputGuard`) is
 # what the served handler runs before anything reaches the model: a byte limit, the format by
 # its magic bytes (never the file name), a pixel limit read from the header before decoding
 # (decompression bombs), one frame only, the colour modes the lab used, sane dimensions, a full
 # decode (truncated files), then NaN/Inf, shape and range checks and a z-score screen of the
 # input statistics against the lab's. Every refusal has a reason code.
 #
-# A text model gets JSON `{"text": ...}` and its guard (`lab2prod.guard.TextGuard`) refuses
+# A text model gets JSON `{"text": ...}` and its guard (`lab2prod.kinds.guard.TextGuard`) refuses
 # bodies that are not UTF-8 or not JSON, wrong keys, a text that is not a string, blank, full of
 # control characters, or over the model's token limit (refused, never silently cut). A tensor
 # model gets JSON of named arrays and its guard (`TensorGuard`) refuses wrong names, dtypes
@@ -46,11 +46,11 @@ seed = 0  # seed for PGD random starts and untrained weights
 import pandas as pd
 import torch
 
-from lab2prod import notebook as nb
-from lab2prod import security
-from lab2prod.codec import codec_for
-from lab2prod.results import record
-from lab2prod.serving import request_images
+from lab2prod.core.results import record
+from lab2prod.kinds.codec import codec_for
+from lab2prod.studies import notebook as nb
+from lab2prod.studies import security
+from lab2prod.studies.serving import request_images
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform, task=task)
@@ -81,9 +81,9 @@ pd.DataFrame(tried).set_index("input")
 
 # %%
 if loaded.family in ("digits", "photos") and not loaded.lab_transform:
-    from lab2prod.models import reference_images
-    from lab2prod.preprocess import lab_transform_for
-    from lab2prod.transforms import recipe_transform
+    from lab2prod.kinds.preprocess import lab_transform_for
+    from lab2prod.kinds.transforms import recipe_transform
+    from lab2prod.models.load import reference_images
 
     _, recipe = lab_transform_for(loaded.family)
     images, labels = reference_images(loaded.family, "test")

@@ -49,10 +49,10 @@ seed = 0  # seed for untrained weights, bootstrap and the traffic split
 import pandas as pd
 from IPython.display import display
 
-from lab2prod import canary
-from lab2prod import notebook as nb
-from lab2prod.quantization import serialized_size
-from lab2prod.results import record
+from lab2prod.core.results import record
+from lab2prod.studies import canary
+from lab2prod.studies import notebook as nb
+from lab2prod.studies.quantization import serialized_size
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform, task=task)

@@ -20,8 +20,8 @@
 run_dir = ""  # run folder to report on; empty means outputs/interactive
 
 # %%
-from lab2prod import notebook as nb
-from lab2prod import report
+from lab2prod.run import report
+from lab2prod.studies import notebook as nb
 
 run_dir, _, _ = nb.setup(run_dir)
 summary = report.collect_summary(run_dir)
@@ -53,7 +53,7 @@ nb.scorecard_frame(rows)
 # %%
 import pandas as pd
 
-from lab2prod.results import gate_verdict
+from lab2prod.core.results import gate_verdict
 
 gates = report.sorted_gates(summary["gates"])
 pd.DataFrame([{"verdict": gate_verdict(g), "item": report.checklist_item(g), "name": g["name"],

@@ -15,7 +15,7 @@ def run_cli(tmp_path):
     """Run `lab2prod ...` in a subprocess (as a user would); returns the CompletedProcess."""
 
     def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "lab2prod.cli", *args], cwd=tmp_path,
+        return subprocess.run([sys.executable, "-m", "lab2prod.run.cli", *args], cwd=tmp_path,
                               capture_output=True, text=True, timeout=timeout)
 
     return run
@@ -24,8 +24,8 @@ def run_cli(tmp_path):
 @pytest.fixture
 def torchserve():
     """Skip, with the reason, where TorchServe cannot run (no Java 17 or no torchserve)."""
-    from lab2prod.errors import Lab2ProdError
-    from lab2prod.torchserve import check_requirements
+    from lab2prod.core.errors import Lab2ProdError
+    from lab2prod.servers.torchserve.server import check_requirements
 
     try:
         check_requirements()
@@ -36,7 +36,7 @@ def torchserve():
 @pytest.fixture
 def model_files(tmp_path) -> dict[str, Path]:
     """A state_dict, a whole pickled model, a corrupt file, TorchScript and .pt2 files."""
-    from lab2prod.models import DigitsCNN
+    from lab2prod.models.load import DigitsCNN
 
     torch.manual_seed(0)
     model = DigitsCNN().eval()

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from lab2prod import benchmark as bm
-from lab2prod.errors import Lab2ProdError
-from lab2prod.models import LoadedModel
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.models.load import LoadedModel
+from lab2prod.studies import benchmark as bm
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -133,7 +133,7 @@ def test_sweep_measures_every_variant_and_batch_and_reports_unbuildable_ones():
 
 
 def test_machine_info_names_the_hardware():
-    from lab2prod.environment import machine_snapshot
+    from lab2prod.studies.environment import machine_snapshot
 
     info = machine_snapshot()
     assert info["cores"] >= 1 and info["cpu"] and info["torch"] == torch.__version__

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lab2prod import canary
-from lab2prod.errors import Lab2ProdError
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.studies import canary
 
 
 def test_mcnemar_matches_scipy_exact_binomial_test():
@@ -91,7 +91,7 @@ def test_rule_without_labels_or_live_traffic_decides_on_agreement():
 
 
 def test_int8_candidate_differs_but_agrees(tmp_path):
-    from lab2prod.models import load_model
+    from lab2prod.models.load import load_model
 
     loaded = load_model("digits_cnn")
     v2, label = canary.candidate_model(loaded, "int8")
@@ -111,7 +111,7 @@ def test_log_distance_tells_close_versions_apart():
 
 
 def test_a_real_rollout_serves_both_versions_splits_traffic_and_applies_the_decision(tmp_path, torchserve):
-    from lab2prod.models import load_model
+    from lab2prod.models.load import load_model
 
     loaded = load_model("digits_cnn")
     v2, label = canary.candidate_model(loaded, "int8")

@@ -272,7 +272,7 @@ def test_both_servers_are_measured_side_by_side_and_nothing_is_left_running(run_
 
 
 def test_drift_and_security_run_refuses_every_bad_input(run_cli, tmp_path):
-    from lab2prod.torchserve import check_requirements
+    from lab2prod.servers.torchserve.server import check_requirements
 
     try:
         check_requirements()
@@ -400,7 +400,7 @@ def test_the_reference_text_model_passes_text_parity_and_drift_and_a_short_token
 
 def test_your_model_weights_and_image_folder_give_the_reference_accuracies(run_cli, tmp_path):
     from lab2prod.examples import save_digits_example
-    from lab2prod.models import load_model
+    from lab2prod.models.load import load_model
 
     data, weights = save_digits_example(str(tmp_path / "mine"))
     out = tmp_path / "out"

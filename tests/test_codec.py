@@ -10,9 +10,12 @@ import sys
 import pytest
 import torch
 
-from lab2prod import codec, security
-from lab2prod.guard import Rejected, TensorGuard, TextGuard, read_json
-from lab2prod.models import load_model
+from lab2prod.kinds import codec
+from lab2prod.kinds.base import TRANSFORM_FILE
+from lab2prod.kinds.guard import Rejected, TensorGuard, TextGuard, read_json
+from lab2prod.models.load import load_model
+from lab2prod.models.requests import request_bodies
+from lab2prod.studies import security
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,7 @@ def test_tensor_guard_checks_names_dtypes_shapes_values_and_ranges():
 def test_a_tensor_model_takes_json_items_as_the_lab_made_them(token_model):
     lab = codec.codec_for(token_model, guarded=False)
     assert (lab.kind, lab.content_type, lab.structure) == ("tensor", "application/json", "dict")
-    bodies = codec.request_bodies(token_model, 3, seed=5)
+    bodies = request_bodies(token_model, 3, seed=5)
     batch = token_model.make_inputs(3, 5, "test")
     for i, (_, body) in enumerate(bodies):
         decoded = lab(body)
@@ -90,7 +93,7 @@ def test_a_float_tuple_model_refuses_nan(tmp_path):
     loaded = load_model("lab2prod.examples:tabular_mlp", example_inputs="lab2prod.examples:tabular_inputs")
     guarded = codec.codec_for(loaded)
     assert guarded.structure == "tensor" and list(guarded.inputs) == ["input"]
-    body = codec.request_bodies(loaded, 1)[0][1]
+    body = request_bodies(loaded, 1)[0][1]
     assert guarded(body).shape == (1, *loaded.input_shape)
     reasons = {r["input"]: r["reason"] for r in security.try_inputs(guarded, guarded.hostile(10_000, body))}
     assert reasons["NaN value"] == "not_finite"
@@ -108,7 +111,7 @@ def test_the_users_transform_travels_in_the_archive_and_loads_where_its_package_
     package = tmp_path / "src"
     package.mkdir()
     (package / "my_lab.py").write_text(
-        "from lab2prod.transforms import digits_lab_transform\n"
+        "from lab2prod.kinds.transforms import digits_lab_transform\n"
         "_t = digits_lab_transform()\n"
         "def lab(image):\n    return _t(image)\n")
     monkeypatch.syspath_prepend(str(package))
@@ -117,8 +120,8 @@ def test_the_users_transform_travels_in_the_archive_and_loads_where_its_package_
     served = tmp_path / "served"
     served.mkdir()
     spec, files = codec.codec_for(loaded).archive(served)
-    assert files == [served / codec.TRANSFORM_FILE] and spec["transform"]["spec"] == "my_lab:lab"
-    body = codec.request_bodies(loaded, 1)[0][1]
+    assert files == [served / TRANSFORM_FILE] and spec["transform"]["spec"] == "my_lab:lab"
+    body = request_bodies(loaded, 1)[0][1]
     expected = codec.codec_for(loaded, guarded=False)(body)
     # Where the server runs, the user's package is not installed: the archived source is used.
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(package)])
@@ -126,7 +129,7 @@ def test_the_users_transform_travels_in_the_archive_and_loads_where_its_package_
     rebuilt = codec.from_spec(json.loads(json.dumps(spec)), served)
     assert rebuilt.transform.__module__ == "lab2prod_archived_transform"
     assert torch.equal(rebuilt(body), expected)
-    os.remove(served / codec.TRANSFORM_FILE)
+    os.remove(served / TRANSFORM_FILE)
     with pytest.raises(Exception, match="my_lab"):
         codec.from_spec(spec, served)
 
@@ -139,9 +142,9 @@ def test_text_requests_are_tokenized_like_the_lab_and_long_texts_refused(tmp_pat
     loaded = load_model(f"hf:{save_hf_example(str(tmp_path / 'bert'), layers=1, hidden=32, train_steps=0)}")
     lab, guarded = codec.codec_for(loaded, guarded=False), codec.codec_for(loaded, max_bytes=10_000)
     assert lab.kind == "text" and guarded.guard.max_tokens == lab.max_length == 64
-    bodies = codec.request_bodies(loaded, 4)
+    bodies = request_bodies(loaded, 4)
     texts = [json.loads(body)["text"] for _, body in bodies]
-    from lab2prod.hf import tokenize
+    from lab2prod.models.hf import tokenize
 
     expected = tokenize(loaded.tokenizer, texts)
     for i, (_, body) in enumerate(bodies):
@@ -155,7 +158,7 @@ def test_text_requests_are_tokenized_like_the_lab_and_long_texts_refused(tmp_pat
 
 def test_a_transform_object_archives_the_users_module_not_its_class_module(tmp_path, monkeypatch):
     (tmp_path / "my_compose.py").write_text(
-        "# my_compose: the user's module\nfrom lab2prod.transforms import digits_lab_transform\n"
+        "# my_compose: the user's module\nfrom lab2prod.kinds.transforms import digits_lab_transform\n"
         "lab = digits_lab_transform()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     loaded = load_model("digits_cnn", lab_transform="my_compose:lab")

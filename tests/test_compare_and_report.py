@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from lab2prod import compare, report
-from lab2prod.errors import Lab2ProdError
-from lab2prod.registry import checklist
-from lab2prod.results import gate
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.registry import checklist
+from lab2prod.core.results import gate
+from lab2prod.run import compare, report
 
 
 def _summary(p99=5.0, p50=2.0, throughput=3000.0, accuracy=0.96, size=2_000_000, sla_passes=True,
@@ -137,7 +137,7 @@ def test_report_page_is_self_contained_with_links_and_checklist(tmp_path):
     notebook = new_notebook(cells=[cell])
     notebook.metadata["papermill"] = {"duration": 2.5, "exception": None, "end_time": "2026-01-01T00:00:00"}
     nbformat.write(notebook, str(tmp_path / "04_latency_benchmark.ipynb"))
-    from lab2prod.results import record
+    from lab2prod.core.results import record
 
     values = {"model": {}, "rows": [], "sla": {"p99_ms": 120.0}, "sla_by_device": {}, "machine": {}, "threads": 1,
               "flops_per_item": None, "efficiency": []}

@@ -1,6 +1,6 @@
 import numpy as np
 
-from lab2prod.data import digits_images
+from lab2prod.models.data import digits_images
 
 
 def test_digits_are_deterministic_and_split_disjointly():

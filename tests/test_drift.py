@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-from lab2prod import drift
+from lab2prod.studies import drift
 
 
 def _naive_mmd2(x, y, bandwidth):
@@ -102,7 +102,7 @@ def test_embeddings_are_the_input_of_the_last_linear_layer():
 
 
 def test_embeddings_from_a_named_layer_or_an_embedders_output_and_a_clear_error_for_an_unknown_one():
-    from lab2prod.errors import Lab2ProdError
+    from lab2prod.core.errors import Lab2ProdError
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).eval()
     x = torch.randn(10, 4)
@@ -116,7 +116,7 @@ def test_embeddings_from_a_named_layer_or_an_embedders_output_and_a_clear_error_
 
 
 def test_a_tensor_model_without_labels_gets_tensor_shifts_and_is_judged_on_false_positives():
-    from lab2prod.models import load_model
+    from lab2prod.models.load import load_model
 
     loaded = load_model("lab2prod.examples:token_classifier", example_inputs="lab2prod.examples:token_inputs")
     report = drift.evaluate_drift(loaded, batch_size=32, batches=10, seed=0)
@@ -146,13 +146,13 @@ def test_a_text_model_needs_your_texts_and_says_so(tmp_path):
     pytest.importorskip("transformers")
     os.environ["HF_HUB_OFFLINE"] = "1"
     from lab2prod.examples import save_hf_example
-    from lab2prod.models import load_model
+    from lab2prod.models.load import load_model
 
     folder = save_hf_example(str(tmp_path / "bert"), layers=1, hidden=32, train_steps=0)
     report = drift.evaluate_drift(load_model(f"hf:{folder}"), batch_size=16, batches=2)
     assert not report.applies and "--data texts.csv" in report.reason
     texts = tmp_path / "texts.csv"
-    from lab2prod.hf import SAMPLE_TEXTS
+    from lab2prod.models.hf import SAMPLE_TEXTS
 
     texts.write_text("text\n" + "\n".join(f'"{t} {i}"' for i in range(4) for t in SAMPLE_TEXTS) + "\n")
     report = drift.evaluate_drift(load_model(f"hf:{folder}", data=str(texts)), batch_size=16, batches=4)

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from lab2prod import environment as env
-from lab2prod.errors import Lab2ProdError
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.studies import environment as env
 
 
 def test_fingerprint_names_versions_hardware_and_locale():

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from lab2prod import export
-from lab2prod.models import load_model
+from lab2prod.models.load import load_model
+from lab2prod.studies import export
 
 TABULAR = "lab2prod.examples:tabular_inputs"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lab2prod import benchmark, canary, drift, environment, export, quantization, security, serving
+from lab2prod.studies import benchmark, canary, drift, environment, export, quantization, security, serving
 
 
 def _verdicts(gates):

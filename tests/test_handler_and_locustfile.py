@@ -16,12 +16,12 @@ import torch
 
 pytest.importorskip("ts.torch_handler.base_handler", reason="torchserve is not installed")
 
-from lab2prod.codec import codec_for, lab_answer  # noqa: E402
-from lab2prod.loadtest import LOCUSTFILE, write_locustfile  # noqa: E402
-from lab2prod.models import load_model  # noqa: E402
-from lab2prod.serving import request_images  # noqa: E402
-from lab2prod.torchserve import trace_to_file  # noqa: E402
-from lab2prod.ts_handler import Lab2ProdHandler  # noqa: E402
+from lab2prod.kinds.codec import codec_for, lab_answer  # noqa: E402
+from lab2prod.models.load import load_model  # noqa: E402
+from lab2prod.servers.loadtest import LOCUSTFILE, write_locustfile  # noqa: E402
+from lab2prod.servers.torchserve.handler import Lab2ProdHandler  # noqa: E402
+from lab2prod.servers.torchserve.server import trace_to_file  # noqa: E402
+from lab2prod.studies.serving import request_images  # noqa: E402
 
 
 class FakeContext:

@@ -11,10 +11,14 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from lab2prod import export, inputs, quantization  # noqa: E402
-from lab2prod.errors import Lab2ProdError  # noqa: E402
+from lab2prod.core import inputs
+from lab2prod.core.errors import Lab2ProdError  # noqa: E402
 from lab2prod.examples import save_hf_example  # noqa: E402
-from lab2prod.models import load_model  # noqa: E402
+from lab2prod.models.load import load_model  # noqa: E402
+from lab2prod.studies import (
+    export,
+    quantization,  # noqa: E402
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lab2prod import inputs as I
-from lab2prod.errors import Lab2ProdError
+from lab2prod.core import inputs as I
+from lab2prod.core.errors import Lab2ProdError
 from lab2prod.examples import VOCAB_SIZE, token_classifier, token_inputs
 
 
@@ -87,8 +87,8 @@ def test_export_and_trace_take_keyword_and_positional_inputs():
 
 
 def test_an_input_function_may_return_labels_and_they_are_used_where_labels_are():
-    from lab2prod.models import load_model
-    from lab2prod.quantization import eval_data
+    from lab2prod.models.load import load_model
+    from lab2prod.studies.quantization import eval_data
 
     loaded = load_model("lab2prod.examples:token_classifier", example_inputs="lab2prod.examples:labelled_token_inputs")
     assert set(loaded.make_inputs(3, 0)) == {"input_ids", "attention_mask"}  # the inputs alone
@@ -108,8 +108,8 @@ def test_an_input_function_may_return_labels_and_they_are_used_where_labels_are(
     ("torch.full((batch_size,), 9)", "labels up to 9 but the model answers 4 scores"),
 ])
 def test_bad_labels_from_an_input_function_are_refused_naming_it(tmp_path, monkeypatch, labels, message):
-    from lab2prod.errors import Lab2ProdError
-    from lab2prod.models import load_model
+    from lab2prod.core.errors import Lab2ProdError
+    from lab2prod.models.load import load_model
 
     name = f"my_inputs_{abs(hash(labels))}"  # one module per case: imports are cached
     (tmp_path / f"{name}.py").write_text(

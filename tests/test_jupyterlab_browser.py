@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from lab2prod.paths import NOTEBOOKS_DIR
-from lab2prod.torchserve import free_port
+from lab2prod.core.paths import NOTEBOOKS_DIR
+from lab2prod.servers.torchserve.server import free_port
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]

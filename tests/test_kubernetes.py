@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from lab2prod import kubernetes
-from lab2prod.errors import Lab2ProdError
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.servers import kubernetes
 
 
 def _by_kind(documents):
@@ -66,7 +66,7 @@ def test_write_deployment_writes_yaml_dockerfile_and_context(tmp_path):
     assert limits["cpu"] == "2"  # the chosen configuration wins over the defaults passed
     out = path.parent
     assert (out / "model-store" / "model.mar").read_bytes() == b"archive"
-    assert (out / "lab2prod" / "preprocess.py").exists()
+    assert (out / "lab2prod" / "kinds" / "preprocess.py").exists()
     assert "FROM pytorch/torchserve" in (out / "Dockerfile").read_text()
     rows = kubernetes.describe(path)
     assert [r["kind"] for r in rows] == ["ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"]

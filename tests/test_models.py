@@ -3,8 +3,8 @@ import sys
 import pytest
 import torch
 
-from lab2prod.errors import Lab2ProdError
-from lab2prod.models import (
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.models.load import (
     available_models,
     digits_batch,
     evaluate_accuracy,
@@ -54,8 +54,8 @@ def test_input_batches_are_seeded_and_splits_differ():
 
 
 def test_weights_file_round_trip(model_files):
-    loaded = load_model("lab2prod.models:DigitsCNN", weights=str(model_files["state.pt"]),
-                        example_inputs="lab2prod.models:digits_batch")
+    loaded = load_model("lab2prod.models.load:DigitsCNN", weights=str(model_files["state.pt"]),
+                        example_inputs="lab2prod.models.load:digits_batch")
     expected = torch.load(model_files["state.pt"], weights_only=True)
     assert loaded.trained and loaded.source == "factory"
     assert torch.equal(loaded.module.state_dict()["head.3.weight"], expected["head.3.weight"])
@@ -63,7 +63,7 @@ def test_weights_file_round_trip(model_files):
 
 @pytest.mark.parametrize("name, source", [("scripted.pt", "torchscript"), ("exported.pt2", "torch.export")])
 def test_user_model_files_load(model_files, name, source):
-    loaded = load_model(str(model_files[name]), example_inputs="lab2prod.models:digits_batch")
+    loaded = load_model(str(model_files[name]), example_inputs="lab2prod.models.load:digits_batch")
     assert loaded.source == source
     assert loaded.module(digits_batch(3)).shape == (3, 10)
 
@@ -72,7 +72,7 @@ def test_user_model_files_load(model_files, name, source):
     ({"spec": "resnet_nine"}, "model 'resnet_nine' is not known; use one of digits_cnn"),
     ({"spec": "digits_cnn", "weights": "/no/such.pt"}, "does not exist"),
     ({"spec": "digits_cnn", "weights": "@corrupt.pt"}, "is corrupt or not a torch file"),
-    ({"spec": "digits_cnn", "weights": "@whole.pt"}, "needs unsafe unpickling of lab2prod.models.DigitsCNN"),
+    ({"spec": "digits_cnn", "weights": "@whole.pt"}, "needs unsafe unpickling of lab2prod.models.load.DigitsCNN"),
     ({"spec": "no_such_pkg.mod:make"}, "does not import"),
     ({"spec": "lab2prod.examples:missing"}, "has no attribute 'missing'"),
     ({"spec": "lab2prod.examples:NUM_FEATURES"}, "is not callable"),
@@ -105,7 +105,7 @@ def test_an_input_function_that_cannot_be_called_names_itself_and_the_signature(
 
 
 def test_the_task_is_inferred_from_unit_length_outputs_declared_or_refused():
-    from lab2prod.models import load_model
+    from lab2prod.models.load import load_model
 
     embedder = load_model("lab2prod.examples:image_embedder")
     assert embedder.task == "embedder" and "inferred: its outputs are unit vectors" in embedder.notes

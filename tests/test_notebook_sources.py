@@ -14,8 +14,8 @@ import nbformat
 import pytest
 from jupytext.config import load_jupytext_config
 
-from lab2prod.paths import NOTEBOOKS_DIR, PROJECT_ROOT
-from lab2prod.registry import STUDIES
+from lab2prod.core.paths import NOTEBOOKS_DIR, PROJECT_ROOT
+from lab2prod.core.registry import STUDIES
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from lab2prod import benchmark as bm
-from lab2prod import export
-from lab2prod import quantization as q
-from lab2prod.errors import Lab2ProdError
-from lab2prod.models import load_model
-from lab2prod.onnx_rt import OrtModule
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.models.load import load_model
+from lab2prod.models.onnx_rt import OrtModule
+from lab2prod.studies import benchmark as bm
+from lab2prod.studies import export
+from lab2prod.studies import quantization as q
 
 pytest.importorskip("onnxruntime")
 
@@ -35,7 +35,7 @@ def test_onnx_export_is_checked_reloaded_and_hashed_with_its_external_data(tmp_p
 
 
 def test_a_tampered_external_data_file_fails_the_integrity_check(tmp_path):
-    from lab2prod.security import integrity_checks
+    from lab2prod.studies.security import integrity_checks
 
     loaded = load_model("digits_mlp")
     artifact = export.export_model(loaded, "onnx", tmp_path / "models")
@@ -135,7 +135,7 @@ def test_the_session_follows_the_harness_threads(tmp_path):
 
 
 def test_the_fingerprint_names_onnx_runtime_and_its_providers():
-    from lab2prod.environment import diff_fingerprints, fingerprint
+    from lab2prod.studies.environment import diff_fingerprints, fingerprint
 
     here = fingerprint()
     assert here["package.onnxruntime"] and "CPUExecutionProvider" in here["onnxruntime.providers"]

@@ -9,16 +9,17 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as v1
 
-from lab2prod import parity
-from lab2prod.errors import Lab2ProdError
-from lab2prod.preprocess import ServingPath, decode_request, lab_transform_for
-from lab2prod.transforms import (
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.kinds.preprocess import ServingPath, decode_request, lab_transform_for
+from lab2prod.kinds.transforms import (
     DIGITS_RECIPE,
     IMAGENET_RECIPE,
     digits_lab_transform,
     recipe_of,
     recipe_transform,
 )
+from lab2prod.models.images import parity_images
+from lab2prod.studies import parity
 
 RECIPES = {"digits": DIGITS_RECIPE, "imagenet": IMAGENET_RECIPE}
 
@@ -139,7 +140,7 @@ def test_viewable_undoes_the_normalization():
 
 
 def test_photographs_come_from_packages_with_varied_shapes():
-    names, images, labels = parity.parity_images("imagenet", max_images=12, seed=1)
+    names, images, labels = parity_images("imagenet", max_images=12, seed=1)
     assert labels is None and len(images) == 12 and len(set(names)) == 12
     assert {"china", "flower", "astronaut", "coffee", "chelsea", "rocket"} <= set(names)
     ratios = {round(im.width / im.height, 2) for im in images}
@@ -147,7 +148,7 @@ def test_photographs_come_from_packages_with_varied_shapes():
 
 
 def test_evaluate_parity_gate_passes_fails_and_skips():
-    from lab2prod.models import load_model
+    from lab2prod.models.load import load_model
 
     loaded = load_model("digits_cnn")
     report = parity.evaluate_parity(loaded, bugs=["missing_normalize"], max_images=16, progress=False)

@@ -8,9 +8,8 @@ import re
 import pytest
 import torch
 
-from lab2prod import photos
-from lab2prod.models import load_model
-from lab2prod.transforms import PHOTO_INPUT_SIZE, PHOTO_MEAN, PHOTO_STD, photo_lab_transform
+from lab2prod.kinds.transforms import PHOTO_INPUT_SIZE, PHOTO_MEAN, PHOTO_STD, photo_lab_transform
+from lab2prod.models.load import load_model, photos
 
 
 def _boxes(crops):

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from lab2prod import quantization as q
-from lab2prod.errors import Lab2ProdError
-from lab2prod.models import LoadedModel
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.models.load import LoadedModel
+from lab2prod.studies import quantization as q
 
 LINEAR = q.resolve_module_types(["Linear", "LSTM", "GRU"])
 

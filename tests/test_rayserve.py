@@ -13,10 +13,12 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from lab2prod import codec, rayserve, serving  # noqa: E402
-from lab2prod.errors import Lab2ProdError  # noqa: E402
-from lab2prod.models import load_model  # noqa: E402
-from lab2prod.torchserve import free_port, http_request, tool_path  # noqa: E402
+from lab2prod.core.errors import Lab2ProdError  # noqa: E402
+from lab2prod.models.load import load_model  # noqa: E402
+from lab2prod.models.requests import request_bodies  # noqa: E402
+from lab2prod.servers.rayserve import server as rayserve
+from lab2prod.servers.torchserve.server import free_port, http_request, tool_path  # noqa: E402
+from lab2prod.studies import serving  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def digits():
 
 def test_ray_serve_answers_like_the_lab_and_refuses_what_it_should(digits, tmp_path):
     model_dir = rayserve.write_model_dir(digits, tmp_path / "model")
-    bodies = codec.request_bodies(digits, 12)
+    bodies = request_bodies(digits, 12)
     with rayserve.RayServer(tmp_path / "ray") as server:
         assert oct(server.key_file.stat().st_mode & 0o777) == "0o600"
         assert (tmp_path / "ray" / "ray.pids").read_text().strip()  # recorded for the runner
@@ -58,7 +60,8 @@ def test_the_serve_config_starts_with_serve_run_and_answers_the_right_class(digi
     import ray
     from ray import serve
 
-    from lab2prod.parity import encode_request, parity_images
+    from lab2prod.kinds.image import encode_request
+    from lab2prod.models.images import parity_images
 
     model_dir = rayserve.write_model_dir(digits, tmp_path / "model")
     port, token = free_port(), "a-test-token"
@@ -122,7 +125,7 @@ def test_the_rayservice_manifest_and_the_serve_config_are_checked_against_their_
 
 
 def test_the_security_audit_covers_the_ray_serve_config(tmp_path):
-    from lab2prod.security import audit_ray_config
+    from lab2prod.studies.security import audit_ray_config
 
     good = rayserve.write_serve_config(tmp_path / "good.yaml", rayserve.serve_config("/model", rayserve.RayConfig()))
     assert all(row["passed"] for row in audit_ray_config(good))

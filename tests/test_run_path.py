@@ -15,10 +15,10 @@ from xml.etree import ElementTree
 
 import pytest
 
-from lab2prod.errors import Lab2ProdError
-from lab2prod.paths import PROJECT_ROOT
-from lab2prod.registry import STUDIES, Param, Study, checklist, resolve_parameters, study
-from lab2prod.runner import select_studies
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.paths import PROJECT_ROOT
+from lab2prod.core.registry import STUDIES, Param, Study, checklist, resolve_parameters, study
+from lab2prod.run.runner import select_studies
 
 TINY = Path(__file__).parent / "tiny_study"
 
@@ -108,13 +108,13 @@ def test_serving_without_java_exits_2_before_the_run(run_cli, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
     env["PATH"] = f"{Path(sys.executable).parent}:{bin_dir}"
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "lab2prod.cli", "run", "--only", "serving", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "lab2prod.run.cli", "run", "--only", "serving", "--out", str(out)],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("lab2prod: error:")]
     assert "serving starts TorchServe" in line and "apt-get install openjdk-17-jre-headless" in line
     assert not out.exists()
-    proc = subprocess.run([sys.executable, "-m", "lab2prod.cli", "run", "--only", "security", "-p",
+    proc = subprocess.run([sys.executable, "-m", "lab2prod.run.cli", "run", "--only", "security", "-p",
                            "live_server=True", "--out", str(out)], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "-p security.live_server=False" in proc.stderr
@@ -137,7 +137,7 @@ def test_a_parameters_file_and_a_timeout(run_cli, tmp_path):
 def test_ctrl_c_stops_the_kernel_torchserve_and_locust_and_marks_the_run_interrupted(tmp_path, torchserve):
     out = tmp_path / "out"
     serve = out / "r" / "serving"
-    proc = subprocess.Popen([sys.executable, "-m", "lab2prod.cli", "run", "--only", "serving", "--no-progress",
+    proc = subprocess.Popen([sys.executable, "-m", "lab2prod.run.cli", "run", "--only", "serving", "--no-progress",
                              "-p", "users=[1,2]", "-p", "duration_s=30.0", "--out", str(out), "--run-id", "r"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     deadline = time.monotonic() + 300
@@ -161,7 +161,7 @@ def test_ctrl_c_stops_the_kernel_torchserve_and_locust_and_marks_the_run_interru
 
 def test_a_study_added_the_documented_way_runs_lists_and_reports(tmp_path, monkeypatch, capsys):
     """README "Add a study": a notebook pair, a library module, one Study in registry.STUDIES."""
-    from lab2prod import cli
+    from lab2prod.run import cli
 
     folder = tmp_path / "notebooks"
     folder.mkdir()
@@ -194,7 +194,7 @@ def test_a_study_added_the_documented_way_runs_lists_and_reports(tmp_path, monke
 
 
 def test_relative_paths_are_made_absolute_for_notebooks_that_run_in_the_run_folder(tmp_path, monkeypatch):
-    from lab2prod.runner import absolute_paths
+    from lab2prod.run.runner import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "model.pt").write_bytes(b"")

@@ -3,11 +3,11 @@ import math
 
 import pytest
 
-from lab2prod.errors import Lab2ProdError
-from lab2prod.registry import notebook_parameters, resolve_parameters
-from lab2prod.report import sorted_gates, write_report
-from lab2prod.results import gate, load_results, readiness, record, resolve_run_dir, to_jsonable
-from lab2prod.runner import available_studies, parse_parameter, select_studies
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.registry import notebook_parameters, resolve_parameters
+from lab2prod.core.results import gate, load_results, readiness, record, resolve_run_dir, to_jsonable
+from lab2prod.run.report import sorted_gates, write_report
+from lab2prod.run.runner import available_studies, parse_parameter, select_studies
 
 
 def run_passed(summary):
@@ -124,7 +124,7 @@ def test_report_shows_scalar_results_beside_tables(tmp_path):
 def test_junit_has_a_case_per_gate_and_one_for_a_notebook_that_did_not_finish(tmp_path):
     from xml.etree import ElementTree
 
-    from lab2prod.results import write_junit
+    from lab2prod.core.results import write_junit
 
     summary = {"run_id": "r", "notebooks": [
         {"name": "01_export", "status": "ok", "seconds": 2.0, "error": None},

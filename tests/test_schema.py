@@ -2,10 +2,10 @@
 
 import pytest
 
-from lab2prod.errors import Lab2ProdError
-from lab2prod.registry import STUDIES
-from lab2prod.results import record
-from lab2prod.schema import SCHEMAS, check_values, field_help, measure_kind
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.registry import STUDIES
+from lab2prod.core.results import record
+from lab2prod.core.schema import SCHEMAS, check_values, field_help, measure_kind
 
 
 def _drift(**changes):

@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from lab2prod import security
-from lab2prod.codec import ImageCodec
-from lab2prod.guard import InputGuard, Rejected, lab_input_stats, sniff_format
-from lab2prod.preprocess import ServingPath
-from lab2prod.transforms import DIGITS_RECIPE, digits_lab_transform
+from lab2prod.kinds.guard import InputGuard, Rejected, lab_input_stats, sniff_format
+from lab2prod.kinds.image import ImageCodec, bad_inputs
+from lab2prod.kinds.preprocess import ServingPath
+from lab2prod.kinds.transforms import DIGITS_RECIPE, digits_lab_transform
+from lab2prod.studies import security
 
 
 def _photo(width=48, height=36):
@@ -19,7 +19,7 @@ def _photo(width=48, height=36):
 
 def test_every_bad_input_is_refused_with_a_reason_and_nothing_crashes():
     guard = InputGuard(max_bytes=200_000, expected_shape=(3, 32, 32))
-    rows = security.try_inputs(ImageCodec(digits_lab_transform(), guard), security.bad_inputs(_photo(), 200_000))
+    rows = security.try_inputs(ImageCodec(digits_lab_transform(), guard), bad_inputs(_photo(), 200_000))
     assert len(rows) == 12
     bad = [r for r in rows if not r["rejected"] or not r["reason"] or r["crashed"]]
     assert not bad, bad
@@ -81,7 +81,7 @@ def test_attacks_stay_in_the_budget_and_hurt_accuracy():
 def test_integrity_refuses_tampered_and_pickled_files(tmp_path):
     import json
 
-    from lab2prod.files import sha256_file
+    from lab2prod.core.files import sha256_file
 
     (tmp_path / "models").mkdir()
     model_file = tmp_path / "models" / "m.pt"
@@ -98,7 +98,7 @@ def test_integrity_refuses_tampered_and_pickled_files(tmp_path):
 
 
 def test_config_audit_passes_the_deployment_config_and_fails_a_loose_one(tmp_path):
-    from lab2prod.torchserve import ServeConfig, write_config, write_deployment_config
+    from lab2prod.servers.torchserve.server import ServeConfig, write_config, write_deployment_config
 
     deployed = write_deployment_config(tmp_path / "ok", "model", None, ServeConfig())
     assert all(r["passed"] for r in security.audit_config(deployed)), security.audit_config(deployed)

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from lab2prod import loadtest, serving, torchserve
-from lab2prod.errors import Lab2ProdError
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.servers import loadtest, torchserve
+from lab2prod.studies import serving
 
 
 def _have_torchserve() -> bool:
@@ -108,7 +109,7 @@ def test_gates_skip_models_that_take_tensors():
 
 @requires_torchserve
 def test_a_real_torchserve_predicts_refuses_serves_load_and_stops(tmp_path):
-    from lab2prod.models import load_model
+    from lab2prod.models.load import load_model
 
     loaded = load_model("digits_cnn")
     server = torchserve.TorchServe(tmp_path / "serving", torchserve.ServeConfig(max_request_size=200_000))
@@ -131,7 +132,7 @@ def test_a_real_torchserve_predicts_refuses_serves_load_and_stops(tmp_path):
         assert metrics["ts_inference_requests_total"] >= sum(r["requests"] for r in rows)
         # The Kubernetes readiness probe, run against this live server: ready with the key file,
         # not ready with a stale one.
-        from lab2prod.kubernetes import ping_probe
+        from lab2prod.servers.kubernetes import ping_probe
 
         key_file = tmp_path / "serving" / "key_file.json"
         probe = [sys.executable, "-c", ping_probe(str(key_file), server.ports["inference"])]

@@ -8,11 +8,12 @@ import os
 import pytest
 import torch
 
-from lab2prod import codec, langid, security
-from lab2prod import text_parity as tp
-from lab2prod.errors import Lab2ProdError
-from lab2prod.models import load_model
-from lab2prod.text import TextPath, clean_text
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.kinds import codec
+from lab2prod.kinds.text import TextPath, clean_text
+from lab2prod.models.load import langid, load_model
+from lab2prod.studies import security
+from lab2prod.studies import text_parity as tp
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -48,7 +49,7 @@ def test_the_reference_text_model_is_accurate_and_loads_like_a_users_checkpoint(
     card = langid_model.card()
     assert card["source"] == "reference" and card["task"] == "classifier" and card["heldout_accuracy"] >= 0.85
     assert langid_model.class_names == list(langid.LANGUAGES.values())
-    assert langid_model.lab_transform == "lab2prod.text:clean_text"
+    assert langid_model.lab_transform == "lab2prod.kinds.text:clean_text"
     assert set(langid_model.input_spec) == {"input_ids", "token_type_ids", "attention_mask"}
     folder, _ = langid.reference_folder()
     assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
@@ -76,7 +77,7 @@ def test_every_text_bug_changes_the_encoding_of_a_text_chosen_to_expose_it(bug, 
 def test_the_lab_path_through_the_serving_code_is_exact(langid_model, tmp_path):
     guarded = codec.codec_for(langid_model, max_bytes=100_000)
     spec, _ = guarded.archive(tmp_path)
-    assert spec["transform"]["spec"] == "lab2prod.text:clean_text"
+    assert spec["transform"]["spec"] == "lab2prod.kinds.text:clean_text"
     served = codec.from_spec(json.loads(json.dumps(spec)), tmp_path)  # as the handler rebuilds it
     texts = langid.language_texts("test").texts[:120]
     for text in texts:
@@ -129,8 +130,8 @@ def test_a_text_models_lab_transform_is_its_cleanup_and_travels_with_it(tmp_path
     from lab2prod.examples import save_hf_example
 
     folder = save_hf_example(str(tmp_path / "bert"), layers=1, hidden=32, train_steps=0)
-    loaded = load_model(f"hf:{folder}", lab_transform="lab2prod.text:clean_text")
-    assert loaded.text_path.clean is clean_text and loaded.lab_transform == "lab2prod.text:clean_text"
+    loaded = load_model(f"hf:{folder}", lab_transform="lab2prod.kinds.text:clean_text")
+    assert loaded.text_path.clean is clean_text and loaded.lab_transform == "lab2prod.kinds.text:clean_text"
     lab = codec.codec_for(loaded, guarded=False)
     assert torch.equal(lab(tp.request_body("<b>great</b>  cafe"))["input_ids"],
                        loaded.text_path("great cafe")["input_ids"])
@@ -139,7 +140,7 @@ def test_a_text_models_lab_transform_is_its_cleanup_and_travels_with_it(tmp_path
 
 
 def test_bug_names_of_either_catalog_are_accepted_and_unknown_ones_refused():
-    from lab2prod.parity import select_bugs
+    from lab2prod.studies.parity import select_bugs
 
     assert select_bugs(["latin1_decoded"]) == []  # a text bug: left to the text catalog
     assert [b.name for b in tp.select_text_bugs(["latin1_decoded"])] == ["latin1_decoded"]
@@ -154,7 +155,7 @@ def test_a_user_text_path_without_cleanup_tokenizes_the_raw_text(langid_model):
 
 
 def test_drift_on_a_text_classifier_reads_its_token_embeddings_and_catches_typos(langid_model):
-    from lab2prod import drift
+    from lab2prod.studies import drift
 
     assert drift.text_embedding_layer(langid_model.module) == "model.bert.embeddings"
     report = drift.evaluate_drift(langid_model, batches=10)

@@ -2,14 +2,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from lab2prod.data import digits_images
-from lab2prod.transforms import (
+from lab2prod.kinds.transforms import (
     DIGITS_INPUT_SIZE,
     DIGITS_MEAN,
     DIGITS_STD,
     digits_lab_transform,
     imagenet_lab_transform,
 )
+from lab2prod.models.data import digits_images
 
 
 def test_digits_mean_std_constants_match_the_training_data():

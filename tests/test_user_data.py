@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lab2prod.data import load_user_data
-from lab2prod.errors import Lab2ProdError
-from lab2prod.models import digits_tensors, load_model
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.models.data import load_user_data
+from lab2prod.models.load import digits_tensors, load_model
 
 
 def _image_folder(root, classes=("cat", "dog"), per_class=3, size=(40, 30)):
@@ -109,7 +109,7 @@ def test_your_digits_as_png_files_give_the_reference_accuracy(tmp_path):
 def test_texts_need_a_tokenizer_and_feed_a_hugging_face_model(tmp_path):
     os.environ["HF_HUB_OFFLINE"] = "1"
     from lab2prod.examples import save_hf_example
-    from lab2prod.hf import SAMPLE_LABELS, SAMPLE_TEXTS
+    from lab2prod.models.hf import SAMPLE_LABELS, SAMPLE_TEXTS
 
     names = ["complaint", "question", "news", "praise"]
     texts = tmp_path / "texts.jsonl"

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from lab2prod.runner import private_kernel
+from lab2prod.run.runner import private_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 

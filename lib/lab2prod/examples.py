@@ -15,6 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from lab2prod.kinds.preprocess import decode_request
+from lab2prod.kinds.text import clean_text
+from lab2prod.kinds.transforms import DIGITS_RECIPE, digits_lab_transform, recipe_transform
+from lab2prod.models.data import digits_images
+from lab2prod.models.hf import SAMPLE_LABELS, SAMPLE_TEXTS, tokenize
+from lab2prod.models.langid import reference_tokenizer
+from lab2prod.models.load import DigitsCNN, digits_batch, load_model
+
 __all__ = [
     "NUM_FEATURES",
     "tabular_inputs",
@@ -144,7 +152,6 @@ def lstm_classifier() -> nn.Module:
 
 def digits_inputs(batch_size: int, seed: int) -> torch.Tensor:
     """Held-out digits through the lab transform, as a tensor batch (for factory models of digits)."""
-    from .models import digits_batch
 
     return digits_batch(batch_size, seed, "test")
 
@@ -190,14 +197,12 @@ def image_embedder() -> nn.Module:
 def digits_cnn_factory() -> nn.Module:
     """The digits conv net's architecture with fresh weights: what a user's `package.module:factory`
     is; its trained weights come with --weights."""
-    from .models import DigitsCNN
 
     return DigitsCNN()
 
 
 def digits_transform(image):
     """The digits lab transform as a callable (PIL image -> tensor), for `--lab-transform`."""
-    from .transforms import digits_lab_transform
 
     return digits_lab_transform()(image)
 
@@ -213,8 +218,6 @@ def save_digits_example(folder: str) -> tuple[str, str]:
     """
     from pathlib import Path
 
-    from .data import digits_images
-    from .models import load_model
 
     root = Path(folder)
     held_out = digits_images("test")
@@ -229,7 +232,6 @@ def save_digits_example(folder: str) -> tuple[str, str]:
 
 def digits_cnn_tta() -> nn.Module:
     """The trained digits_cnn wrapped in 4-way shift test-time augmentation (a slower variant)."""
-    from .models import load_model
 
     return ShiftTTA(load_model("digits_cnn").module)
 
@@ -242,8 +244,6 @@ def serving_bicubic(data: bytes) -> torch.Tensor:
     """The digits recipe with bicubic resizing where the lab used bilinear."""
     from torchvision.transforms import InterpolationMode
 
-    from .preprocess import decode_request
-    from .transforms import DIGITS_RECIPE, recipe_transform
 
     return recipe_transform(DIGITS_RECIPE, interpolation=InterpolationMode.BICUBIC)(decode_request(data))
 
@@ -252,8 +252,6 @@ def serving_resize_without_crop(data: bytes) -> torch.Tensor:
     """The digits recipe with Resize(32) but no CenterCrop: non-square images stay non-square."""
     from torchvision.transforms import v2
 
-    from .preprocess import decode_request
-    from .transforms import DIGITS_RECIPE
 
     return v2.Compose([
         v2.ToImage(), v2.Resize(DIGITS_RECIPE.resize, antialias=True), v2.ToDtype(torch.float32, scale=True),
@@ -279,7 +277,6 @@ def save_hf_example(folder: str, task: str = "classifier", layers: int = 2, hidd
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertForSequenceClassification, BertModel, PreTrainedTokenizerFast
 
-    from .hf import SAMPLE_LABELS, SAMPLE_TEXTS, tokenize
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -326,8 +323,6 @@ def tokenizer_max_length_16(text: str) -> dict:
 
         lab2prod run --model text_langid --only parity -p serving_transform=lab2prod.examples:tokenizer_max_length_16
     """
-    from .langid import reference_tokenizer
-    from .text import clean_text
 
     return dict(reference_tokenizer()(clean_text(text), max_length=16, truncation=True, padding="max_length",
                                       return_tensors="pt"))

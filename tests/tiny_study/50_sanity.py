@@ -18,7 +18,7 @@ seed = 0  # seed for input draws
 # %%
 import tiny_sanity
 
-from lab2prod.results import record, resolve_run_dir
+from lab2prod.core.results import record, resolve_run_dir
 
 values, gates = tiny_sanity.evaluate(model, batch_size, seed)
 record(resolve_run_dir(run_dir), "sanity", values, gates, notebook="50_sanity")

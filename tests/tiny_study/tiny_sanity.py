@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from lab2prod.models import load_model
-from lab2prod.results import gate
+from lab2prod.core.results import gate
+from lab2prod.models.load import load_model
 
 __all__ = ["evaluate"]
 

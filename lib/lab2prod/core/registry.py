@@ -1,0 +1,352 @@
+"""The study registry: every study's notebook, checklist item and typed parameters, in run order.
+
+The runner, `lab2prod run --list`, the checks before a run, the report's checklist and the tests
+all read this one table. Adding a study means one `Study(...)` entry here, its notebook and its
+library module (README, "Add a study").
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.paths import NOTEBOOKS_DIR
+
+__all__ = ["Param", "Study", "COMMON", "STUDIES", "study", "checklist", "checklist_item", "resolve_parameters",
+           "notebook_parameters"]
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One notebook parameter: its type (`str`, `int`, `float`, `bool` or `list[...]` of those),
+    default, allowed range (`ge`/`gt`/`le`/`lt`, applied to each item of a list), allowed list
+    lengths, and an optional `check` ("module:function", called with the value, raising a
+    Lab2ProdError that names the fix) for values only a library function can judge."""
+
+    name: str
+    type: str
+    default: object
+    help: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    min_items: int = 0
+    max_items: int | None = None
+    check: str = ""
+
+    @property
+    def item_type(self) -> str:
+        return self.type[5:-1] if self.type.startswith("list[") else self.type
+
+    def range_text(self) -> str:
+        """The allowed range in words, e.g. '> 0', '>= 1 and <= 100', '' when anything goes."""
+        bounds = [f"{op} {bound:g}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le),
+                                                      ("<", self.lt)) if bound is not None]
+        text = " and ".join(bounds)
+        if self.type.startswith("list["):
+            count = (f"exactly {self.min_items}" if self.min_items == self.max_items else
+                     f"at least {self.min_items}" if self.min_items else "")
+            noun = "item" if self.min_items == 1 and self.max_items in (None, 1) else "items"
+            text = ", ".join(part for part in (f"{count} {noun}" if count else "",
+                                               f"each {text}" if text else "") if part)
+        return text
+
+    def validate(self, value, shown: str):
+        """The value coerced to the parameter's type (an int where a float is expected becomes a
+        float); a Lab2ProdError naming the value, the rule and an example when it does not fit."""
+        example = f"e.g. -p {shown}={self.default!r}".replace("'", "")
+        if self.type.startswith("list["):
+            if isinstance(value, tuple):
+                value = list(value)
+            if not isinstance(value, list):
+                raise Lab2ProdError(f"parameter {shown}={value!r} is not a list of {self.item_type}; {example}")
+            value = [self._scalar(item, shown, value, example, in_list=True) for item in value]
+            if len(value) < self.min_items or (self.max_items is not None and len(value) > self.max_items):
+                raise Lab2ProdError(f"parameter {shown}={value!r} is out of range: it needs "
+                                    f"{self.range_text()}; {example}")
+        else:
+            value = self._scalar(value, shown, value, example, in_list=False)
+        if self.check and value not in (None, ""):
+            module, _, function = self.check.partition(":")
+            getattr(importlib.import_module(module), function)(value)
+        return value
+
+    def _scalar(self, item, shown: str, whole, example: str, in_list: bool):
+        expected = _TYPES[self.item_type]
+        if expected is str and not isinstance(item, str) and item is not None:
+            item = str(item)  # `-p model=123` means the string "123"
+        if expected is float and isinstance(item, int) and not isinstance(item, bool):
+            item = float(item)
+        if not isinstance(item, expected) or (expected is not bool and isinstance(item, bool)):
+            raise Lab2ProdError(f"parameter {shown}={whole!r} has the wrong type: expected {self.type}; {example}")
+        if expected in (int, float):
+            for op, bound, bad in ((">=", self.ge, lambda v, b: v < b), (">", self.gt, lambda v, b: v <= b),
+                                   ("<=", self.le, lambda v, b: v > b), ("<", self.lt, lambda v, b: v >= b)):
+                if bound is not None and bad(item, bound):
+                    raise Lab2ProdError(f"parameter {shown}={whole!r} is out of range: "
+                                        f"{'each item ' if in_list else ''}must be {op} {bound:g}; "
+                                        f"{example}")
+        return item
+
+
+@dataclass(frozen=True)
+class Study:
+    """One pitfall: short name (for --only/--skip), notebook stem, deployment checklist item,
+    library module, parameters, gates that belong to another checklist item, and whether it
+    starts TorchServe (True, or the name of a bool parameter that switches that on)."""
+
+    short: str
+    notebook: str
+    item: str | None
+    module: str
+    params: tuple[Param, ...]
+    gate_items: dict[str, str] = field(default_factory=dict)
+    torchserve: bool | str = False
+    folder: Path | None = None  # where the notebook lives; None means notebooks/
+
+    @property
+    def path(self) -> Path:
+        return (self.folder or NOTEBOOKS_DIR) / f"{self.notebook}.ipynb"
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def uses_torchserve(self, values: dict) -> bool:
+        if isinstance(self.torchserve, str):
+            param = self.param(self.torchserve)
+            return bool(values.get(self.torchserve, param.default if param else False))
+        return self.torchserve
+
+
+_MODEL_HELP = "reference or torchvision name, a .pt/.pt2 file, or package.module:factory"
+
+# Shared by every study that declares them, with one meaning: `-p seed=1` sets them all.
+COMMON = {
+    "model": Param("model", "str", "digits_cnn", _MODEL_HELP),
+    "weights": Param("weights", "str", "", "optional state_dict file (loaded weights-only, never unpickled)"),
+    "example_inputs": Param("example_inputs", "str", "",
+                            "package.module:fn(batch_size, seed) -> Tensor, for non-image models"),
+    "device": Param("device", "str", "auto", "auto, cpu or cuda", check="lab2prod.studies.notebook:resolve_devices"),
+    "data": Param("data", "str", "", "your data: a folder of class folders of images, a .csv/.jsonl of "
+                  "text,label, or a .pt", check="lab2prod.models.data:check_data"),
+    "lab_transform": Param("lab_transform", "str", "", "package.module:callable(PIL image) -> tensor; empty means "
+                           "the recipe of the model family", check="lab2prod.kinds.preprocess:check_lab_transform"),
+    "task": Param("task", "str", "auto", "classifier, embedder or auto (a Hugging Face model: its architecture; "
+                  "else inferred from the outputs)",
+                  check="lab2prod.models.load:check_task"),
+    "run_dir": Param("run_dir", "str", "", "run folder; empty means outputs/interactive"),
+    "seed": Param("seed", "int", 0, "seed for input draws, untrained weights and resampling"),
+}
+
+
+def _common(*names: str) -> tuple[Param, ...]:
+    return tuple(COMMON[name] for name in names)
+
+
+_INPUTS = _common("weights", "example_inputs", "data", "lab_transform", "task")
+_MODEL = (COMMON["model"], *_INPUTS)
+
+STUDIES: list[Study] = [
+    Study("environment", "00_environment", "environment", "lab2prod.studies.environment", (
+        Param("lock_path", "str", "", "lab lock from `lab2prod env lock`; empty means this machine writes its own",
+              check="lab2prod.studies.environment:read_lock"),
+        Param("tolerance", "float", 1e-4, "largest max-abs-diff of a smoke operator vs the lock that passes", ge=0),
+        *_MODEL, *_common("run_dir", "seed"))),
+    Study("export", "01_export", "model integrity", "lab2prod.studies.export", (
+        *_MODEL, COMMON["device"],
+        Param("batch_sizes", "list[int]", [1, 4, 16], "batch sizes compared after reload", ge=1, min_items=1),
+        Param("formats", "list[str]", ["auto"],
+              '["auto"]: every format, skipping those that do not apply; or a list of names', min_items=1,
+              check="lab2prod.studies.export:check_formats"),
+        Param("atol", "float", 1e-4, "largest max-abs-diff between eager and the reloaded file that passes", ge=0),
+        *_common("run_dir", "seed"))),
+    Study("parity", "02_preprocessing_parity", "preprocessing parity", "lab2prod.studies.parity", (
+        *_MODEL,
+        Param("serving_transform", "str", "", "package.module:callable under test: request bytes -> tensor for an "
+              "image model, text -> encoding (dict of tensors) for a text model; empty means lab2prod's serving path",
+              check="lab2prod.kinds.preprocess:check_serving_transform"),
+        Param("bugs", "list[str]", ["all"], 'catalogued bugs to measure: ["all"], a list of names, or []',
+              check="lab2prod.studies.parity:select_bugs"),
+        Param("atol", "float", 1e-6, "largest per-element abs diff between serving and lab tensors that passes",
+              ge=0),
+        Param("max_images", "int", 0,
+              "images to send; 0 means all held-out images (360 digits, 300 photo crops; else 24 photographs)", ge=0),
+        Param("max_texts", "int", 0, "texts to send to a text model; 0 means all its labelled texts (540 for "
+              "text_langid, or your --data; else the 32 sample texts)", ge=0),
+        *_common("run_dir", "seed"))),
+    Study("quantization", "03_quantization", "quantization", "lab2prod.studies.quantization", (
+        Param("model", "str", "digits_mlp", _MODEL_HELP), *_INPUTS,
+        Param("methods", "list[str]", ["torch_ao_dynamic", "torchao_int8_dynamic", "torchao_int8_weight_only",
+                                       "onnxruntime_fp32", "onnxruntime_int8_dynamic",
+                                       "onnxruntime_int8_dynamic_per_channel"],
+              "recipes to compare", min_items=1, check="lab2prod.studies.quantization:check_methods"),
+        Param("module_types", "list[str]", ["Linear", "LSTM", "GRU"],
+              "layer types torch.ao quantizes (torchao: Linear only)", min_items=1,
+              check="lab2prod.studies.quantization:resolve_module_types"),
+        Param("engine", "str", "auto", "quantized engine: auto, x86, fbgemm, onednn or qnnpack",
+              check="lab2prod.studies.quantization:check_engine"),
+        Param("batch_sizes", "list[int]", [1, 16], "batch sizes timed", ge=1, min_items=1),
+        Param("threads", "int", 1, "torch threads while timing (one per worker is the serving default)", ge=1),
+        Param("min_run_time", "float", 0.5, "seconds of timing per recipe and batch size", gt=0),
+        Param("accuracy_budget_pts", "float", 1.0,
+              "largest accuracy drop (points; top-1 disagreement when unlabelled) that passes", ge=0),
+        Param("eval_count", "int", 360, "unlabelled inputs for fidelity (labelled models use all 360 held-out "
+              "digits)", ge=1),
+        *_common("run_dir", "seed"))),
+    Study("benchmark", "04_latency_benchmark", "latency SLA", "lab2prod.studies.benchmark", (
+        *_MODEL, COMMON["device"],
+        Param("batch_sizes", "list[int]", [1, 4, 16, 64], "batch sizes swept", ge=1, min_items=1),
+        Param("variants", "list[str]", ["auto"],
+              "auto picks the defaults of the device; or a list of names such as eager, torch_export", min_items=1,
+              check="lab2prod.studies.benchmark:check_variants"),
+        Param("sla_ms", "float", 100.0, "latency objective: P99 per call must stay at or under this", gt=0),
+        Param("min_run_time", "float", 1.0, "seconds of sampling per variant and batch size", gt=0),
+        Param("threads", "int", 1, "torch CPU threads while timing (one per worker is the serving default)", ge=1),
+        *_common("run_dir", "seed"))),
+    Study("serving", "05_serving", "serving", "lab2prod.studies.serving", (
+        *_MODEL,
+        Param("backend", "str", "torchserve", "torchserve, rayserve or both (measured side by side)",
+              check="lab2prod.studies.serving:check_backend"),
+        Param("users", "list[int]", [1, 8, 32, 64], "concurrent Locust users per load level", ge=1, min_items=1),
+        Param("duration_s", "float", 4.0, "seconds of load per level and per tuned configuration", gt=0),
+        Param("workers", "int", 1, "workers for the load sweep", ge=1),
+        Param("threads", "int", 1, "torch threads per worker for the load sweep (0 means the torch default)",
+              ge=0),
+        Param("batch_size", "int", 1, "server-side batch size for the load sweep", ge=1),
+        Param("max_batch_delay_ms", "int", 5, "how long the server waits to fill a batch", ge=0),
+        Param("sla_ms", "float", 100.0, "p99 objective for the client-side latency", gt=0),
+        Param("tune_users", "int", 8, "load at which configurations are compared", ge=1),
+        Param("tune_workers", "list[int]", [1, 2], "workers per model to try", ge=1, min_items=1),
+        Param("tune_threads", "list[int]", [1, 2], "torch threads per worker to try", ge=1, min_items=1),
+        Param("tune_batch_sizes", "list[int]", [1, 4], "server batch sizes to try", ge=1, min_items=1),
+        Param("max_request_size", "int", 1000000, "bytes; larger requests are refused", ge=1),
+        Param("parity_requests", "int", 64, "held-out images sent one by one for live parity", ge=1),
+        *_common("run_dir", "seed")), torchserve=True),
+    Study("drift", "06_drift_monitoring", "monitoring", "lab2prod.studies.drift", (
+        COMMON["model"], *_INPUTS,
+        Param("batch_size", "int", 64, "inputs per monitored batch", ge=2),
+        Param("layer", "str", "", "module whose output is the embedding (a name from model.named_modules()); "
+              "empty: the default"),
+        Param("batches", "int", 50, "batches drawn per scenario", ge=1),
+        Param("alpha", "float", 0.05, "p-value below which a batch is flagged", gt=0, lt=1),
+        Param("sla_ms", "float", 100.0, "latency objective: a histogram bucket boundary is put on it", gt=0),
+        *_common("run_dir", "seed"))),
+    Study("security", "07_security", "security", "lab2prod.studies.security", (
+        Param("model", "str", "digits_cnn", "the model attacked and served"), *_INPUTS,
+        Param("eps", "float", 0.03, "L-inf budget of the attacks in [0, 1] pixel units (8/255 is about 0.031)",
+              ge=0, le=1),
+        Param("pgd_steps", "int", 10, "PGD iterations", ge=1),
+        Param("attack_images", "int", 200, "held-out images attacked", ge=1),
+        Param("z_limit", "float", 5.0, "z-score screen threshold on the input statistics", gt=0),
+        Param("max_bytes", "int", 1000000, "request size limit of the guard", ge=1),
+        Param("live_server", "bool", True,
+              "also send the hostile inputs to a real TorchServe with the guard in its handler"),
+        *_common("run_dir", "seed")), gate_items={"security:integrity": "model integrity"},
+        torchserve="live_server"),
+    Study("canary", "08_canary", "rollback", "lab2prod.studies.canary", (
+        Param("model", "str", "digits_cnn", "v1: " + _MODEL_HELP), *_INPUTS,
+        Param("candidate", "str", "int8", "v2: int8 means v1 quantized with candidate_method; else any model spec"),
+        Param("candidate_weights", "str", "", "optional state_dict file for a v2 given by model spec"),
+        Param("candidate_method", "str", "torch_ao_dynamic", "quantization of v2 when candidate is int8",
+              check="lab2prod.studies.quantization:check_method"),
+        Param("traffic_split", "list[int]", [80, 20], "percent of live requests to v1 and to v2", ge=0,
+              min_items=2, max_items=2, check="lab2prod.studies.canary:check_split"),
+        Param("canary_users", "int", 2, "concurrent Locust users during the rollout", ge=1),
+        Param("duration_s", "float", 10.0, "seconds of live traffic", gt=0),
+        Param("max_accuracy_drop_pts", "float", 1.0, "accuracy loss v2 may cost, in points", ge=0),
+        Param("latency_percentile", "float", 95.0, "percentile of live latency the rollback rule compares",
+              check="lab2prod.studies.canary:check_percentile"),
+        Param("max_latency_increase_ms", "float", 10.0, "increase of that percentile v2 may cost, in ms", ge=0),
+        Param("min_agreement", "float", 0.97, "share of held-out inputs whose top-1 must not change", ge=0, le=1),
+        Param("min_requests", "int", 100, "live requests v2 must answer before a decision", ge=1),
+        Param("threads", "int", 1, "torch threads for the offline latency and per served worker", ge=1),
+        *_common("run_dir", "seed")), torchserve=True),
+    Study("report", "99_report", None, "lab2prod.run.report", (
+        Param("run_dir", "str", "", "run folder to report on; empty means outputs/interactive"),)),
+]
+
+
+def study(short: str, studies: list[Study] | None = None) -> Study:
+    """The study with this short name; an error that lists the known ones."""
+    studies = STUDIES if studies is None else studies
+    for candidate in studies:
+        if candidate.short == short:
+            return candidate
+    raise Lab2ProdError(f"notebook {short!r} is not known; use one of {', '.join(s.short for s in studies)}")
+
+
+def checklist(studies: list[Study] | None = None) -> list[str]:
+    """The deployment checklist in the order a release review walks it: the studies' items in run order."""
+    studies = STUDIES if studies is None else studies
+    return list(dict.fromkeys(s.item for s in studies if s.item))
+
+
+def checklist_item(gate: dict, studies: list[Study] | None = None) -> str:
+    """The checklist item a gate belongs to: its study's, unless the study files that gate under
+    another item (the security notebook's file integrity checks belong to model integrity)."""
+    studies = STUDIES if studies is None else studies
+    for candidate in studies:
+        for prefix, item in candidate.gate_items.items():
+            if gate["name"].startswith(prefix):
+                return item
+    notebook = str(gate.get("notebook", ""))
+    return next((s.item for s in studies if s.notebook == notebook and s.item), "other")
+
+
+def resolve_parameters(given: dict, selected: list[Study], common: dict | None = None) -> dict[str, dict]:
+    """{notebook stem: {name: value}} for the selected studies from `-p` values. A bare name goes to
+    every selected study that declares it when it is a common parameter or only one of them
+    declares it; `study.name` targets one study. Unknown, ambiguous, mistyped and out-of-range
+    values raise a Lab2ProdError that names the value and the fix. `common` values (the command
+    line's --model, --device, ...) go to the studies that declare them, where `given` does not
+    set them."""
+    per_study: dict[str, dict] = {s.notebook: {} for s in selected}
+    for name, value in (common or {}).items():
+        for owner in selected:
+            if owner.param(name) is not None:
+                per_study[owner.notebook][name] = owner.param(name).validate(value, name)
+    for key, value in given.items():
+        target, _, name = key.rpartition(".")
+        if target:
+            chosen = [s for s in selected if s.short == target]
+            if not chosen:
+                raise Lab2ProdError(f"parameter {key!r} names study {target!r}, which is not selected; "
+                                    f"selected: {', '.join(s.short for s in selected)}")
+            if chosen[0].param(name) is None:
+                known = ", ".join(p.name for p in chosen[0].params)
+                raise Lab2ProdError(f"parameter {name!r} is not a parameter of {target}; known: {known}")
+        else:
+            chosen = [s for s in selected if s.param(name) is not None]
+            if not chosen:
+                known = sorted({p.name for s in selected for p in s.params})
+                raise Lab2ProdError(f"parameter {name!r} is not used by the selected notebooks; "
+                                    f"known: {', '.join(known)}")
+            if len(chosen) > 1 and name not in COMMON:
+                choices = " or ".join(f"-p {s.short}.{name}=..." for s in chosen)
+                meanings = "; ".join(f"{s.short}: {s.param(name).help}" for s in chosen)
+                raise Lab2ProdError(f"parameter {name!r} means different things in {len(chosen)} notebooks "
+                                    f"({meanings}); say which: {choices}")
+        for owner in chosen:
+            per_study[owner.notebook][name] = owner.param(name).validate(value, key)
+    return per_study
+
+
+def notebook_parameters(path: Path) -> dict[str, object]:
+    """{name: default} of a notebook's cell tagged `parameters`, read by papermill."""
+    import ast
+
+    import papermill
+
+    declared = papermill.inspect_notebook(str(path))
+    parameters = {}
+    for name, info in declared.items():
+        try:
+            parameters[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            parameters[name] = info["default"]
+    return parameters

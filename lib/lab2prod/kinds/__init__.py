@@ -1,0 +1,1 @@
+"""What a request is for each kind of model (image, text, tensor): codec and guard."""

@@ -1,0 +1,1 @@
+"""Running studies: the command line, the runner, comparing runs and the report."""

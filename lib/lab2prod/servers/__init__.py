@@ -1,0 +1,1 @@
+"""What serves the model: TorchServe, Ray Serve, the load generator and the deployment files."""

@@ -1,0 +1,99 @@
+"""Load testing with Locust: the locustfile (`lab2prod.servers.locustfile`) and its request images written
+into a run folder, headless runs against a server on loopback, percentiles from every request."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.servers.torchserve.server import ServeConfig, TorchServe, tool_path
+
+__all__ = ["LOCUSTFILE", "content_type_of", "write_locustfile", "latency_stats", "run_locust", "load_sweep"]
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+def content_type_of(path: Path) -> str:
+    """The Content-Type a request file is sent with: JSON for .json, raw bytes otherwise."""
+    return "application/json" if Path(path).suffix == ".json" else "application/octet-stream"
+
+
+def write_locustfile(run_dir: Path, requests: list[tuple[str, bytes]], suffix: str = ".png") -> Path:
+    """Save the locustfile and the request bodies (`suffix` .png for images, .json for JSON
+    requests) in run_dir/serving, for reuse against any host."""
+    serve = Path(run_dir) / "serving"
+    images = serve / "requests"
+    shutil.rmtree(images, ignore_errors=True)
+    images.mkdir(parents=True, exist_ok=True)
+    for i, (_, body) in enumerate(requests):
+        (images / f"{i:04d}{suffix}").write_bytes(body)
+    path = serve / "locustfile.py"
+    shutil.copyfile(LOCUSTFILE, path)
+    return path
+
+
+def latency_stats(latencies_ms, ok, seconds: float) -> dict:
+    """requests, avg/p50/p95/p99 in ms, error rate and successful requests per second of a set of
+    client-side samples (empty: no percentiles and an error rate of 1)."""
+    latencies = np.asarray(latencies_ms, dtype=float)
+    ok = np.asarray(ok, dtype=bool)
+    if latencies.size == 0:
+        return {"requests": 0, "avg_ms": None, "p50_ms": None, "p95_ms": None, "p99_ms": None,
+                "error_rate": 1.0, "throughput_per_s": 0.0}
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    return {"requests": int(latencies.size), "avg_ms": float(latencies.mean()), "p50_ms": float(p50),
+            "p95_ms": float(p95), "p99_ms": float(p99), "error_rate": float(1 - ok.mean()),
+            "throughput_per_s": float(ok.sum() / seconds)}
+
+
+def run_locust(server: TorchServe, name: str, locustfile: Path, users: int, duration_s: float,
+               max_requests: int = 20000, routes: list[dict] | None = None) -> dict:
+    """Run Locust headless against the server (loopback, `users` users spawned at once, for
+    `duration_s` seconds) and compute the percentiles from every request's latency. With
+    `routes` ([{path, weight, label}]) each request goes to one route drawn by weight, and
+    `by_route` holds the same statistics per label, with the raw `latencies_ms`."""
+    locustfile = Path(locustfile).resolve()  # Locust runs in the serving folder: a relative path would miss
+    serve = locustfile.parent
+    samples_file = serve / f"samples_{name}_{users}.json"
+    samples_file.unlink(missing_ok=True)
+    env = dict(os.environ, LAB2PROD_TOKEN=server.keys["inference"], LAB2PROD_IMAGES=str(serve / "requests"),
+               LAB2PROD_MODEL=name, LAB2PROD_SAMPLES=str(samples_file), LAB2PROD_MAX_REQUESTS=str(max_requests),
+               LAB2PROD_ROUTES=json.dumps(routes or []))
+    command = [tool_path("locust"), "-f", str(locustfile), "--headless", "-u", str(users), "-r", str(users),
+               "--run-time", f"{max(1, int(round(duration_s)))}s", "--host", server.inference_url,
+               "--only-summary", "--stop-timeout", "5", "--loglevel", "ERROR"]
+    began = time.monotonic()
+    proc = subprocess.run(command, cwd=serve, env=env, capture_output=True, text=True, timeout=duration_s + 120)
+    elapsed = time.monotonic() - began
+    if not samples_file.exists():
+        raise Lab2ProdError(f"locust wrote no samples (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+    samples = json.loads(samples_file.read_text())
+    samples_file.unlink()
+    seconds = max(min(elapsed, duration_s), 1e-9)
+    row = {"users": users, **latency_stats([s[0] for s in samples], [s[1] for s in samples], seconds)}
+    if routes:
+        row["by_route"] = {}
+        for route in routes:
+            mine = [s for s in samples if s[2] == route["label"]]
+            row["by_route"][route["label"]] = {**latency_stats([s[0] for s in mine], [s[1] for s in mine], seconds),
+                                               "latencies_ms": [s[0] for s in mine]}
+    return row
+
+
+def load_sweep(server: TorchServe, name: str, locustfile: Path, config: ServeConfig, users_levels,
+               duration_s: float, progress: bool = False) -> list[dict]:
+    """One Locust run per number of users, each row tagged with the serving configuration."""
+    from tqdm import tqdm
+
+    rows = []
+    for users in tqdm(list(users_levels), desc="load", unit="level", disable=not progress):
+        row = run_locust(server, name, locustfile, users, duration_s)
+        rows.append({**row, "workers": config.workers, "threads": config.threads, "batch_size": config.batch_size})
+    return rows

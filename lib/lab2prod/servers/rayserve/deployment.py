@@ -1,0 +1,84 @@
+"""The Ray Serve deployment, imported by Ray (its import path, as `serve run` and a Serve config name it):
+token and size checks, the request codec with its guard, `@serve.batch`, the answers the TorchServe handler gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import torch
+from ray import serve
+from starlette.responses import JSONResponse
+
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.inputs import call, cat, first_tensor
+from lab2prod.kinds.codec import answers, from_spec
+from lab2prod.kinds.guard import Rejected
+from lab2prod.servers.rayserve.server import DEFAULT_RAY_CONFIG, TOKEN_ENV, RayConfig
+
+__all__ = ["LabModel", "app"]
+
+
+def _read_token(token_file: str) -> str:
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    if token_file and Path(token_file).exists():
+        return json.loads(Path(token_file).read_text())["inference"]
+    raise Lab2ProdError(f"no token: set {TOKEN_ENV} or pass token_file (a key file written by RayServer)")
+
+
+class LabModel:
+    """The Ray Serve deployment: token and size checks, the codec (guard + lab preprocessing) per
+    request, a `@serve.batch` of requests through the TorchScript model, the answers of
+    `lab2prod.kinds.codec.answers`. A refused request gets HTTP 400 with its reason code."""
+
+    def __init__(self, model_dir: str, token_file: str = "", threads: int = 1, max_batch_size: int = 1,
+                 batch_wait_timeout_s: float = 0.005, max_request_size: int = 1_000_000):
+
+        if int(threads) > 0:
+            torch.set_num_threads(int(threads))  # one replica, its CPUs: no oversubscription
+        spec = json.loads((Path(model_dir) / "lab2prod.json").read_text())
+        self.task = spec.get("task", "classifier")
+        self.codec = from_spec(spec["codec"], model_dir)
+        self.model = torch.jit.load(str(Path(model_dir) / "model.pt"), map_location="cpu").eval()
+        self.token = _read_token(token_file)
+        self.max_request_size = int(max_request_size)
+        self.infer.set_max_batch_size(int(max_batch_size))
+        self.infer.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.005)
+    async def infer(self, items: list) -> list[dict]:
+        with torch.inference_mode():
+            return answers(self.task, first_tensor(call(self.model, cat(items))))
+
+    async def __call__(self, request):
+        if not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {self.token}"):
+            return JSONResponse({"code": 401, "type": "Unauthorized", "message": "missing or wrong token"},
+                                status_code=401)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_request_size:
+            return JSONResponse({"code": 413, "message": f"body over {self.max_request_size} bytes"}, status_code=413)
+        body = await request.body()
+        if len(body) > self.max_request_size:
+            return JSONResponse({"code": 413, "message": f"body over {self.max_request_size} bytes"}, status_code=413)
+        try:
+            item = self.codec(body)
+        except Rejected as exc:
+            return JSONResponse({"code": 400, "rejected": exc.code, "message": exc.message}, status_code=400)
+        return JSONResponse(await self.infer(item))
+
+
+
+def app(args: dict):
+    """The application builder `serve run` and a Serve config file name
+    (`import_path: lab2prod.servers.rayserve.deployment:app`): args are model_dir, token_file and the RayConfig
+    fields."""
+    config = RayConfig(**{k: type(getattr(DEFAULT_RAY_CONFIG, k))(v) for k, v in args.items()
+                          if k in RayConfig.__dataclass_fields__})
+    deployment = serve.deployment(LabModel, name="LabModel").options(
+        num_replicas=config.replicas, ray_actor_options={"num_cpus": config.cpus_per_replica},
+        max_ongoing_requests=max(8, 2 * config.max_batch_size))
+    return deployment.bind(str(args["model_dir"]), str(args.get("token_file", "")), config.threads,
+                           config.max_batch_size, config.batch_wait_timeout_s, config.max_request_size)

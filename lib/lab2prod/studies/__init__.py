@@ -1,0 +1,1 @@
+"""One module per study (notebook): results, gates, tables and plots."""

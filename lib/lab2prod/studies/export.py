@@ -1,0 +1,321 @@
+"""Serialize a model (TorchScript script/trace, torch.export, ONNX) and prove the file reloads and agrees.
+
+TorchScript is what many deployed systems load today and is deprecated upstream; torch.export
+(`.pt2`) is its successor; ONNX (run by ONNX Runtime, outside Python too) is the third path many
+teams ship. All are produced side by side so a reader sees what each costs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from lab2prod.core.errors import Lab2ProdError, one_line
+from lab2prod.core.files import sha256_file
+from lab2prod.core.inputs import Inputs, call, export_program, first_tensor, map_tensors, to_device, trace, varied_cases
+from lab2prod.core.results import gate
+from lab2prod.models.load import LoadedModel, set_eval
+from lab2prod.models.onnx_rt import export_onnx, versions
+
+__all__ = [
+    "FORMATS",
+    "ExportArtifact",
+    "ComparisonRow",
+    "check_formats",
+    "export_model",
+    "compare_outputs",
+    "reload_in_fresh_process",
+    "input_cases",
+    "check_exports",
+    "format_gates",
+    "write_manifest",
+]
+
+FORMATS = ("torchscript_script", "torchscript_trace", "torch_export", "onnx")
+FILE_SUFFIX = {"torchscript_script": ".pt", "torchscript_trace": ".pt", "torch_export": ".pt2", "onnx": ".onnx"}
+TRACE_BATCH_SIZE = 2
+
+
+@dataclass
+class ExportArtifact:
+    """One attempt to serialize the model in one format; `error` says why it failed, in one line."""
+
+    format: str
+    path: Path | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    dynamic_batch: bool = False
+    dynamic_dims: str = ""  # torch.export and onnx: "batch+seq", "batch" or "" (static shapes)
+    seconds: float = 0.0
+    opset: int | None = None  # onnx: the default-domain opset
+    extra_files: list[Path] = field(default_factory=list)  # onnx: external data written beside the file
+
+    @property
+    def produced(self) -> bool:
+        return self.path is not None
+
+
+@dataclass
+class ComparisonRow:
+    """Eager vs reloaded file on one input case (a batch size, held-out or varied inputs)."""
+
+    format: str
+    batch_size: int
+    inputs: str
+    device: str
+    loaded: bool
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    top1_agreement: float | None = None
+    error: str | None = None
+
+
+def export_model(
+    loaded: LoadedModel, fmt: str, out_dir: Path, seed: int = 0
+) -> ExportArtifact:
+    """Serialize `loaded` in format `fmt` under `out_dir`; never raises for a model that won't export."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not known; use one of {', '.join(FORMATS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ("model.onnx" if fmt == "onnx" else f"model.{fmt}{FILE_SUFFIX[fmt]}")
+    # Tracing and export see training-split inputs; comparisons use held-out ones.
+    example = loaded.make_inputs(TRACE_BATCH_SIZE, seed, split="train")
+    module = set_eval(loaded.module)
+    artifact = ExportArtifact(fmt)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if fmt == "torchscript_script":
+                torch.jit.save(torch.jit.script(module), str(path))
+                artifact.dynamic_batch = True
+            elif fmt == "torchscript_trace":
+                with torch.inference_mode(False), torch.no_grad():
+                    traced = trace(module, example, check_trace=False)
+                torch.jit.save(traced, str(path))
+                artifact.dynamic_batch = True  # shapes are not frozen unless the code reads them
+            elif fmt == "onnx":
+                written = export_onnx(module, example, path)
+                artifact.dynamic_dims, artifact.opset = written["dynamic_dims"], written["opset"]
+                artifact.dynamic_batch = bool(written["dynamic_dims"])
+                artifact.extra_files = [f for f in written["files"] if f != path]
+            else:
+                dynamic, program = export_program(module, example)
+                artifact.dynamic_batch = bool(dynamic)
+                artifact.dynamic_dims = dynamic
+                torch.export.save(program, str(path))
+            artifact.path = path
+        except Exception as exc:
+            artifact.error = one_line(exc)
+            path.unlink(missing_ok=True)
+            if fmt == "onnx":  # nothing half-written: the exporter's external data file too
+                for leftover in out_dir.glob(f"{path.name}.data"):
+                    leftover.unlink(missing_ok=True)
+    artifact.seconds = time.perf_counter() - start
+    artifact.warnings = sorted(
+        {str(w.message).splitlines()[0] for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
+    )
+    return artifact
+
+
+def input_cases(loaded: LoadedModel, batch_sizes: list[int], seed: int = 0) -> dict[str, Inputs]:
+    """Comparison inputs the export never saw: held-out data at every batch size, then varied
+    batches at the largest size (`inputs.varied_cases`: negated and noise for float inputs, other
+    valid ids for integer ones, a shorter sequence), which take another branch in models with
+    data-dependent control flow. A varied case eager itself cannot run is left out."""
+    cases = {f"held-out:{bs}": loaded.make_inputs(bs, seed + 1) for bs in batch_sizes}
+    largest = max(batch_sizes)
+    generator = torch.Generator().manual_seed(seed + 2)
+    for name, varied in varied_cases(cases[f"held-out:{largest}"], generator).items():
+        try:
+            with torch.inference_mode():
+                call(loaded.module, varied)
+        except Exception:
+            continue  # e.g. a model whose sequence length is fixed: not a finding about the export
+        cases[f"{name}:{largest}"] = varied
+    return cases
+
+
+def compare_outputs(reference: torch.Tensor, candidate: torch.Tensor, classifier: bool = True) -> dict:
+    """max_abs_diff; max_rel_diff (relative to the largest reference magnitude);
+    top1_agreement (share of rows whose argmax matches; None for non-2D outputs and for an
+    embedder, whose argmax means nothing)."""
+    reference, candidate = reference.float(), candidate.float()
+    if reference.shape != candidate.shape:
+        raise ValueError(f"output shape {tuple(candidate.shape)} != eager {tuple(reference.shape)}")
+    diff = (reference - candidate).abs()
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    top1 = None
+    if classifier and reference.dim() == 2 and reference.shape[1] > 1:
+        top1 = float((reference.argmax(1) == candidate.argmax(1)).float().mean())
+    return {"max_abs_diff": max_abs, "max_rel_diff": max_abs / scale if scale else max_abs,
+            "top1_agreement": top1}
+
+
+def reload_in_fresh_process(
+    fmt: str, path: Path, cases: dict[str, torch.Tensor], device: str = "cpu", timeout_s: float = 300
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Load `path` in a new Python process and run every case; returns (status, outputs)."""
+    with tempfile.TemporaryDirectory(prefix="lab2prod-reload-") as tmp:
+        inputs_file, outputs_file = Path(tmp) / "inputs.pt", Path(tmp) / "outputs.pt"
+        torch.save({name: map_tensors(torch.Tensor.contiguous, t) for name, t in cases.items()}, inputs_file)
+        command = [sys.executable, "-m", "lab2prod.models.reload_check", fmt, str(path),
+                   str(inputs_file), str(outputs_file), device]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        status_lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not status_lines:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return {"loaded": False, "load_error": f"reload process failed: {tail}", "errors": {}}, {}
+        status = json.loads(status_lines[-1])
+        outputs = torch.load(outputs_file, weights_only=True) if outputs_file.exists() else {}
+        return status, outputs
+
+
+def _eager_outputs(loaded: LoadedModel, cases: dict[str, torch.Tensor], device: str) -> dict:
+    module = loaded.module.to(device) if device != "cpu" else loaded.module
+    with torch.inference_mode():
+        result = {name: first_tensor(call(module, to_device(batch, device))).float().cpu()
+                  for name, batch in cases.items()}
+    if device != "cpu":
+        loaded.module.to("cpu")
+    return result
+
+
+def check_exports(
+    loaded: LoadedModel, artifacts: list[ExportArtifact], batch_sizes: list[int],
+    devices: list[str], seed: int = 0,
+) -> list[ComparisonRow]:
+    """Compare every produced file, reloaded in a fresh process, with eager on every input case."""
+    cases = input_cases(loaded, batch_sizes, seed)
+    rows = []
+    for device in devices:
+        eager = _eager_outputs(loaded, cases, device)
+        for artifact in artifacts:
+            if not artifact.produced:
+                rows.append(ComparisonRow(artifact.format, 0, "-", device, False, error=artifact.error))
+                continue
+            status, outputs = reload_in_fresh_process(artifact.format, artifact.path, cases, device)
+            for name, reference in eager.items():
+                kind, _, size = name.partition(":")
+                row = ComparisonRow(artifact.format, int(size), kind, device, status["loaded"])
+                if not status["loaded"]:
+                    row.error = status["load_error"]
+                elif name in status["errors"]:
+                    row.error = status["errors"][name]
+                else:
+                    try:
+                        for key, value in compare_outputs(reference, outputs[name],
+                                                          loaded.task == "classifier").items():
+                            setattr(row, key, value)
+                    except ValueError as exc:
+                        row.error = str(exc)
+                rows.append(row)
+    return rows
+
+
+def format_gates(
+    artifacts: list[ExportArtifact], rows: list[ComparisonRow], atol: float, auto: bool = False
+) -> list[dict]:
+    """One gate `parity:<format>` per format: produced, reloaded, every case within atol,
+    top-1 identical, and (trace) no tracer warning that the trace may be wrong.
+
+    With `auto` (formats=["auto"]: every format tried, none asked for by name) a format that does
+    not apply to this model (it cannot be produced, or tracing warns while every case matches) is
+    skipped with its reason, as long as another format passes; a file that answers differently
+    always fails."""
+
+    gates, optional = [], []
+    for artifact in artifacts:
+        mine = [r for r in rows if r.format == artifact.format]
+        worst = max((r.max_abs_diff for r in mine if r.max_abs_diff is not None), default=None)
+        failures, notes = [], []
+        if not artifact.produced:
+            notes.append(f"not produced: {artifact.error}")
+        else:
+            for r in mine:
+                label = f"{r.inputs} batch {r.batch_size} on {r.device}"
+                if r.error:
+                    failures.append(f"{label}: {r.error}")
+                elif r.max_abs_diff > atol:
+                    failures.append(f"{label}: max abs diff {r.max_abs_diff:.3g} > {atol:g}")
+                elif r.top1_agreement is not None and r.top1_agreement < 1.0:
+                    failures.append(f"{label}: top-1 agreement {r.top1_agreement:.3f}")
+            if artifact.warnings:
+                notes.append(f"tracer warning: {artifact.warnings[0]}")
+        problems = failures + notes
+        detail = ("; ".join(problems[:3]) if problems else
+                  f"{len(mine)} cases reloaded in a fresh process, all within atol")
+        gates.append(gate(f"parity:{artifact.format}", not problems, worst, atol, detail))
+        if auto and notes and not failures:
+            optional.append(len(gates) - 1)
+    if optional and any(g["passed"] for g in gates):
+        for index in optional:
+            gates[index] = gate(gates[index]["name"], False, gates[index]["value"], atol,
+                                f"does not apply to this model ({gates[index]['detail']}); formats=['auto'] "
+                                "skips it because another format passes", skipped=True)
+    return gates
+
+
+def check_formats(formats) -> list[str]:
+    """The formats, or a Lab2ProdError naming an unknown one and the known ones; ["auto"] is every format."""
+    if list(formats) == ["auto"]:
+        return list(FORMATS)
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise Lab2ProdError(f"format {fmt!r} is not known; use ['auto'] or some of {', '.join(FORMATS)}")
+    return list(formats)
+
+
+def write_manifest(
+    loaded: LoadedModel, artifacts: list[ExportArtifact], run_dir: Path
+) -> list[dict]:
+    """Write run_dir/manifest.json describing every produced file; return its entries."""
+    import torchvision
+
+    entries = []
+    for artifact in artifacts:
+        if not artifact.produced:
+            continue
+        entries.append({
+            "model": loaded.spec,
+            "format": artifact.format,
+            "file": str(artifact.path.relative_to(run_dir)),
+            "sha256": sha256_file(artifact.path),
+            "bytes": artifact.path.stat().st_size,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "input_shape": [None if artifact.dynamic_batch else 1, *loaded.input_shape],
+            "dtype": next(iter(loaded.input_spec.values()))["dtype"],
+            "inputs": loaded.input_spec,
+            "dynamic_batch": artifact.dynamic_batch,
+            "dynamic_dims": artifact.dynamic_dims or ("batch" if artifact.dynamic_batch else ""),
+            **({"opset": artifact.opset, **_onnx_versions(),
+                "external_data": [{"file": str(f.relative_to(run_dir)), "sha256": sha256_file(f),
+                                   "bytes": f.stat().st_size} for f in artifact.extra_files]}
+               if artifact.format == "onnx" else {}),
+            "trained": loaded.trained,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        })
+    (run_dir / "manifest.json").write_text(json.dumps(entries, indent=2))
+    return entries
+
+
+def _onnx_versions() -> dict:
+    info = versions()
+    return {"onnx": info["onnx"], "onnxruntime": info["onnxruntime"]}
+
+
+def rows_as_dicts(rows: list[ComparisonRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

@@ -1,0 +1,495 @@
+"""Preprocessing parity: the serving path and a catalog of real serving bugs, measured against the lab path."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torchvision.transforms import InterpolationMode, v2
+
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.results import gate
+from lab2prod.kinds.image import CLIENTS, encode_request
+from lab2prod.kinds.preprocess import ServingPath, lab_transform_for, load_transform
+from lab2prod.kinds.transforms import Recipe, recipe_transform
+from lab2prod.models.images import parity_images
+from lab2prod.studies.text_parity import differing_requests, evaluate_text_parity, text_bug_names, text_serving_gate
+
+__all__ = [
+    "Bug",
+    "BUGS",
+    "bug_names",
+    "select_bugs",
+    "RequestSet",
+    "make_request_set",
+    "PathResult",
+    "predict",
+    "evaluate_path",
+    "worst_images",
+    "viewable",
+    "ParityReport",
+    "evaluate_parity",
+    "serving_gate",
+]
+
+
+
+# ---------------------------------------------------------------- what clients send
+
+
+
+
+
+
+
+
+
+
+
+
+# ---------------------------------------------------------------- the catalog of serving bugs
+
+
+def _pil(data: bytes, exif: bool = True, convert: bool = True) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    if exif:
+        image = ImageOps.exif_transpose(image)
+    return image.convert("RGB") if convert else image
+
+
+def _hwc_array(data: bytes) -> torch.Tensor:
+    # The handler idiom: np.asarray(Image.open(...)) then HWC -> CHW, with no mode conversion.
+    array = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - pinned in requirements.txt
+        raise Lab2ProdError("the OpenCV bugs need opencv-python-headless; pip install -r requirements.txt") from None
+    return cv2
+
+
+def _cv2_decode(data: bytes) -> np.ndarray:
+    cv2 = _cv2()
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # BGR, HWC, uint8
+
+
+def _bgr_order(data: bytes, r: Recipe) -> torch.Tensor:
+    return recipe_transform(r)(Image.fromarray(_cv2_decode(data)))
+
+
+def _opencv_resize(data: bytes, r: Recipe) -> torch.Tensor:
+    cv2 = _cv2()
+    rgb = cv2.cvtColor(_cv2_decode(data), cv2.COLOR_BGR2RGB)
+    height, width = rgb.shape[:2]
+    factor = r.resize / min(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    resized = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)  # no antialias when shrinking
+    top, left = (resized.shape[0] - r.crop) // 2, (resized.shape[1] - r.crop) // 2
+    crop = resized[max(0, top):max(0, top) + r.crop, max(0, left):max(0, left) + r.crop]
+    tensor = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 255.0
+    return v2.Normalize(mean=list(r.mean), std=list(r.std))(tensor)
+
+
+def _double_scaling(data: bytes, r: Recipe) -> torch.Tensor:
+    scaled = recipe_transform(r, normalize=False)(_pil(data)) / 255.0
+    return v2.Normalize(mean=list(r.mean), std=list(r.std))(scaled)
+
+
+def _jpeg_recompressed(data: bytes, r: Recipe, quality: int = 30) -> torch.Tensor:
+    buffer = io.BytesIO()
+    _pil(data).save(buffer, format="JPEG", quality=quality)
+    return recipe_transform(r)(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+
+
+def _palette_as_indices(data: bytes, r: Recipe) -> torch.Tensor:
+    array = np.asarray(Image.open(io.BytesIO(data)))
+    if array.ndim == 2:  # the usual "grayscale fix": repeat the one channel three times
+        array = np.stack([array] * 3, axis=-1)
+    return recipe_transform(r)(Image.fromarray(array))
+
+
+@dataclass(frozen=True)
+class Bug:
+    """A real serving mistake: `fn(request_bytes, recipe) -> tensor`, tried on what `client` sends."""
+
+    name: str
+    client: str
+    what: str  # what goes wrong, in one line
+    where: str  # where it happens in practice, in one line
+    fn: Callable[[bytes, Recipe], torch.Tensor] = field(repr=False)
+
+    def path(self, recipe: Recipe) -> Callable[[bytes], torch.Tensor]:
+        """The buggy serving path for a model whose lab transform follows `recipe`."""
+        return lambda data: self.fn(data, recipe)
+
+
+BUGS: list[Bug] = [
+    Bug("motivating_case", "rgb", "resized to a square and divided by 255, no Normalize",
+        "the classic hand-written handler: img.resize((224, 224)); np.asarray(img) / 255",
+        lambda d, r: recipe_transform(r, square=True, normalize=False)(_pil(d))),
+    Bug("square_resize", "rgb", "resized straight to crop x crop, aspect ratio ignored, no centre crop",
+        "Resize((224, 224)) instead of Resize(256) + CenterCrop(224)",
+        lambda d, r: recipe_transform(r, square=True)(_pil(d))),
+    Bug("missing_normalize", "rgb", "the mean/std Normalize step left out",
+        "ToTensor() alone in the service; the lab had Normalize(mean, std)",
+        lambda d, r: recipe_transform(r, normalize=False)(_pil(d))),
+    Bug("bgr_channel_order", "rgb", "red and blue swapped",
+        "cv2.imdecode/cv2.imread return BGR; passed on without cvtColor",
+        _bgr_order),
+    Bug("uint8_not_scaled", "rgb", "pixels stay 0..255 instead of 0..1 before Normalize",
+        "ToDtype(torch.float32) without scale=True, or .float() on a uint8 tensor",
+        lambda d, r: recipe_transform(r, scale=False)(_pil(d))),
+    Bug("double_scaling", "rgb", "pixels divided by 255 twice",
+        "ToTensor() (already 0..1) followed by a manual / 255",
+        _double_scaling),
+    Bug("opencv_resize", "rgb", "OpenCV bilinear resize, no antialias, instead of the lab's resize",
+        "cv2.resize(img, size) in a C++ or Python service; it does not antialias when shrinking",
+        _opencv_resize),
+    Bug("tensor_resize_no_antialias", "rgb", "tensor resize with antialias=False",
+        "F.interpolate or an old torchvision default on tensors; aliasing when shrinking",
+        lambda d, r: recipe_transform(r, antialias=False)(_pil(d))),
+    Bug("nearest_interpolation", "rgb", "nearest-neighbour resize",
+        "a default of Image.resize in old Pillow, or of many GPU and C++ resizers",
+        lambda d, r: recipe_transform(r, interpolation=InterpolationMode.NEAREST)(_pil(d))),
+    Bug("bicubic_interpolation", "rgb", "bicubic resize where the lab used bilinear",
+        "a 'better quality' resize chosen in the service, or timm/TF defaults",
+        lambda d, r: recipe_transform(r, interpolation=InterpolationMode.BICUBIC)(_pil(d))),
+    Bug("jpeg_recompressed", "rgb", "image re-encoded as JPEG at quality 30 before inference",
+        "an upload proxy, CDN or storage step that recompresses to save bytes",
+        _jpeg_recompressed),
+    Bug("exif_orientation_ignored", "exif_rotated", "phone photos seen on their side",
+        "Image.open(...) without ImageOps.exif_transpose; browsers apply the tag, servers don't",
+        lambda d, r: recipe_transform(r)(_pil(d, exif=False))),
+    Bug("grayscale_not_converted", "grayscale", "a 2-D array where HWC was expected: the request fails",
+        "np.asarray(Image.open(f)).transpose(2, 0, 1) without .convert('RGB')",
+        lambda d, r: recipe_transform(r)(_hwc_array(d))),
+    Bug("rgba_not_converted", "rgba", "four channels reach Normalize/the model: the request fails",
+        "np.asarray(Image.open(f)) on a PNG with alpha, no .convert('RGB')",
+        lambda d, r: recipe_transform(r)(_hwc_array(d))),
+    Bug("palette_as_indices", "palette", "palette indices read as pixel values",
+        "np.asarray on a 'P' mode PNG, then the one channel repeated to make RGB",
+        _palette_as_indices),
+]
+
+
+def bug_names() -> list[str]:
+    return [bug.name for bug in BUGS]
+
+
+def select_bugs(names) -> list[Bug]:
+    """The catalogued image bugs named in `names` ("all" or a list), in catalog order; names of
+    text bugs (lab2prod.studies.text_parity) are accepted and left to the text catalog."""
+
+    names = [names] if isinstance(names, str) else list(names)
+    if names == ["all"]:
+        return list(BUGS)
+    unknown = [n for n in names if n not in bug_names() and n not in text_bug_names()]
+    if unknown:
+        raise Lab2ProdError(f"bugs {unknown} are not catalogued; use 'all' or some of {', '.join(bug_names())} "
+                            f"(images) or {', '.join(text_bug_names())} (texts)")
+    return [bug for bug in BUGS if bug.name in names]
+
+
+# ---------------------------------------------------------------- images
+
+
+
+
+
+
+
+
+# ---------------------------------------------------------------- running a path
+
+
+@dataclass
+class RequestSet:
+    """What one kind of client sends for every image, and the lab path's tensors and predictions."""
+
+    client: str
+    requests: list[bytes]
+    lab_tensors: list[torch.Tensor]
+    lab_predictions: np.ndarray
+
+
+def predict(module: torch.nn.Module, tensors: list, batch_size: int = 64) -> np.ndarray:
+    """Top-1 class per tensor; -1 where there is no tensor (the path raised) or the model raised.
+    Tensors of the common shape go in batches; odd shapes go one at a time."""
+    predictions = np.full(len(tensors), -1, dtype=np.int64)
+    shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in tensors]
+    common = max(set(s for s in shapes if s), key=shapes.count, default=None)
+    batched = [i for i, s in enumerate(shapes) if s == common]
+    single = [i for i, s in enumerate(shapes) if s is not None and s != common]
+    with torch.inference_mode():
+        for start in range(0, len(batched), batch_size):
+            chunk = batched[start:start + batch_size]
+            try:
+                logits = module(torch.stack([tensors[i] for i in chunk]))
+                predictions[chunk] = logits.argmax(1).numpy()
+            except Exception:
+                single.extend(chunk)
+        for i in single:
+            try:
+                predictions[i] = int(module(tensors[i].unsqueeze(0)).argmax(1)[0])
+            except Exception:
+                predictions[i] = -1
+    return predictions
+
+
+def _run(path: Callable[[bytes], torch.Tensor], requests: list[bytes]) -> tuple[list, list]:
+    tensors, errors = [], []
+    for data in requests:
+        try:
+            tensors.append(path(data))
+            errors.append(None)
+        except Exception as exc:
+            tensors.append(None)
+            errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}")
+    return tensors, errors
+
+
+def make_request_set(client: str, images: list[Image.Image], lab_transform: Callable,
+                     module: torch.nn.Module) -> RequestSet:
+    """Encode every image as `client` sends it and run the lab path on what the lab loader sees."""
+    encoded = [encode_request(image, client) for image in images]
+    lab_tensors = [lab_transform(lab_image) for _, lab_image in encoded]
+    return RequestSet(client, [data for data, _ in encoded], lab_tensors, predict(module, lab_tensors))
+
+
+@dataclass
+class PathResult:
+    """One serving path on one request set, compared image by image with the lab path."""
+
+    path: str
+    client: str
+    max_abs_diff: np.ndarray  # per image; inf where the shapes differ or the path failed
+    mean_abs_diff: np.ndarray
+    predictions: np.ndarray
+    lab_predictions: np.ndarray
+    labels: np.ndarray | None
+    errors: list
+    shapes: list
+    tensors: list = field(repr=False, default_factory=list)
+
+    def summary(self) -> dict:
+        """max/mean abs diff over images, top-1 agreement with the lab, accuracy and the drop in
+        points (None without labels), and how many requests failed."""
+        finite = self.mean_abs_diff[np.isfinite(self.mean_abs_diff)]
+        row = {
+            "bug": self.path,
+            "client": self.client,
+            "max_abs_diff": float(self.max_abs_diff.max()) if len(self.max_abs_diff) else 0.0,
+            "mean_abs_diff": float(finite.mean()) if len(finite) else float("inf"),
+            "top1_agreement": float((self.predictions == self.lab_predictions).mean()),
+            "accuracy": None,
+            "lab_accuracy": None,
+            "accuracy_drop_pts": None,
+            "failed_requests": sum(e is not None for e in self.errors),
+            "shape_mismatches": sum(s is None for s in self.shapes),
+        }
+        if self.labels is not None:
+            accuracy = float((self.predictions == self.labels).mean())
+            lab_accuracy = float((self.lab_predictions == self.labels).mean())
+            row.update(accuracy=accuracy, lab_accuracy=lab_accuracy,
+                       accuracy_drop_pts=round(100 * (lab_accuracy - accuracy), 2))
+        return row
+
+
+def evaluate_path(name: str, path: Callable[[bytes], torch.Tensor], request_set: RequestSet,
+                  module: torch.nn.Module, labels: np.ndarray | None) -> PathResult:
+    """Run `path` on every request of `request_set` and compare tensors and predictions with the
+    lab path. A tensor whose shape differs from the lab's counts as an infinite difference."""
+    tensors, errors = _run(path, request_set.requests)
+    max_diff = np.full(len(tensors), np.inf)
+    mean_diff = np.full(len(tensors), np.inf)
+    shapes = []
+    for i, (tensor, lab) in enumerate(zip(tensors, request_set.lab_tensors, strict=False)):
+        if tensor is None:
+            shapes.append("error")
+            continue
+        if tuple(tensor.shape) != tuple(lab.shape):
+            shapes.append(None)
+            continue
+        shapes.append(tuple(tensor.shape))
+        diff = (tensor.float() - lab.float()).abs()
+        max_diff[i], mean_diff[i] = float(diff.max()), float(diff.mean())
+    return PathResult(name, request_set.client, max_diff, mean_diff, predict(module, tensors),
+                      request_set.lab_predictions, labels, errors, shapes, tensors)
+
+
+def worst_images(result: PathResult, names: list[str], request_set: RequestSet, atol: float,
+                 limit: int = 10) -> list[dict]:
+    """The images where a path differs from the lab by more than `atol`, worst first: which
+    image, how much, the shapes, and whether the prediction changed."""
+    rows = []
+    for i in np.argsort(-result.max_abs_diff, kind="stable"):
+        if result.max_abs_diff[i] <= atol:
+            break
+        tensor = result.tensors[i] if result.tensors else None
+        rows.append({
+            "image": names[i],
+            "client": result.client,
+            "max_abs_diff": float(result.max_abs_diff[i]),
+            "mean_abs_diff": float(result.mean_abs_diff[i]),
+            "shape": tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None,
+            "lab_shape": tuple(request_set.lab_tensors[i].shape),
+            "prediction": int(result.predictions[i]),
+            "lab_prediction": int(result.lab_predictions[i]),
+            "error": result.errors[i],
+        })
+        if len(rows) >= limit:
+            break
+    return rows
+
+
+def viewable(tensor: torch.Tensor, recipe: Recipe | None) -> np.ndarray:
+    """A model input as an HWC image in [0, 1]: undo the recipe's Normalize (or min-max scale
+    when there is no recipe) and clip, so a plot shows what the model sees."""
+    image = tensor.detach().float().clone()
+    if recipe is not None and image.shape[0] == len(recipe.mean):
+        image = image * torch.tensor(recipe.std).view(-1, 1, 1) + torch.tensor(recipe.mean).view(-1, 1, 1)
+    else:
+        image = (image - image.min()) / (image.max() - image.min() + 1e-12)
+    if image.shape[0] == 1:
+        image = image.repeat(3, 1, 1)
+    return image[:3].clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+# ---------------------------------------------------------------- the whole comparison
+
+
+@dataclass
+class ParityReport:
+    """Everything the parity notebook shows: the serving path on every client, and each bug."""
+
+    applies: bool
+    reason: str
+    names: list[str] = field(default_factory=list)
+    labels: np.ndarray | None = None
+    recipe: Recipe | None = None
+    request_sets: dict[str, RequestSet] = field(default_factory=dict)
+    serving: list[PathResult] = field(default_factory=list)
+    bugs: list[PathResult] = field(default_factory=list)
+    catalog: list[Bug] = field(default_factory=list)
+    kind: str = "image"
+
+    @property
+    def serving_max_abs_diff(self) -> float:
+        return max((float(r.max_abs_diff.max()) for r in self.serving if len(r.max_abs_diff)), default=0.0)
+
+    @property
+    def lab_accuracy(self) -> float | None:
+        rgb = self.request_sets.get("rgb")
+        if rgb is None or self.labels is None:
+            return None
+        return float((rgb.lab_predictions == self.labels).mean())
+
+    def bug_rows(self) -> list[dict]:
+        """One summary per bug with its one-line description, most harmful first: by accuracy
+        drop where there are labels, else by disagreement with the lab, then by mean diff."""
+        described = {bug.name: bug for bug in self.catalog}
+        rows = [{**r.summary(), "what": described[r.path].what, "where": described[r.path].where}
+                for r in self.bugs]
+
+        def impact(row):
+            drop = row["accuracy_drop_pts"] if row["accuracy_drop_pts"] is not None else 0.0
+            return (-drop, row["top1_agreement"], -min(row["mean_abs_diff"], 1e30))
+
+        return sorted(rows, key=impact)
+
+
+def evaluate_parity(loaded, lab_transform: str = "", serving_transform: str = "", bugs=("all",),
+                    max_images: int = 0, seed: int = 0, progress: bool = True) -> ParityReport:
+    """Compare the serving path (lab2prod's, or the user's `serving_transform`, bytes -> tensor)
+    with the lab path on every client's encoding, and every selected bug on its client's."""
+    from tqdm import tqdm
+
+
+    if not loaded.takes_images and not lab_transform:
+        return ParityReport(False, f"model {loaded.spec!r} takes {loaded.inputs_text}, not images; "
+                                   "there is no image preprocessing to compare")
+    transform, recipe = lab_transform_for(loaded.family, lab_transform)
+    serving = load_transform(serving_transform, "serving_transform") if serving_transform else ServingPath(transform)
+    catalog = select_bugs(bugs) if recipe is not None else []
+    if loaded.data is not None and loaded.data.kind == "images":  # the user's own images and labels
+        count = len(loaded.data) if max_images <= 0 else min(max_images, len(loaded.data))
+        names = [f"{loaded.data.class_names[int(c)]}#{i}" for i, c in enumerate(loaded.data.labels[:count])]
+        images = loaded.data.items[:count]
+        labels = None if loaded.data_labels is None else np.asarray(loaded.data_labels[:count])
+    else:
+        names, images, labels = parity_images(loaded.family, max_images, seed)
+    report = ParityReport(True, "", names, labels, recipe, catalog=catalog)
+    if recipe is None:
+        report.reason = ("the lab transform is not a torchvision Compose with Resize, CenterCrop and "
+                         "Normalize, so the catalog cannot be derived")
+    steps = [("client", c) for c in CLIENTS] + [("bug", b) for b in catalog]
+    for kind, item in tqdm(steps, desc="parity", unit="path", disable=not progress):
+        if kind == "client":
+            request_set = make_request_set(item, images, transform, loaded.module)
+            report.request_sets[item] = request_set
+            report.serving.append(evaluate_path("serving", serving, request_set, loaded.module, labels))
+        else:
+            report.bugs.append(evaluate_path(item.name, item.path(recipe), report.request_sets[item.client],
+                                             loaded.module, labels))
+    return report
+
+
+def serving_gate(report: ParityReport, atol: float) -> dict:
+    """Gate `parity:serving`: every serving tensor has the lab's shape and lies within `atol` of
+    it, on every image and client; skipped when the model takes tensors, not images."""
+
+    if not report.applies:
+        return gate("parity:serving", False, None, atol, report.reason, skipped=True)
+    total = len(report.names) * len(report.serving)
+    differ = sum(int((r.max_abs_diff > atol).sum()) for r in report.serving)
+    failed = sum(r.summary()["failed_requests"] for r in report.serving)
+    reshaped = sum(r.summary()["shape_mismatches"] for r in report.serving)
+    worst = report.serving_max_abs_diff
+    if not differ:
+        return gate("parity:serving", True, worst, atol, f"serving == lab on {len(report.names)} images "
+                                                         f"x {len(report.serving)} clients")
+    clients = ", ".join(r.client for r in report.serving if (r.max_abs_diff > atol).any())
+    extra = "".join([f", {reshaped} with another shape" if reshaped else "", f", {failed} failed" if failed else ""])
+    finite = [float(r.max_abs_diff[np.isfinite(r.max_abs_diff)].max()) for r in report.serving
+              if np.isfinite(r.max_abs_diff).any()]
+    return gate("parity:serving", False, worst, atol,
+                f"{differ} of {total} requests differ ({clients}){extra}; "
+                f"largest finite max abs diff {max(finite, default=float('nan')):.3g}")
+
+
+# ---------------------------------------------------------------- images or texts
+
+
+def evaluate(loaded, lab_transform: str = "", serving_transform: str = "", bugs=("all",), max_images: int = 0,
+             max_texts: int = 0, seed: int = 0, progress: bool = True):
+    """The parity report of a model: texts through the tokenizer for a text model
+    (lab2prod.studies.text_parity), else images through the lab transform."""
+    if loaded.text_path is not None:
+        names = [bugs] if isinstance(bugs, str) else list(bugs)
+        text_names = names if names == ["all"] else [n for n in names if n not in bug_names()]
+        return evaluate_text_parity(loaded, serving_transform, text_names, max_texts, progress)
+    return evaluate_parity(loaded, lab_transform, serving_transform,
+                           [n for n in ([bugs] if isinstance(bugs, str) else bugs) if n == "all" or n in bug_names()],
+                           max_images, seed, progress)
+
+
+def parity_gate(report, atol: float) -> dict:
+    """Gate `parity:serving` for either kind of report."""
+    if getattr(report, "kind", "image") == "text":
+        return text_serving_gate(report)
+    return serving_gate(report, atol)
+
+
+def where_serving_differs(report, atol: float) -> list[dict]:
+    """Requests where the serving path differs from the lab path (worst images first; texts in order)."""
+    if getattr(report, "kind", "image") == "text":
+        return [row for result in report.serving for row in differing_requests(result, report)]
+    return [row for result in report.serving
+            for row in worst_images(result, report.names, report.request_sets[result.client], atol)]

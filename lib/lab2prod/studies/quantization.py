@@ -1,0 +1,608 @@
+"""Dynamic int8 quantization by torch.ao, torchao and ONNX Runtime: size, latency, accuracy, coverage,
+per-layer sensitivity."""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.inputs import Inputs, batch_size_of, call, export_program, first_tensor, outputs_of, trace
+from lab2prod.core.results import gate
+from lab2prod.kinds.preprocess import load_transform
+from lab2prod.models.load import reference_images, reference_tensors
+from lab2prod.models.onnx_rt import OrtModule, export_to_temp, quantize_file
+from lab2prod.studies.export import reload_in_fresh_process
+
+__all__ = [
+    "METHODS",
+    "MODULE_TYPES",
+    "check_engine",
+    "resolve_engine",
+    "resolve_module_types",
+    "check_methods",
+    "check_method",
+    "quantize",
+    "quantized_layers",
+    "coverage",
+    "serialized_size",
+    "latency_ms",
+    "EvalData",
+    "eval_data",
+    "quality",
+    "MethodResult",
+    "evaluate_methods",
+    "layer_sensitivity",
+    "export_quantized",
+    "recommended",
+    "findings",
+    "frontier",
+    "best_step",
+    "add_selective",
+    "quantization_gates",
+]
+
+# method -> (library path, what it does). torch.ao is the old path (deprecated upstream), torchao the new one.
+METHODS = {
+    "torch_ao_dynamic": ("torch.ao (old path)", "quantize_dynamic: int8 weights, activations quantized per batch"),
+    "torchao_int8_dynamic": ("torchao (new path)", "Int8DynamicActivationInt8WeightConfig"),
+    "torchao_int8_weight_only": ("torchao (new path)", "Int8WeightOnlyConfig: int8 weights, float activations"),
+    "onnxruntime_fp32": ("ONNX Runtime", "the ONNX export in ONNX Runtime, not quantized: what the runtime alone "
+                         "gives, so the int8 rows can be split into runtime and int8"),
+    "onnxruntime_int8_dynamic": ("ONNX Runtime", "quantize_dynamic on the ONNX export: int8 weights per tensor, "
+                                 "activations quantized per call (MatMul, Conv, Gather)"),
+    "onnxruntime_int8_dynamic_per_channel": ("ONNX Runtime", "quantize_dynamic with per_channel=True: one int8 scale "
+                                             "per output channel"),
+}
+ORT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # what ONNX Runtime's dynamic int8 turns into int8 ops
+MODULE_TYPES = {"Linear": nn.Linear, "LSTM": nn.LSTM, "GRU": nn.GRU, "LSTMCell": nn.LSTMCell,
+                "GRUCell": nn.GRUCell, "RNNCell": nn.RNNCell}
+TORCHAO_TYPES = (nn.Linear,)  # torchao's int8 configs replace Linear weights only
+
+
+def check_engine(engine: str) -> str:
+    """`engine` if this torch build supports it ("auto" included); a clear error otherwise."""
+    supported = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    if engine not in ("auto", "", None) and engine not in supported:
+        raise Lab2ProdError(f"quantized engine {engine!r} is not supported by this torch build; "
+                            f"use auto or one of {', '.join(supported)}")
+    return engine
+
+
+def resolve_engine(engine: str = "auto") -> str:
+    """Set and return the quantized engine: "auto" keeps torch's default for this CPU; a name must
+    be one of torch.backends.quantized.supported_engines."""
+    if check_engine(engine) in ("auto", "", None):
+        return torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    return engine
+
+
+def resolve_module_types(names) -> tuple[type, ...]:
+    """Module classes from names such as ["Linear", "LSTM"]."""
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in MODULE_TYPES]
+    if unknown or not names:
+        raise Lab2ProdError(f"module_types {names!r} are not quantizable dynamically; "
+                            f"use some of {', '.join(MODULE_TYPES)}")
+    return tuple(MODULE_TYPES[n] for n in names)
+
+
+def check_methods(methods) -> list[str]:
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise Lab2ProdError(f"quantization methods {methods!r} are not known; use some of {', '.join(METHODS)}")
+    return methods
+
+
+def check_method(method: str) -> str:
+    """One quantization method (the canary's candidate), checked like a list of them; the canary
+    serves its candidate through TorchServe's torch handler, so an ONNX Runtime method is refused."""
+    method = check_methods([method])[0]
+    if method.startswith("onnxruntime"):
+        torch_methods = [m for m in METHODS if not m.startswith("onnxruntime")]
+        raise Lab2ProdError(f"method {method!r} makes an ONNX file, which the canary's TorchServe handler does not "
+                            f"serve; use one of {', '.join(torch_methods)}")
+    return method
+
+
+def _import_torchao():
+    # torchao logs import-time notices through torch's loggers; they are noise in a report.
+    for name in ("torch.utils._pytree", "torch.utils.cpp_extension", "torchao"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import torchao.quantization as tq
+    except ImportError:  # pragma: no cover - pinned in requirements.txt
+        raise Lab2ProdError("the torchao methods need torchao; pip install -r requirements.txt") from None
+    return tq
+
+
+def quantized_layers(module: nn.Module, method: str, module_types: tuple[type, ...]) -> list[str]:
+    """Names of the leaf layers that `method` quantizes in `module`."""
+    if method == "onnxruntime_fp32":
+        return []
+    if method.startswith("onnxruntime"):
+        types = ORT_TYPES
+    else:
+        types = tuple(t for t in module_types if t in TORCHAO_TYPES) if method.startswith("torchao") else module_types
+    return [name for name, child in module.named_modules() if name and types and isinstance(child, types)]
+
+
+def quantize(module: nn.Module, method: str, module_types: tuple[type, ...], keep_fp32=(), example=None) -> nn.Module:
+    """A quantized copy of `module`; the layers named in `keep_fp32` stay in float. ONNX Runtime's
+    methods export `module` to ONNX on `example` and return the int8 file in a session
+    (lab2prod.models.onnx_rt.OrtModule; its files are removed with it)."""
+    check_methods([method])
+    if method.startswith("onnxruntime"):
+        return _ort_quantized(module, method, example)
+    model = copy.deepcopy(module).eval()
+    layers = [n for n in quantized_layers(model, method, module_types) if n not in set(keep_fp32)]
+    if not layers:
+        return model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        if method == "torch_ao_dynamic":
+            qconfig = torch.ao.quantization.default_dynamic_qconfig
+            return torch.ao.quantization.quantize_dynamic(model, {name: qconfig for name in layers}, dtype=torch.qint8)
+        tq = _import_torchao()
+        config = (tq.Int8DynamicActivationInt8WeightConfig() if method == "torchao_int8_dynamic"
+                  else tq.Int8WeightOnlyConfig())
+        chosen = set(layers)
+        tq.quantize_(model, config, filter_fn=lambda child, fqn: fqn in chosen)
+    return model
+
+
+def _ort_quantized(module: nn.Module, method: str, example) -> nn.Module:
+    import shutil
+    import weakref
+
+
+    if example is None:
+        raise Lab2ProdError(f"{method} needs example inputs to export the model to ONNX")
+    folder, source = export_to_temp(module, example)
+    if method == "onnxruntime_fp32":
+        session = OrtModule(source)
+        session.quantized_ops = []
+        weakref.finalize(session, shutil.rmtree, str(folder), True)
+        return session
+    target = folder / "model.int8.onnx"
+    try:
+        ops = quantize_file(source, target, per_channel=method.endswith("per_channel"))
+    except Exception as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise Lab2ProdError(f"{method}: ONNX Runtime could not quantize the model ({exc})") from None
+    quantized = OrtModule(target)
+    quantized.quantized_ops = ops
+    weakref.finalize(quantized, shutil.rmtree, str(folder), True)
+    return quantized
+
+
+_RNN_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
+
+
+def _rnn_flops(module: nn.Module, inputs: tuple) -> int:
+    # torch.utils.flop_counter does not count the fused RNN ops; count their matmuls here:
+    # per layer and direction, 2 * gates * hidden * (input + hidden) multiply-adds per step.
+    x = inputs[0]
+    steps, batch = (x.shape[1], x.shape[0]) if module.batch_first else (x.shape[0], x.shape[1])
+    if x.dim() == 2:
+        steps, batch = x.shape[0], 1
+    gates = next(g for t, g in _RNN_GATES.items() if isinstance(module, t))
+    directions = 2 if module.bidirectional else 1
+    flops = 0
+    for layer in range(module.num_layers):
+        width = module.input_size if layer == 0 else module.hidden_size * directions
+        flops += directions * 2 * gates * module.hidden_size * (width + module.hidden_size)
+    return flops * steps * batch
+
+
+def coverage(module: nn.Module, layers: list[str], example: Inputs) -> tuple[float, float]:
+    """(share of parameters, share of FLOPs) in `layers`, each 0..1; FLOPs from
+    torch.utils.flop_counter on `example`, plus the matmuls of LSTM/GRU/RNN layers, which it
+    does not count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    total_params = sum(p.numel() for p in module.parameters())
+    named = dict(module.named_modules())
+    params = sum(p.numel() for name in layers for p in named[name].parameters())
+    rnn_flops: dict[str, int] = {}
+    hooks = [child.register_forward_hook(
+        lambda mod, inputs, output, name=name: rnn_flops.__setitem__(name, _rnn_flops(mod, inputs)))
+        for name, child in named.items() if isinstance(child, tuple(_RNN_GATES))]
+    try:
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            call(module, example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    root = type(module).__name__
+    total_flops = counts.get("Global", 0) + sum(rnn_flops.values())
+    flops = sum(counts.get(f"{root}.{name}", 0) + rnn_flops.get(name, 0) for name in layers)
+    return (params / total_params if total_params else 0.0, flops / total_flops if total_flops else 0.0)
+
+
+def serialized_size(module: nn.Module) -> int:
+    """Bytes of torch.save(module.state_dict()), or of an ONNX file and its external data: what a
+    deployment ships."""
+    if hasattr(module, "file_bytes"):
+        return int(module.file_bytes)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save(module.state_dict(), buffer)
+    return len(buffer.getvalue())
+
+
+def latency_ms(module: nn.Module, batch: Inputs, threads: int, min_run_time: float) -> float:
+    """Median milliseconds per call, torch.utils.benchmark's blocked_autorange on `threads` threads."""
+    from torch.utils import benchmark
+
+    if hasattr(module, "set_threads"):  # an ONNX Runtime session: its own intra-op threads, as many
+        module.set_threads(threads)
+    timer = benchmark.Timer("call(module, batch)", globals={"module": module, "batch": batch, "call": call},
+                            num_threads=threads)
+    with torch.inference_mode():
+        call(module, batch)  # warm-up: first calls pack weights and pick kernels
+        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+@dataclass
+class EvalData:
+    """Inputs the quality numbers are measured on, with labels when the model has labelled data."""
+
+    inputs: Inputs
+    labels: torch.Tensor | None
+    task: str = "classifier"
+
+    @property
+    def count(self) -> int:
+        return batch_size_of(self.inputs)
+
+
+def eval_data(loaded, count: int = 360, seed: int = 0) -> EvalData:
+    """The user's data (--data: every item, with its labels when it has them), else the held-out
+    digits or photo crops with labels for the reference models, else `count` held-out inputs (with the labels the input
+    function returns, if it does)."""
+    if loaded.data is not None:
+        return EvalData(loaded.data_inputs(), loaded.data_labels, loaded.task)
+    if loaded.family in ("digits", "photos"):
+        if loaded.lab_transform:  # the held-out images through the user's own lab transform
+
+            transform = load_transform(loaded.lab_transform, "lab_transform")
+            images, labels = reference_images(loaded.family, "test")
+            return EvalData(torch.stack([transform(image) for image in images]), torch.as_tensor(labels))
+        images, labels = reference_tensors(loaded.family, "test")
+        return EvalData(images, labels)
+    labels = loaded.make_labels(count, seed, "test") if loaded.make_labels is not None else None
+    return EvalData(loaded.make_inputs(count, seed, "test"), labels, loaded.task)
+
+
+def quality(reference: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor | None,
+            task: str = "classifier") -> dict:
+    """Fidelity of `outputs` to the fp32 `reference` (mean cosine similarity per sample, top-1
+    agreement for a classifier, relative L2 error) and accuracy when labels are given. An
+    embedder has no top-1: the argmax of a vector means nothing."""
+    ref, out = reference.flatten(1), outputs.flatten(1)
+    row = {
+        "cosine": float(nn.functional.cosine_similarity(ref, out, dim=1).mean()),
+        "top1_agreement": float((ref.argmax(1) == out.argmax(1)).float().mean()) if task == "classifier" else None,
+        "relative_error": float((out - ref).norm() / ref.norm().clamp_min(1e-12)),
+        "accuracy": None,
+    }
+    if labels is not None:
+        row["accuracy"] = float((out.argmax(1) == labels).float().mean())
+    return row
+
+
+def _drop_pts(row: dict, fp32: dict) -> float:
+    """The quality lost, in points: the accuracy drop when labelled, else top-1 disagreement with
+    fp32 for a classifier, else (an embedder) 100 x (1 - cosine to fp32), so a 1-point budget is
+    a cosine of at least 0.99."""
+    if fp32["accuracy"] is not None:
+        return round(100 * (fp32["accuracy"] - row["accuracy"]), 2)
+    if row["top1_agreement"] is None:
+        return round(100 * (1 - row["cosine"]), 2)
+    return round(100 * (1 - row["top1_agreement"]), 2)
+
+
+@dataclass
+class MethodResult:
+    """One recipe (fp32, a method, or a selective recipe) measured once for quality and size,
+    and at each batch size for latency."""
+
+    method: str
+    module: nn.Module = field(repr=False)
+    layers: list[str]
+    keep_fp32: list[str]
+    size_bytes: int
+    coverage_params: float
+    coverage_flops: float
+    quality: dict
+    accuracy_drop_pts: float
+    latency_ms: dict[int, float] = field(default_factory=dict)
+
+    def rows(self, fp32: MethodResult) -> list[dict]:
+        """The named-results rows, one per batch size."""
+        return [{
+            "method": self.method,
+            "batch_size": batch_size,
+            "latency_ms": self.latency_ms[batch_size],
+            "speedup": fp32.latency_ms[batch_size] / self.latency_ms[batch_size],
+            "size_bytes": self.size_bytes,
+            "size_ratio": fp32.size_bytes / self.size_bytes,
+            "accuracy": self.quality["accuracy"],
+            "accuracy_drop_pts": self.accuracy_drop_pts,
+            "cosine": self.quality["cosine"],
+            "top1_agreement": self.quality["top1_agreement"],
+            "coverage_params": self.coverage_params,
+            "coverage_flops": self.coverage_flops,
+            "quantized_layers": len(self.layers),
+            "kept_fp32": list(self.keep_fp32),
+        } for batch_size in sorted(self.latency_ms)]
+
+
+def _measure(name: str, model: nn.Module, layers: list[str], keep: list[str], loaded, data: EvalData,
+             reference: torch.Tensor, fp32_quality: dict | None) -> MethodResult:
+    example = loaded.make_inputs(2, 0)
+    params_share, flops_share = coverage(loaded.module, layers, example) if layers else (0.0, 0.0)
+    row = quality(reference, outputs_of(model, data.inputs), data.labels, data.task)
+    drop = _drop_pts(row, fp32_quality or row)
+    return MethodResult(name, model, layers, keep, serialized_size(model), params_share, flops_share, row, drop)
+
+
+def _time(results: list[MethodResult], loaded, batch_sizes, threads, min_run_time, seed, progress,
+          rounds: int = 2) -> None:
+    # Recipes are timed in alternating rounds and each keeps its best median, so a slow moment of a
+    # shared machine (or the order of measurement) does not decide which recipe looks faster.
+    from tqdm import tqdm
+
+    steps = [(round_, b, r) for round_ in range(rounds) for b in batch_sizes for r in results]
+    batches = {b: loaded.make_inputs(b, seed, "test") for b in batch_sizes}
+    for round_, batch_size, result in tqdm(steps, desc="latency", unit="run", disable=not progress):
+        median = latency_ms(result.module, batches[batch_size], threads, min_run_time / rounds)
+        previous = result.latency_ms.get(batch_size)
+        result.latency_ms[batch_size] = median if previous is None or round_ == 0 else min(previous, median)
+
+
+def evaluate_methods(loaded, methods, module_types, batch_sizes, threads: int = 1, min_run_time: float = 0.5,
+                     seed: int = 0, data: EvalData | None = None, progress: bool = True,
+                     skipped: dict | None = None) -> list[MethodResult]:
+    """fp32 first, then each method on the same model, data and batches. A method that does not
+    apply to this model (ONNX Runtime's, when the model does not export to ONNX) is left out,
+    with its reason in `skipped`."""
+    methods = check_methods(methods)
+    data = data or eval_data(loaded, seed=seed)
+    reference = outputs_of(loaded.module, data.inputs)
+    fp32 = _measure("fp32", loaded.module, [], [], loaded, data, reference, None)
+    results = [fp32]
+    example = loaded.make_inputs(2, seed, "train")
+    for method in methods:
+        layers = quantized_layers(loaded.module, method, module_types)
+        try:
+            model = quantize(loaded.module, method, module_types, example=example)
+        except Lab2ProdError as exc:
+            if skipped is None or not method.startswith("onnxruntime"):
+                raise
+            skipped[method] = str(exc)
+            continue
+        results.append(_measure(method, model, layers, [], loaded, data, reference, fp32.quality))
+    _time(results, loaded, batch_sizes, threads, min_run_time, seed, progress)
+    return results
+
+
+def layer_sensitivity(loaded, method: str, module_types, data: EvalData) -> list[dict]:
+    """Quantize one layer at a time: each layer's accuracy drop (or disagreement) and relative
+    output error vs fp32, most sensitive first."""
+    reference = outputs_of(loaded.module, data.inputs)
+    fp32 = quality(reference, reference, data.labels, data.task)
+    layers = quantized_layers(loaded.module, method, module_types)
+    named = dict(loaded.module.named_modules())
+    rows = []
+    for layer in layers:
+        model = quantize(loaded.module, method, module_types, keep_fp32=[n for n in layers if n != layer])
+        row = quality(reference, outputs_of(model, data.inputs), data.labels, data.task)
+        rows.append({"layer": layer, "type": type(named[layer]).__name__,
+                     "parameters": sum(p.numel() for p in named[layer].parameters()),
+                     "accuracy_drop_pts": _drop_pts(row, fp32), "relative_error": row["relative_error"],
+                     "cosine": row["cosine"]})
+    return sorted(rows, key=lambda r: (-r["accuracy_drop_pts"], -r["relative_error"]))
+
+
+def frontier(loaded, method: str, module_types, sensitivity: list[dict], data: EvalData, batch_size: int,
+             threads: int, min_run_time: float, budget_pts: float, max_steps: int = 12,
+             rounds: int = 2) -> list[dict]:
+    """The speed-fidelity frontier of a selective recipe: layers go to int8 one step at a time, least
+    sensitive first (the per-layer `sensitivity`), and each step is measured: quality lost (points,
+    as the budget counts them), cosine to fp32, median latency at `batch_size` and speedup over
+    fp32 (all steps and fp32 timed in alternating rounds, best median kept). At most `max_steps`
+    steps, spread evenly up to every layer. One row per step, fp32 first."""
+    reference = outputs_of(loaded.module, data.inputs)
+    fp32_quality = quality(reference, reference, data.labels, data.task)
+    order = [r["layer"] for r in reversed(sensitivity)]  # least sensitive first
+    counts = sorted({int(round(c)) for c in np.linspace(1, len(order), min(len(order), max_steps))}) if order else []
+    models = {0: loaded.module}
+    rows = [{"quantized_layers": 0, "kept_fp32": len(order), "added": "", "drop_pts": 0.0,
+             "cosine": fp32_quality["cosine"]}]
+    for count in counts:
+        model = quantize(loaded.module, method, module_types, keep_fp32=order[count:])
+        row = quality(reference, outputs_of(model, data.inputs), data.labels, data.task)
+        models[count] = model
+        rows.append({"quantized_layers": count, "kept_fp32": len(order) - count, "added": order[count - 1],
+                     "drop_pts": _drop_pts(row, fp32_quality), "cosine": row["cosine"]})
+    batch = loaded.make_inputs(batch_size, 0, "test")
+    for round_ in range(rounds):
+        for row in rows:
+            median = latency_ms(models[row["quantized_layers"]], batch, threads, min_run_time / rounds)
+            row["latency_ms"] = median if round_ == 0 else min(row["latency_ms"], median)
+    for row in rows:
+        row["speedup"] = rows[0]["latency_ms"] / row["latency_ms"]
+        row["within_budget"] = row["drop_pts"] <= budget_pts
+        row["batch_size"] = batch_size
+    return rows
+
+
+def best_step(steps: list[dict]) -> dict | None:
+    """The fastest frontier step within the budget that quantizes something; None when none fits."""
+    within = [s for s in steps if s["quantized_layers"] > 0 and s["within_budget"]]
+    return min(within, key=lambda s: s["latency_ms"], default=None)
+
+
+def recommended(results: list[MethodResult], budget_pts: float, batch_size: int) -> MethodResult | None:
+    """The fastest quantized recipe at `batch_size` within the accuracy budget (ONNX Runtime's
+    included; its unquantized session is a reference, not a recipe)."""
+    within = [r for r in results if r.method not in ("fp32", "onnxruntime_fp32") and r.accuracy_drop_pts <= budget_pts]
+    return min(within, key=lambda r: r.latency_ms[batch_size], default=None)
+
+
+def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, seed: int = 0) -> dict:
+    """Save a quantized recipe as TorchScript (torch.ao) or torch.export (torchao), reload it in
+    a fresh process, and compare with the in-process quantized model. Returns a status dict:
+    format, file, produced, error, max_abs_diff, top1_agreement."""
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cases = {f"held-out:{b}": loaded.make_inputs(b, seed + 1, "test") for b in batch_sizes}
+    example = loaded.make_inputs(2, seed, "train")
+    if result.method.startswith("onnxruntime"):
+        fmt = "onnx"
+    else:
+        fmt = "torchscript_trace" if result.method.startswith("torch_ao") or result.method == "fp32" else "torch_export"
+    suffix = {"onnx": "onnx", "torch_export": "pt2"}.get(fmt, "pt")
+    path = out_dir / f"quantized_{result.method}.{suffix}"
+    status = {"method": result.method, "format": fmt, "file": f"{out_dir.name}/{path.name}", "produced": False,
+              "error": None,
+              "max_abs_diff": None, "top1_agreement": None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fmt == "onnx":  # the int8 file itself, as ONNX Runtime made it
+                import shutil
+
+                shutil.copyfile(result.module.path, path)
+            elif fmt == "torchscript_trace":
+                torch.jit.save(trace(result.module, example), str(path))
+            else:
+                torch.export.save(export_program(result.module, example)[1], str(path))
+        status["produced"] = True
+    except Exception as exc:
+        status["error"] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        path.unlink(missing_ok=True)
+        return status
+    reload, outputs = reload_in_fresh_process(fmt, path, cases)
+    if not reload.get("loaded") or reload.get("errors"):
+        status["error"] = reload.get("load_error") or "; ".join(reload["errors"].values())
+        return status
+    diffs, agree = [], []
+    with torch.inference_mode():
+        for name, batch in cases.items():
+            expected = first_tensor(call(result.module, batch)).float()
+            diffs.append(float((outputs[name] - expected).abs().max()))
+            if loaded.task == "classifier":
+                agree.append(float((outputs[name].argmax(1) == expected.argmax(1)).float().mean()))
+    status.update(max_abs_diff=max(diffs), top1_agreement=float(np.mean(agree)) if agree else None)
+    return status
+
+
+def findings(results: list[MethodResult], batch_sizes) -> list[str]:
+    """Sentences that say, from the measured numbers, which recipe wins at each batch size and
+    how much of the model the methods can touch."""
+    fp32 = results[0]
+    lines = []
+    for batch_size in sorted(batch_sizes):
+        best = min(results[1:], key=lambda r: r.latency_ms[batch_size], default=None)
+        if best is None:
+            continue
+        speedup = fp32.latency_ms[batch_size] / best.latency_ms[batch_size]
+        lines.append(f"batch {batch_size}: fastest is {best.method} at {best.latency_ms[batch_size]:.3g} ms, "
+                     f"{speedup:.2f}x fp32 ({fp32.latency_ms[batch_size]:.3g} ms)"
+                     + ("; no int8 recipe beats fp32 here: the (de)quantization around small matmuls costs more "
+                        "than int8 saves, so quantize this model for size, not speed" if speedup < 1 else ""))
+    lines += _runtime_split(results, batch_sizes)
+    for result in results[1:]:
+        if result.method == "onnxruntime_fp32":
+            continue
+        lines.append(f"{result.method}: {len(result.layers)} layers, {100 * result.coverage_params:.1f}% of "
+                     f"parameters, {100 * result.coverage_flops:.1f}% of FLOPs; "
+                     f"{fp32.size_bytes / result.size_bytes:.2f}x smaller")
+    return lines
+
+
+def _runtime_split(results: list[MethodResult], batch_sizes) -> list[str]:
+    """Why ONNX Runtime's int8 wins or loses: its speedup over eager fp32 split into what ONNX
+    Runtime gives without quantization (its fp32 session: one C++ graph, fused ops, no Python
+    per op) and what its int8 kernels add on top, beside torch.ao's int8 at the same batch size."""
+    by_name = {r.method: r for r in results}
+    fp32, ort = by_name["fp32"], by_name.get("onnxruntime_fp32")
+    if ort is None:
+        return []
+    lines = []
+    for batch_size in sorted(batch_sizes):
+        for name in ("onnxruntime_int8_dynamic", "onnxruntime_int8_dynamic_per_channel"):
+            if name not in by_name:
+                continue
+            total = fp32.latency_ms[batch_size] / by_name[name].latency_ms[batch_size]
+            runtime = fp32.latency_ms[batch_size] / ort.latency_ms[batch_size]
+            line = (f"batch {batch_size}: {name} is {total:.2f}x eager fp32 = {runtime:.2f}x from ONNX Runtime itself "
+                    f"(its fp32 session) x {total / runtime:.2f}x from its int8 kernels")
+            if "torch_ao_dynamic" in by_name:
+                torch_ao = fp32.latency_ms[batch_size] / by_name["torch_ao_dynamic"].latency_ms[batch_size]
+                line += f"; torch.ao int8 is {torch_ao:.2f}x"
+            lines.append(line)
+            break
+    return lines
+
+
+def add_selective(results: list[MethodResult], loaded, module_types, sensitivity: list[dict], data: EvalData,
+                  budget_pts: float, batch_sizes, threads: int, min_run_time: float, seed: int = 0,
+                  steps: list[dict] | None = None) -> str:
+    """Append a selective torch.ao recipe to `results` when the whole-model one exceeds the
+    budget: the fastest step of the frontier (`steps`) within the budget, timed at every batch
+    size like the other recipes. Returns a sentence saying what was done."""
+    full = next((r for r in results if r.method == "torch_ao_dynamic"), None)
+    if full is None:
+        return "selective recipe: needs torch_ao_dynamic among the methods"
+    if full.accuracy_drop_pts <= budget_pts:
+        return "selective recipe: not needed, the whole-model recipe is within the budget"
+    best = best_step(steps or [])
+    if best is None:
+        return "selective recipe: no step of the frontier fits the budget, even with one layer quantized"
+    order = [r["layer"] for r in reversed(sensitivity)]
+    keep = order[best["quantized_layers"]:]
+    reference = outputs_of(loaded.module, data.inputs)
+    model = quantize(loaded.module, "torch_ao_dynamic", module_types, keep_fp32=keep)
+    selective = _measure("torch_ao_dynamic_selective", model, order[:best["quantized_layers"]], keep, loaded, data,
+                         reference, results[0].quality)
+    _time([selective], loaded, batch_sizes, threads, min_run_time, seed, progress=False)
+    results.append(selective)
+    return (f"selective recipe: {best['quantized_layers']} of {len(order)} layers in int8, {len(keep)} kept in fp32 "
+            f"({selective.accuracy_drop_pts} pts; {best['speedup']:.2f}x fp32 at batch {best['batch_size']} on the "
+            "frontier)")
+
+
+def quantization_gates(results: list[MethodResult], best: MethodResult | None, exported: dict | None,
+                       budget_pts: float, atol: float = 1e-4) -> list[dict]:
+    """`quantization:accuracy` (a recipe within the budget) and `quantization:export` (its file
+    reloads in a fresh process within `atol`, top-1 identical)."""
+
+    if best is None:
+        worst = min((r.accuracy_drop_pts for r in results[1:]), default=None)
+        return [gate("quantization:accuracy", False, worst, budget_pts, "every recipe exceeds the budget"),
+                gate("quantization:export", False, None, atol, "no recipe to export")]
+    touched = f"{len(best.layers)} layers quantized" if best.layers else "nothing to quantize (0% coverage)"
+    matches = bool(exported and exported["produced"] and exported["max_abs_diff"] is not None
+                   and exported["max_abs_diff"] <= atol and exported["top1_agreement"] in (None, 1.0))
+    detail = (exported or {}).get("error") or f"{exported['format']} reloads in a fresh process and matches"
+    return [gate("quantization:accuracy", True, best.accuracy_drop_pts, budget_pts,
+                 f"{best.method}: {touched}, drop within budget"),
+            gate("quantization:export", matches, (exported or {}).get("max_abs_diff"), atol, detail)]

@@ -1,0 +1,305 @@
+"""Security checks: hostile inputs, adversarial examples, model integrity, and a TorchServe config audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.files import sha256_file
+from lab2prod.core.results import gate
+from lab2prod.kinds.codec import codec_for
+from lab2prod.kinds.guard import InputGuard, Rejected
+from lab2prod.models.load import load_state_dict_file
+from lab2prod.servers.rayserve.server import DEPLOYMENT
+from lab2prod.servers.torchserve.server import ServeConfig, TorchServe, build_archive, write_deployment_config
+from lab2prod.studies.serving import request_images
+
+__all__ = [
+    "try_inputs",
+    "fgsm",
+    "pgd",
+    "adversarial_report",
+    "verify_file",
+    "integrity_checks",
+    "audit_config",
+    "config_to_audit",
+    "try_live",
+    "security_gates",
+]
+
+
+# ---------------------------------------------------------------- hostile inputs
+
+
+
+
+
+
+def try_inputs(path, inputs: list[tuple[str, object]]) -> list[dict]:
+    """Each input through a guarded request path (a lab2prod.kinds.codec codec, or any callable that
+    raises Rejected): rejected?, the reason code and message, and whether anything other than a
+    Rejected was raised (a crash)."""
+    rows = []
+    for name, payload in inputs:
+        row = {"input": name, "rejected": False, "reason": None, "message": "", "crashed": False}
+        try:
+            path(payload)
+        except Rejected as exc:
+            row.update(rejected=True, reason=exc.code, message=exc.message)
+        except Exception as exc:  # a crash: the guard let something through to a failure
+            row.update(crashed=True, message=f"{type(exc).__name__}: {str(exc)[:100]}")
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- adversarial examples
+
+
+def _normalized(model: torch.nn.Module, mean, std):
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return lambda x01: model((x01 - mean_t) / std_t)
+
+
+def fgsm(forward, x01: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """One signed-gradient step of size eps in [0, 1] pixel space (Goodfellow et al.)."""
+    x = x01.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(forward(x), labels)
+    (grad,) = torch.autograd.grad(loss, x)
+    return (x01 + eps * grad.sign()).clamp(0, 1).detach()
+
+
+def pgd(forward, x01: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 10, seed: int = 0) -> torch.Tensor:
+    """Projected gradient descent in the L-inf ball of radius eps (Madry et al.), random start,
+    step 2.5 * eps / steps."""
+    generator = torch.Generator().manual_seed(seed)
+    alpha = 2.5 * eps / steps
+    x = (x01 + (torch.rand(x01.shape, generator=generator) * 2 - 1) * eps).clamp(0, 1)
+    for _ in range(steps):
+        x.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(forward(x), labels)
+        (grad,) = torch.autograd.grad(loss, x)
+        x = (x.detach() + alpha * grad.sign()).clamp(x01 - eps, x01 + eps).clamp(0, 1)
+    return x.detach()
+
+
+def adversarial_report(model: torch.nn.Module, x01: torch.Tensor, labels: torch.Tensor, mean, std, eps: float,
+                       guard: InputGuard, steps: int = 10, seed: int = 0) -> tuple[dict, dict]:
+    """Clean, FGSM and PGD accuracy at `eps` (pixel scale [0, 1]; the model's normalization is
+    applied inside the attacked function), and the share of each that the z-score screen flags.
+    Returns (numbers, examples) where examples holds the tensors for plotting."""
+    model = model.eval()
+    forward = _normalized(model, mean, std)
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    with torch.enable_grad():
+        x_fgsm = fgsm(forward, x01, labels, eps)
+        x_pgd = pgd(forward, x01, labels, eps, steps, seed)
+
+    def accuracy(x):
+        with torch.inference_mode():
+            return float((forward(x).argmax(1) == labels).float().mean())
+
+    def flagged(x):
+        normalized = (x - mean_t) / std_t
+        scores = [guard.z_score(t) or 0.0 for t in normalized]
+        return float(np.mean([score > guard.z_limit for score in scores]))
+
+    numbers = {"eps": eps, "images": len(labels), "clean_accuracy": accuracy(x01), "fgsm_accuracy": accuracy(x_fgsm),
+               "pgd_accuracy": accuracy(x_pgd), "pgd_steps": steps,
+               "screen_detection_rate": max(flagged(x_fgsm), flagged(x_pgd)),
+               "screen_false_alarm_rate": flagged(x01),
+               "fgsm_screen_rate": flagged(x_fgsm), "pgd_screen_rate": flagged(x_pgd)}
+    return numbers, {"clean": x01, "fgsm": x_fgsm, "pgd": x_pgd}
+
+
+# ---------------------------------------------------------------- integrity and configuration
+
+
+def verify_file(path: Path, expected_sha256: str) -> None:
+    """Raise Lab2ProdError when the file's sha256 is not the manifest's: check before loading."""
+
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise Lab2ProdError(f"{Path(path).name}: sha256 {actual[:12]}... does not match the manifest's "
+                            f"{expected_sha256[:12]}...; the file was changed after export, do not load it")
+
+
+def integrity_checks(run_dir: Path, workdir: Path) -> list[dict]:
+    """Every file of the run's manifest verified by sha256, a tampered copy refused, and a whole
+    pickled model refused by weights-only loading."""
+    import json
+
+
+    rows = []
+    manifest_path = Path(run_dir) / "manifest.json"
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    entries = json.loads(manifest_path.read_text()) if manifest_path.exists() else []
+    # every file and the external data an ONNX file needs beside it (its weights)
+    files = [(e["file"], e["sha256"]) for e in entries] + [(x["file"], x["sha256"]) for e in entries
+                                                           for x in e.get("external_data", [])]
+    for name, sha256 in files:
+        try:
+            verify_file(Path(run_dir) / name, sha256)
+            rows.append({"check": f"{name} matches the manifest", "passed": True, "detail": "sha256 ok"})
+        except (Lab2ProdError, OSError) as exc:
+            rows.append({"check": f"{name} matches the manifest", "passed": False, "detail": str(exc)})
+    source = Path(run_dir) / entries[0]["file"] if entries else None
+    if source is None:
+        model = torch.nn.Linear(4, 2)
+        source = workdir / "model.pt"
+        torch.save(model.state_dict(), source)
+
+    expected = sha256_file(source)
+    tampered = workdir / f"tampered{source.suffix}"
+    data = bytearray(source.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    try:
+        verify_file(tampered, expected)
+        rows.append({"check": "a tampered file is refused", "passed": False, "detail": "loaded anyway"})
+    except Lab2ProdError as exc:
+        rows.append({"check": "a tampered file is refused", "passed": True, "detail": str(exc)[:120]})
+    pickled = workdir / "whole_model.pt"
+    torch.save(torch.nn.Linear(4, 2), pickled)
+    try:
+        load_state_dict_file(pickled)
+        rows.append({"check": "a pickled model is not unpickled", "passed": False, "detail": "it was loaded"})
+    except Lab2ProdError as exc:
+        detail = str(exc).replace(str(pickled), pickled.name)
+        rows.append({"check": "a pickled model is not unpickled", "passed": True, "detail": detail[:120]})
+    return rows
+
+
+def _properties(path: Path) -> dict:
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def audit_config(path: Path, max_request_size: int = 10_000_000) -> list[dict]:
+    """Check a TorchServe config.properties: each item pass/fail with the fix."""
+    props = _properties(path)
+    addresses = {k: v for k, v in props.items() if k.endswith("_address")}
+    public = [k for k, v in addresses.items() if "0.0.0.0" in v or "[::]" in v]
+    size = int(props.get("max_request_size", "6553500"))
+    rows = [
+        {"item": "token authorization", "passed": props.get("disable_token_authorization", "false") != "true",
+         "value": props.get("disable_token_authorization", "(default: on)"),
+         "fix": "remove disable_token_authorization=true"},
+        {"item": "bind addresses", "passed": bool(addresses) and not public,
+         "value": ", ".join(f"{k}={v}" for k, v in sorted(addresses.items())) or "(defaults)",
+         "fix": "bind to 127.0.0.1 and put a proxy with TLS in front"},
+        {"item": "allowed_urls", "passed": "allowed_urls" in props and "http" not in props["allowed_urls"],
+         "value": props.get("allowed_urls", "(default: any http(s) or file URL)"),
+         "fix": "allowed_urls=file://.*|... limited to the model store"},
+        {"item": "max_request_size", "passed": size <= max_request_size, "value": size,
+         "fix": f"max_request_size at most {max_request_size}"},
+        {"item": "model API (register/unregister)", "passed": props.get("enable_model_api", "false") != "true",
+         "value": props.get("enable_model_api", "(default: off)"),
+         "fix": "enable_model_api=false; load models with load_models at start"},
+    ]
+    return rows
+
+
+def audit_ray_config(path: Path, max_request_size: int = 10_000_000) -> list[dict]:
+    """Check a Ray Serve config file written by the serving notebook: each item pass/fail with the
+    fix, as for TorchServe. Ray Serve has no authorization of its own, so the application must be
+    lab2prod's (its deployment checks a bearer token)."""
+    import yaml
+
+    content = yaml.safe_load(Path(path).read_text())
+    host = (content.get("http_options") or {}).get("host", "(default: 127.0.0.1)")
+    apps = content.get("applications") or []
+    sizes = [int(a.get("args", {}).get("max_request_size", 0) or 0) for a in apps]
+    return [
+        {"item": "ray: token checked by the deployment",
+         "passed": bool(apps) and all(a.get("import_path") == f"{DEPLOYMENT}:app" for a in apps),
+         "value": ", ".join(a.get("import_path", "?") for a in apps) or "(no application)",
+         "fix": f"serve {DEPLOYMENT}:app (its deployment refuses a missing or wrong bearer token); "
+                "Ray Serve has no authorization of its own"},
+        {"item": "ray: bind address", "passed": host in ("127.0.0.1", "localhost", "(default: 127.0.0.1)"),
+         "value": host, "fix": "http_options.host: 127.0.0.1 on a machine; in a pod, a Service and a proxy with TLS"},
+        {"item": "ray: max_request_size", "passed": bool(sizes) and all(0 < n <= max_request_size for n in sizes),
+         "value": ", ".join(map(str, sizes)) or "(unset)", "fix": f"max_request_size at most {max_request_size}"},
+    ]
+
+
+def config_to_audit(run_dir: Path) -> Path:
+    """The serving notebook's config.properties in this run, else lab2prod's deployment config
+    written to run_dir/security."""
+
+    served = Path(run_dir) / "serving" / "config.properties"
+    if served.exists():
+        return served
+    (Path(run_dir) / "security").mkdir(parents=True, exist_ok=True)
+    return write_deployment_config(Path(run_dir) / "security", "model", None, ServeConfig())
+
+
+def try_live(loaded, run_dir: Path, inputs: list[tuple[str, object]], tried: list[dict], seed: int = 0,
+             max_bytes: int = 1_000_000) -> list[dict]:
+    """Send the byte inputs (and requests without or with a wrong token) to a real TorchServe whose
+    handler runs the guard (with the model's content type: JSON for text and tensor models); after
+    each, check that a good request still gets an answer. The server is stopped before this returns."""
+    import json
+
+
+    content_type = codec_for(loaded, guarded=False).content_type
+
+    serve_dir = Path(run_dir) / "security" / "server"
+    limit = 2 * max(len(p) for _, p in inputs if isinstance(p, bytes))
+    config = ServeConfig(workers=1, threads=1, max_request_size=limit)
+    server = TorchServe(serve_dir, config)
+    rows = [dict(r) for r in tried]
+    try:
+        server.start()
+        name = server.register(build_archive(loaded, serve_dir, "model", 1, seed, max_bytes=max_bytes), config)
+        good = request_images(loaded, 1, seed)[0][1]
+        by_name = {r["input"]: r for r in rows}
+        for label, payload in inputs:
+            row = by_name[label]
+            if not isinstance(payload, bytes):
+                row.update(server_status=None, server_reason="not sent: HTTP carries bytes", server_alive=None)
+                continue
+            status, body = server.predict(name, payload, content_type=content_type)
+            try:
+                reason = json.loads(body).get("rejected") or json.loads(body).get("code")
+            except (json.JSONDecodeError, AttributeError):
+                reason = None
+            row.update(server_status=status, server_reason=reason or f"HTTP {status}",
+                       server_alive=server.predict(name, good, content_type=content_type)[0] == 200)
+        for label, token in (("no token", None), ("wrong token", "not-the-token")):
+            status, _ = server.predict(name, good, token=token, content_type=content_type)
+            rows.append({"input": label, "rejected": status != 200, "reason": f"HTTP {status}", "message": "",
+                         "crashed": False, "server_status": status, "server_reason": f"HTTP {status}",
+                         "server_alive": server.predict(name, good, content_type=content_type)[0] == 200})
+    finally:
+        server.stop()
+    return rows
+
+
+def security_gates(tried: list[dict] | None, integrity: list[dict], audit: list[dict], reason: str = "") -> list[dict]:
+    """`security:inputs` (every bad input refused with a reason, nothing crashed, and a live server
+    still answering; skipped with `reason` when `tried` is None), `security:integrity` (every
+    integrity check passes) and `security:config` (every audit item passes)."""
+
+    if tried is None:
+        gates = [gate("security:inputs", False, None, None, reason, skipped=True)]
+    else:
+        refused = sum(bool(r["rejected"] and r["reason"] and not r["crashed"]) for r in tried)
+        alive = all(r.get("server_alive", True) is not False for r in tried)
+        gates = [gate("security:inputs", bool(tried) and refused == len(tried) and alive, refused, len(tried),
+                      f"{refused} of {len(tried)} refused with a reason"
+                      + ("" if alive else "; the server stopped answering"))]
+    return gates + [
+        gate("security:integrity", all(r["passed"] for r in integrity), sum(r["passed"] for r in integrity),
+             len(integrity), "; ".join(r["check"] for r in integrity if not r["passed"]) or "all pass"),
+        gate("security:config", all(r["passed"] for r in audit), sum(r["passed"] for r in audit), len(audit),
+             "; ".join(f"{r['item']}: {r['fix']}" for r in audit if not r["passed"]) or "all pass"),
+    ]
