@@ -25,13 +25,15 @@
 # embedder its vector. The served file is the export notebook's TorchScript when this run has one
 # (TorchScript is the old path, deprecated upstream; TorchServe 0.12 loads it natively).
 #
-# TorchServe has been in limited maintenance since 2025 (0.12.0 is its last release): it still
-# serves, but weigh that when choosing a server for a new deployment. With `backend="both"` (or
-# `"rayserve"`) the same model is also served by **Ray Serve**, which is maintained and runs
-# unchanged on a Ray cluster (KubeRay): the same codec and guard in its deployment, a bearer
-# token checked by the deployment (Ray Serve has no authorization of its own), the same
-# locustfile at the same loads, Ray's Prometheus metrics, replicas x threads x `@serve.batch`
-# tuned against the same SLA, and the two servers side by side with a line saying which to pick.
+# TorchServe's repository was archived on 2025-08-07 (0.12.0 is its last release, with no security
+# patches since): it still serves, but weigh that when choosing a server for a new deployment. With
+# `backend="both"` (or `"rayserve"`, or a comma-separated list of the servers in
+# `lab2prod.servers.registry.SERVERS`) the same model is also served by **Ray Serve**, which is
+# maintained and runs unchanged on a Ray cluster (KubeRay): the same codec and guard in its deployment,
+# a bearer token checked by the deployment (Ray Serve has no authorization of its own), the same
+# locustfile at the same loads, Ray's Prometheus metrics, replicas x threads x `@serve.batch` tuned
+# against the same SLA. Every server goes through the same measurements, one after the other, and the
+# servers are compared side by side with a line saying which to pick.
 
 # %% tags=["parameters"]
 model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
@@ -40,7 +42,7 @@ example_inputs = ""  # package.module:fn(batch_size, seed); its requests are JSO
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
-backend = "torchserve"  # torchserve, rayserve or both (measured side by side)
+backend = "torchserve"  # torchserve, rayserve, both, or a comma-separated list of servers
 users = [1, 8, 32, 64]  # concurrent Locust users per load level
 duration_s = 4.0  # seconds of load per level and per tuned configuration
 workers = 1  # workers for the load sweep
@@ -62,32 +64,34 @@ import pandas as pd
 from IPython.display import display
 
 from lab2prod.core.results import record
+from lab2prod.servers import kubernetes
 from lab2prod.studies import notebook as nb
 from lab2prod.studies import serving
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform, task=task)
 
-backend = serving.check_backend(backend)
-config = serving.ServeConfig(workers, threads, batch_size, max_batch_delay_ms, max_request_size)
-grid = serving.tuning_grid(tune_workers, tune_threads, tune_batch_sizes, max_batch_delay_ms)
+servers = serving.selected_servers(serving.check_backend(backend))
+config = serving.ServerConfig(workers, threads, batch_size, max_batch_delay_ms, max_request_size)
+grid = serving.tuning_grid(tune_workers, tune_threads, tune_batch_sizes, max_batch_delay_ms, max_request_size)
 pd.DataFrame([loaded.card()]).set_index("model")
 
 # %% [markdown]
 # ## Serve, measure, stop
 #
-# One call starts TorchServe, runs every measurement below and stops the server (also on an
-# error or an interrupt). It takes a few minutes: each load level and each configuration runs
-# for `duration_s` seconds.
+# One call per server starts it, runs every measurement below and stops it (also on an error or an
+# interrupt). It takes a few minutes: each load level and each configuration runs for `duration_s`
+# seconds.
 
 # %%
-if backend == "rayserve":
-    report = serving.ServingReport(False, "backend='rayserve': TorchServe not started")
-else:
-    report = serving.evaluate_serving(loaded, run_dir, config, users, duration_s, grid, tune_users, sla_ms,
-                                      parity_requests, seed)
-print(report.reason or f"served {report.served_file} taking {report.requests}; deployment config: "
-      f"{report.config_file}; locustfile: {report.locustfile}")
+reports = {}
+for server in servers:
+    reports[server.name] = serving.evaluate(server, loaded, run_dir, config, users, duration_s, grid, tune_users,
+                                            sla_ms, parity_requests, seed)
+    served = reports[server.name]
+    print(f"{server.title}: served {served.served_file} taking {served.requests}; wrote "
+          f"{', '.join(served.files.values())}; locustfile: {served.locustfile}")
+report = reports.get("torchserve") or serving.ServingReport(False, f"backend={backend!r}: TorchServe not started")
 
 # %% [markdown]
 # ## Live parity
@@ -98,17 +102,18 @@ print(report.reason or f"served {report.served_file} taking {report.requests}; d
 # the largest absolute difference.
 
 # %%
-pd.DataFrame([report.parity]) if report.applies else report.reason
+pd.DataFrame([{"server": r.title, **r.parity} for r in reports.values()]).set_index("server")
 
 # %% [markdown]
 # ## What the server refuses
 #
-# Status codes actually returned by this TorchServe: without the token, with a wrong one (also on
-# `/ping`), and with a body over `max_request_size` (413, or status 0 when the server closes the
-# connection before answering, as Netty may while the body is still arriving).
+# Status codes actually returned: without the token, with a wrong one (also on TorchServe's `/ping`),
+# and with a body over `max_request_size` (413, or status 0 when the server closes the connection
+# before answering, as TorchServe's Netty may while the body is still arriving).
 
 # %%
-pd.DataFrame(report.limits).set_index("request") if report.applies else report.reason
+pd.DataFrame([{"server": r.title, **row} for r in reports.values() for row in r.limits]).set_index(
+    ["server", "request"])
 
 # %% [markdown]
 # ## Load sweep (Locust, headless, loopback)
@@ -119,110 +124,88 @@ pd.DataFrame(report.limits).set_index("request") if report.applies else report.r
 
 # %%
 columns = ["users", "requests", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "error_rate", "throughput_per_s"]
-pd.DataFrame(report.load, columns=columns).set_index("users") if report.applies else report.reason
+pd.DataFrame([{"server": r.title, **{c: row.get(c) for c in columns}} for r in reports.values()
+              for row in r.load]).set_index(["server", "users"])
 
 # %%
-fig = nb.plot_load(report.load, sla_ms) if report.applies else None
+for served in reports.values():
+    fig = nb.plot_load(served.load, sla_ms)
+    fig.suptitle(served.title)
 
 # %% [markdown]
 # ## Prometheus metrics
 #
-# Scraped from the metrics endpoint and parsed with `prometheus_client`'s parser. TorchServe
-# exports counters (totals), so percentiles come from the client side above.
+# Scraped from each server's metrics endpoint and parsed with `prometheus_client`'s parser.
+# TorchServe exports counters (totals), so percentiles come from the client side above; Ray Serve's
+# rows are totals over its replicas.
 
 # %%
-pd.DataFrame(report.metrics).set_index(["metric", "labels"]) if report.metrics else report.reason or "no metrics"
+pd.DataFrame([{"server": r.title, **row} for r in reports.values() for row in r.metrics]).set_index(
+    ["server", "metric"]) if any(r.metrics for r in reports.values()) else "no metrics"
 
 # %% [markdown]
 # ## Tuning: workers x threads x server batch at the target load
 #
-# The first row is what an untuned TorchServe does on this machine (a worker per core, each with
-# torch's default threads). On a small machine workers x threads oversubscribe the cores fast;
-# the sweep finds that by itself. The chosen configuration is written into the
-# `config.properties` the run leaves behind.
+# The first row of each server is what it does untuned on this machine (TorchServe: a worker per
+# core, each with torch's default threads; Ray Serve: one replica, torch's default threads, no
+# batching). On a small machine workers x threads oversubscribe the cores fast; the sweep finds that
+# by itself. The chosen configuration is written into the server's deployment files.
 
 # %%
-fig = nb.plot_tuning(report.tuning, sla_ms, report.chosen) if report.applies else None
+for served in reports.values():
+    fig = nb.plot_tuning(served.tuning, sla_ms, served.chosen)
+    fig.suptitle(served.title)
 
 # %%
 columns = ["config", "workers", "threads", "batch_size", "p50_ms", "p99_ms", "throughput_per_s", "error_rate",
            "meets_sla"]
-pd.DataFrame(report.tuning, columns=columns).set_index("config") if report.applies else report.reason
+pd.DataFrame([{"server": r.title, **{c: row.get(c) for c in columns}} for r in reports.values()
+              for row in r.tuning]).set_index(["server", "config"])
 
 # %%
-if report.applies and report.chosen:
-    gain = report.chosen["throughput_per_s"] / max(report.default["throughput_per_s"], 1e-9)
-    verdict = "meets" if report.chosen["meets_sla"] else f"NONE meets the SLA at {tune_users} users; closest"
-    print(f"{verdict}: {report.chosen['config']}: {report.chosen['throughput_per_s']:.0f} req/s, "
-          f"p99 {report.chosen['p99_ms']:.0f} ms; default: {report.default['throughput_per_s']:.0f} req/s, "
-          f"p99 {report.default['p99_ms']:.0f} ms ({gain:.1f}x the default's throughput)")
-else:
-    print(report.reason or "no configuration met the SLA")
+for served in reports.values():
+    gain = served.chosen["throughput_per_s"] / max(served.default["throughput_per_s"], 1e-9)
+    verdict = "meets" if served.chosen["meets_sla"] else f"NONE meets the SLA at {tune_users} users; closest"
+    print(f"{served.title}: {verdict}: {served.chosen['config']}: {served.chosen['throughput_per_s']:.0f} req/s, "
+          f"p99 {served.chosen['p99_ms']:.0f} ms; untuned: {served.default['throughput_per_s']:.0f} req/s, "
+          f"p99 {served.default['p99_ms']:.0f} ms ({gain:.1f}x its throughput)")
 
 # %% [markdown]
-# ## Beyond one machine: Kubernetes
+# ## Beyond one machine: Kubernetes and Ray clusters
 #
-# The chosen configuration also becomes manifests (checked against the Kubernetes schema before
-# they are written): a Deployment whose CPU limit is workers x threads, a readiness probe that
-# calls `/ping` with the token TorchServe wrote at start, a Service, and an autoscaler on CPU.
-# The folder holds the Dockerfile and build context of the image the Deployment runs.
+# The chosen configuration also becomes deployment files, checked against their schemas before they
+# are written. For TorchServe: a Deployment whose CPU limit is workers x threads, a readiness probe
+# that calls `/ping` with the token TorchServe wrote at start, a Service, an autoscaler on CPU, and
+# the Dockerfile and build context of its image. For Ray Serve: a Serve config file that `serve run`
+# starts, and a KubeRay RayService manifest.
 
 # %%
-from lab2prod.servers import kubernetes
-
-pd.DataFrame(kubernetes.describe(run_dir / report.kubernetes)).set_index("kind") if report.applies else report.reason
-
-# %% [markdown]
-# ## Ray Serve: the same model, the same measurements
-#
-# With `backend` "rayserve" or "both": a local Ray (127.0.0.1, as many CPUs as the machine has,
-# no dashboard, its own temp folder, always shut down) serves the same TorchScript file through
-# the same codec and guard. The deployment checks a bearer token generated at this start (key
-# file mode 0600) and refuses bodies over `max_request_size` with 413. Load: the same
-# locustfile at the same numbers of users. Tuning: replicas (the `tune_workers` values) x torch
-# threads x `@serve.batch` size at `tune_users`, after Ray Serve's defaults (one replica, torch's
-# default threads, no batching).
-
-# %%
-ray = None
-if backend in ("rayserve", "both"):
-    ray_config = serving.ray_grid([workers], [max(threads, 1)], [batch_size], max_request_size=max_request_size)[0]
-    ray_grid = serving.ray_grid(tune_workers, tune_threads, tune_batch_sizes, max_request_size=max_request_size)
-    ray = serving.evaluate_rayserve(loaded, run_dir, ray_config, users, duration_s, ray_grid, tune_users, sla_ms,
-                                    parity_requests, seed)
-    display(pd.DataFrame([ray.parity]))
-    display(pd.DataFrame(ray.limits).set_index("request"))
-    load_columns = ["users", "requests", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "error_rate", "throughput_per_s"]
-    display(pd.DataFrame(ray.load, columns=load_columns).set_index("users"))
-    display(pd.DataFrame(ray.metrics).set_index("metric") if ray.metrics else "no Ray Serve metrics")
-    display(pd.DataFrame(ray.tuning)[["config", "replicas", "threads", "max_batch_size", "p50_ms", "p99_ms",
-                                      "throughput_per_s", "error_rate", "meets_sla"]].set_index("config"))
-    print(f"Serve config: {ray.serve_config} (serve run accepts it); KubeRay manifest: {ray.rayservice}")
-else:
-    print(f"backend={backend!r}: Ray Serve not started (pass -p backend=both to measure it beside TorchServe)")
+if "kubernetes" in report.files:
+    display(pd.DataFrame(kubernetes.describe(run_dir / report.files["kubernetes"])).set_index("kind"))
+pd.DataFrame([{"server": r.title, "file": what, "path": path} for r in reports.values()
+              for what, path in r.files.items()]).set_index(["server", "file"])
 
 # %% [markdown]
 # ## Side by side, and which to pick
 #
-# Both servers' defaults and tuned configurations at `tune_users` users against the same SLA.
+# Every server's untuned and tuned configurations at `tune_users` users against the same SLA.
 # `cpus` is how many torch threads the server runs at once (workers or replicas x threads).
 # `share_of_in_process` is the server's throughput over what the same TorchScript file does
 # called in this process at the same batch size and threads, times the workers the cores can
 # run side by side (lab2prod's benchmark harness, measured now): what the server itself costs.
+# The pick weighs maintenance: an archived server must be clearly faster to be picked.
 
 # %%
-from lab2prod.servers.torchserve.server import exported_torchscript
-
-served = exported_torchscript(run_dir) or run_dir / "serving" / "rayserve" / "model" / "model.pt"
 ceilings = {}
-for name, rep in (("TorchServe", report if report.applies else None), ("Ray Serve", ray)):
-    for kind, row in (("default", rep.default if rep else None), ("tuned", rep.chosen if rep else None)):
-        if row is not None and served.exists():
+for served in reports.values():
+    model_file = run_dir / served.served_file
+    for kind, row in (("default", served.default), ("tuned", served.chosen)):
+        if row is not None and model_file.exists():
             key = (row["batch_size"], row["threads"], row["workers"])  # one measurement per configuration
             measured = next((c for c in ceilings.values() if c["key"] == key), None)
-            ceilings[(name, kind)] = measured or {"key": key, **serving.in_process_ceiling(
-                served, loaded, row["batch_size"], row["threads"], row["workers"], seed)}
-side = serving.side_by_side(report if report.applies else None, ray, ceilings)
+            ceilings[(served.title, kind)] = measured or {"key": key, **serving.in_process_ceiling(
+                model_file, loaded, row["batch_size"], row["threads"], row["workers"], seed)}
+side = serving.side_by_side(reports, ceilings=ceilings)
 pick = serving.pick_server(side, sla_ms)
 print(pick)
 pd.DataFrame(side).set_index(["server", "config"]).round(3) if side else "nothing served"
@@ -236,11 +219,13 @@ fig = nb.plot_side_by_side(side, sla_ms) if side else None
 # `serving:parity`: every live request answered, top-1 identical to the lab and probabilities
 # within 1e-4 (an embedder: cosine at least 0.9999 and values within 1e-4). `serving:errors`: no
 # failed request at any load level. `serving:sla`: p99 ≤ `sla_ms` at the lowest load level.
-# `rayserve:parity`, `rayserve:errors`, `rayserve:sla`: the same three for Ray Serve, when the
-# backend includes it.
+# `rayserve:parity`, `rayserve:errors`, `rayserve:sla`: the same three for Ray Serve, and
+# `<name>:parity` ... for any other server, when the backend includes it.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-gates = serving.serving_gates(report, sla_ms) + (serving.rayserve_gates(ray, sla_ms) if ray is not None else [])
-record(run_dir, "serving", serving.serving_results(report, backend, ray, side, pick), gates, notebook="05_serving")
+gates = serving.gates_of(reports, sla_ms)
+others = {name: r for name, r in reports.items() if name not in ("torchserve", "rayserve")}
+record(run_dir, "serving", serving.serving_results(report, backend, reports.get("rayserve"), side, pick, others),
+       gates, notebook="05_serving")
 nb.gates_frame(gates)[["verdict", "threshold"]]

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from lab2prod.core.errors import Lab2ProdError
-from lab2prod.servers import loadtest, torchserve
+from lab2prod.servers import loadtest
+from lab2prod.servers.torchserve import server as torchserve
 from lab2prod.studies import serving
 
 

@@ -210,7 +210,7 @@ STUDIES: list[Study] = [
         *_common("run_dir", "seed"))),
     Study("serving", "05_serving", "serving", "lab2prod.studies.serving", (
         *_MODEL,
-        Param("backend", "str", "torchserve", "torchserve, rayserve or both (measured side by side)",
+        Param("backend", "str", "torchserve", "torchserve, rayserve, both, or a comma-separated list of servers",
               check="lab2prod.studies.serving:check_backend"),
         Param("users", "list[int]", [1, 8, 32, 64], "concurrent Locust users per load level", ge=1, min_items=1),
         Param("duration_s", "float", 4.0, "seconds of load per level and per tuned configuration", gt=0),

@@ -123,7 +123,9 @@ SCHEMAS: dict[str, ResultSchema] = {schema.name: schema for schema in (
         "config_file": ("string", "config.properties written with the chosen configuration"),
         "locustfile": ("string", "the locustfile left in the run folder"),
         "kubernetes": ("string", "the Kubernetes manifests written for the chosen configuration"),
-        "backend": ("string", "torchserve, rayserve or both"),
+        "backend": ("string", "torchserve, rayserve, both, or a comma-separated list of registered servers"),
+        "servers": ("object", "every served server by name: parity, limits, load, metrics, tuning, chosen "
+                              "configuration and the deployment files written for it"),
         "rayserve": ("object|null", "Ray Serve's parity, limits, load, metrics, tuning, chosen configuration, Serve "
                                     "config file and RayService manifest"),
         "side_by_side": ("array", "TorchServe and Ray Serve, default and tuned, at the same load: throughput, "

@@ -23,7 +23,8 @@ __all__ = ["Kind", "JSON_CONTENT_TYPE", "TRANSFORM_FILE", "raw_body", "guard_fie
 class Kind:
     """What a request is for one kind of model: its name (the `kind` of a loaded model and of an archive's
     lab2prod.json), what a client sends, the codec of a loaded model (`codec(loaded, guarded, max_bytes,
-    z_limit)`), and the same codec rebuilt inside a server from the archive (`from_spec(spec, model_dir)`).
+    z_limit)`), the same codec rebuilt inside a server from the archive (`from_spec(spec, model_dir)`), and the
+    request bodies of the model's held-out examples (`bodies(loaded, count, seed)`).
     A codec turns one request body into the model's inputs (`codec(body)`), names its content type,
     writes what it needs into an archive (`archive(work)`) and lists hostile bodies (`hostile(max_bytes, good)`)."""
 
@@ -31,6 +32,7 @@ class Kind:
     request: str
     codec: Callable
     from_spec: Callable
+    bodies: Callable  # (loaded, count, seed) -> [(name, body bytes)] of held-out examples (loaded.examples)
 
 JSON_CONTENT_TYPE = "application/json"
 

@@ -150,4 +150,9 @@ def codec_from_spec(spec: dict, model_dir: Path) -> ImageCodec:
     return ImageCodec(transform, InputGuard(**guard) if guard else None, spec["family"], transform_spec)
 
 
-KIND = Kind("image", "the image file's bytes", codec_for_model, codec_from_spec)
+def request_bodies(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """Held-out images as a client sends them: PNG bytes."""
+    return [(name, encode_request(image, "rgb")[0]) for name, image in loaded.examples(count, seed)]
+
+
+KIND = Kind("image", "the image file's bytes", codec_for_model, codec_from_spec, request_bodies)

@@ -108,4 +108,10 @@ def codec_from_spec(spec: dict, model_dir: Path) -> TensorCodec:
     return TensorCodec(spec["inputs"], spec["structure"], TensorGuard(**guard) if guard else None)
 
 
-KIND = Kind("tensor", "JSON of named arrays", codec_for_model, codec_from_spec)
+def request_bodies(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """Held-out items as a client sends them: JSON of named arrays, one item without the batch dimension."""
+    return [(name, json.dumps({key: value.tolist() for key, value in item.items()}).encode())
+            for name, item in loaded.examples(count, seed)]
+
+
+KIND = Kind("tensor", "JSON of named arrays", codec_for_model, codec_from_spec, request_bodies)

@@ -137,4 +137,9 @@ def codec_from_spec(spec: dict, model_dir: Path) -> TextCodec:
     return TextCodec(TextPath(tokenizer, spec["max_length"], clean, clean_spec), TextGuard(**guard) if guard else None)
 
 
-KIND = Kind("text", "JSON {\"text\": ...}", codec_for_model, codec_from_spec)
+def request_bodies(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """Held-out texts as a client sends them: JSON {"text": ...}."""
+    return [(name, json.dumps({"text": text}).encode()) for name, text in loaded.examples(count, seed)]
+
+
+KIND = Kind("text", "JSON {\"text\": ...}", codec_for_model, codec_from_spec, request_bodies)

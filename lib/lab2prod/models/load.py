@@ -37,6 +37,7 @@ from lab2prod.core.inputs import (
 )
 from lab2prod.core.paths import CACHE_DIR
 from lab2prod.kinds.preprocess import lab_transform_for, load_transform
+from lab2prod.kinds.tensor import named_tensors
 from lab2prod.kinds.text import TextPath, clean_text
 from lab2prod.kinds.transforms import (
     DIGITS_INPUT_SIZE,
@@ -50,7 +51,8 @@ from lab2prod.kinds.transforms import (
 )
 from lab2prod.models import langid, photos
 from lab2prod.models.data import DIGIT_CLASSES, RENDER_SEED, UserData, digits_images, load_user_data
-from lab2prod.models.hf import MAX_LENGTH, load_hf, text_batches
+from lab2prod.models.hf import MAX_LENGTH, SAMPLE_TEXTS, load_hf, text_batches
+from lab2prod.models.images import parity_images
 from lab2prod.models.photos import PHOTO_CLASSES, photo_crops
 
 __all__ = [
@@ -111,6 +113,23 @@ class LoadedModel:
     make_labels: Callable[..., torch.Tensor] | None = None
     # a kind registered beyond image, text and tensor (lab2prod.kinds.codec.KINDS); "" infers it
     kind_name: str = ""
+
+    def examples(self, count: int, seed: int = 0) -> list[tuple[str, object]]:
+        """Held-out examples as a client holds them, each with a name: the user's images or texts (--data), else
+        the reference images or the bundled sample texts; for a model fed tensors, items of its input function
+        ({input name: one item's tensor})."""
+        if self.data is not None and self.data.kind in ("images", "texts") and self.kind in ("image", "text"):
+            picks = draw_indices(len(self.data), min(count, len(self.data)), seed, "test")
+            prefix = f"{self.data.path}#" if self.data.kind == "images" else "text#"
+            return [(f"{prefix}{i}", self.data.items[i]) for i in picks]
+        if self.text_path is not None:
+            picks = draw_indices(len(SAMPLE_TEXTS), min(count, len(SAMPLE_TEXTS)), seed, "test")
+            return [(f"text#{i}", SAMPLE_TEXTS[i]) for i in picks]
+        if self.takes_images:
+            names, images, _ = parity_images(self.family, count, seed)
+            return list(zip(names, images, strict=True))
+        rows = named_tensors(self.make_inputs(count, seed, "test"))
+        return [(f"item#{i}", {name: t[i] for name, t in rows.items()}) for i in range(count)]
 
     @property
     def kind(self) -> str:

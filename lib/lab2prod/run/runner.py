@@ -18,8 +18,8 @@ from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.registry import STUDIES, Study, resolve_parameters
 from lab2prod.core.results import build_summary, write_json
 from lab2prod.run.report import write_report
-from lab2prod.servers.rayserve.server import stop_recorded as stop_ray
-from lab2prod.servers.torchserve.server import check_requirements, stop_recorded
+from lab2prod.servers.registry import stop_recorded
+from lab2prod.servers.torchserve.server import check_requirements
 from lab2prod.studies.environment import machine_snapshot
 
 __all__ = [
@@ -190,7 +190,6 @@ class _Stopper:
 
     def stop_servers(self) -> None:
         stop_recorded(self.run_dir)  # a server a notebook started never outlives it, pass or fail
-        stop_ray(self.run_dir)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lab2prod.core.errors import Lab2ProdError
-from lab2prod.servers.torchserve.server import ServeConfig, TorchServe, tool_path
+from lab2prod.servers.base import Live, ServerConfig, tool_path
 
 __all__ = ["LOCUSTFILE", "content_type_of", "write_locustfile", "latency_stats", "run_locust", "load_sweep"]
 
@@ -53,7 +53,7 @@ def latency_stats(latencies_ms, ok, seconds: float) -> dict:
             "throughput_per_s": float(ok.sum() / seconds)}
 
 
-def run_locust(server: TorchServe, name: str, locustfile: Path, users: int, duration_s: float,
+def run_locust(server: Live, name: str, locustfile: Path, users: int, duration_s: float,
                max_requests: int = 20000, routes: list[dict] | None = None) -> dict:
     """Run Locust headless against the server (loopback, `users` users spawned at once, for
     `duration_s` seconds) and compute the percentiles from every request's latency. With
@@ -87,7 +87,7 @@ def run_locust(server: TorchServe, name: str, locustfile: Path, users: int, dura
     return row
 
 
-def load_sweep(server: TorchServe, name: str, locustfile: Path, config: ServeConfig, users_levels,
+def load_sweep(server: Live, name: str, locustfile: Path, config: ServerConfig, users_levels,
                duration_s: float, progress: bool = False) -> list[dict]:
     """One Locust run per number of users, each row tagged with the serving configuration."""
     from tqdm import tqdm

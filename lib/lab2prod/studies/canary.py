@@ -16,7 +16,8 @@ from lab2prod.core.inputs import Inputs, batch_size_of, call, first_tensor, outp
 from lab2prod.core.results import gate
 from lab2prod.kinds.codec import answer_vector, codec_for, lab_answer
 from lab2prod.models.load import load_model
-from lab2prod.servers import loadtest, torchserve
+from lab2prod.servers import loadtest
+from lab2prod.servers.torchserve import server as torchserve
 from lab2prod.servers.torchserve.server import http_request, trace_to_file
 from lab2prod.studies import serving
 from lab2prod.studies.benchmark import measure

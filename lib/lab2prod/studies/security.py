@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ from lab2prod.core.results import gate
 from lab2prod.kinds.codec import codec_for
 from lab2prod.kinds.guard import InputGuard, Rejected
 from lab2prod.models.load import load_state_dict_file
+from lab2prod.servers.base import Server, ServerConfig
 from lab2prod.servers.rayserve.server import DEPLOYMENT
-from lab2prod.servers.torchserve.server import ServeConfig, TorchServe, build_archive, write_deployment_config
+from lab2prod.servers.registry import SERVERS
+from lab2prod.servers.torchserve.server import ServeConfig, write_deployment_config
 from lab2prod.studies.serving import request_images
 
 __all__ = [
@@ -243,23 +246,18 @@ def config_to_audit(run_dir: Path) -> Path:
 
 
 def try_live(loaded, run_dir: Path, inputs: list[tuple[str, object]], tried: list[dict], seed: int = 0,
-             max_bytes: int = 1_000_000) -> list[dict]:
-    """Send the byte inputs (and requests without or with a wrong token) to a real TorchServe whose
-    handler runs the guard (with the model's content type: JSON for text and tensor models); after
-    each, check that a good request still gets an answer. The server is stopped before this returns."""
-    import json
-
-
+             max_bytes: int = 1_000_000, server: Server | None = None) -> list[dict]:
+    """Send the byte inputs (and requests without or with a wrong token) to a real server (TorchServe unless
+    `server` names another of the registry) whose request path runs the guard (with the model's content type:
+    JSON for text and tensor models); after each, check that a good request still gets an answer. The server
+    runs in `run_dir/security` and is stopped before this returns."""
+    server = server or SERVERS["torchserve"]
     content_type = codec_for(loaded, guarded=False).content_type
-
-    serve_dir = Path(run_dir) / "security" / "server"
     limit = 2 * max(len(p) for _, p in inputs if isinstance(p, bytes))
-    config = ServeConfig(workers=1, threads=1, max_request_size=limit)
-    server = TorchServe(serve_dir, config)
     rows = [dict(r) for r in tried]
-    try:
-        server.start()
-        name = server.register(build_archive(loaded, serve_dir, "model", 1, seed, max_bytes=max_bytes), config)
+    with server.serve(loaded, Path(run_dir) / "security", ServerConfig(workers=1, threads=1, max_request_size=limit),
+                      seed, guard_max_bytes=max_bytes) as live:
+        name = live.model
         good = request_images(loaded, 1, seed)[0][1]
         by_name = {r["input"]: r for r in rows}
         for label, payload in inputs:
@@ -267,20 +265,18 @@ def try_live(loaded, run_dir: Path, inputs: list[tuple[str, object]], tried: lis
             if not isinstance(payload, bytes):
                 row.update(server_status=None, server_reason="not sent: HTTP carries bytes", server_alive=None)
                 continue
-            status, body = server.predict(name, payload, content_type=content_type)
+            status, body = live.predict(name, payload, content_type=content_type)
             try:
                 reason = json.loads(body).get("rejected") or json.loads(body).get("code")
             except (json.JSONDecodeError, AttributeError):
                 reason = None
             row.update(server_status=status, server_reason=reason or f"HTTP {status}",
-                       server_alive=server.predict(name, good, content_type=content_type)[0] == 200)
+                       server_alive=live.predict(name, good, content_type=content_type)[0] == 200)
         for label, token in (("no token", None), ("wrong token", "not-the-token")):
-            status, _ = server.predict(name, good, token=token, content_type=content_type)
+            status, _ = live.predict(name, good, token=token, content_type=content_type)
             rows.append({"input": label, "rejected": status != 200, "reason": f"HTTP {status}", "message": "",
                          "crashed": False, "server_status": status, "server_reason": f"HTTP {status}",
-                         "server_alive": server.predict(name, good, content_type=content_type)[0] == 200})
-    finally:
-        server.stop()
+                         "server_alive": live.predict(name, good, content_type=content_type)[0] == 200})
     return rows
 
 

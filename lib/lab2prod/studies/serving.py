@@ -1,6 +1,6 @@
-"""The serving study: a real TorchServe (and, with `backend`, Ray Serve) serving the model, live
-parity with the lab, what it refuses, a Locust load sweep, Prometheus metrics, the knobs tuned
-against the SLA, and the two servers side by side."""
+"""The serving study: every server of the registry the run names (TorchServe, Ray Serve, or any server of the
+`Server` protocol) serving the model through the same codec, live parity with the lab, what it refuses, a Locust
+load sweep, Prometheus metrics, the knobs tuned against the SLA, and the servers side by side with a pick."""
 
 from __future__ import annotations
 
@@ -10,38 +10,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.inputs import call, cat
 from lab2prod.core.results import gate
 from lab2prod.kinds.codec import answer_vector, codec_for, lab_answer
 from lab2prod.models.requests import request_bodies
-from lab2prod.servers.kubernetes import write_deployment
+from lab2prod.servers.base import Live, Server, ServerConfig, grid, limits_check
 from lab2prod.servers.loadtest import content_type_of, load_sweep, run_locust, write_locustfile
-from lab2prod.servers.rayserve.server import (
-    DEFAULT_RAY_CONFIG,
-    RayConfig,
-    RayServer,
-    rayservice_manifest,
-    serve_config,
-    validate_rayservice,
-    write_model_dir,
-)
-from lab2prod.servers.rayserve.server import write_serve_config as write_config_file
-from lab2prod.servers.torchserve.server import (
-    DEFAULT_CONFIG,
-    ServeConfig,
-    TorchServe,
-    build_archive,
-    check_requirements,
-    exported_torchscript,
-    limits_check,
-    scrape_metrics,
-    write_deployment_config,
-)
+from lab2prod.servers.registry import SERVERS, servers_named
+from lab2prod.servers.torchserve.server import ServeConfig
 from lab2prod.studies.benchmark import measure
 
 __all__ = [
+    "ServerConfig",
     "ServeConfig",
     "request_images",
     "fidelity",
@@ -49,34 +31,36 @@ __all__ = [
     "parity_passes",
     "parity_text",
     "tuning_grid",
+    "ray_grid",
     "tune",
     "choose",
     "ServingReport",
-    "evaluate_serving",
+    "evaluate",
+    "server_gates",
+    "gates_of",
     "serving_gates",
+    "rayserve_gates",
     "serving_results",
-    "BACKENDS",
     "check_backend",
-    "ray_grid",
-    "evaluate_rayserve",
+    "selected_servers",
     "in_process_ceiling",
     "side_by_side",
     "pick_server",
+    "limits_check",
 ]
-
-BACKENDS = ("torchserve", "rayserve", "both")
 
 
 def check_backend(backend: str) -> str:
-    """torchserve, rayserve or both; a clear error otherwise (and when Ray Serve is not installed)."""
-    if backend not in BACKENDS:
-        raise Lab2ProdError(f"backend {backend!r} is not known; use torchserve, rayserve or both")
-    if backend != "torchserve":
-        try:
-            import ray.serve  # noqa: F401
-        except ImportError:
-            raise Lab2ProdError(f"backend {backend!r} needs Ray Serve; pip install -r requirements.txt") from None
+    """A `backend` value naming registered servers (torchserve, rayserve, both, or a comma-separated list), each
+    able to run here; a clear error otherwise."""
+    for server in servers_named(backend):
+        server.check()
     return backend
+
+
+def selected_servers(backend: str) -> list[Server]:
+    """The servers a `backend` value names, in registry order."""
+    return servers_named(backend)
 
 
 REQUEST_KINDS = {"image": "image file bytes (PNG, JPEG)", "text": 'JSON {"text": "..."}',
@@ -86,7 +70,6 @@ REQUEST_KINDS = {"image": "image file bytes (PNG, JPEG)", "text": 'JSON {"text":
 def request_images(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]:
     """(name, body) of what clients send this model: image bytes, or JSON for text and tensor
     models (lab2prod.models.requests.request_bodies)."""
-
     return request_bodies(loaded, count, seed)
 
 
@@ -101,7 +84,7 @@ def fidelity(served: torch.Tensor, expected: torch.Tensor, task: str) -> dict:
             "max_prob_diff": float((served - expected).abs().max())}
 
 
-def live_parity(server: TorchServe, name: str, loaded, requests: list[tuple[str, bytes]],
+def live_parity(server: Live, name: str, loaded, requests: list[tuple[str, bytes]],
                 module: torch.nn.Module | None = None) -> dict:
     """Send each request to the server and compare with the lab path in process (the same codec
     without its guard, through `module`, default the loaded model): see `fidelity`. A failed
@@ -145,32 +128,37 @@ def parity_text(parity: dict) -> str:
             f"{parity.get('top1_agreement', 0):.3f}")
 
 
-def tuning_grid(workers, threads, batch_sizes, max_batch_delay_ms: int) -> list[ServeConfig]:
+def tuning_grid(workers, threads, batch_sizes, max_batch_delay_ms: int,
+                max_request_size: int = 1_000_000) -> list[ServerConfig]:
     """Every combination of workers x threads per worker x server batch size."""
-    return [ServeConfig(w, t, b, max_batch_delay_ms) for w in workers for t in threads for b in batch_sizes]
+    return grid(workers, threads, batch_sizes, max_batch_delay_ms, max_request_size)
 
 
-def tune(server: TorchServe, loaded, run_dir: Path, locustfile: Path, configs: list[ServeConfig], users: int,
-         duration_s: float, sla_ms: float, seed: int = 0, progress: bool = False,
-         model_file: Path | None = None) -> list[dict]:
-    """Measure each configuration at `users` users (register, load, unregister); returns rows with
+def ray_grid(replicas, threads, batch_sizes, num_cpus: int = 2, max_request_size: int = 1_000_000) -> list:
+    """Ray Serve's settings for every combination of replicas x torch threads per replica x @serve.batch size.
+    The replicas share Ray's `num_cpus` evenly (so each can be placed); threads are set apart from that, so
+    replicas x threads can oversubscribe the cores, as TorchServe's workers x threads can."""
+    ray = SERVERS["rayserve"]
+    return [ray.native(ServerConfig(r, t, b, 5, max_request_size, num_cpus / r))
+            for r in replicas for t in threads for b in batch_sizes]
+
+
+def _row(server: Server, config: ServerConfig, row: dict, sla_ms: float) -> dict:
+    native = server.native(config)
+    return {**row, **asdict(native), **asdict(config), "config": native.label,
+            "meets_sla": row["p99_ms"] is not None and row["p99_ms"] <= sla_ms and row["error_rate"] == 0}
+
+
+def tune(server: Server, live: Live, locustfile: Path, configs: list[ServerConfig], users: int, duration_s: float,
+         sla_ms: float, progress: bool = False) -> list[dict]:
+    """Measure each configuration at `users` users (deploy, one warm request, Locust); returns rows with
     `meets_sla` set. The choice is the highest throughput whose p99 <= sla_ms."""
-    from tqdm import tqdm
-
-    rows, archives = [], {}
-    for config in tqdm(configs, desc="tune", unit="config", disable=not progress):
-        if config.threads not in archives:  # the thread count lives in the archive; the rest is registration
-            archives[config.threads] = build_archive(loaded, Path(run_dir) / "serving", f"m_t{config.threads}",
-                                                     config.threads, seed, model_file)
-        name = server.register(archives[config.threads], config)
-        try:
-            warm = sorted((Path(locustfile).parent / "requests").iterdir())[0]
-            server.predict(name, warm.read_bytes(), content_type=content_type_of(warm))
-            row = run_locust(server, name, locustfile, users, duration_s)
-        finally:
-            server.unregister(name)
-        rows.append({**row, **asdict(config), "config": config.label,
-                     "meets_sla": row["p99_ms"] is not None and row["p99_ms"] <= sla_ms and row["error_rate"] == 0})
+    rows = []
+    warm = sorted((Path(locustfile).parent / "requests").iterdir())[0]
+    for config in tqdm(configs, desc=f"tune {server.name}", unit="config", disable=not progress):
+        live.deploy(config)
+        live.predict(live.model, warm.read_bytes(), content_type=content_type_of(warm))
+        rows.append(_row(server, config, run_locust(live, live.model, locustfile, users, duration_s), sla_ms))
     return rows
 
 
@@ -186,7 +174,8 @@ def choose(rows: list[dict]) -> dict | None:
 
 @dataclass
 class ServingReport:
-    """What the serving notebook shows; `applies` is False (with `reason`) for tensor models."""
+    """What the serving notebook shows for one server; `applies` is False (with `reason`) when it was not
+    served. `files` holds the deployment files written for the chosen configuration."""
 
     applies: bool
     reason: str = ""
@@ -200,70 +189,58 @@ class ServingReport:
     tuning: list[dict] = field(default_factory=list)
     default: dict | None = None
     chosen: dict | None = None
-    config_file: str = ""
     locustfile: str = ""
-    kubernetes: str = ""
+    server: str = "torchserve"
+    title: str = "TorchServe"
+    files: dict = field(default_factory=dict)
 
 
-def evaluate_serving(loaded, run_dir: Path, config: ServeConfig, users_levels, duration_s: float,
-                     tuning_configs: list[ServeConfig], tune_users: int, sla_ms: float, parity_count: int = 64,
-                     seed: int = 0, progress: bool = False) -> ServingReport:
-    """Serve the model with a real TorchServe and measure it: live parity, limits, a Locust load
-    sweep, Prometheus metrics, then the tuning sweep (the default configuration first). The server
-    is stopped before this returns, also on an error or an interrupt."""
-    check_requirements()
+def evaluate(server: Server, loaded, run_dir: Path, config: ServerConfig, users_levels, duration_s: float,
+             tuning_configs: list[ServerConfig], tune_users: int, sla_ms: float, parity_count: int = 64,
+             seed: int = 0, progress: bool = False) -> ServingReport:
+    """Serve the model with `server` and measure it: live parity, limits, a Locust load sweep, Prometheus
+    metrics, then the tuning sweep (what an untuned server does first). The server is stopped before this
+    returns, also on an error or an interrupt; the chosen configuration's deployment files are written."""
+    server.check()
     run_dir = Path(run_dir)
-    serve_dir = run_dir / "serving"
-    serve_dir.mkdir(parents=True, exist_ok=True)
-    model_file = exported_torchscript(run_dir)
-    name = "model"
-    report = ServingReport(True, model_name=name,
-                           served_file=str(model_file.relative_to(run_dir)) if model_file else "traced here",
-                           requests=REQUEST_KINDS[codec_for(loaded, guarded=False).kind])
-    server = TorchServe(serve_dir, config)
-    try:
-        server.start()
-        archive = build_archive(loaded, serve_dir, name, config.threads, seed, model_file)
-        server.register(archive, config)
-        requests = request_images(loaded, parity_count, seed)
-        report.parity = live_parity(server, name, loaded, requests)
-        report.limits = limits_check(server, name, requests[0][1], config.max_request_size,
-                                     codec_for(loaded, guarded=False).content_type)
-        locustfile = write_locustfile(run_dir, requests, codec_for(loaded, guarded=False).suffix)
-        report.locustfile = str(locustfile.relative_to(run_dir))
-        report.load = load_sweep(server, name, locustfile, config, users_levels, duration_s, progress)
-        report.metrics = scrape_metrics(server)
-        server.unregister(name)
-        default, *tuned = tune(server, loaded, run_dir, locustfile, [DEFAULT_CONFIG, *tuning_configs], tune_users,
-                               duration_s, sla_ms, seed, progress, model_file)
-        report.default = {**default, "default": True}
-        report.tuning = [report.default, *tuned]
-        report.chosen = choose(report.tuning)
-    finally:
-        server.stop()
-    chosen_threads = report.chosen["threads"] if report.chosen else config.threads
-    build_archive(loaded, serve_dir, name, chosen_threads, seed, model_file)  # the archive the config names
-    report.config_file = str(write_deployment_config(serve_dir, name, report.chosen, config).relative_to(run_dir))
-
-    report.kubernetes = str(write_deployment(serve_dir, name, report.chosen, config.workers, config.threads,
-                                             config.batch_size, config.max_batch_delay_ms).relative_to(run_dir))
+    (run_dir / "serving").mkdir(parents=True, exist_ok=True)
+    lab = codec_for(loaded, guarded=False)
+    requests = request_images(loaded, parity_count, seed)
+    locustfile = run_dir / "serving" / "locustfile.py"
+    if not locustfile.exists():  # one locustfile for every server, so all see the same requests
+        locustfile = write_locustfile(run_dir, requests, lab.suffix)
+    report = ServingReport(True, requests=REQUEST_KINDS[lab.kind], model_name="model", server=server.name,
+                           title=server.title, locustfile=str(locustfile.relative_to(run_dir)))
+    with server.serve(loaded, run_dir, config, seed) as live:
+        report.served_file = live.served_file
+        report.parity = live_parity(live, live.model, loaded, requests)
+        report.limits = live.limits(requests[0][1], config.max_request_size, lab.content_type)
+        report.load = load_sweep(live, live.model, locustfile, config, users_levels, duration_s, progress)
+        report.metrics = live.scrape()
+        default, *tuned = tune(server, live, locustfile, [server.default_config(config), *tuning_configs],
+                               tune_users, duration_s, sla_ms, progress)
+    report.default = {**default, "default": True}
+    report.tuning = [report.default, *tuned]
+    report.chosen = choose(report.tuning)
+    chosen = ServerConfig(**{k: report.chosen[k] for k in ServerConfig.__dataclass_fields__}) \
+        if report.chosen else config
+    report.files = server.write_files(loaded, run_dir, chosen, seed)
     return report
 
 
-def serving_gates(report: ServingReport, sla_ms: float, prob_atol: float = 1e-4) -> list[dict]:
-    """serving:parity (top-1 identical, probabilities within prob_atol), serving:errors (no
-    failed request at any load level), serving:sla (p99 <= sla_ms at the lowest level)."""
-
-    names = ("serving:parity", "serving:errors", "serving:sla")
+def server_gates(report: ServingReport, prefix: str, sla_ms: float, prob_atol: float = 1e-4) -> list[dict]:
+    """<prefix>:parity (every live request answered like the lab: top-1 identical and probabilities within
+    prob_atol), <prefix>:errors (no failed request at any load level), <prefix>:sla (p99 <= sla_ms at the
+    lowest level); skipped with the reason when the server did not serve the model."""
+    names = (f"{prefix}:parity", f"{prefix}:errors", f"{prefix}:sla")
     if not report.applies:
         return [gate(n, False, None, None, report.reason, skipped=True) for n in names]
     parity = report.parity
-    parity_ok = parity_passes(parity, prob_atol)
     worst_errors = max(r["error_rate"] for r in report.load)
     lowest = min(report.load, key=lambda r: r["users"])
     return [
-        gate(names[0], parity_ok, parity.get("max_abs_diff", parity.get("max_prob_diff")), prob_atol,
-             parity_text(parity)),
+        gate(names[0], parity_passes(parity, prob_atol), parity.get("max_abs_diff", parity.get("max_prob_diff")),
+             prob_atol, parity_text(parity)),
         gate(names[1], worst_errors == 0, worst_errors, 0.0,
              f"levels {', '.join(str(r['users']) for r in report.load)} users"),
         gate(names[2], lowest["p99_ms"] is not None and lowest["p99_ms"] <= sla_ms, lowest["p99_ms"], sla_ms,
@@ -271,15 +248,25 @@ def serving_gates(report: ServingReport, sla_ms: float, prob_atol: float = 1e-4)
     ]
 
 
-def serving_results(report: ServingReport, backend: str = "torchserve", ray: RayReport | None = None,
-                    side: list[dict] | None = None, pick: str = "") -> dict:
-    """The named results the serving notebook records (results["serving"])."""
+def serving_gates(report: ServingReport, sla_ms: float, prob_atol: float = 1e-4) -> list[dict]:
+    """TorchServe's gates: serving:parity, serving:errors, serving:sla."""
+    return server_gates(report, SERVERS["torchserve"].gate_prefix, sla_ms, prob_atol)
+
+
+def rayserve_gates(report: ServingReport, sla_ms: float, prob_atol: float = 1e-4) -> list[dict]:
+    """Ray Serve's gates: rayserve:parity, rayserve:errors, rayserve:sla."""
+    return server_gates(report, SERVERS["rayserve"].gate_prefix, sla_ms, prob_atol)
+
+
+def gates_of(reports: dict[str, ServingReport], sla_ms: float, prob_atol: float = 1e-4) -> list[dict]:
+    """Every served server's three gates, named by its prefix (TorchServe keeps `serving:*`)."""
+    return [g for name, report in reports.items()
+            for g in server_gates(report, SERVERS[name].gate_prefix if name in SERVERS else name, sla_ms, prob_atol)]
+
+
+def _summary(report: ServingReport) -> dict:
     keys = ["workers", "threads", "batch_size", "users", "p99_ms", "throughput_per_s"]
     return {
-        "backend": backend,
-        "rayserve": asdict(ray) if ray is not None else None,
-        "side_by_side": side or [],
-        "pick": pick,
         "applies": report.applies,
         "served_file": report.served_file,
         "parity_top1_agreement": report.parity.get("top1_agreement"),
@@ -294,38 +281,27 @@ def serving_results(report: ServingReport, backend: str = "torchserve", ray: Ray
         "tuned": {**{k: report.chosen[k] for k in keys}, "meets_sla": report.chosen["meets_sla"]}
         if report.chosen else None,
         "default": {k: report.default[k] for k in keys} if report.default else None,
-        "config_file": report.config_file,
         "locustfile": report.locustfile,
-        "kubernetes": report.kubernetes,
     }
 
 
-# ---------------------------------------------------------------- Ray Serve beside TorchServe
-
-
-def ray_grid(replicas, threads, batch_sizes, num_cpus: int = 2, max_request_size: int = 1_000_000) -> list:
-    """Every combination of replicas x torch threads per replica x @serve.batch size. The replicas
-    share Ray's `num_cpus` evenly (so each can be placed); threads are set apart from that, so
-    replicas x threads can oversubscribe the cores, as TorchServe's workers x threads can."""
-
-    return [RayConfig(r, num_cpus / r, t, b, 0.005, max_request_size) for r in replicas for t in threads
-            for b in batch_sizes]
-
-
-def _ray_tune(server, model_dir: Path, locustfile: Path, configs: list, users: int, duration_s: float,
-              sla_ms: float, progress: bool = False) -> list[dict]:
-    from tqdm import tqdm
-
-    rows = []
-    warm = sorted((Path(locustfile).parent / "requests").iterdir())[0]
-    for config in tqdm(configs, desc="tune ray", unit="config", disable=not progress):
-        server.deploy(model_dir, config)
-        server.predict("model", warm.read_bytes(), content_type=content_type_of(warm))
-        row = run_locust(server, "model", locustfile, users, duration_s)
-        rows.append({**row, **asdict(config), "config": config.label, "workers": config.replicas,
-                     "batch_size": config.max_batch_size,
-                     "meets_sla": row["p99_ms"] is not None and row["p99_ms"] <= sla_ms and row["error_rate"] == 0})
-    return rows
+def serving_results(report: ServingReport, backend: str = "torchserve", ray: ServingReport | None = None,
+                    side: list[dict] | None = None, pick: str = "",
+                    others: dict[str, ServingReport] | None = None) -> dict:
+    """The named results the serving notebook records (results["serving"]): TorchServe's at the top level (as
+    before there were several servers), Ray Serve's under "rayserve", every server's under "servers"."""
+    everyone = {**({"torchserve": report} if report.applies else {}), **({"rayserve": ray} if ray else {}),
+                **(others or {})}
+    return {
+        "backend": backend,
+        **_summary(report),
+        "config_file": report.files.get("config_file", ""),
+        "kubernetes": report.files.get("kubernetes", ""),
+        "rayserve": {**asdict(ray), **ray.files} if ray is not None else None,
+        "servers": {name: {**_summary(r), "title": r.title, **r.files} for name, r in everyone.items()},
+        "side_by_side": side or [],
+        "pick": pick,
+    }
 
 
 def in_process_ceiling(model_file: Path, loaded, batch_size: int, threads: int, workers: int,
@@ -348,90 +324,25 @@ def in_process_ceiling(model_file: Path, loaded, batch_size: int, threads: int, 
             "ceiling_per_s": single * parallel}
 
 
-@dataclass
-class RayReport(ServingReport):
-    """Ray Serve's measurements, the TorchServe ones (parity, limits, load, metrics, tuning) plus
-    the Serve config file and the RayService manifest written for the chosen configuration."""
-
-    serve_config: str = ""
-    rayservice: str = ""
-
-
-def evaluate_rayserve(loaded, run_dir: Path, config, users_levels, duration_s: float, grid: list, tune_users: int,
-                      sla_ms: float, parity_count: int = 64, seed: int = 0, num_cpus: int = 2,
-                      progress: bool = False) -> RayReport:
-    """Serve the model with Ray Serve (local Ray on 127.0.0.1, `num_cpus` CPUs) and measure it as
-    TorchServe is measured: live parity, limits, the same locustfile at the same users, Prometheus
-    metrics from Ray's endpoint, then the default and the grid of RayConfigs at `tune_users`. Ray
-    is shut down before this returns, also on an error or an interrupt. Writes the chosen
-    configuration as a Serve config file and a KubeRay RayService manifest."""
-    import yaml
-
-
-    run_dir = Path(run_dir)
-    ray_dir = run_dir / "serving" / "rayserve"
-    model_dir = write_model_dir(loaded, ray_dir / "model", exported_torchscript(run_dir), seed, config.max_request_size)
-    requests = request_images(loaded, parity_count, seed)
-    content_type = codec_for(loaded, guarded=False).content_type
-    locustfile = run_dir / "serving" / "locustfile.py"
-    if not locustfile.exists():
-        locustfile = write_locustfile(run_dir, requests, codec_for(loaded, guarded=False).suffix)
-    report = RayReport(True, requests=REQUEST_KINDS[codec_for(loaded, guarded=False).kind], model_name="model",
-                       served_file=str((model_dir / "model.pt").relative_to(run_dir)),
-                       locustfile=str(locustfile.relative_to(run_dir)))
-    with RayServer(ray_dir, num_cpus=num_cpus) as server:
-        server.deploy(model_dir, config)
-        report.parity = live_parity(server, "model", loaded, requests)
-        report.limits = [row for row in limits_check(server, "model", requests[0][1], config.max_request_size,
-                                                     content_type) if not row["request"].startswith("ping")]
-        for users in users_levels:
-            row = run_locust(server, "model", locustfile, users, duration_s)
-            report.load.append({**row, "workers": config.replicas, "threads": config.threads,
-                                "batch_size": config.max_batch_size})
-        report.metrics = _ray_metric_rows(server.scrape_metrics())
-        default, *tuned = _ray_tune(server, model_dir, locustfile, [DEFAULT_RAY_CONFIG, *grid], tune_users,
-                                    duration_s, sla_ms, progress)
-    report.default = {**default, "default": True}
-    report.tuning = [report.default, *tuned]
-    report.chosen = choose(report.tuning)
-
-    chosen = RayConfig(**{k: report.chosen[k] for k in RayConfig.__dataclass_fields__}) if report.chosen else config
-    content = serve_config(str(model_dir), chosen)
-    report.serve_config = str(write_config_file(ray_dir / "serve_config.yaml", content).relative_to(run_dir))
-    manifest, document = ray_dir / "rayservice.yaml", rayservice_manifest(content, chosen)
-    problems = validate_rayservice(document)
-    if problems:  # never write a manifest that would not apply
-        raise Lab2ProdError(f"the RayService manifest does not validate: {'; '.join(problems[:3])}")
-    manifest.write_text(yaml.safe_dump(document, sort_keys=False))
-    report.rayservice = str(manifest.relative_to(run_dir))
-    return report
-
-
-def _ray_metric_rows(samples: list[dict]) -> list[dict]:
-    """Ray Serve's request counters and latency sums for the deployment, one row per metric."""
-    totals: dict[str, float] = {}
-    for sample in samples:
-        name = sample["metric"]
-        if any(key in name for key in ("request_counter", "processing_latency_ms_sum", "processing_latency_ms_count",
-                                       "num_router_requests", "request_latency_ms_count", "batch_size_count")):
-            totals[name] = totals.get(name, 0.0) + float(sample["value"])
-    return [{"metric": name, "labels": "all replicas", "value": value} for name, value in sorted(totals.items())]
-
-
-def side_by_side(ts: ServingReport | None, ray: RayReport | None, ceilings: dict) -> list[dict]:
-    """TorchServe and Ray Serve, default and tuned, at the same load and SLA: throughput, P50/P95/P99,
-    errors, CPUs used and the share of the in-process ceiling of the same configuration."""
+def side_by_side(reports: dict[str, ServingReport] | ServingReport | None, ray: ServingReport | None = None,
+                 ceilings: dict | None = None) -> list[dict]:
+    """Every served server, default and tuned, at the same load and SLA: throughput, P50/P95/P99, errors, CPUs
+    used and the share of the in-process ceiling of the same configuration. `reports` is {name: report};
+    (TorchServe's report, Ray Serve's report, ceilings) is accepted as before."""
+    if not isinstance(reports, dict):  # the two-server call of earlier versions
+        reports = {name: r for name, r in (("torchserve", reports), ("rayserve", ray)) if r is not None}
+    ceilings = ceilings or {}
     rows = []
-    for server, report in (("TorchServe", ts), ("Ray Serve", ray)):
+    for report in reports.values():
         if report is None or not report.tuning:
             continue
         for kind, row in (("default", report.default), ("tuned", report.chosen)):
             if row is None:
                 continue
             threads = row["threads"] or (os.cpu_count() or 1)  # 0: torch's default, a thread per core
-            cpus = row["workers"] * threads  # threads the server runs at once (TorchServe workers, Ray replicas)
-            ceiling = ceilings.get((server, kind))
-            rows.append({"server": server, "config": kind, "setting": row["config"],
+            cpus = row["workers"] * threads  # threads the server runs at once (workers, replicas)
+            ceiling = ceilings.get((report.title, kind))
+            rows.append({"server": report.title, "config": kind, "setting": row["config"],
                          "throughput_per_s": row["throughput_per_s"], "p50_ms": row["p50_ms"], "p95_ms": row["p95_ms"],
                          "p99_ms": row["p99_ms"], "error_rate": row["error_rate"], "cpus": cpus,
                          "meets_sla": row["meets_sla"],
@@ -440,39 +351,35 @@ def side_by_side(ts: ServingReport | None, ray: RayReport | None, ceilings: dict
     return rows
 
 
+def _maintained(title: str) -> bool:
+    return next((s.maintained for s in SERVERS.values() if s.title == title), True)
+
+
 def pick_server(rows: list[dict], sla_ms: float) -> str:
-    """One sentence: which server to pick for this model on this machine, and why."""
-    tuned = {r["server"]: r for r in rows if r["config"] == "tuned"}
+    """One sentence: which server to pick for this model on this machine, and why. Among the tuned rows, only
+    the servers that meet the SLA count when any does; an unmaintained server (TorchServe, archived) is picked
+    only when it is at least 1.25x the throughput of the best maintained one."""
+    tuned = [r for r in rows if r["config"] == "tuned"]
     if len(tuned) < 2:
         return "one server measured: nothing to compare"
-    ts, ray = tuned["TorchServe"], tuned["Ray Serve"]
-    meeting = [r for r in (ts, ray) if r["meets_sla"]]
+    meeting = [r for r in tuned if r["meets_sla"]]
     if len(meeting) == 1:
         return (f"pick {meeting[0]['server']}: only it meets p99 <= {sla_ms:g} ms at this load "
                 f"({meeting[0]['throughput_per_s']:.0f} req/s)")
-    best, other = (ts, ray) if ts["throughput_per_s"] >= ray["throughput_per_s"] else (ray, ts)
+    ranked = sorted(meeting or tuned, key=lambda r: r["throughput_per_s"], reverse=True)
+    best, other = ranked[0], ranked[1]
     ratio = best["throughput_per_s"] / max(other["throughput_per_s"], 1e-9)
-    if best is ts and ratio < 1.25:
-        return (f"pick Ray Serve: TorchServe is {ratio:.2f}x faster here ({ts['throughput_per_s']:.0f} vs "
-                f"{ray['throughput_per_s']:.0f} req/s), too little to outweigh that TorchServe is in limited "
-                "maintenance since 2025 while Ray Serve is maintained and scales out on a Ray cluster")
+    kept = [r for r in ranked if _maintained(r["server"])]
+    if not _maintained(best["server"]) and kept:
+        maintained = kept[0]
+        gap = best["throughput_per_s"] / max(maintained["throughput_per_s"], 1e-9)
+        if gap < 1.25:
+            return (f"pick {maintained['server']}: {best['server']} is {gap:.2f}x faster here "
+                    f"({best['throughput_per_s']:.0f} vs {maintained['throughput_per_s']:.0f} req/s), too little to "
+                    f"outweigh that {best['server']} is archived (no releases or security patches since 2025-08-07) "
+                    f"while {maintained['server']} is maintained")
     return (f"pick {best['server']}: {ratio:.2f}x the throughput of {other['server']} at the same load "
             f"({best['throughput_per_s']:.0f} vs {other['throughput_per_s']:.0f} req/s, p99 {best['p99_ms']:.0f} ms)"
-            + ("; note TorchServe is in limited maintenance since 2025" if best is ts else ""))
+            + (f"; note {best['server']} is archived: no security patches since 2025-08-07"
+               if not _maintained(best["server"]) else ""))
 
-
-def rayserve_gates(report: RayReport, sla_ms: float, prob_atol: float = 1e-4) -> list[dict]:
-    """rayserve:parity, rayserve:errors, rayserve:sla: TorchServe's gates, for Ray Serve."""
-
-    names = ("rayserve:parity", "rayserve:errors", "rayserve:sla")
-    worst_errors = max(r["error_rate"] for r in report.load)
-    lowest = min(report.load, key=lambda r: r["users"])
-    return [
-        gate(names[0], parity_passes(report.parity, prob_atol),
-             report.parity.get("max_abs_diff", report.parity.get("max_prob_diff")), prob_atol,
-             parity_text(report.parity)),
-        gate(names[1], worst_errors == 0, worst_errors, 0.0,
-             f"levels {', '.join(str(r['users']) for r in report.load)} users"),
-        gate(names[2], lowest["p99_ms"] is not None and lowest["p99_ms"] <= sla_ms, lowest["p99_ms"], sla_ms,
-             f"p99 at {lowest['users']} user(s)"),
-    ]

@@ -12,8 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 from lab2prod.core.errors import Lab2ProdError, one_line
 from lab2prod.core.inputs import trace
 from lab2prod.kinds.codec import codec_for
+from lab2prod.servers.base import free_port, http_request, limits_check, tool_path
 
 __all__ = [
     "check_requirements",
@@ -78,15 +77,8 @@ def check_requirements() -> None:
         raise Lab2ProdError("captum is not installed (TorchServe imports it); pip install -r requirements.txt")
 
 
-def tool_path(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -186,6 +178,11 @@ def write_config(serve_dir: Path, config: ServeConfig, ports: dict[str, int]) ->
         f"inference_address=http://127.0.0.1:{ports['inference']}",
         f"management_address=http://127.0.0.1:{ports['management']}",
         f"metrics_address=http://127.0.0.1:{ports['metrics']}",
+        # gRPC too: on loopback, and on ports of its own so that two servers can run side by side
+        "grpc_inference_address=127.0.0.1",
+        "grpc_management_address=127.0.0.1",
+        f"grpc_inference_port={ports.get('grpc_inference', 7070)}",
+        f"grpc_management_port={ports.get('grpc_management', 7071)}",
         f"model_store={Path(serve_dir).resolve() / 'model-store'}",
         "metrics_mode=prometheus",
         "enable_model_api=true",
@@ -225,21 +222,6 @@ def write_deployment_config(serve_dir: Path, name: str, chosen: dict | None, con
     return path
 
 
-def http_request(method: str, url: str, token: str | None = None, body: bytes | None = None,
-                 timeout: float = 30, content_type: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    if body is not None:
-        request.add_header("Content-Type", content_type or "application/octet-stream")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (urllib.error.URLError, ConnectionError) as exc:  # the server closed the connection
-        reason = getattr(exc, "reason", exc)
-        return 0, json.dumps({"message": f"no HTTP answer: {reason}"}).encode()
 
 
 _RUNNING: dict[int, TorchServe] = {}
@@ -292,7 +274,8 @@ class TorchServe:
         (self.serve_dir / "tmp").mkdir(parents=True, exist_ok=True)
         (self.serve_dir / "logs").mkdir(exist_ok=True)
         (self.serve_dir / "model-store").mkdir(exist_ok=True)
-        self.ports = {name: free_port() for name in ("inference", "management", "metrics")}
+        self.ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_inference",
+                                                    "grpc_management")}
         config_file = write_config(self.serve_dir, self.config, self.ports)
         command = [tool_path("torchserve"), "--start", "--foreground", "--ncs", "--model-store",
                    str(self.serve_dir / "model-store"), "--ts-config", str(config_file)]
@@ -419,26 +402,3 @@ def scrape_metrics(server: TorchServe) -> list[dict]:
     return rows
 
 
-def limits_check(server: TorchServe, name: str, body: bytes, max_request_size: int,
-                 content_type: str | None = None) -> list[dict]:
-    """What the server answers to a missing token, a wrong token (on /predictions and /ping) and
-    a body over max_request_size: the status codes actually returned."""
-    url = f"{server.inference_url}/predictions/{name}"
-    oversized = body + b" " * (max_request_size + 1024 - len(body))
-    key = server.keys["inference"]
-    cases = [
-        ("predict, no token", http_request("POST", url, None, body, content_type=content_type)),
-        ("predict, wrong token", http_request("POST", url, "wrong-token", body, content_type=content_type)),
-        ("ping, no token", http_request("GET", f"{server.inference_url}/ping", None)),
-        ("predict, right token", http_request("POST", url, key, body, content_type=content_type)),
-        (f"predict, body of {len(oversized)} bytes > max_request_size",
-         http_request("POST", url, key, oversized, content_type=content_type)),
-    ]
-    rows = []
-    for case, (status, payload) in cases:
-        try:
-            message = json.loads(payload).get("message", "") if payload else ""
-        except (json.JSONDecodeError, AttributeError):
-            message = payload[:80].decode(errors="replace")
-        rows.append({"request": case, "status": status, "refused": status != 200, "message": str(message)[:100]})
-    return rows

@@ -1,0 +1,147 @@
+"""What every server shares: one `ServerConfig`, the `Server` protocol a server implements to be measured by the
+serving study, and the HTTP helpers the clients use (loopback only)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["ServerConfig", "grid", "Server", "Live", "tool_path", "free_port", "http_request", "limits_check"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How any server serves the model: workers (TorchServe workers, Ray Serve replicas), torch threads per
+    worker (0 = torch's default, a thread per core), server-side batching (`batch_size` requests gathered for
+    at most `max_batch_delay_ms`), the body limit, and the CPUs reserved per worker (0: the machine's CPUs
+    shared evenly). Each server maps it to its own settings (`Server.native`)."""
+
+    workers: int = 1
+    threads: int = 1
+    batch_size: int = 1
+    max_batch_delay_ms: int = 5
+    max_request_size: int = 1_000_000
+    cpus_per_worker: float = 0.0
+
+
+def grid(workers: Iterable[int], threads: Iterable[int], batch_sizes: Iterable[int], max_batch_delay_ms: int = 5,
+         max_request_size: int = 1_000_000) -> list[ServerConfig]:
+    """Every combination of workers x threads per worker x server batch size, for any server."""
+    return [ServerConfig(w, t, b, max_batch_delay_ms, max_request_size)
+            for w in workers for t in threads for b in batch_sizes]
+
+
+class Live(Protocol):
+    """A running server with the model deployed: what the serving study measures. Requests go to
+    `{inference_url}/predictions/{model}` with `Authorization: Bearer {keys["inference"]}`."""
+
+    model: str
+    inference_url: str
+    keys: dict
+    served_file: str
+
+    def predict(self, name: str, body: bytes, token: str | None = "", content_type: str | None = None) -> tuple:
+        """(HTTP status, body) of one request."""
+
+    def deploy(self, config: ServerConfig) -> None:
+        """Serve the model with `config` from now on (the tuning sweep calls it per configuration)."""
+
+    def scrape(self) -> list[dict]:
+        """The server's Prometheus metrics, one row per sample or total: metric, labels, value."""
+
+    def limits(self, body: bytes, max_request_size: int, content_type: str | None) -> list[dict]:
+        """What the server answers without a token, with a wrong one and to an oversized body."""
+
+
+class Server(Protocol):
+    """A server lab2prod can start, deploy the model on, measure and stop. `name` is its key in
+    `lab2prod.servers.registry.SERVERS`, `gate_prefix` names its gates (`<prefix>:parity`, `:errors`, `:sla`),
+    `maintained` says whether it still gets releases and security patches (the pick weighs it)."""
+
+    name: str
+    title: str
+    gate_prefix: str
+    maintained: bool
+
+    def check(self) -> None:
+        """Raise Lab2ProdError with the install line when the server cannot run here."""
+
+    def default_config(self, config: ServerConfig) -> ServerConfig:
+        """What an untuned server does (the first row of the tuning table)."""
+
+    def native(self, config: ServerConfig):
+        """The server's own settings for `config` (a dataclass with a `label`)."""
+
+    def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,
+              guard_max_bytes: int | None = None) -> AbstractContextManager[Live]:
+        """Start the server in `run_dir/serving` with the model deployed under `config` (its input guard refusing
+        bodies over `guard_max_bytes`, default the server's own limit); stopped when the context ends, also on
+        an error or an interrupt."""
+
+    def write_files(self, loaded, run_dir: Path, chosen: ServerConfig, seed: int = 0) -> dict[str, str]:
+        """Write the deployment files for the chosen configuration; {what: path relative to run_dir}."""
+
+    def stop_recorded(self, run_dir: Path) -> bool:
+        """Stop what a crashed run of this server left behind (by the pids it recorded); True if there was some."""
+
+
+def tool_path(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_request(method: str, url: str, token: str | None = None, body: bytes | None = None,
+                 timeout: float = 30, content_type: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        request.add_header("Content-Type", content_type or "application/octet-stream")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, ConnectionError) as exc:  # the server closed the connection
+        reason = getattr(exc, "reason", exc)
+        return 0, json.dumps({"message": f"no HTTP answer: {reason}"}).encode()
+
+
+def limits_check(server: Live, name: str, body: bytes, max_request_size: int,
+                 content_type: str | None = None) -> list[dict]:
+    """What the server answers to a missing token, a wrong token (on /predictions and /ping) and
+    a body over max_request_size: the status codes actually returned."""
+    url = f"{server.inference_url}/predictions/{name}"
+    oversized = body + b" " * (max_request_size + 1024 - len(body))
+    key = server.keys["inference"]
+    cases = [
+        ("predict, no token", http_request("POST", url, None, body, content_type=content_type)),
+        ("predict, wrong token", http_request("POST", url, "wrong-token", body, content_type=content_type)),
+        ("ping, no token", http_request("GET", f"{server.inference_url}/ping", None)),
+        ("predict, right token", http_request("POST", url, key, body, content_type=content_type)),
+        (f"predict, body of {len(oversized)} bytes > max_request_size",
+         http_request("POST", url, key, oversized, content_type=content_type)),
+    ]
+    rows = []
+    for case, (status, payload) in cases:
+        try:
+            message = json.loads(payload).get("message", "") if payload else ""
+        except (json.JSONDecodeError, AttributeError):
+            message = payload[:80].decode(errors="replace")
+        rows.append({"request": case, "status": status, "refused": status != 200, "message": str(message)[:100]})
+    return rows

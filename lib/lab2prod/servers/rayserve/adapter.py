@@ -1,0 +1,133 @@
+"""Ray Serve behind the `Server` protocol: a local Ray on 127.0.0.1, the model folder deployed per
+configuration (replicas x threads x `@serve.batch`), Ray's Prometheus metrics, and the Serve config file and
+KubeRay RayService manifest of the chosen configuration. Ray Serve is maintained."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.servers.base import ServerConfig, limits_check
+from lab2prod.servers.rayserve.server import (
+    RayConfig,
+    RayServer,
+    rayservice_manifest,
+    serve_config,
+    stop_recorded,
+    validate_rayservice,
+    write_model_dir,
+    write_serve_config,
+)
+from lab2prod.servers.torchserve.server import exported_torchscript
+
+__all__ = ["RayServeServer", "SERVER", "metric_rows"]
+
+# The CPUs the local Ray gets; the replicas share them evenly, so each can be placed.
+NUM_CPUS = 2
+# Counters and latency sums of the deployment, totalled over replicas for the metrics table.
+METRICS = ("request_counter", "processing_latency_ms_sum", "processing_latency_ms_count", "num_router_requests",
+           "request_latency_ms_count", "batch_size_count")
+
+
+def metric_rows(samples: list[dict]) -> list[dict]:
+    """Ray Serve's request counters and latency sums for the deployment, one row per metric."""
+    totals: dict[str, float] = {}
+    for sample in samples:
+        name = sample["metric"]
+        if any(key in name for key in METRICS):
+            totals[name] = totals.get(name, 0.0) + float(sample["value"])
+    return [{"metric": name, "labels": "all replicas", "value": value} for name, value in sorted(totals.items())]
+
+
+def _model_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "serving" / "rayserve" / "model"
+
+
+@dataclass
+class _Live:
+    server: RayServer
+    model_dir: Path
+    run_dir: Path
+    model: str = "model"
+
+    @property
+    def inference_url(self) -> str:
+        return self.server.inference_url
+
+    @property
+    def keys(self) -> dict:
+        return self.server.keys
+
+    @property
+    def served_file(self) -> str:
+        return str((self.model_dir / "model.pt").relative_to(self.run_dir))
+
+    def predict(self, name: str, body: bytes, token: str | None = "", content_type: str | None = None):
+        return self.server.predict(name, body, token, content_type=content_type)
+
+    def deploy(self, config: ServerConfig) -> None:
+        self.server.deploy(self.model_dir, SERVER.native(config), self.model)
+
+    def scrape(self) -> list[dict]:
+        return metric_rows(self.server.scrape_metrics())
+
+    def limits(self, body: bytes, max_request_size: int, content_type: str | None) -> list[dict]:
+        # Ray Serve has no /ping of TorchServe's: its rows are left out
+        return [row for row in limits_check(self.server, self.model, body, max_request_size, content_type)
+                if not row["request"].startswith("ping")]
+
+
+class RayServeServer:
+    """Ray Serve 2.x, embedded: its deployment checks a bearer token and the body size (Ray Serve has no
+    authorization of its own), Ray is always shut down, and its processes are recorded for the runner."""
+
+    name, title, gate_prefix, maintained = "rayserve", "Ray Serve", "rayserve", True
+
+    def check(self) -> None:
+        try:
+            import ray.serve  # noqa: F401  (heavy optional third-party package: Ray)
+        except ImportError:
+            raise Lab2ProdError("Ray Serve is not installed; pip install -r requirements.txt") from None
+
+    def default_config(self, config: ServerConfig) -> ServerConfig:
+        # Ray Serve's own defaults for a deployment: one replica, one CPU, torch's default threads, no batching.
+        return ServerConfig(1, 0, 1, 5, config.max_request_size, cpus_per_worker=1.0)
+
+    def native(self, config: ServerConfig) -> RayConfig:
+        cpus = config.cpus_per_worker or NUM_CPUS / config.workers
+        return RayConfig(config.workers, cpus, config.threads, config.batch_size, config.max_batch_delay_ms / 1000,
+                         config.max_request_size)
+
+    @contextmanager
+    def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,
+              guard_max_bytes: int | None = None) -> Iterator[_Live]:
+        run_dir = Path(run_dir)
+        model_dir = write_model_dir(loaded, _model_dir(run_dir), exported_torchscript(run_dir), seed,
+                                    guard_max_bytes or config.max_request_size)
+        with RayServer(model_dir.parent, num_cpus=NUM_CPUS) as server:
+            live = _Live(server, model_dir, run_dir)
+            live.deploy(config)
+            yield live
+
+    def write_files(self, loaded, run_dir: Path, chosen: ServerConfig, seed: int = 0) -> dict[str, str]:
+        run_dir = Path(run_dir)
+        ray_dir, native = _model_dir(run_dir).parent, self.native(chosen)
+        content = serve_config(str(_model_dir(run_dir)), native)
+        config_file = write_serve_config(ray_dir / "serve_config.yaml", content)
+        manifest, document = ray_dir / "rayservice.yaml", rayservice_manifest(content, native)
+        problems = validate_rayservice(document)
+        if problems:  # never write a manifest that would not apply
+            raise Lab2ProdError(f"the RayService manifest does not validate: {'; '.join(problems[:3])}")
+        manifest.write_text(yaml.safe_dump(document, sort_keys=False))
+        return {"serve_config": str(config_file.relative_to(run_dir)), "rayservice": str(manifest.relative_to(run_dir))}
+
+    def stop_recorded(self, run_dir: Path) -> bool:
+        return stop_recorded(run_dir)
+
+
+SERVER = RayServeServer()

@@ -1,0 +1,38 @@
+"""The registry of servers: a new server is one subpackage with a `SERVER` (the `Server` protocol of
+lab2prod.servers.base) and one line here."""
+
+from __future__ import annotations
+
+from lab2prod.core.errors import Lab2ProdError
+from lab2prod.servers.base import Server
+from lab2prod.servers.rayserve.adapter import SERVER as RAYSERVE
+from lab2prod.servers.torchserve.adapter import SERVER as TORCHSERVE
+
+__all__ = ["SERVERS", "ALIASES", "servers_named", "stop_recorded"]
+
+SERVERS: dict[str, Server] = {server.name: server for server in (TORCHSERVE, RAYSERVE)}
+
+# Names that stand for several servers.
+ALIASES = {"both": ("torchserve", "rayserve")}
+
+
+def servers_named(names: str | list[str] | tuple[str, ...]) -> list[Server]:
+    """The registered servers a `backend` value names: one name, an alias ("both"), a comma-separated list or a
+    list; a clear error for a name that is not registered."""
+    items = names.split(",") if isinstance(names, str) else list(names)
+    out: list[Server] = []
+    for item in (i.strip() for i in items if i.strip()):
+        for name in ALIASES.get(item, (item,)):
+            if name not in SERVERS:
+                raise Lab2ProdError(f"backend {item!r} is not known; use {', '.join([*SERVERS, *ALIASES])} "
+                                    "(torchserve, rayserve or both), or a comma-separated list of them")
+            if SERVERS[name] not in out:
+                out.append(SERVERS[name])
+    if not out:
+        raise Lab2ProdError("no backend named; use torchserve, rayserve or both")
+    return out
+
+
+def stop_recorded(run_dir) -> bool:
+    """Stop what any server of a crashed run left behind; True if there was something."""
+    return any([server.stop_recorded(run_dir) for server in SERVERS.values()])

@@ -1,0 +1,128 @@
+"""TorchServe behind the `Server` protocol: started with the run's config, the model archive registered per
+configuration (the thread count lives in the archive), Prometheus counters, the config.properties and
+Kubernetes files of the chosen configuration.
+
+TorchServe's repository was archived on 2025-08-07: no releases and no security patches since. It stays the
+seed's server here; the pick never recommends it on speed alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab2prod.servers.base import ServerConfig, limits_check
+from lab2prod.servers.kubernetes import write_deployment
+from lab2prod.servers.torchserve.server import (
+    DEFAULT_CONFIG,
+    ServeConfig,
+    TorchServe,
+    build_archive,
+    check_requirements,
+    exported_torchscript,
+    scrape_metrics,
+    stop_recorded,
+    write_deployment_config,
+)
+
+__all__ = ["TorchServeServer", "SERVER"]
+
+MODEL_NAME = "model"
+
+
+@dataclass
+class _Live:
+    """The running TorchServe and the archive registered now (`model`)."""
+
+    server: TorchServe
+    loaded: object
+    run_dir: Path
+    seed: int
+    model_file: Path | None
+    guard_max_bytes: int = 1_000_000
+    model: str = ""
+    archives: dict = field(default_factory=dict)
+
+    @property
+    def inference_url(self) -> str:
+        return self.server.inference_url
+
+    @property
+    def keys(self) -> dict:
+        return self.server.keys
+
+    @property
+    def served_file(self) -> str:
+        return str(self.model_file.relative_to(self.run_dir)) if self.model_file else "traced here"
+
+    def predict(self, name: str, body: bytes, token: str | None = "", content_type: str | None = None):
+        return self.server.predict(name, body, token, content_type=content_type)
+
+    def deploy(self, config: ServerConfig) -> None:
+        if self.model:
+            self.server.unregister(self.model)
+        if config.threads not in self.archives:  # the first archive is the one the run leaves behind
+            name = f"m_t{config.threads}" if self.archives else MODEL_NAME
+            self.archives[config.threads] = build_archive(self.loaded, self.run_dir / "serving", name,
+                                                          config.threads, self.seed, self.model_file,
+                                                          max_bytes=self.guard_max_bytes)
+        self.model = self.server.register(self.archives[config.threads], SERVER.native(config))
+
+    def scrape(self) -> list[dict]:
+        return scrape_metrics(self.server)
+
+    def limits(self, body: bytes, max_request_size: int, content_type: str | None) -> list[dict]:
+        return limits_check(self.server, self.model, body, max_request_size, content_type)
+
+
+class TorchServeServer:
+    """TorchServe 0.12 (Java 17), token authorization on, bound to 127.0.0.1, stopped by the pid it started."""
+
+    name, title, gate_prefix, maintained = "torchserve", "TorchServe", "serving", False
+
+    def check(self) -> None:
+        check_requirements()
+
+    def default_config(self, config: ServerConfig) -> ServerConfig:
+        default = DEFAULT_CONFIG  # a worker per core, each with torch's default threads
+        return ServerConfig(default.workers, default.threads, default.batch_size, default.max_batch_delay_ms,
+                            config.max_request_size)
+
+    def native(self, config: ServerConfig) -> ServeConfig:
+        return ServeConfig(config.workers, config.threads, config.batch_size, config.max_batch_delay_ms,
+                           config.max_request_size)
+
+    @contextmanager
+    def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,
+              guard_max_bytes: int | None = None) -> Iterator[_Live]:
+        run_dir = Path(run_dir)
+        server = TorchServe(run_dir / "serving", self.native(config))
+        try:
+            server.start()
+            live = _Live(server, loaded, run_dir, seed, exported_torchscript(run_dir),
+                         guard_max_bytes or config.max_request_size)
+            live.deploy(config)
+            yield live
+        finally:
+            server.stop()
+
+    def write_files(self, loaded, run_dir: Path, chosen: ServerConfig, seed: int = 0) -> dict[str, str]:
+        run_dir = Path(run_dir)
+        serve_dir = run_dir / "serving"
+        native = self.native(chosen)
+        # the archive the config names, with the chosen threads
+        build_archive(loaded, serve_dir, MODEL_NAME, chosen.threads, seed, exported_torchscript(run_dir))
+        chosen_row = {"workers": native.workers, "threads": native.threads, "batch_size": native.batch_size,
+                      "max_batch_delay_ms": native.max_batch_delay_ms}
+        config_file = write_deployment_config(serve_dir, MODEL_NAME, chosen_row, native)
+        kubernetes = write_deployment(serve_dir, MODEL_NAME, chosen_row, native.workers, native.threads,
+                                      native.batch_size, native.max_batch_delay_ms)
+        return {"config_file": str(config_file.relative_to(run_dir)),
+                "kubernetes": str(kubernetes.relative_to(run_dir))}
+
+    def stop_recorded(self, run_dir: Path) -> bool:
+        return stop_recorded(run_dir)
+
+
+SERVER = TorchServeServer()
