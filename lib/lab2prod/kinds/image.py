@@ -155,4 +155,4 @@ def request_bodies(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]
     return [(name, encode_request(image, "rgb")[0]) for name, image in loaded.examples(count, seed)]
 
 
-KIND = Kind("image", "the image file's bytes", codec_for_model, codec_from_spec, request_bodies)
+KIND = Kind("image", "image file bytes (PNG, JPEG)", codec_for_model, codec_from_spec, request_bodies)

@@ -114,4 +114,4 @@ def request_bodies(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]
             for name, item in loaded.examples(count, seed)]
 
 
-KIND = Kind("tensor", "JSON of named arrays", codec_for_model, codec_from_spec, request_bodies)
+KIND = Kind("tensor", "JSON of named arrays, one item", codec_for_model, codec_from_spec, request_bodies)

@@ -142,4 +142,4 @@ def request_bodies(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]
     return [(name, json.dumps({"text": text}).encode()) for name, text in loaded.examples(count, seed)]
 
 
-KIND = Kind("text", "JSON {\"text\": ...}", codec_for_model, codec_from_spec, request_bodies)
+KIND = Kind("text", 'JSON {"text": "..."}', codec_for_model, codec_from_spec, request_bodies)

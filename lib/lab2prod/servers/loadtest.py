@@ -21,19 +21,32 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
 
 def content_type_of(path: Path) -> str:
-    """The Content-Type a request file is sent with: JSON for .json, raw bytes otherwise."""
+    """The Content-Type a request file is sent with: what its folder's CONTENT_TYPE file declares, else JSON
+    for .json and raw bytes otherwise."""
+    declared = Path(path).parent / "CONTENT_TYPE"
+    if declared.exists():
+        return declared.read_text().strip()
     return "application/json" if Path(path).suffix == ".json" else "application/octet-stream"
 
 
-def write_locustfile(run_dir: Path, requests: list[tuple[str, bytes]], suffix: str = ".png") -> Path:
+def request_files(folder: Path) -> list[Path]:
+    """The request bodies a locustfile folder holds, in order."""
+    return sorted(p for p in Path(folder).iterdir() if p.name != "CONTENT_TYPE")
+
+
+def write_locustfile(run_dir: Path, requests: list[tuple[str, bytes]], suffix: str = ".png",
+                     content_type: str = "") -> Path:
     """Save the locustfile and the request bodies (`suffix` .png for images, .json for JSON
-    requests) in run_dir/serving, for reuse against any host."""
+    requests) in run_dir/serving, for reuse against any host; `content_type`, when given, is what every body
+    is sent with (written beside them as CONTENT_TYPE)."""
     serve = Path(run_dir) / "serving"
     images = serve / "requests"
     shutil.rmtree(images, ignore_errors=True)
     images.mkdir(parents=True, exist_ok=True)
     for i, (_, body) in enumerate(requests):
         (images / f"{i:04d}{suffix}").write_bytes(body)
+    if content_type:
+        (images / "CONTENT_TYPE").write_text(content_type + "\n")
     path = serve / "locustfile.py"
     shutil.copyfile(LOCUSTFILE, path)
     return path

@@ -20,10 +20,13 @@ from pathlib import Path
 from locust import FastHttpUser, constant, events, task
 
 MODEL = os.environ.get("LAB2PROD_MODEL", "model")
-# Request bodies: .png/.jpg files are sent as bytes, .json files as application/json.
-BODIES = [(p.read_bytes(), "application/json" if p.suffix == ".json" else "application/octet-stream")
-          for p in sorted(Path(os.environ.get("LAB2PROD_IMAGES", "requests")).iterdir())
-          if p.suffix in (".png", ".jpg", ".jpeg", ".json")]
+# Request bodies: every file of the folder, sent with the Content-Type its CONTENT_TYPE file names (any kind of
+# model); without that file, .png/.jpg files as bytes and .json files as application/json.
+FOLDER = Path(os.environ.get("LAB2PROD_IMAGES", "requests"))
+DECLARED = (FOLDER / "CONTENT_TYPE").read_text().strip() if (FOLDER / "CONTENT_TYPE").exists() else ""
+BODIES = [(p.read_bytes(), DECLARED or ("application/json" if p.suffix == ".json" else "application/octet-stream"))
+          for p in sorted(FOLDER.iterdir())
+          if p.name != "CONTENT_TYPE" and (DECLARED or p.suffix in (".png", ".jpg", ".jpeg", ".json"))]
 TOKEN = os.environ.get("LAB2PROD_TOKEN", "")
 SAMPLES = os.environ.get("LAB2PROD_SAMPLES", "")
 MAX_REQUESTS = int(os.environ.get("LAB2PROD_MAX_REQUESTS", "0"))

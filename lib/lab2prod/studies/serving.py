@@ -14,10 +14,10 @@ from tqdm import tqdm
 
 from lab2prod.core.inputs import call, cat
 from lab2prod.core.results import gate
-from lab2prod.kinds.codec import answer_vector, codec_for, lab_answer
+from lab2prod.kinds.codec import answer_vector, codec_for, kind_of, lab_answer
 from lab2prod.models.requests import request_bodies
 from lab2prod.servers.base import Live, Server, ServerConfig, grid, limits_check
-from lab2prod.servers.loadtest import content_type_of, load_sweep, run_locust, write_locustfile
+from lab2prod.servers.loadtest import content_type_of, load_sweep, request_files, run_locust, write_locustfile
 from lab2prod.servers.registry import SERVERS, servers_named
 from lab2prod.servers.torchserve.server import ServeConfig
 from lab2prod.studies.benchmark import measure
@@ -61,10 +61,6 @@ def check_backend(backend: str) -> str:
 def selected_servers(backend: str) -> list[Server]:
     """The servers a `backend` value names, in registry order."""
     return servers_named(backend)
-
-
-REQUEST_KINDS = {"image": "image file bytes (PNG, JPEG)", "text": 'JSON {"text": "..."}',
-                 "tensor": "JSON of named arrays, one item"}
 
 
 def request_images(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]:
@@ -154,7 +150,7 @@ def tune(server: Server, live: Live, locustfile: Path, configs: list[ServerConfi
     """Measure each configuration at `users` users (deploy, one warm request, Locust); returns rows with
     `meets_sla` set. The choice is the highest throughput whose p99 <= sla_ms."""
     rows = []
-    warm = sorted((Path(locustfile).parent / "requests").iterdir())[0]
+    warm = request_files(Path(locustfile).parent / "requests")[0]
     for config in tqdm(configs, desc=f"tune {server.name}", unit="config", disable=not progress):
         live.deploy(config)
         live.predict(live.model, warm.read_bytes(), content_type=content_type_of(warm))
@@ -208,8 +204,8 @@ def evaluate(server: Server, loaded, run_dir: Path, config: ServerConfig, users_
     requests = request_images(loaded, parity_count, seed)
     locustfile = run_dir / "serving" / "locustfile.py"
     if not locustfile.exists():  # one locustfile for every server, so all see the same requests
-        locustfile = write_locustfile(run_dir, requests, lab.suffix)
-    report = ServingReport(True, requests=REQUEST_KINDS[lab.kind], model_name="model", server=server.name,
+        locustfile = write_locustfile(run_dir, requests, lab.suffix, lab.content_type)
+    report = ServingReport(True, requests=kind_of(loaded.kind).request, model_name="model", server=server.name,
                            title=server.title, locustfile=str(locustfile.relative_to(run_dir)))
     with server.serve(loaded, run_dir, config, seed) as live:
         report.served_file = live.served_file
