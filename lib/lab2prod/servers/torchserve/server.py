@@ -183,6 +183,9 @@ def write_config(serve_dir: Path, config: ServeConfig, ports: dict[str, int]) ->
         "grpc_management_address=127.0.0.1",
         f"grpc_inference_port={ports.get('grpc_inference', 7070)}",
         f"grpc_management_port={ports.get('grpc_management', 7071)}",
+        # the backend workers' sockets (/tmp/.ts.sock.<port>, counting up) and torchrun's port, per server
+        f"initial_worker_port={ports.get('workers', 9000)}",
+        f"initial_distribution_port={ports.get('distribution', 29500)}",
         f"model_store={Path(serve_dir).resolve() / 'model-store'}",
         "metrics_mode=prometheus",
         "enable_model_api=true",
@@ -275,7 +278,7 @@ class TorchServe:
         (self.serve_dir / "logs").mkdir(exist_ok=True)
         (self.serve_dir / "model-store").mkdir(exist_ok=True)
         self.ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_inference",
-                                                    "grpc_management")}
+                                                    "grpc_management", "workers", "distribution")}
         config_file = write_config(self.serve_dir, self.config, self.ports)
         command = [tool_path("torchserve"), "--start", "--foreground", "--ncs", "--model-store",
                    str(self.serve_dir / "model-store"), "--ts-config", str(config_file)]
