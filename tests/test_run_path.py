@@ -204,3 +204,14 @@ def test_relative_paths_are_made_absolute_for_notebooks_that_run_in_the_run_fold
     assert given == {"model": str(tmp_path / "model.pt"), "data": str(tmp_path / "images"),
                      "canary.candidate": f"hf:{tmp_path / 'ckpt'}", "weights": "missing.pt", "seed": 3,
                      "candidate": "int8"}
+
+
+def test_parameter_types_are_python_types_and_names_still_read():
+    types = {p.type for s in STUDIES for p in s.params}
+    assert int in types and list[int] in types and "int" not in types and "list[int]" not in types
+    assert Param("n", "list[float]", [1.0], "h").type == list[float]  # a name as a string still reads
+    assert Param("n", list[float], [1.0], "h").validate([1, 2], "n") == [1.0, 2.0]
+    with pytest.raises(Lab2ProdError, match=r"has the wrong type: expected list\[int\]"):
+        Param("n", list[int], [1], "h").validate(["a"], "n")
+    with pytest.raises(Lab2ProdError, match="use str, int, float, bool or a list of one of them"):
+        Param("n", dict, {}, "h")

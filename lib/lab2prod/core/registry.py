@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args, get_origin
 
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.paths import NOTEBOOKS_DIR
@@ -17,18 +18,20 @@ from lab2prod.core.paths import NOTEBOOKS_DIR
 __all__ = ["Param", "Study", "COMMON", "STUDIES", "study", "checklist", "checklist_item", "resolve_parameters",
            "notebook_parameters"]
 
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+_SCALARS = (str, int, float, bool)
+_NAMED = {t.__name__: t for t in _SCALARS} | {f"list[{t.__name__}]": list[t] for t in _SCALARS}
 
 
 @dataclass(frozen=True)
 class Param:
-    """One notebook parameter: its type (`str`, `int`, `float`, `bool` or `list[...]` of those),
+    """One notebook parameter: its Python type (`str`, `int`, `float`, `bool` or `list[...]` of those; the
+    names as strings are accepted too),
     default, allowed range (`ge`/`gt`/`le`/`lt`, applied to each item of a list), allowed list
     lengths, and an optional `check` ("module:function", called with the value, raising a
     Lab2ProdError that names the fix) for values only a library function can judge."""
 
     name: str
-    type: str
+    type: type
     default: object
     help: str
     ge: float | None = None
@@ -39,16 +42,33 @@ class Param:
     max_items: int | None = None
     check: str = ""
 
+    def __post_init__(self):
+        kind = _NAMED.get(self.type, self.type) if isinstance(self.type, str) else self.type
+        if kind not in _NAMED.values():
+            raise Lab2ProdError(f"parameter {self.name!r} has type {self.type!r}; use str, int, float, bool or a "
+                                "list of one of them (list[int])")
+        object.__setattr__(self, "type", kind)
+
     @property
-    def item_type(self) -> str:
-        return self.type[5:-1] if self.type.startswith("list[") else self.type
+    def is_list(self) -> bool:
+        return get_origin(self.type) is list
+
+    @property
+    def item_type(self) -> type:
+        """The type of the value, or of each item of a list."""
+        return get_args(self.type)[0] if self.is_list else self.type
+
+    @property
+    def type_name(self) -> str:
+        """The type as written in Python: `int`, `list[float]`."""
+        return f"list[{self.item_type.__name__}]" if self.is_list else self.type.__name__
 
     def range_text(self) -> str:
         """The allowed range in words, e.g. '> 0', '>= 1 and <= 100', '' when anything goes."""
         bounds = [f"{op} {bound:g}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le),
                                                       ("<", self.lt)) if bound is not None]
         text = " and ".join(bounds)
-        if self.type.startswith("list["):
+        if self.is_list:
             count = (f"exactly {self.min_items}" if self.min_items == self.max_items else
                      f"at least {self.min_items}" if self.min_items else "")
             noun = "item" if self.min_items == 1 and self.max_items in (None, 1) else "items"
@@ -60,11 +80,12 @@ class Param:
         """The value coerced to the parameter's type (an int where a float is expected becomes a
         float); a Lab2ProdError naming the value, the rule and an example when it does not fit."""
         example = f"e.g. -p {shown}={self.default!r}".replace("'", "")
-        if self.type.startswith("list["):
+        if self.is_list:
             if isinstance(value, tuple):
                 value = list(value)
             if not isinstance(value, list):
-                raise Lab2ProdError(f"parameter {shown}={value!r} is not a list of {self.item_type}; {example}")
+                raise Lab2ProdError(f"parameter {shown}={value!r} is not a list of {self.item_type.__name__}; "
+                                    f"{example}")
             value = [self._scalar(item, shown, value, example, in_list=True) for item in value]
             if len(value) < self.min_items or (self.max_items is not None and len(value) > self.max_items):
                 raise Lab2ProdError(f"parameter {shown}={value!r} is out of range: it needs "
@@ -77,13 +98,13 @@ class Param:
         return value
 
     def _scalar(self, item, shown: str, whole, example: str, in_list: bool):
-        expected = _TYPES[self.item_type]
+        expected = self.item_type
         if expected is str and not isinstance(item, str) and item is not None:
             item = str(item)  # `-p model=123` means the string "123"
         if expected is float and isinstance(item, int) and not isinstance(item, bool):
             item = float(item)
         if not isinstance(item, expected) or (expected is not bool and isinstance(item, bool)):
-            raise Lab2ProdError(f"parameter {shown}={whole!r} has the wrong type: expected {self.type}; {example}")
+            raise Lab2ProdError(f"parameter {shown}={whole!r} has the wrong type: expected {self.type_name}; {example}")
         if expected in (int, float):
             for op, bound, bad in ((">=", self.ge, lambda v, b: v < b), (">", self.gt, lambda v, b: v <= b),
                                    ("<=", self.le, lambda v, b: v > b), ("<", self.lt, lambda v, b: v >= b)):
@@ -127,20 +148,20 @@ _MODEL_HELP = "reference or torchvision name, a .pt/.pt2 file, or package.module
 
 # Shared by every study that declares them, with one meaning: `-p seed=1` sets them all.
 COMMON = {
-    "model": Param("model", "str", "digits_cnn", _MODEL_HELP),
-    "weights": Param("weights", "str", "", "optional state_dict file (loaded weights-only, never unpickled)"),
-    "example_inputs": Param("example_inputs", "str", "",
+    "model": Param("model", str, "digits_cnn", _MODEL_HELP),
+    "weights": Param("weights", str, "", "optional state_dict file (loaded weights-only, never unpickled)"),
+    "example_inputs": Param("example_inputs", str, "",
                             "package.module:fn(batch_size, seed) -> Tensor, for non-image models"),
-    "device": Param("device", "str", "auto", "auto, cpu or cuda", check="lab2prod.studies.notebook:resolve_devices"),
-    "data": Param("data", "str", "", "your data: a folder of class folders of images, a .csv/.jsonl of "
+    "device": Param("device", str, "auto", "auto, cpu or cuda", check="lab2prod.studies.notebook:resolve_devices"),
+    "data": Param("data", str, "", "your data: a folder of class folders of images, a .csv/.jsonl of "
                   "text,label, or a .pt", check="lab2prod.models.data:check_data"),
-    "lab_transform": Param("lab_transform", "str", "", "package.module:callable(PIL image) -> tensor; empty means "
+    "lab_transform": Param("lab_transform", str, "", "package.module:callable(PIL image) -> tensor; empty means "
                            "the recipe of the model family", check="lab2prod.kinds.preprocess:check_lab_transform"),
-    "task": Param("task", "str", "auto", "classifier, embedder or auto (a Hugging Face model: its architecture; "
+    "task": Param("task", str, "auto", "classifier, embedder or auto (a Hugging Face model: its architecture; "
                   "else inferred from the outputs)",
                   check="lab2prod.models.load:check_task"),
-    "run_dir": Param("run_dir", "str", "", "run folder; empty means outputs/interactive"),
-    "seed": Param("seed", "int", 0, "seed for input draws, untrained weights and resampling"),
+    "run_dir": Param("run_dir", str, "", "run folder; empty means outputs/interactive"),
+    "seed": Param("seed", int, 0, "seed for input draws, untrained weights and resampling"),
 }
 
 
@@ -153,121 +174,121 @@ _MODEL = (COMMON["model"], *_INPUTS)
 
 STUDIES: list[Study] = [
     Study("environment", "00_environment", "environment", "lab2prod.studies.environment", (
-        Param("lock_path", "str", "", "lab lock from `lab2prod env lock`; empty means this machine writes its own",
+        Param("lock_path", str, "", "lab lock from `lab2prod env lock`; empty means this machine writes its own",
               check="lab2prod.studies.environment:read_lock"),
-        Param("tolerance", "float", 1e-4, "largest max-abs-diff of a smoke operator vs the lock that passes", ge=0),
+        Param("tolerance", float, 1e-4, "largest max-abs-diff of a smoke operator vs the lock that passes", ge=0),
         *_MODEL, *_common("run_dir", "seed"))),
     Study("export", "01_export", "model integrity", "lab2prod.studies.export", (
         *_MODEL, COMMON["device"],
-        Param("batch_sizes", "list[int]", [1, 4, 16], "batch sizes compared after reload", ge=1, min_items=1),
-        Param("formats", "list[str]", ["auto"],
+        Param("batch_sizes", list[int], [1, 4, 16], "batch sizes compared after reload", ge=1, min_items=1),
+        Param("formats", list[str], ["auto"],
               '["auto"]: every format, skipping those that do not apply; or a list of names', min_items=1,
               check="lab2prod.studies.export:check_formats"),
-        Param("atol", "float", 1e-4, "largest max-abs-diff between eager and the reloaded file that passes", ge=0),
+        Param("atol", float, 1e-4, "largest max-abs-diff between eager and the reloaded file that passes", ge=0),
         *_common("run_dir", "seed"))),
     Study("parity", "02_preprocessing_parity", "preprocessing parity", "lab2prod.studies.parity", (
         *_MODEL,
-        Param("serving_transform", "str", "", "package.module:callable under test: request bytes -> tensor for an "
+        Param("serving_transform", str, "", "package.module:callable under test: request bytes -> tensor for an "
               "image model, text -> encoding (dict of tensors) for a text model; empty means lab2prod's serving path",
               check="lab2prod.kinds.preprocess:check_serving_transform"),
-        Param("bugs", "list[str]", ["all"], 'catalogued bugs to measure: ["all"], a list of names, or []',
+        Param("bugs", list[str], ["all"], 'catalogued bugs to measure: ["all"], a list of names, or []',
               check="lab2prod.studies.parity:select_bugs"),
-        Param("atol", "float", 1e-6, "largest per-element abs diff between serving and lab tensors that passes",
+        Param("atol", float, 1e-6, "largest per-element abs diff between serving and lab tensors that passes",
               ge=0),
-        Param("max_images", "int", 0,
+        Param("max_images", int, 0,
               "images to send; 0 means all held-out images (360 digits, 300 photo crops; else 24 photographs)", ge=0),
-        Param("max_texts", "int", 0, "texts to send to a text model; 0 means all its labelled texts (540 for "
+        Param("max_texts", int, 0, "texts to send to a text model; 0 means all its labelled texts (540 for "
               "text_langid, or your --data; else the 32 sample texts)", ge=0),
         *_common("run_dir", "seed"))),
     Study("quantization", "03_quantization", "quantization", "lab2prod.studies.quantization", (
-        Param("model", "str", "digits_mlp", _MODEL_HELP), *_INPUTS,
-        Param("methods", "list[str]", ["torch_ao_dynamic", "torchao_int8_dynamic", "torchao_int8_weight_only",
+        Param("model", str, "digits_mlp", _MODEL_HELP), *_INPUTS,
+        Param("methods", list[str], ["torch_ao_dynamic", "torchao_int8_dynamic", "torchao_int8_weight_only",
                                        "onnxruntime_fp32", "onnxruntime_int8_dynamic",
                                        "onnxruntime_int8_dynamic_per_channel"],
               "recipes to compare", min_items=1, check="lab2prod.studies.quantization:check_methods"),
-        Param("module_types", "list[str]", ["Linear", "LSTM", "GRU"],
+        Param("module_types", list[str], ["Linear", "LSTM", "GRU"],
               "layer types torch.ao quantizes (torchao: Linear only)", min_items=1,
               check="lab2prod.studies.quantization:resolve_module_types"),
-        Param("engine", "str", "auto", "quantized engine: auto, x86, fbgemm, onednn or qnnpack",
+        Param("engine", str, "auto", "quantized engine: auto, x86, fbgemm, onednn or qnnpack",
               check="lab2prod.studies.quantization:check_engine"),
-        Param("batch_sizes", "list[int]", [1, 16], "batch sizes timed", ge=1, min_items=1),
-        Param("threads", "int", 1, "torch threads while timing (one per worker is the serving default)", ge=1),
-        Param("min_run_time", "float", 0.5, "seconds of timing per recipe and batch size", gt=0),
-        Param("accuracy_budget_pts", "float", 1.0,
+        Param("batch_sizes", list[int], [1, 16], "batch sizes timed", ge=1, min_items=1),
+        Param("threads", int, 1, "torch threads while timing (one per worker is the serving default)", ge=1),
+        Param("min_run_time", float, 0.5, "seconds of timing per recipe and batch size", gt=0),
+        Param("accuracy_budget_pts", float, 1.0,
               "largest accuracy drop (points; top-1 disagreement when unlabelled) that passes", ge=0),
-        Param("eval_count", "int", 360, "unlabelled inputs for fidelity (labelled models use all 360 held-out "
+        Param("eval_count", int, 360, "unlabelled inputs for fidelity (labelled models use all 360 held-out "
               "digits)", ge=1),
         *_common("run_dir", "seed"))),
     Study("benchmark", "04_latency_benchmark", "latency SLA", "lab2prod.studies.benchmark", (
         *_MODEL, COMMON["device"],
-        Param("batch_sizes", "list[int]", [1, 4, 16, 64], "batch sizes swept", ge=1, min_items=1),
-        Param("variants", "list[str]", ["auto"],
+        Param("batch_sizes", list[int], [1, 4, 16, 64], "batch sizes swept", ge=1, min_items=1),
+        Param("variants", list[str], ["auto"],
               "auto picks the defaults of the device; or a list of names such as eager, torch_export", min_items=1,
               check="lab2prod.studies.benchmark:check_variants"),
-        Param("sla_ms", "float", 100.0, "latency objective: P99 per call must stay at or under this", gt=0),
-        Param("min_run_time", "float", 1.0, "seconds of sampling per variant and batch size", gt=0),
-        Param("threads", "int", 1, "torch CPU threads while timing (one per worker is the serving default)", ge=1),
+        Param("sla_ms", float, 100.0, "latency objective: P99 per call must stay at or under this", gt=0),
+        Param("min_run_time", float, 1.0, "seconds of sampling per variant and batch size", gt=0),
+        Param("threads", int, 1, "torch CPU threads while timing (one per worker is the serving default)", ge=1),
         *_common("run_dir", "seed"))),
     Study("serving", "05_serving", "serving", "lab2prod.studies.serving", (
         *_MODEL,
-        Param("backend", "str", "torchserve", "torchserve, rayserve, both, or a comma-separated list of servers",
+        Param("backend", str, "torchserve", "torchserve, rayserve, both, or a comma-separated list of servers",
               check="lab2prod.studies.serving:check_backend"),
-        Param("users", "list[int]", [1, 8, 32, 64], "concurrent Locust users per load level", ge=1, min_items=1),
-        Param("duration_s", "float", 4.0, "seconds of load per level and per tuned configuration", gt=0),
-        Param("workers", "int", 1, "workers for the load sweep", ge=1),
-        Param("threads", "int", 1, "torch threads per worker for the load sweep (0 means the torch default)",
+        Param("users", list[int], [1, 8, 32, 64], "concurrent Locust users per load level", ge=1, min_items=1),
+        Param("duration_s", float, 4.0, "seconds of load per level and per tuned configuration", gt=0),
+        Param("workers", int, 1, "workers for the load sweep", ge=1),
+        Param("threads", int, 1, "torch threads per worker for the load sweep (0 means the torch default)",
               ge=0),
-        Param("batch_size", "int", 1, "server-side batch size for the load sweep", ge=1),
-        Param("max_batch_delay_ms", "int", 5, "how long the server waits to fill a batch", ge=0),
-        Param("sla_ms", "float", 100.0, "p99 objective for the client-side latency", gt=0),
-        Param("tune_users", "int", 8, "load at which configurations are compared", ge=1),
-        Param("tune_workers", "list[int]", [1, 2], "workers per model to try", ge=1, min_items=1),
-        Param("tune_threads", "list[int]", [1, 2], "torch threads per worker to try", ge=1, min_items=1),
-        Param("tune_batch_sizes", "list[int]", [1, 4], "server batch sizes to try", ge=1, min_items=1),
-        Param("max_request_size", "int", 1000000, "bytes; larger requests are refused", ge=1),
-        Param("parity_requests", "int", 64, "held-out images sent one by one for live parity", ge=1),
+        Param("batch_size", int, 1, "server-side batch size for the load sweep", ge=1),
+        Param("max_batch_delay_ms", int, 5, "how long the server waits to fill a batch", ge=0),
+        Param("sla_ms", float, 100.0, "p99 objective for the client-side latency", gt=0),
+        Param("tune_users", int, 8, "load at which configurations are compared", ge=1),
+        Param("tune_workers", list[int], [1, 2], "workers per model to try", ge=1, min_items=1),
+        Param("tune_threads", list[int], [1, 2], "torch threads per worker to try", ge=1, min_items=1),
+        Param("tune_batch_sizes", list[int], [1, 4], "server batch sizes to try", ge=1, min_items=1),
+        Param("max_request_size", int, 1000000, "bytes; larger requests are refused", ge=1),
+        Param("parity_requests", int, 64, "held-out images sent one by one for live parity", ge=1),
         *_common("run_dir", "seed")), torchserve=True),
     Study("drift", "06_drift_monitoring", "monitoring", "lab2prod.studies.drift", (
         COMMON["model"], *_INPUTS,
-        Param("batch_size", "int", 64, "inputs per monitored batch", ge=2),
-        Param("layer", "str", "", "module whose output is the embedding (a name from model.named_modules()); "
+        Param("batch_size", int, 64, "inputs per monitored batch", ge=2),
+        Param("layer", str, "", "module whose output is the embedding (a name from model.named_modules()); "
               "empty: the default"),
-        Param("batches", "int", 50, "batches drawn per scenario", ge=1),
-        Param("alpha", "float", 0.05, "p-value below which a batch is flagged", gt=0, lt=1),
-        Param("sla_ms", "float", 100.0, "latency objective: a histogram bucket boundary is put on it", gt=0),
+        Param("batches", int, 50, "batches drawn per scenario", ge=1),
+        Param("alpha", float, 0.05, "p-value below which a batch is flagged", gt=0, lt=1),
+        Param("sla_ms", float, 100.0, "latency objective: a histogram bucket boundary is put on it", gt=0),
         *_common("run_dir", "seed"))),
     Study("security", "07_security", "security", "lab2prod.studies.security", (
-        Param("model", "str", "digits_cnn", "the model attacked and served"), *_INPUTS,
-        Param("eps", "float", 0.03, "L-inf budget of the attacks in [0, 1] pixel units (8/255 is about 0.031)",
+        Param("model", str, "digits_cnn", "the model attacked and served"), *_INPUTS,
+        Param("eps", float, 0.03, "L-inf budget of the attacks in [0, 1] pixel units (8/255 is about 0.031)",
               ge=0, le=1),
-        Param("pgd_steps", "int", 10, "PGD iterations", ge=1),
-        Param("attack_images", "int", 200, "held-out images attacked", ge=1),
-        Param("z_limit", "float", 5.0, "z-score screen threshold on the input statistics", gt=0),
-        Param("max_bytes", "int", 1000000, "request size limit of the guard", ge=1),
-        Param("live_server", "bool", True,
+        Param("pgd_steps", int, 10, "PGD iterations", ge=1),
+        Param("attack_images", int, 200, "held-out images attacked", ge=1),
+        Param("z_limit", float, 5.0, "z-score screen threshold on the input statistics", gt=0),
+        Param("max_bytes", int, 1000000, "request size limit of the guard", ge=1),
+        Param("live_server", bool, True,
               "also send the hostile inputs to a real TorchServe with the guard in its handler"),
         *_common("run_dir", "seed")), gate_items={"security:integrity": "model integrity"},
         torchserve="live_server"),
     Study("canary", "08_canary", "rollback", "lab2prod.studies.canary", (
-        Param("model", "str", "digits_cnn", "v1: " + _MODEL_HELP), *_INPUTS,
-        Param("candidate", "str", "int8", "v2: int8 means v1 quantized with candidate_method; else any model spec"),
-        Param("candidate_weights", "str", "", "optional state_dict file for a v2 given by model spec"),
-        Param("candidate_method", "str", "torch_ao_dynamic", "quantization of v2 when candidate is int8",
+        Param("model", str, "digits_cnn", "v1: " + _MODEL_HELP), *_INPUTS,
+        Param("candidate", str, "int8", "v2: int8 means v1 quantized with candidate_method; else any model spec"),
+        Param("candidate_weights", str, "", "optional state_dict file for a v2 given by model spec"),
+        Param("candidate_method", str, "torch_ao_dynamic", "quantization of v2 when candidate is int8",
               check="lab2prod.studies.quantization:check_method"),
-        Param("traffic_split", "list[int]", [80, 20], "percent of live requests to v1 and to v2", ge=0,
+        Param("traffic_split", list[int], [80, 20], "percent of live requests to v1 and to v2", ge=0,
               min_items=2, max_items=2, check="lab2prod.studies.canary:check_split"),
-        Param("canary_users", "int", 2, "concurrent Locust users during the rollout", ge=1),
-        Param("duration_s", "float", 10.0, "seconds of live traffic", gt=0),
-        Param("max_accuracy_drop_pts", "float", 1.0, "accuracy loss v2 may cost, in points", ge=0),
-        Param("latency_percentile", "float", 95.0, "percentile of live latency the rollback rule compares",
+        Param("canary_users", int, 2, "concurrent Locust users during the rollout", ge=1),
+        Param("duration_s", float, 10.0, "seconds of live traffic", gt=0),
+        Param("max_accuracy_drop_pts", float, 1.0, "accuracy loss v2 may cost, in points", ge=0),
+        Param("latency_percentile", float, 95.0, "percentile of live latency the rollback rule compares",
               check="lab2prod.studies.canary:check_percentile"),
-        Param("max_latency_increase_ms", "float", 10.0, "increase of that percentile v2 may cost, in ms", ge=0),
-        Param("min_agreement", "float", 0.97, "share of held-out inputs whose top-1 must not change", ge=0, le=1),
-        Param("min_requests", "int", 100, "live requests v2 must answer before a decision", ge=1),
-        Param("threads", "int", 1, "torch threads for the offline latency and per served worker", ge=1),
+        Param("max_latency_increase_ms", float, 10.0, "increase of that percentile v2 may cost, in ms", ge=0),
+        Param("min_agreement", float, 0.97, "share of held-out inputs whose top-1 must not change", ge=0, le=1),
+        Param("min_requests", int, 100, "live requests v2 must answer before a decision", ge=1),
+        Param("threads", int, 1, "torch threads for the offline latency and per served worker", ge=1),
         *_common("run_dir", "seed")), torchserve=True),
     Study("report", "99_report", None, "lab2prod.run.report", (
-        Param("run_dir", "str", "", "run folder to report on; empty means outputs/interactive"),)),
+        Param("run_dir", str, "", "run folder to report on; empty means outputs/interactive"),)),
 ]
 
 
