@@ -55,7 +55,7 @@ print(f"lab lock: {'given' if lock_path else 'none given, this machine is the la
 # Every key of the fingerprint side by side; the rows that differ come first.
 
 # %%
-nb.fingerprint_frame(lock["fingerprint"], here)
+env.fingerprint_frame(lock["fingerprint"], here)
 
 # %% [markdown]
 # The differences with their severity: **fail** for another major.minor Python or torch, or a
@@ -80,7 +80,7 @@ smoke = env.compare_smoke(lock["smoke"], tolerance)
 pd.DataFrame(smoke).set_index(["op", "device"])[["passed"]].T
 
 # %%
-fig = nb.plot_smoke(smoke, tolerance)
+fig = env.plot_smoke(smoke, tolerance)
 
 # %% [markdown]
 # ## Every operator of the exported graph runs here

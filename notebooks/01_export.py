@@ -63,7 +63,7 @@ pd.DataFrame([loaded.card()]).set_index("model")
 
 # %%
 artifacts = [export.export_model(loaded, fmt, run_dir / "models", seed) for fmt in formats]
-nb.artifacts_frame(artifacts, run_dir)
+export.artifacts_frame(artifacts, run_dir)
 
 # %% [markdown]
 # ## Reload in a fresh process and compare with eager
@@ -73,13 +73,13 @@ nb.artifacts_frame(artifacts, run_dir)
 
 # %%
 rows = export.check_exports(loaded, artifacts, batch_sizes, devices, seed)
-nb.comparison_frame(rows)
+export.comparison_frame(rows)
 
 # %% [markdown]
 # Bars on the floor are bit-exact; anything above the dashed line fails.
 
 # %%
-fig = nb.plot_max_abs_diff(rows, atol)
+fig = export.plot_max_abs_diff(rows, atol)
 
 # %% [markdown]
 # ## Gates and manifest

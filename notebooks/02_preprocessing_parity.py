@@ -85,7 +85,7 @@ else:
 # value, token type or the length) and the largest difference of the model's outputs: both must be 0.
 
 # %%
-nb.parity_serving_frame(report) if report.applies else report.reason
+parity.parity_serving_frame(report) if report.applies else report.reason
 
 # %% [markdown]
 # Where the serving path differs from the lab path, image by image (worst first) or text by
@@ -110,10 +110,10 @@ else:
 # so there the tensor difference is what to read.
 
 # %%
-nb.parity_bug_frame(report) if report.bugs else report.reason or "no bugs selected"
+parity.parity_bug_frame(report) if report.bugs else report.reason or "no bugs selected"
 
 # %%
-fig = nb.plot_parity_impact(report) if report.bugs else None
+fig = parity.plot_parity_impact(report) if report.bugs else None
 
 # %% [markdown]
 # ## What the model sees
@@ -125,8 +125,8 @@ fig = nb.plot_parity_impact(report) if report.bugs else None
 
 # %%
 if report.bugs and report.kind == "text":
-    display(nb.text_model_view(report))
-fig = nb.plot_model_view(report) if report.bugs and report.kind == "image" else None
+    display(parity.text_model_view(report))
+fig = parity.plot_model_view(report) if report.bugs and report.kind == "image" else None
 
 # %% [markdown]
 # ## Gate

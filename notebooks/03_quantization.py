@@ -82,7 +82,7 @@ results = q.evaluate_methods(loaded, methods, types, batch_sizes, threads, min_r
                              skipped=skipped)
 for method, why in skipped.items():
     print(f"{method} skipped: {why}")
-nb.quantization_frame(results)
+q.quantization_frame(results)
 
 # %% [markdown]
 # Which recipe wins on this CPU, and why: each line is computed from the table. For ONNX
@@ -94,7 +94,7 @@ nb.quantization_frame(results)
 print("\n".join(q.findings(results, batch_sizes)))
 
 # %%
-fig = nb.plot_quantization_tradeoff(results, max(batch_sizes), accuracy_budget_pts)
+fig = q.plot_quantization_tradeoff(results, max(batch_sizes), accuracy_budget_pts)
 
 # %% [markdown]
 # ## Per-layer sensitivity and the speed-fidelity frontier
@@ -119,7 +119,7 @@ pd.DataFrame(sensitivity).set_index("layer") if sensitivity else "no layer of th
 # them is ringed.
 
 # %%
-fig = nb.plot_frontier(steps, accuracy_budget_pts) if steps else None
+fig = q.plot_frontier(steps, accuracy_budget_pts) if steps else None
 
 # %%
 pd.DataFrame(steps).set_index("quantized_layers").round(4) if steps else "no frontier: torch_ao_dynamic not selected"

@@ -69,7 +69,7 @@ rows = []
 for dev in devices:
     rows += bm.run_sweep(loaded, bm.check_variants(variants, dev), dev, batch_sizes, threads, min_run_time,
                          seed, flops, progress=False)
-nb.benchmark_frame(rows)
+bm.benchmark_frame(rows)
 
 # %% [markdown]
 # ## Latency distributions
@@ -78,7 +78,7 @@ nb.benchmark_frame(rows)
 # whiskers the 1st to 99th percentile; dots beyond them are the tail a P99 is made of.
 
 # %%
-fig = nb.plot_latency_distributions(rows, max(batch_sizes))
+fig = bm.plot_latency_distributions(rows, max(batch_sizes))
 
 # %% [markdown]
 # ## P50 and P99 against batch size, with the SLA; throughput against batch size
@@ -87,7 +87,7 @@ fig = nb.plot_latency_distributions(rows, max(batch_sizes))
 # the last one under it.
 
 # %%
-fig = nb.plot_batch_sweep(rows, sla_ms)
+fig = bm.plot_batch_sweep(rows, sla_ms)
 
 # %% [markdown]
 # ## The configuration that meets the SLA
@@ -115,7 +115,7 @@ pd.DataFrame([{"device": dev, **choice} for dev, choice in choices.items()]).set
 # both: they are bound by per-call overhead, not arithmetic.
 
 # %%
-efficiency = nb.efficiency_frame(rows, flops, devices, machine, threads)
+efficiency = bm.efficiency_frame(rows, flops, devices, machine, threads)
 efficiency
 
 # %% [markdown]

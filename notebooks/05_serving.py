@@ -129,7 +129,7 @@ pd.DataFrame([{"server": r.title, **{c: row.get(c) for c in columns}} for r in r
 
 # %%
 for served in reports.values():
-    fig = nb.plot_load(served.load, sla_ms)
+    fig = serving.plot_load(served.load, sla_ms)
     fig.suptitle(served.title)
 
 # %% [markdown]
@@ -153,7 +153,7 @@ pd.DataFrame([{"server": r.title, **row} for r in reports.values() for row in r.
 
 # %%
 for served in reports.values():
-    fig = nb.plot_tuning(served.tuning, sla_ms, served.chosen)
+    fig = serving.plot_tuning(served.tuning, sla_ms, served.chosen)
     fig.suptitle(served.title)
 
 # %%
@@ -211,7 +211,7 @@ print(pick)
 pd.DataFrame(side).set_index(["server", "config"]).round(3) if side else "nothing served"
 
 # %%
-fig = nb.plot_side_by_side(side, sla_ms) if side else None
+fig = serving.plot_side_by_side(side, sla_ms) if side else None
 
 # %% [markdown]
 # ## Gates

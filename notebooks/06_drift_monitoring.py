@@ -68,10 +68,10 @@ print(report.reason or f"reference: {report.reference_size} {report.reference}; 
 # were, so the input-property test cannot see them: only what the model sees can.
 
 # %%
-fig = nb.plot_drift(report) if report.applies else None
+fig = drift.plot_drift(report) if report.applies else None
 
 # %%
-nb.drift_frame(report).round(3) if report.applies else report.reason
+drift.drift_frame(report).round(3) if report.applies else report.reason
 
 # %% [markdown]
 # ## Metrics a service exports

@@ -100,7 +100,7 @@ pd.Series(adversarial).to_frame("value") if adversarial else \
     f"takes {loaded.inputs_text}"
 
 # %%
-fig = nb.plot_adversarial(examples) if examples else None
+fig = security.plot_adversarial(examples) if examples else None
 
 # %% [markdown]
 # ## Model integrity

@@ -122,7 +122,7 @@ else:
     print(report.reason)
 
 # %%
-fig = nb.plot_canary(report, policy)
+fig = canary.plot_canary(report, policy)
 
 # %% [markdown]
 # ## The rollback rule, with the evidence

@@ -40,10 +40,10 @@ print(verdict)
 print(", ".join(row["item"] for row in rows))
 
 # %%
-fig = nb.plot_scorecard(rows)
+fig = report.plot_scorecard(rows)
 
 # %%
-nb.scorecard_frame(rows)
+report.scorecard_frame(rows)
 
 # %% [markdown]
 # ## Every gate, failures first

@@ -6,8 +6,8 @@ import pytest
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.files import atomic_write, sha256_file
 from lab2prod.core.results import gate
-from lab2prod.studies.export import ComparisonRow
-from lab2prod.studies.notebook import gates_frame, plot_max_abs_diff, resolve_devices
+from lab2prod.studies.export import ComparisonRow, plot_max_abs_diff
+from lab2prod.studies.notebook import gates_frame, resolve_devices
 
 matplotlib.use("Agg")
 

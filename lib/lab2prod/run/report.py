@@ -6,13 +6,15 @@ import html
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from lab2prod.core.files import atomic_write
 from lab2prod.core.registry import checklist, checklist_item
 from lab2prod.core.results import build_summary, gate_verdict, readiness
 from lab2prod.core.schema import field_help
 
 __all__ = ["checklist_item", "scorecard", "collect_summary", "readiness", "write_report",
-           "sorted_gates", "notebook_images", "notebook_status"]
+           "sorted_gates", "notebook_images", "notebook_status", "scorecard_frame", "plot_scorecard"]
 
 
 def scorecard(gates: list[dict]) -> list[dict]:
@@ -181,3 +183,35 @@ def write_report(summary: dict, run_dir: Path) -> Path:
     text = "\n".join(parts)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
+
+
+# ---------------------------------------------------------------- tables and plots of the report notebook
+
+
+def scorecard_frame(rows: list[dict]) -> pd.DataFrame:
+    """The checklist scorecard as a table indexed by item."""
+    return pd.DataFrame(rows).set_index("item")[["verdict", "passed", "failed", "skipped", "gates", "why"]]
+
+
+def plot_scorecard(rows: list[dict]):
+    """One bar per checklist item (top to bottom in checklist order): its gates, green passed,
+    red failed, grey skipped; items that did not run are labelled so."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 1.0))
+    positions = list(range(len(rows)))[::-1]
+    left = [0] * len(rows)
+    for key, color in (("failed", "#b00020"), ("skipped", "#9e9e9e"), ("passed", "#2e7d32")):
+        values = [r[key] for r in rows]
+        ax.barh(positions, values, left=left, color=color, label=key, height=0.6)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    for y, row, width in zip(positions, rows, left, strict=True):
+        ax.text(width + 0.1, y, row["verdict"], va="center", fontsize=8,
+                color={"FAIL": "#b00020", "PASS": "#2e7d32"}.get(row["verdict"], "#555"))
+    ax.set_yticks(positions, [r["item"] for r in rows])
+    ax.set_xlabel("gates")
+    ax.set_xlim(0, max(left + [1]) + 1.5)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Readiness scorecard, in checklist order")
+    fig.tight_layout()
+    return fig

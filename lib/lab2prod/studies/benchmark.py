@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 
 from lab2prod.core.errors import Lab2ProdError, one_line
@@ -37,6 +38,10 @@ __all__ = [
     "device_peak_tflops",
     "matmul_gflops",
     "sla_gate",
+    "benchmark_frame",
+    "plot_latency_distributions",
+    "plot_batch_sweep",
+    "efficiency_frame",
 ]
 
 
@@ -485,3 +490,101 @@ def sla_gate(chosen: dict, sla_ms: float, device: str) -> dict:
     return gate("sla", chosen["met"], chosen["p99_ms"], sla_ms,
                 f"{chosen['variant']} at batch {chosen['batch_size']} on {device}" if chosen["met"]
                 else f"no correct configuration has p99 <= {sla_ms:g} ms on {device}")
+
+
+# ---------------------------------------------------------------- tables and plots of the notebook
+
+
+def benchmark_frame(rows) -> pd.DataFrame:
+    """A Compare-style table: one row per device, variant and batch size."""
+    columns = ["device", "variant", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s",
+               "n", "stable", "correct", "cosine", "peak_mem_bytes", "gflops_per_s", "error"]
+    frame = pd.DataFrame([r.as_dict() for r in rows], columns=columns)
+    if frame["error"].isna().all():
+        frame = frame.drop(columns=["error"])
+    return frame.set_index(["device", "variant", "batch_size"])
+
+
+def plot_latency_distributions(rows, batch_size: int):
+    """Box plots of every timed call per variant (and device) at `batch_size`, log scale."""
+    import matplotlib.pyplot as plt
+
+    chosen = [r for r in rows if r.batch_size == batch_size and r.samples_ms]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(chosen) + 2), 3.8))
+    if not chosen:
+        ax.text(0.5, 0.5, "no variant was timed", ha="center", va="center")
+        return fig
+    ax.boxplot([r.samples_ms for r in chosen], whis=(1, 99), showfliers=True,
+               flierprops={"markersize": 2, "alpha": 0.4})
+    ax.set_xticks(range(1, len(chosen) + 1),
+                  [f"{r.variant}\n{r.device}" + ("" if r.correct else "\n(WRONG)") for r in chosen], fontsize=8)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.set_ylabel("latency per call (ms)")
+    ax.set_title(f"Latency of every timed call at batch {batch_size}")
+    fig.tight_layout()
+    return fig
+
+
+def powers_of_two_axis(axes, values, label: str) -> None:
+    """A log2 x axis labelled with the measured values themselves (batch sizes, user counts)."""
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(values, [str(v) for v in values])
+        ax.minorticks_off()
+        ax.set_xlabel(label)
+
+
+def plot_batch_sweep(rows, sla_ms: float):
+    """Left: P50 (dashed) and P99 (solid) against batch size per variant, with the SLA line.
+    Right: throughput against batch size. Wrong variants are drawn grey."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    keys = list(dict.fromkeys((r.device, r.variant) for r in rows))
+    for i, key in enumerate(keys):
+        mine = sorted((r for r in rows if (r.device, r.variant) == key and r.p99_ms is not None),
+                      key=lambda r: r.batch_size)
+        if not mine:
+            continue
+        colour = f"C{i % 10}" if all(r.correct for r in mine) else "#999999"
+        label = f"{key[1]} ({key[0]})" + ("" if all(r.correct for r in mine) else " WRONG")
+        batches = [r.batch_size for r in mine]
+        left.plot(batches, [r.p99_ms for r in mine], "-o", color=colour, label=label, markersize=4)
+        left.plot(batches, [r.p50_ms for r in mine], "--", color=colour, linewidth=1)
+        right.plot(batches, [r.throughput_per_s for r in mine], "-o", color=colour, label=label, markersize=4)
+    left.axhline(sla_ms, color="#b00020", linewidth=1.2, label=f"SLA {sla_ms:g} ms")
+    powers_of_two_axis((left, right), sorted({r.batch_size for r in rows}), "batch size")
+    left.set_yscale("log")
+    left.set_ylabel("latency per call (ms): P99 solid, P50 dashed")
+    right.set_ylabel("throughput (items/s)")
+    left.legend(fontsize=7)
+    left.set_title("Tail latency vs batch size")
+    right.set_title("Throughput vs batch size")
+    fig.tight_layout()
+    return fig
+
+
+def efficiency_frame(rows, flops_item: float, devices, machine: dict, threads: int) -> pd.DataFrame:
+    """Per device: the best achieved GFLOP/s of a correct row, a large matmul's GFLOP/s on the
+    same device (the practical ceiling), and the data-sheet peak for a known GPU."""
+
+    records = []
+    for dev in devices:
+        mine = [r for r in rows if r.device == dev and r.correct and r.gflops_per_s]
+        best = max(mine, key=lambda r: r.gflops_per_s, default=None)
+        ceiling = matmul_gflops(dev, size=4096 if dev.startswith("cuda") else 1024,
+                                threads=None if dev.startswith("cuda") else threads)
+        peak = device_peak_tflops(machine.get("gpu")) if dev.startswith("cuda") else None
+        records.append({
+            "device": dev,
+            "flops_per_item": flops_item,
+            "best_gflops_per_s": best.gflops_per_s if best else None,
+            "at": f"{best.variant} batch {best.batch_size}" if best else None,
+            "matmul_gflops_per_s": ceiling,
+            "share_of_matmul": (best.gflops_per_s / ceiling) if best and ceiling else None,
+            "datasheet_peak_fp32_tflops": peak[0] if peak else None,
+        })
+    return pd.DataFrame(records).set_index("device")

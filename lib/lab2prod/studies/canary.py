@@ -39,6 +39,7 @@ __all__ = [
     "CanaryReport",
     "evaluate_canary",
     "canary_gates",
+    "plot_canary",
 ]
 
 DECISIONS = ("promote", "hold", "roll back")
@@ -433,3 +434,54 @@ def canary_gates(report: CanaryReport) -> list[dict]:
              f"{applied['action']} (HTTP {applied['status']}); the unversioned route answered as "
              f"{applied['default_answered_by']}"),
     ]
+
+
+# ---------------------------------------------------------------- tables and plots of the notebook
+
+
+def plot_canary(report, policy):
+    """Left: the accuracy change of v2 with its confidence interval against the budget. Right:
+    the latency each version's live requests saw (cumulative share), with the percentile the
+    rollback rule reads marked."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 2]})
+    accuracy = report.offline.get("accuracy")
+    if accuracy:
+        delta, low, high = accuracy["accuracy_delta_pts"], accuracy["ci_low"], accuracy["ci_high"]
+        left.errorbar([0], [delta], yerr=[[delta - low], [high - delta]], fmt="o", capsize=8, color="C0",
+                      label=f"{accuracy['confidence']:.0%} CI (paired bootstrap)")
+        left.axhline(-policy.max_accuracy_drop_pts, color="#b00020", linewidth=1.2, label="budget")
+        left.axhline(0, color="#888", linewidth=0.8)
+        span = max(abs(low), abs(high), policy.max_accuracy_drop_pts) * 1.4 + 0.1
+        left.set_ylim(-span, span)
+        left.legend(fontsize=8, loc="upper right")
+    else:
+        left.text(0.5, 0.5, "no labels:\nagreement only", ha="center", va="center", transform=left.transAxes)
+    left.set_xticks([])
+    left.set_ylabel("accuracy change v2 - v1 (points)")
+    left.set_title(f"Accuracy: {report.offline['agreement']:.1%} top-1 agreement")
+    samples = (report.rollout or {}).get("latencies_ms") or {}
+    for color, (label, values) in zip(("C0", "C1"), samples.items(), strict=False):
+        if not values:
+            continue
+        ordered = np.sort(np.asarray(values))
+        right.plot(ordered, np.arange(1, ordered.size + 1) / ordered.size, color=color,
+                   label=f"{label}: {ordered.size} requests")
+        q = policy.latency_percentile
+        mark = float(np.percentile(ordered, q))
+        right.axvline(mark, color=color, linestyle="--", linewidth=1, label=f"{label} p{q:g} {mark:.1f} ms")
+    if samples:
+        right.set_xscale("log")
+        right.set_xlabel("latency seen by the client (ms)")
+        right.set_ylabel("share of requests")
+        right.legend(fontsize=8, loc="lower right")
+        right.set_title(f"Live latency per version (p{policy.latency_percentile:g} increase allowed: "
+                        f"{policy.max_latency_increase_ms:g} ms)")
+    else:
+        right.text(0.5, 0.5, report.reason or "no rollout", ha="center", va="center", wrap=True,
+                   transform=right.transAxes)
+        right.set_axis_off()
+    fig.tight_layout()
+    return fig

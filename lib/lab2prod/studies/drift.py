@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
@@ -49,6 +50,8 @@ __all__ = [
     "DriftReport",
     "evaluate_drift",
     "drift_gate",
+    "drift_frame",
+    "plot_drift",
 ]
 
 
@@ -619,3 +622,39 @@ def drift_gate(report: DriftReport, max_false_positive_rate: float = 0.1) -> dic
     else:
         said = "no labels, so no shift is known to cost accuracy: only false positives are judged (give labelled data)"
     return gate("drift", passed, fpr, max_false_positive_rate, f"false-positive rate {fpr:.2f}; {said}")
+
+
+# ---------------------------------------------------------------- tables and plots of the notebook
+
+
+def drift_frame(report) -> pd.DataFrame:
+    """Detection rate per scenario (rows) and test (columns), with the accuracy change."""
+    frame = pd.DataFrame(report.scenarios)
+    order = list(dict.fromkeys(frame["scenario"]))
+    rates = frame.pivot(index="scenario", columns="test", values="detection_rate")
+    about = frame.drop_duplicates("scenario").set_index("scenario")[["kind", "accuracy_change_pts"]]
+    tests = list(dict.fromkeys(frame["test"]))
+    return about.join(rates[tests]).loc[order]
+
+
+def plot_drift(report):
+    """Heat map of detection rates, scenario x test, with the accuracy change beside each row."""
+    import matplotlib.pyplot as plt
+
+    table = drift_frame(report)
+    tests = [c for c in table.columns if c not in ("kind", "accuracy_change_pts")]
+    values = table[tests].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(8, 0.34 * len(table) + 1.5))
+    image = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    changes = table["accuracy_change_pts"].tolist()
+    ax.set_yticks(range(len(table)), [f"{name} ({'n/a' if pd.isna(c) else f'{c:+.1f} pts'})"
+                                      for name, c in zip(table.index, changes, strict=True)], fontsize=8)
+    ax.set_xticks(range(len(tests)), tests, rotation=20, ha="right", fontsize=8)
+    ax.set_title(f"Share of batches flagged (batch {report.batch_size}, p < {report.alpha:g}); "
+                 "first row: false positives")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    return fig

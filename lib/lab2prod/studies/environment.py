@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from lab2prod.core.errors import Lab2ProdError
@@ -39,6 +40,8 @@ __all__ = [
     "cpu_model",
     "gpu_driver",
     "machine_snapshot",
+    "fingerprint_frame",
+    "plot_smoke",
 ]
 
 PACKAGES = ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "pandas", "scipy", "matplotlib", "onnx",
@@ -370,3 +373,35 @@ def machine_snapshot() -> dict:
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "driver": gpu_driver() if cuda else None,
     }
+
+
+# ---------------------------------------------------------------- tables and plots of the notebook
+
+
+def fingerprint_frame(lab: dict, here: dict) -> pd.DataFrame:
+    """Lab and here side by side, one row per key, differing rows first."""
+    keys = sorted(set(lab) | set(here))
+    frame = pd.DataFrame({"lab": [lab.get(k) for k in keys], "here": [here.get(k) for k in keys]}, index=keys)
+    frame["same"] = [lab.get(k) == here.get(k) for k in keys]
+    frame = frame.astype({"lab": str, "here": str})
+    return frame.sort_values("same", kind="stable")
+
+
+def plot_smoke(smoke: list[dict], tolerance: float):
+    """Max abs diff of each smoke operator vs the lock (floor = bit-exact), with the tolerance."""
+    import matplotlib.pyplot as plt
+
+    floor = 1e-10
+    labels = [f"{s['op']} ({s['device']})" for s in smoke]
+    values = [max(s["max_abs_diff"], floor) if s["max_abs_diff"] is not None else floor for s in smoke]
+    colours = ["#2ca02c" if s["passed"] else "#d62728" for s in smoke]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(smoke) + 1.2))
+    ax.barh(labels, values, color=colours)
+    ax.axvline(tolerance, color="#b00020", linestyle="--", linewidth=1, label=f"tolerance = {tolerance:g}")
+    ax.set_xscale("log")
+    ax.set_xlim(floor / 2, max(1.0, max(values) * 5))
+    ax.invert_yaxis()
+    ax.set_xlabel("max |here − lab lock|  (floor = bit-exact)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

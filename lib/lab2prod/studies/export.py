@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from lab2prod.core.errors import Lab2ProdError, one_line
@@ -39,6 +40,9 @@ __all__ = [
     "check_exports",
     "format_gates",
     "write_manifest",
+    "artifacts_frame",
+    "comparison_frame",
+    "plot_max_abs_diff",
 ]
 
 FORMATS = ("torchscript_script", "torchscript_trace", "torch_export", "onnx")
@@ -319,3 +323,64 @@ def _onnx_versions() -> dict:
 
 def rows_as_dicts(rows: list[ComparisonRow]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+# ---------------------------------------------------------------- tables and plots of the notebook
+
+
+def artifacts_frame(artifacts: list[ExportArtifact], run_dir: Path) -> pd.DataFrame:
+    """One row per format: produced or why not, size (with an ONNX file's external data), dynamic
+    batch, the ONNX opset, tracer warnings."""
+    rows = []
+    for a in artifacts:
+        rows.append({
+            "format": a.format,
+            "produced": a.produced,
+            "file": str(a.path.relative_to(run_dir)) if a.produced else "",
+            "MB": round(sum(f.stat().st_size for f in [a.path, *a.extra_files]) / 1e6, 2) if a.produced else None,
+            "dynamic_batch": a.dynamic_batch if a.produced else None,
+            "opset": a.opset,
+            "why not / warning": a.error or (a.warnings[0] if a.warnings else ""),
+        })
+    return pd.DataFrame(rows).set_index("format")
+
+
+def comparison_frame(rows: list[ComparisonRow]) -> pd.DataFrame:
+    """The per-format, per-case comparison table."""
+    frame = pd.DataFrame([r.__dict__ for r in rows])
+    return frame.set_index(["format", "device", "inputs", "batch_size"])
+
+
+def plot_max_abs_diff(rows: list[ComparisonRow], atol: float):
+    """Bars of max abs diff per format and case on a log axis, with the tolerance line.
+    Bit-exact results sit on the floor; failed cases are red; unloadable ones are marked."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    floor = 1e-10
+    formats = list(dict.fromkeys(r.format for r in rows))
+    cases = list(dict.fromkeys(f"{r.inputs}:{r.batch_size}@{r.device}" for r in rows if r.inputs != "-"))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cases) + 2), 3.6))
+    width = 0.8 / max(1, len(formats))
+    for i, fmt in enumerate(formats):
+        mine = {f"{r.inputs}:{r.batch_size}@{r.device}": r for r in rows if r.format == fmt}
+        for j, case in enumerate(cases):
+            x = j + (i - (len(formats) - 1) / 2) * width
+            row = mine.get(case)
+            if row is None or row.max_abs_diff is None:
+                ax.text(x, floor * 3, "✗", ha="center", color="#b00020", fontsize=12)
+                continue
+            bad = row.max_abs_diff > atol or (row.top1_agreement is not None and row.top1_agreement < 1)
+            ax.bar(x, max(row.max_abs_diff, floor), width, color="#d62728" if bad else f"C{i}",
+                   label=fmt if j == 0 else None, edgecolor="black", linewidth=0.3)
+        if not mine:
+            ax.bar(0, 0, width, color=f"C{i}", label=f"{fmt} (not produced)")
+    ax.axhline(atol, color="#b00020", linestyle="--", linewidth=1, label=f"atol = {atol:g}")
+    ax.set_yscale("log")
+    ax.set_ylim(floor / 2, max(1.0, max((r.max_abs_diff or 0) for r in rows) * 5))
+    ax.set_xticks(np.arange(len(cases)), cases, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("max |eager − reloaded|  (floor = bit-exact)")
+    ax.set_title("Reloaded in a fresh process vs eager")
+    ax.legend(fontsize=8, loc="upper left", ncols=2)
+    fig.tight_layout()
+    return fig

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode, v2
@@ -34,6 +35,11 @@ __all__ = [
     "ParityReport",
     "evaluate_parity",
     "serving_gate",
+    "parity_serving_frame",
+    "parity_bug_frame",
+    "plot_parity_impact",
+    "text_model_view",
+    "plot_model_view",
 ]
 
 
@@ -493,3 +499,136 @@ def where_serving_differs(report, atol: float) -> list[dict]:
         return [row for result in report.serving for row in differing_requests(result, report)]
     return [row for result in report.serving
             for row in worst_images(result, report.names, report.request_sets[result.client], atol)]
+
+
+# ---------------------------------------------------------------- tables and plots of the notebook
+
+
+def parity_serving_frame(report) -> pd.DataFrame:
+    """The serving path under test on each client's encoding of the images, vs the lab path; for
+    a text model, its encodings and outputs vs the lab's over every text."""
+
+    if report.kind == "text":
+        columns = ["bug", "requests", "encodings_differ", "max_output_diff", "top1_agreement", "min_cosine",
+                   "accuracy", "failed_requests"]
+        frame = pd.DataFrame([r.summary() for r in report.serving], columns=columns)
+        return frame.rename(columns={"bug": "path"}).set_index("path").dropna(axis=1, how="all")
+
+    rows = [{**r.summary(), "client sends": CLIENTS[r.client][0]} for r in report.serving]
+    columns = ["client", "client sends", "max_abs_diff", "mean_abs_diff", "top1_agreement", "accuracy",
+               "failed_requests"]
+    frame = pd.DataFrame(rows, columns=columns).set_index("client")
+    return frame.dropna(axis=1, how="all")
+
+
+def parity_bug_frame(report) -> pd.DataFrame:
+    """Every catalogued bug, most harmful first, with what goes wrong and where it happens."""
+    columns = ["bug", "client", "max_abs_diff", "mean_abs_diff", "top1_agreement", "accuracy",
+               "accuracy_drop_pts", "failed_requests", "what", "where"]
+    if report.kind == "text":
+        columns = ["bug", "encodings_differ", "top1_agreement", "min_cosine", "accuracy", "accuracy_drop_pts",
+                   "failed_requests", "what", "where"]
+    frame = pd.DataFrame(report.bug_rows(), columns=columns).set_index("bug")
+    return frame.dropna(axis=1, how="all")
+
+
+def plot_parity_impact(report):
+    """Horizontal bars per bug, failed requests hatched: the accuracy drop in points (labelled
+    data), else top-1 disagreement with the lab in percent, else (an untrained model that
+    predicts one class for everything) the mean abs tensor difference."""
+    import matplotlib.pyplot as plt
+
+    rows = report.bug_rows()
+    if report.labels is not None:
+        values = [r["accuracy_drop_pts"] for r in rows]
+        xlabel, unit, alarm = "accuracy drop vs the lab path (points)", "", 5
+    elif any(r["top1_agreement"] < 1 for r in rows):
+        values = [100 * (1 - r["top1_agreement"]) for r in rows]
+        xlabel, unit, alarm = "top-1 disagreement with the lab path (%)", "%", 5
+    elif getattr(report, "kind", "image") == "text":
+        values = [100 * r["encodings_differ"] / max(r["requests"], 1) for r in rows]
+        xlabel, unit, alarm = "requests encoded differently from the lab (%; no labels, predictions never changed)", \
+            "%", 5
+    else:
+        values = [min(r["mean_abs_diff"], 10.0) for r in rows]
+        xlabel, unit, alarm = "mean |serving − lab| per element (no labels; predictions never changed)", "", 0.1
+    fig, ax = plt.subplots(figsize=(7.5, 0.34 * len(rows) + 1.3))
+    bars = ax.barh([r["bug"] for r in rows], values,
+                   color=["#d62728" if v >= alarm else "#ff7f0e" if v > alarm / 10 else "#7f7f7f" for v in values])
+    top = max(values, default=0)
+    for bar, row, value in zip(bars, rows, values, strict=True):
+        if row["failed_requests"]:
+            bar.set_hatch("//")
+        ax.text(max(value, 0) + top * 0.01, bar.get_y() + bar.get_height() / 2,
+                f"{value:.3g}{unit}" + (" (requests fail)" if row["failed_requests"] else ""), va="center",
+                fontsize=8)
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.invert_yaxis()
+    ax.set_xlim(min(0, min(values, default=0)) - top * 0.02, top * 1.35 + 1e-9)
+    ax.set_xlabel(xlabel)
+    ax.set_title("What each serving bug costs on this model")
+    fig.tight_layout()
+    return fig
+
+
+def text_model_view(report, bugs: int = 5, text: int | None = None, tokens: int = 14) -> pd.DataFrame:
+    """What the model sees for one text: the tokens the lab path made and those of the most
+    harmful bugs that still encode it (special tokens shown, padding left out; a dot marks a
+    position the attention mask hides). By default the first text whose encoding the most bugs change."""
+    import numpy as np
+
+    results = {r.path: r for r in report.bugs}
+    worst = [row["bug"] for row in report.bug_rows() if row["failed_requests"] < len(report.names)][:bugs]
+    if text is None:
+        changed = [sum(bool(results[name].differences[i]) for name in worst) for i in range(len(report.names))]
+        text = int(np.argmax(changed)) if changed else 0
+    tokenizer = report.tokenizer
+
+    def shown(encoding) -> list[str]:
+        ids = encoding["input_ids"][0].tolist()
+        mask = encoding.get("attention_mask", None)
+        mask = mask[0].tolist() if mask is not None else [1] * len(ids)
+        pieces = [(tokenizer.convert_ids_to_tokens(i), m) for i, m in zip(ids, mask, strict=True)]
+        return [(p if m else f"·{p}") for p, m in pieces if p != tokenizer.pad_token or m][:tokens]
+
+    rows = {"lab path": shown(report.lab_encodings[text])}
+    for name in worst:
+        encoding = results[name].encodings[text]
+        rows[name] = shown(encoding) if encoding is not None else ["(request failed)"]
+    frame = pd.DataFrame.from_dict(rows, orient="index").fillna("")
+    frame.index.name = f"{report.names[text]}: {report.texts[text][:50]!r}"
+    return frame
+
+
+def plot_model_view(report, bugs: int = 5, images: int = 3):
+    """What the model sees: the lab path's input beside the motivating case, the square resize
+    and the most harmful other bugs that still produce a tensor, denormalized."""
+    import matplotlib.pyplot as plt
+
+
+    shown = [r["bug"] for r in report.bug_rows() if r["failed_requests"] < len(report.names)]
+    headline = [name for name in ("motivating_case", "square_resize") if name in shown]
+    worst = (headline + [name for name in shown if name not in headline])[:bugs]
+    results = {r.path: r for r in report.bugs}
+    lab_set = report.request_sets["rgb"]
+    picks = list(range(min(images, len(report.names))))
+    columns = ["lab path"] + worst
+    fig, axes = plt.subplots(len(picks), len(columns), figsize=(2.1 * len(columns), 2.2 * len(picks)),
+                             squeeze=False)
+    for row, index in enumerate(picks):
+        for col, name in enumerate(columns):
+            ax = axes[row][col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            tensor = lab_set.lab_tensors[index] if col == 0 else results[name].tensors[index]
+            if tensor is None:
+                ax.text(0.5, 0.5, "request\nfailed", ha="center", va="center", color="#b00020")
+            else:
+                ax.imshow(viewable(tensor, report.recipe))
+            if row == 0:
+                ax.set_title(name, fontsize=8)
+            if col == 0:
+                ax.set_ylabel(report.names[index], fontsize=7)
+    fig.suptitle("What the model sees (denormalized, clipped to [0, 1])", fontsize=10)
+    fig.tight_layout()
+    return fig

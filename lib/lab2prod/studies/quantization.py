@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -48,6 +49,9 @@ __all__ = [
     "best_step",
     "add_selective",
     "quantization_gates",
+    "quantization_frame",
+    "plot_quantization_tradeoff",
+    "plot_frontier",
 ]
 
 # method -> (library path, what it does). torch.ao is the old path (deprecated upstream), torchao the new one.
@@ -606,3 +610,71 @@ def quantization_gates(results: list[MethodResult], best: MethodResult | None, e
     return [gate("quantization:accuracy", True, best.accuracy_drop_pts, budget_pts,
                  f"{best.method}: {touched}, drop within budget"),
             gate("quantization:export", matches, (exported or {}).get("max_abs_diff"), atol, detail)]
+
+
+# ---------------------------------------------------------------- tables and plots of the notebook
+
+
+def quantization_frame(results, batch_sizes=None) -> pd.DataFrame:
+    """One row per recipe and batch size: latency and speedup, size and ratio, quality, coverage."""
+    fp32 = results[0]
+    rows = [row for result in results for row in result.rows(fp32)
+            if batch_sizes is None or row["batch_size"] in batch_sizes]
+    columns = ["method", "batch_size", "latency_ms", "speedup", "size_bytes", "size_ratio", "accuracy",
+               "accuracy_drop_pts", "cosine", "top1_agreement", "coverage_params", "coverage_flops"]
+    frame = pd.DataFrame(rows, columns=columns).set_index(["method", "batch_size"])
+    return frame.dropna(axis=1, how="all")
+
+
+def plot_quantization_tradeoff(results, batch_size: int, budget_pts: float):
+    """Latency at `batch_size` vs accuracy (or top-1 agreement), marker area = serialized size;
+    the budget band is shaded."""
+    import matplotlib.pyplot as plt
+
+    fp32 = results[0]
+    labelled = fp32.quality["accuracy"] is not None
+    metric = "accuracy" if labelled else "top1_agreement" if fp32.quality["top1_agreement"] is not None else "cosine"
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    largest = max(r.size_bytes for r in results)
+    for i, result in enumerate(results):
+        y = 100 * result.quality[metric]
+        ax.scatter(result.latency_ms[batch_size], y, s=60 + 1400 * result.size_bytes / largest, alpha=0.6,
+                   color=f"C{i}", edgecolor="black", label=f"{result.method} ({result.size_bytes / 1e6:.2f} MB)")
+        ax.annotate(result.method, (result.latency_ms[batch_size], y), fontsize=7, ha="center",
+                    xytext=(0, 16 if i % 2 == 0 else -20), textcoords="offset points")
+    reference = 100 * fp32.quality[metric]
+    ax.axhspan(reference - budget_pts, reference + 0.5, color="#2ca02c", alpha=0.08,
+               label=f"within {budget_pts:g} point budget")
+    ax.set_xlabel(f"median latency at batch {batch_size} (ms, lower is better)")
+    ax.set_ylabel({"accuracy": "top-1 accuracy (%)", "top1_agreement": "top-1 agreement with fp32 (%)",
+                   "cosine": "cosine similarity to fp32 (x 100)"}[metric])
+    ax.set_title("Quantization trade-off: marker area = serialized size")
+    ax.legend(fontsize=7, loc="lower right", markerscale=0.4)
+    fig.tight_layout()
+    return fig
+
+
+def plot_frontier(steps: list[dict], budget_pts: float):
+    """The speed-fidelity frontier: speedup over fp32 (x) against quality lost in points (y), one
+    point per step labelled with its int8 layer count; within the budget green, the fastest of
+    those ringed, the budget a dashed line."""
+    import matplotlib.pyplot as plt
+
+
+    best = best_step(steps)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([s["speedup"] for s in steps], [s["drop_pts"] for s in steps], "-", color="#bbbbbb", zorder=1)
+    for step in steps:
+        colour = "#2ca02c" if step["within_budget"] else "#d62728"
+        ax.scatter(step["speedup"], step["drop_pts"], s=50, color=colour, zorder=2,
+                   edgecolor="black" if step is best else colour, linewidth=2 if step is best else 0.5)
+        ax.annotate(str(step["quantized_layers"]), (step["speedup"], step["drop_pts"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.axhline(budget_pts, color="#b00020", linestyle="--", linewidth=1, label=f"budget {budget_pts:g} pts")
+    ax.axvline(1.0, color="#888888", linewidth=0.8)
+    ax.set_xlabel(f"speedup over fp32 at batch {steps[0]['batch_size']} (right is faster)")
+    ax.set_ylabel("quality lost (points; lower is better)")
+    ax.set_title("Frontier: layers to int8, least sensitive first (labels: int8 layers)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

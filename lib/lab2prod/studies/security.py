@@ -31,6 +31,7 @@ __all__ = [
     "config_to_audit",
     "try_live",
     "security_gates",
+    "plot_adversarial",
 ]
 
 
@@ -299,3 +300,26 @@ def security_gates(tried: list[dict] | None, integrity: list[dict], audit: list[
         gate("security:config", all(r["passed"] for r in audit), sum(r["passed"] for r in audit), len(audit),
              "; ".join(f"{r['item']}: {r['fix']}" for r in audit if not r["passed"]) or "all pass"),
     ]
+
+
+# ---------------------------------------------------------------- tables and plots of the notebook
+
+
+def plot_adversarial(examples: dict, count: int = 4):
+    """Clean images, FGSM and PGD versions, and the PGD perturbation (scaled to be visible)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(count, 4, figsize=(7, 1.8 * count), squeeze=False)
+    for row in range(count):
+        clean, fgsm_x, pgd_x = (examples[k][row].permute(1, 2, 0).numpy() for k in ("clean", "fgsm", "pgd"))
+        delta = pgd_x - clean
+        shown = [clean, fgsm_x, pgd_x, 0.5 + delta / (2 * max(abs(delta).max(), 1e-9))]
+        for col, (image, title) in enumerate(zip(shown, ["clean", "FGSM", "PGD", "PGD - clean"], strict=True)):
+            ax = axes[row][col]
+            ax.imshow(image.clip(0, 1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -20,7 +20,7 @@ from lab2prod.servers.base import Live, Server, ServerConfig, grid, limits_check
 from lab2prod.servers.loadtest import content_type_of, load_sweep, request_files, run_locust, write_locustfile
 from lab2prod.servers.registry import SERVERS, servers_named
 from lab2prod.servers.torchserve.server import ServeConfig
-from lab2prod.studies.benchmark import measure
+from lab2prod.studies.benchmark import measure, powers_of_two_axis
 
 __all__ = [
     "ServerConfig",
@@ -47,6 +47,9 @@ __all__ = [
     "side_by_side",
     "pick_server",
     "limits_check",
+    "plot_load",
+    "plot_tuning",
+    "plot_side_by_side",
 ]
 
 
@@ -379,3 +382,79 @@ def pick_server(rows: list[dict], sla_ms: float) -> str:
             + (f"; note {best['server']} is archived: no security patches since 2025-08-07"
                if not _maintained(best["server"]) else ""))
 
+
+# ---------------------------------------------------------------- tables and plots of the notebook
+
+
+def plot_load(rows: list[dict], sla_ms: float):
+    """Left: p50/p95/p99 against concurrent users, with the SLA. Right: throughput and error rate."""
+    import matplotlib.pyplot as plt
+
+    users = [r["users"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for key, style in (("p50_ms", "--o"), ("p95_ms", "-s"), ("p99_ms", "-o")):
+        left.plot(users, [r[key] for r in rows], style, label=key.replace("_ms", ""), markersize=4)
+    left.axhline(sla_ms, color="#b00020", linewidth=1.2, label=f"SLA {sla_ms:g} ms")
+    left.set_yscale("log")
+    left.set_ylabel("latency seen by the client (ms)")
+    right.plot(users, [r["throughput_per_s"] for r in rows], "-o", color="C2", label="throughput")
+    right.set_ylabel("successful requests / s")
+    right.set_ylim(0, max(r["throughput_per_s"] for r in rows) * 1.15 + 1)
+    errors = right.twinx()
+    errors.bar(users, [100 * r["error_rate"] for r in rows], width=[u * 0.3 for u in users], color="#d62728",
+               alpha=0.35, label="errors")
+    errors.set_ylabel("error rate (%)")
+    errors.set_ylim(0, max(5, 100 * max(r["error_rate"] for r in rows) * 1.2))
+    powers_of_two_axis((left, right), users, "concurrent users (Locust)")
+    left.legend(fontsize=8)
+    left.set_title("Latency percentiles vs load")
+    right.set_title("Throughput vs load")
+    fig.tight_layout()
+    return fig
+
+
+def plot_tuning(rows: list[dict], sla_ms: float, chosen: dict | None):
+    """Throughput per server configuration at the tuning load; bars that miss the SLA are grey,
+    the chosen one is outlined; p99 written on each bar."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
+    labels = [r["config"] + (" (default)" if r.get("default") else "") for r in rows]
+    colours = ["#2ca02c" if r["meets_sla"] else "#9e9e9e" for r in rows]
+    bars = ax.barh(labels, [r["throughput_per_s"] for r in rows], color=colours)
+    for bar, row in zip(bars, rows, strict=True):
+        if chosen is not None and row is chosen:
+            bar.set_edgecolor("black")
+            bar.set_linewidth(2)
+        p99 = f"p99 {row['p99_ms']:.0f} ms" if row["p99_ms"] is not None else "no response"
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {p99}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"successful requests / s at {rows[0]['users']} users (green: p99 <= {sla_ms:g} ms)")
+    ax.set_title("Server configurations: workers x torch threads x server batch")
+    ax.set_xlim(0, max(r["throughput_per_s"] for r in rows) * 1.3 + 1)
+    fig.tight_layout()
+    return fig
+
+
+def plot_side_by_side(rows: list[dict], sla_ms: float):
+    """TorchServe and Ray Serve, default and tuned: throughput and P99 side by side, the SLA dashed."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    labels = [f"{r['server']}\n{r['config']}" for r in rows]
+    colors = ["#1f77b4" if r["server"] == "TorchServe" else "#ff7f0e" for r in rows]
+    alphas = [0.45 if r["config"] == "default" else 1.0 for r in rows]
+    for ax, key, title in ((left, "throughput_per_s", "throughput (req/s)"), (right, "p99_ms", "P99 (ms)")):
+        values = [r[key] or 0 for r in rows]
+        bars = ax.bar(labels, values, color=colors)
+        for bar, alpha, value in zip(bars, alphas, values, strict=True):
+            bar.set_alpha(alpha)
+            ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.0f}", ha="center", va="bottom", fontsize=8)
+        ax.set_title(title)
+        ax.tick_params(axis="x", labelsize=8)
+    right.axhline(sla_ms, color="black", linestyle="--", linewidth=0.8, label=f"SLA {sla_ms:g} ms")
+    right.set_yscale("log")
+    right.legend(fontsize=8)
+    fig.suptitle("TorchServe vs Ray Serve at the same load", fontsize=10)
+    fig.tight_layout()
+    return fig
