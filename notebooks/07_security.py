@@ -113,19 +113,15 @@ integrity = security.integrity_checks(run_dir, run_dir / "security")
 pd.DataFrame(integrity).set_index("check")
 
 # %% [markdown]
-# ## Server configuration audit (TorchServe, and Ray Serve when it was served)
+# ## Server configuration audit (every server that wrote its config in this run)
 #
-# The `config.properties` the serving notebook left in this run (or, without one, the deployment
-# configuration lab2prod writes), each item pass/fail with the fix.
+# Each server of the registry audits the config the serving notebook left for it: TorchServe's
+# `config.properties` (or, without one, the deployment configuration lab2prod writes), Ray Serve's
+# Serve config when it was served. Each item pass/fail with the fix.
 
 # %%
-config_path = security.config_to_audit(run_dir)
-audit = security.audit_config(config_path)
-print("audited:", config_path.relative_to(run_dir))
-ray_config = run_dir / "serving" / "rayserve" / "serve_config.yaml"  # when the serving notebook ran Ray Serve
-if ray_config.exists():
-    audit += security.audit_ray_config(ray_config)
-    print("audited:", ray_config.relative_to(run_dir))
+audit, audited = security.audit_servers(run_dir)
+print("audited:", ", ".join(str(path.relative_to(run_dir)) for path in audited))
 pd.DataFrame(audit).set_index("item")
 
 # %% [markdown]

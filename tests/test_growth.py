@@ -4,6 +4,7 @@ through the studies (serving, security, the side-by-side table; export, serving 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from lab2prod.servers.registry import SERVERS, servers_named
 from lab2prod.studies import export, security, serving
 
 HERE = Path(__file__).parent
-pytest.importorskip("locust")
+# Locust runs as a command (importing it here would let gevent patch the test process's threads).
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="needs locust (requirements.txt)")
 
 
 @pytest.fixture
@@ -68,6 +70,9 @@ def test_a_server_added_in_one_file_runs_through_serving_security_and_the_side_b
     side = serving.side_by_side({"tiny": report})
     assert {(r["server"], r["config"]) for r in side} == {("Tiny HTTP", "default"), ("Tiny HTTP", "tuned")}
     assert serving.pick_server(side, 1000.0) == "one server measured: nothing to compare"
+    audit, audited = security.audit_servers(tmp_path)  # every registered server audits what it wrote
+    assert tmp_path / report.files["tiny_config"] in audited and {"tiny: max_request_size", "bind addresses"} <= {
+        row["item"] for row in audit}
     results = serving.serving_results(serving.ServingReport(False, "not served"), "tiny", None, side, "",
                                       {"tiny": report})
     assert results["servers"]["tiny"]["tiny_config"] == report.files["tiny_config"] and not results["applies"]

@@ -130,5 +130,13 @@ class TinyServer:
     def stop_recorded(self, run_dir: Path) -> bool:
         return False  # it lives in this process: nothing outlives it
 
+    def audit(self, run_dir: Path) -> tuple[Path | None, list[dict]]:
+        path = Path(run_dir) / "serving" / "tiny.json"
+        if not path.exists():
+            return None, []
+        size = json.loads(path.read_text())["max_request_size"]
+        return path, [{"item": "tiny: max_request_size", "passed": 0 < size <= 10_000_000, "value": size,
+                       "fix": "max_request_size at most 10000000"}]
+
 
 SERVER = TinyServer()

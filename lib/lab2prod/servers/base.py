@@ -93,6 +93,10 @@ class Server(Protocol):
     def stop_recorded(self, run_dir: Path) -> bool:
         """Stop what a crashed run of this server left behind (by the pids it recorded); True if there was some."""
 
+    def audit(self, run_dir: Path) -> tuple[Path | None, list[dict]]:
+        """The server's config file the run wrote (None when there is none) and its security audit: one row per
+        item with `item`, `passed`, `value` and the `fix`."""
+
 
 def tool_path(name: str) -> str:
     local = Path(sys.executable).parent / name

@@ -15,9 +15,9 @@ from lab2prod.kinds.codec import codec_for
 from lab2prod.kinds.guard import InputGuard, Rejected
 from lab2prod.models.load import load_state_dict_file
 from lab2prod.servers.base import Server, ServerConfig
-from lab2prod.servers.rayserve.server import DEPLOYMENT
+from lab2prod.servers.rayserve.adapter import audit_ray_config
 from lab2prod.servers.registry import SERVERS
-from lab2prod.servers.torchserve.server import ServeConfig, write_deployment_config
+from lab2prod.servers.torchserve.adapter import audit_config, config_to_audit
 from lab2prod.studies.serving import request_images
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
     "integrity_checks",
     "audit_config",
     "config_to_audit",
+    "audit_ray_config",
+    "audit_servers",
     "try_live",
     "security_gates",
     "plot_adversarial",
@@ -177,73 +179,24 @@ def integrity_checks(run_dir: Path, workdir: Path) -> list[dict]:
     return rows
 
 
-def _properties(path: Path) -> dict:
-    values = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            values[key.strip()] = value.strip()
-    return values
 
 
-def audit_config(path: Path, max_request_size: int = 10_000_000) -> list[dict]:
-    """Check a TorchServe config.properties: each item pass/fail with the fix."""
-    props = _properties(path)
-    addresses = {k: v for k, v in props.items() if k.endswith("_address")}
-    public = [k for k, v in addresses.items() if "0.0.0.0" in v or "[::]" in v]
-    size = int(props.get("max_request_size", "6553500"))
-    rows = [
-        {"item": "token authorization", "passed": props.get("disable_token_authorization", "false") != "true",
-         "value": props.get("disable_token_authorization", "(default: on)"),
-         "fix": "remove disable_token_authorization=true"},
-        {"item": "bind addresses", "passed": bool(addresses) and not public,
-         "value": ", ".join(f"{k}={v}" for k, v in sorted(addresses.items())) or "(defaults)",
-         "fix": "bind to 127.0.0.1 and put a proxy with TLS in front"},
-        {"item": "allowed_urls", "passed": "allowed_urls" in props and "http" not in props["allowed_urls"],
-         "value": props.get("allowed_urls", "(default: any http(s) or file URL)"),
-         "fix": "allowed_urls=file://.*|... limited to the model store"},
-        {"item": "max_request_size", "passed": size <= max_request_size, "value": size,
-         "fix": f"max_request_size at most {max_request_size}"},
-        {"item": "model API (register/unregister)", "passed": props.get("enable_model_api", "false") != "true",
-         "value": props.get("enable_model_api", "(default: off)"),
-         "fix": "enable_model_api=false; load models with load_models at start"},
-    ]
-    return rows
 
 
-def audit_ray_config(path: Path, max_request_size: int = 10_000_000) -> list[dict]:
-    """Check a Ray Serve config file written by the serving notebook: each item pass/fail with the
-    fix, as for TorchServe. Ray Serve has no authorization of its own, so the application must be
-    lab2prod's (its deployment checks a bearer token)."""
-    import yaml
-
-    content = yaml.safe_load(Path(path).read_text())
-    host = (content.get("http_options") or {}).get("host", "(default: 127.0.0.1)")
-    apps = content.get("applications") or []
-    sizes = [int(a.get("args", {}).get("max_request_size", 0) or 0) for a in apps]
-    return [
-        {"item": "ray: token checked by the deployment",
-         "passed": bool(apps) and all(a.get("import_path") == f"{DEPLOYMENT}:app" for a in apps),
-         "value": ", ".join(a.get("import_path", "?") for a in apps) or "(no application)",
-         "fix": f"serve {DEPLOYMENT}:app (its deployment refuses a missing or wrong bearer token); "
-                "Ray Serve has no authorization of its own"},
-        {"item": "ray: bind address", "passed": host in ("127.0.0.1", "localhost", "(default: 127.0.0.1)"),
-         "value": host, "fix": "http_options.host: 127.0.0.1 on a machine; in a pod, a Service and a proxy with TLS"},
-        {"item": "ray: max_request_size", "passed": bool(sizes) and all(0 < n <= max_request_size for n in sizes),
-         "value": ", ".join(map(str, sizes)) or "(unset)", "fix": f"max_request_size at most {max_request_size}"},
-    ]
 
 
-def config_to_audit(run_dir: Path) -> Path:
-    """The serving notebook's config.properties in this run, else lab2prod's deployment config
-    written to run_dir/security."""
 
-    served = Path(run_dir) / "serving" / "config.properties"
-    if served.exists():
-        return served
-    (Path(run_dir) / "security").mkdir(parents=True, exist_ok=True)
-    return write_deployment_config(Path(run_dir) / "security", "model", None, ServeConfig())
+
+def audit_servers(run_dir: Path) -> tuple[list[dict], list[Path]]:
+    """Every registered server's audit of the config this run wrote for it (TorchServe's deployment config is
+    written when the serving study did not run): the rows, and the files audited."""
+    rows, audited = [], []
+    for server in SERVERS.values():
+        path, items = server.audit(Path(run_dir))
+        if path is not None:
+            rows += items
+            audited.append(path)
+    return rows, audited
 
 
 def try_live(loaded, run_dir: Path, inputs: list[tuple[str, object]], tried: list[dict], seed: int = 0,

@@ -14,6 +14,7 @@ import yaml
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.servers.base import ServerConfig, limits_check
 from lab2prod.servers.rayserve.server import (
+    DEPLOYMENT,
     RayConfig,
     RayServer,
     rayservice_manifest,
@@ -25,7 +26,7 @@ from lab2prod.servers.rayserve.server import (
 )
 from lab2prod.servers.torchserve.server import exported_torchscript
 
-__all__ = ["RayServeServer", "SERVER", "metric_rows"]
+__all__ = ["RayServeServer", "SERVER", "metric_rows", "audit_ray_config"]
 
 # The CPUs the local Ray gets; the replicas share them evenly, so each can be placed.
 NUM_CPUS = 2
@@ -82,6 +83,27 @@ class _Live:
                 if not row["request"].startswith("ping")]
 
 
+def audit_ray_config(path: Path, max_request_size: int = 10_000_000) -> list[dict]:
+    """Check a Ray Serve config file written by the serving notebook: each item pass/fail with the
+    fix, as for TorchServe. Ray Serve has no authorization of its own, so the application must be
+    lab2prod's (its deployment checks a bearer token)."""
+    content = yaml.safe_load(Path(path).read_text())
+    host = (content.get("http_options") or {}).get("host", "(default: 127.0.0.1)")
+    apps = content.get("applications") or []
+    sizes = [int(a.get("args", {}).get("max_request_size", 0) or 0) for a in apps]
+    return [
+        {"item": "ray: token checked by the deployment",
+         "passed": bool(apps) and all(a.get("import_path") == f"{DEPLOYMENT}:app" for a in apps),
+         "value": ", ".join(a.get("import_path", "?") for a in apps) or "(no application)",
+         "fix": f"serve {DEPLOYMENT}:app (its deployment refuses a missing or wrong bearer token); "
+                "Ray Serve has no authorization of its own"},
+        {"item": "ray: bind address", "passed": host in ("127.0.0.1", "localhost", "(default: 127.0.0.1)"),
+         "value": host, "fix": "http_options.host: 127.0.0.1 on a machine; in a pod, a Service and a proxy with TLS"},
+        {"item": "ray: max_request_size", "passed": bool(sizes) and all(0 < n <= max_request_size for n in sizes),
+         "value": ", ".join(map(str, sizes)) or "(unset)", "fix": f"max_request_size at most {max_request_size}"},
+    ]
+
+
 class RayServeServer:
     """Ray Serve 2.x, embedded: its deployment checks a bearer token and the body size (Ray Serve has no
     authorization of its own), Ray is always shut down, and its processes are recorded for the runner."""
@@ -128,6 +150,10 @@ class RayServeServer:
 
     def stop_recorded(self, run_dir: Path) -> bool:
         return stop_recorded(run_dir)
+
+    def audit(self, run_dir: Path) -> tuple[Path | None, list[dict]]:
+        path = _model_dir(run_dir).parent / "serve_config.yaml"  # when the serving study ran Ray Serve
+        return (path, audit_ray_config(path)) if path.exists() else (None, [])
 
 
 SERVER = RayServeServer()

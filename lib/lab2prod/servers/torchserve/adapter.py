@@ -26,7 +26,7 @@ from lab2prod.servers.torchserve.server import (
     write_deployment_config,
 )
 
-__all__ = ["TorchServeServer", "SERVER"]
+__all__ = ["TorchServeServer", "SERVER", "audit_config", "config_to_audit"]
 
 MODEL_NAME = "model"
 
@@ -76,6 +76,51 @@ class _Live:
         return limits_check(self.server, self.model, body, max_request_size, content_type)
 
 
+def _properties(path: Path) -> dict:
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def audit_config(path: Path, max_request_size: int = 10_000_000) -> list[dict]:
+    """Check a TorchServe config.properties: each item pass/fail with the fix."""
+    props = _properties(path)
+    addresses = {k: v for k, v in props.items() if k.endswith("_address")}
+    public = [k for k, v in addresses.items() if "0.0.0.0" in v or "[::]" in v]
+    size = int(props.get("max_request_size", "6553500"))
+    rows = [
+        {"item": "token authorization", "passed": props.get("disable_token_authorization", "false") != "true",
+         "value": props.get("disable_token_authorization", "(default: on)"),
+         "fix": "remove disable_token_authorization=true"},
+        {"item": "bind addresses", "passed": bool(addresses) and not public,
+         "value": ", ".join(f"{k}={v}" for k, v in sorted(addresses.items())) or "(defaults)",
+         "fix": "bind to 127.0.0.1 and put a proxy with TLS in front"},
+        {"item": "allowed_urls", "passed": "allowed_urls" in props and "http" not in props["allowed_urls"],
+         "value": props.get("allowed_urls", "(default: any http(s) or file URL)"),
+         "fix": "allowed_urls=file://.*|... limited to the model store"},
+        {"item": "max_request_size", "passed": size <= max_request_size, "value": size,
+         "fix": f"max_request_size at most {max_request_size}"},
+        {"item": "model API (register/unregister)", "passed": props.get("enable_model_api", "false") != "true",
+         "value": props.get("enable_model_api", "(default: off)"),
+         "fix": "enable_model_api=false; load models with load_models at start"},
+    ]
+    return rows
+
+
+def config_to_audit(run_dir: Path) -> Path:
+    """The serving notebook's config.properties in this run, else lab2prod's deployment config
+    written to run_dir/security."""
+    served = Path(run_dir) / "serving" / "config.properties"
+    if served.exists():
+        return served
+    (Path(run_dir) / "security").mkdir(parents=True, exist_ok=True)
+    return write_deployment_config(Path(run_dir) / "security", "model", None, ServeConfig())
+
+
 class TorchServeServer:
     """TorchServe 0.12 (Java 17), token authorization on, bound to 127.0.0.1, stopped by the pid it started."""
 
@@ -123,6 +168,10 @@ class TorchServeServer:
 
     def stop_recorded(self, run_dir: Path) -> bool:
         return stop_recorded(run_dir)
+
+    def audit(self, run_dir: Path) -> tuple[Path | None, list[dict]]:
+        path = config_to_audit(run_dir)
+        return path, audit_config(path)
 
 
 SERVER = TorchServeServer()
