@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["ServerConfig", "grid", "Server", "Live", "tool_path", "free_port", "http_request", "limits_check"]
+__all__ = ["ServerConfig", "grid", "Server", "Live", "ServerClient", "tool_path", "free_port", "http_request",
+           "limits_check"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,24 @@ class Live(Protocol):
 
     def limits(self, body: bytes, max_request_size: int, content_type: str | None) -> list[dict]:
         """What the server answers without a token, with a wrong one and to an oversized body."""
+
+
+class ServerClient:
+    """The HTTP side of a `Live` whose `server` attribute is a running server object with `inference_url`,
+    `keys` and `predict` (TorchServe's and Ray Serve's)."""
+
+    server: object
+
+    @property
+    def inference_url(self) -> str:
+        return self.server.inference_url
+
+    @property
+    def keys(self) -> dict:
+        return self.server.keys
+
+    def predict(self, name: str, body: bytes, token: str | None = "", content_type: str | None = None):
+        return self.server.predict(name, body, token, content_type=content_type)
 
 
 class Server(Protocol):

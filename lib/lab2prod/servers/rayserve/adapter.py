@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from lab2prod.core.errors import Lab2ProdError
-from lab2prod.servers.base import ServerConfig, limits_check
+from lab2prod.servers.base import ServerClient, ServerConfig, limits_check
 from lab2prod.servers.rayserve.server import (
     DEPLOYMENT,
     RayConfig,
@@ -50,26 +50,15 @@ def _model_dir(run_dir: Path) -> Path:
 
 
 @dataclass
-class _Live:
+class _Live(ServerClient):
     server: RayServer
     model_dir: Path
     run_dir: Path
     model: str = "model"
 
     @property
-    def inference_url(self) -> str:
-        return self.server.inference_url
-
-    @property
-    def keys(self) -> dict:
-        return self.server.keys
-
-    @property
     def served_file(self) -> str:
         return str((self.model_dir / "model.pt").relative_to(self.run_dir))
-
-    def predict(self, name: str, body: bytes, token: str | None = "", content_type: str | None = None):
-        return self.server.predict(name, body, token, content_type=content_type)
 
     def deploy(self, config: ServerConfig) -> None:
         self.server.deploy(self.model_dir, SERVER.native(config), self.model)

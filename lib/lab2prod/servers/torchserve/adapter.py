@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab2prod.servers.base import ServerConfig, limits_check
+from lab2prod.servers.base import ServerClient, ServerConfig, limits_check
 from lab2prod.servers.kubernetes import write_deployment
 from lab2prod.servers.torchserve.server import (
     DEFAULT_CONFIG,
@@ -32,7 +32,7 @@ MODEL_NAME = "model"
 
 
 @dataclass
-class _Live:
+class _Live(ServerClient):
     """The running TorchServe and the archive registered now (`model`)."""
 
     server: TorchServe
@@ -45,19 +45,8 @@ class _Live:
     archives: dict = field(default_factory=dict)
 
     @property
-    def inference_url(self) -> str:
-        return self.server.inference_url
-
-    @property
-    def keys(self) -> dict:
-        return self.server.keys
-
-    @property
     def served_file(self) -> str:
         return str(self.model_file.relative_to(self.run_dir)) if self.model_file else "traced here"
-
-    def predict(self, name: str, body: bytes, token: str | None = "", content_type: str | None = None):
-        return self.server.predict(name, body, token, content_type=content_type)
 
     def deploy(self, config: ServerConfig) -> None:
         if self.model:
