@@ -83,7 +83,7 @@ pd.DataFrame(tried).set_index("input")
 if loaded.family in ("digits", "photos") and not loaded.lab_transform:
     from lab2prod.kinds.preprocess import lab_transform_for
     from lab2prod.kinds.transforms import recipe_transform
-    from lab2prod.models.load import reference_images
+    from lab2prod.models.reference import reference_images
 
     _, recipe = lab_transform_for(loaded.family)
     images, labels = reference_images(loaded.family, "test")

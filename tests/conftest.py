@@ -36,7 +36,7 @@ def torchserve():
 @pytest.fixture
 def model_files(tmp_path) -> dict[str, Path]:
     """A state_dict, a whole pickled model, a corrupt file, TorchScript and .pt2 files."""
-    from lab2prod.models.load import DigitsCNN
+    from lab2prod.models.reference import DigitsCNN
 
     torch.manual_seed(0)
     model = DigitsCNN().eval()

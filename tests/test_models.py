@@ -4,14 +4,8 @@ import pytest
 import torch
 
 from lab2prod.core.errors import Lab2ProdError
-from lab2prod.models.load import (
-    available_models,
-    digits_batch,
-    evaluate_accuracy,
-    load_model,
-    load_state_dict_file,
-    photo_batch,
-)
+from lab2prod.models.load import available_models, load_model, load_state_dict_file
+from lab2prod.models.reference import digits_batch, evaluate_accuracy, photo_batch
 
 
 @pytest.mark.parametrize("name, minimum", [("digits_cnn", 0.93), ("digits_mlp", 0.88)])
@@ -54,8 +48,8 @@ def test_input_batches_are_seeded_and_splits_differ():
 
 
 def test_weights_file_round_trip(model_files):
-    loaded = load_model("lab2prod.models.load:DigitsCNN", weights=str(model_files["state.pt"]),
-                        example_inputs="lab2prod.models.load:digits_batch")
+    loaded = load_model("lab2prod.models.reference:DigitsCNN", weights=str(model_files["state.pt"]),
+                        example_inputs="lab2prod.models.reference:digits_batch")
     expected = torch.load(model_files["state.pt"], weights_only=True)
     assert loaded.trained and loaded.source == "factory"
     assert torch.equal(loaded.module.state_dict()["head.3.weight"], expected["head.3.weight"])
@@ -63,7 +57,7 @@ def test_weights_file_round_trip(model_files):
 
 @pytest.mark.parametrize("name, source", [("scripted.pt", "torchscript"), ("exported.pt2", "torch.export")])
 def test_user_model_files_load(model_files, name, source):
-    loaded = load_model(str(model_files[name]), example_inputs="lab2prod.models.load:digits_batch")
+    loaded = load_model(str(model_files[name]), example_inputs="lab2prod.models.reference:digits_batch")
     assert loaded.source == source
     assert loaded.module(digits_batch(3)).shape == (3, 10)
 
@@ -72,7 +66,7 @@ def test_user_model_files_load(model_files, name, source):
     ({"spec": "resnet_nine"}, "model 'resnet_nine' is not known; use one of digits_cnn"),
     ({"spec": "digits_cnn", "weights": "/no/such.pt"}, "does not exist"),
     ({"spec": "digits_cnn", "weights": "@corrupt.pt"}, "is corrupt or not a torch file"),
-    ({"spec": "digits_cnn", "weights": "@whole.pt"}, "needs unsafe unpickling of lab2prod.models.load.DigitsCNN"),
+    ({"spec": "digits_cnn", "weights": "@whole.pt"}, "needs unsafe unpickling of lab2prod.models.reference.DigitsCNN"),
     ({"spec": "no_such_pkg.mod:make"}, "does not import"),
     ({"spec": "lab2prod.examples:missing"}, "has no attribute 'missing'"),
     ({"spec": "lab2prod.examples:NUM_FEATURES"}, "is not callable"),

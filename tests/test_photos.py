@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lab2prod.kinds.transforms import PHOTO_INPUT_SIZE, PHOTO_MEAN, PHOTO_STD, photo_lab_transform
-from lab2prod.models.load import load_model, photos
+from lab2prod.models import photos
+from lab2prod.models.load import load_model
 
 
 def _boxes(crops):

@@ -11,7 +11,8 @@ import torch
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.kinds import codec
 from lab2prod.kinds.text import TextPath, clean_text
-from lab2prod.models.load import langid, load_model
+from lab2prod.models import langid
+from lab2prod.models.load import load_model
 from lab2prod.studies import security
 from lab2prod.studies import text_parity as tp
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.models.data import load_user_data
-from lab2prod.models.load import digits_tensors, load_model
+from lab2prod.models.load import load_model
+from lab2prod.models.reference import digits_tensors
 
 
 def _image_folder(root, classes=("cat", "dog"), per_class=3, size=(40, 30)):

@@ -21,7 +21,8 @@ from lab2prod.kinds.transforms import DIGITS_RECIPE, digits_lab_transform, recip
 from lab2prod.models.data import digits_images
 from lab2prod.models.hf import SAMPLE_LABELS, SAMPLE_TEXTS, tokenize
 from lab2prod.models.langid import reference_tokenizer
-from lab2prod.models.load import DigitsCNN, digits_batch, load_model
+from lab2prod.models.load import load_model
+from lab2prod.models.reference import DigitsCNN, digits_batch
 
 __all__ = [
     "NUM_FEATURES",

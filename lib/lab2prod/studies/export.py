@@ -25,8 +25,9 @@ from lab2prod.core.errors import Lab2ProdError, one_line
 from lab2prod.core.files import sha256_file
 from lab2prod.core.inputs import Inputs, call, export_program, first_tensor, map_tensors, to_device, trace, varied_cases
 from lab2prod.core.results import gate
-from lab2prod.models.load import LoadedModel, set_eval
+from lab2prod.models.load import LoadedModel
 from lab2prod.models.onnx_rt import export_onnx, versions
+from lab2prod.models.reference import set_eval
 
 __all__ = [
     "FORMATS",

@@ -19,8 +19,8 @@ from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.inputs import Inputs, batch_size_of, call, export_program, first_tensor, outputs_of, trace
 from lab2prod.core.results import gate
 from lab2prod.kinds.preprocess import load_transform
-from lab2prod.models.load import reference_images, reference_tensors
 from lab2prod.models.onnx_rt import OrtModule, export_to_temp, quantize_file
+from lab2prod.models.reference import reference_images, reference_tensors
 from lab2prod.studies.export import reload_in_fresh_process
 
 __all__ = [
