@@ -15,8 +15,8 @@ def test_serving_run_serves_loads_tunes_and_leaves_no_server(run_cli, tmp_path, 
     out = tmp_path / "out"
     proc = run_cli("run", "--only", "serving", "--no-progress", "-p", "users=[1,4]", "-p", "duration_s=2.0",
                    "-p", "tune_workers=[1]", "-p", "tune_threads=[1]", "-p", "tune_batch_sizes=[1,4]",
-                   "-p", "parity_requests=16", "--out", str(out), "--run-id", "r")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+                   "-p", "parity_requests=16", "-p", "sla_ms=10000", "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # a generous SLA: this checks what the run does
     values = _summary(out, "r")["results"]["serving"]
     assert values["parity_top1_agreement"] == 1.0 and values["max_prob_diff"] <= 1e-4
     assert [r["users"] for r in values["load"]] == [1, 4]
@@ -37,8 +37,8 @@ def test_both_servers_are_measured_side_by_side_and_nothing_is_left_running(run_
     proc = run_cli("run", "--only", "export,serving", "--no-progress", "-p", "backend=both",
                    "-p", "export.formats=['torchscript_trace']", "-p", "users=[2]", "-p", "duration_s=2",
                    "-p", "tune_workers=[1]", "-p", "tune_threads=[1]", "-p", "tune_batch_sizes=[4]",
-                   "-p", "parity_requests=16", "--out", str(out), "--run-id", "r")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+                   "-p", "parity_requests=16", "-p", "sla_ms=10000", "--out", str(out), "--run-id", "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # a generous SLA: this checks what the run does
     summary = _summary(out, "r")
     gates = {g["name"]: g["passed"] for g in summary["gates"]}
     assert all(gates[f"{server}:{what}"] for server in ("serving", "rayserve") for what in ("parity", "errors", "sla"))

@@ -8,10 +8,11 @@ def _summary(out, run_id):
     return json.loads((out / run_id / "summary.json").read_text())
 
 
-# One short load level and one tuned configuration: enough to serve and check parity.
+# One short load level and one tuned configuration: enough to serve and check parity; a generous SLA, since
+# the notebook tier checks what a run does, not this shared machine's speed.
 QUICK_SERVING = ("-p", "serving.users=[1]", "-p", "serving.duration_s=1", "-p", "serving.tune_workers=[1]",
                  "-p", "serving.tune_threads=[1]", "-p", "serving.tune_batch_sizes=[1]",
-                 "-p", "serving.parity_requests=16")
+                 "-p", "serving.parity_requests=16", "-p", "serving.sla_ms=10000")
 
 
 def test_a_model_with_two_integer_inputs_passes_export_quantization_benchmark_and_serving(run_cli, tmp_path):

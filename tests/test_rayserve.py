@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -69,7 +72,7 @@ def test_the_serve_config_starts_with_serve_run_and_answers_the_right_class(digi
     config = rayserve.write_serve_config(tmp_path / "serve_config.yaml",
                                          rayserve.serve_config(str(model_dir), rayserve.RayConfig(), port=port))
     _, images, _ = parity_images("digits", 6)
-    temp = tmp_path.parent / f"r{os.getpid()}"  # Ray's socket paths must stay short
+    temp = Path(tempfile.mkdtemp(prefix="r"))  # Ray's unix socket paths must stay under 108 bytes
     # The replicas read the token from the node's environment, as a RayService's pods get it from a Secret.
     monkeypatch.setenv(rayserve.TOKEN_ENV, token)
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
@@ -104,6 +107,7 @@ def test_the_serve_config_starts_with_serve_run_and_answers_the_right_class(digi
                 os.killpg(proc.pid, signal.SIGKILL)
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_the_rayservice_manifest_and_the_serve_config_are_checked_against_their_schemas():

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 HANDLER_FILE = Path(__file__).with_name("handler.py")
+TMP_PREFIX = "lab2prod-ts-"
 
 
 def _java_major() -> int | None:
@@ -249,6 +251,9 @@ class TorchServe:
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     keys: dict[str, str] = field(default_factory=dict)
+    # Its temp folder: short, under the system's temp folder, because the backend workers' unix socket paths
+    # live there and may not exceed 107 bytes (a run folder can be deep). Recorded in serve_dir/torchserve.tmp.
+    tmp_dir: Path | None = None
 
     @property
     def inference_url(self) -> str:
@@ -263,7 +268,7 @@ class TorchServe:
         return f"http://127.0.0.1:{self.ports['metrics']}/metrics"
 
     def _env(self) -> dict:
-        env = dict(os.environ, TMPDIR=str(self.serve_dir / "tmp"), TEMP=str(self.serve_dir / "tmp"))
+        env = dict(os.environ, TMPDIR=str(self.tmp_dir), TEMP=str(self.tmp_dir))
         # The handler imports what this process imports (the user's model and transform modules).
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in [*sys.path, env.get("PYTHONPATH", "")]
                                                           if p and os.path.isdir(p)))
@@ -274,7 +279,9 @@ class TorchServe:
         """Start TorchServe and wait until /ping answers Healthy (with the inference token)."""
         check_requirements()
         self.serve_dir = Path(self.serve_dir).resolve()
-        (self.serve_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        self.serve_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+        (self.serve_dir / "torchserve.tmp").write_text(str(self.tmp_dir))
         (self.serve_dir / "logs").mkdir(exist_ok=True)
         (self.serve_dir / "model-store").mkdir(exist_ok=True)
         self.ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_inference",
@@ -359,7 +366,7 @@ class TorchServe:
         (self.serve_dir / "torchserve.pgid").unlink(missing_ok=True)
         # The tokens die with the server; do not leave them in a run folder people share.
         (self.serve_dir / "key_file.json").unlink(missing_ok=True)
-        shutil.rmtree(self.serve_dir / "tmp", ignore_errors=True)
+        _remove_tmp(self.serve_dir)
 
 
 def _kill_group(pgid: int) -> None:
@@ -371,6 +378,16 @@ def _kill_group(pgid: int) -> None:
         time.sleep(1.0)
 
 
+def _remove_tmp(serve_dir: Path) -> None:
+    """Remove the temp folder a TorchServe of `serve_dir` recorded, only when it is one this module made."""
+    record = Path(serve_dir) / "torchserve.tmp"
+    if record.exists():
+        tmp = Path(record.read_text().strip())
+        if tmp.parent == Path(tempfile.gettempdir()) and tmp.name.startswith(TMP_PREFIX):
+            shutil.rmtree(tmp, ignore_errors=True)
+        record.unlink(missing_ok=True)
+
+
 def stop_recorded(run_dir: Path) -> bool:
     """Stop every TorchServe a run left behind (each records its process group in a
     torchserve.pgid file in its folder); True when there was one."""
@@ -380,7 +397,7 @@ def stop_recorded(run_dir: Path) -> bool:
         marker.unlink(missing_ok=True)
         # As stop() does: the tokens die with the server, and its temp folder goes.
         (marker.parent / "key_file.json").unlink(missing_ok=True)
-        shutil.rmtree(marker.parent / "tmp", ignore_errors=True)
+        _remove_tmp(marker.parent)
     return bool(markers)
 
 
