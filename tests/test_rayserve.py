@@ -133,7 +133,7 @@ def test_the_rayservice_manifest_and_the_serve_config_are_checked_against_their_
 
 
 def test_the_security_audit_covers_the_ray_serve_config(tmp_path):
-    from lab2prod.studies.security import audit_ray_config
+    from lab2prod.servers.rayserve.adapter import audit_ray_config
 
     good = rayserve.write_serve_config(tmp_path / "good.yaml", rayserve.serve_config("/model", rayserve.RayConfig()))
     assert all(row["passed"] for row in audit_ray_config(good))

@@ -9,6 +9,7 @@ from lab2prod.kinds.guard import InputGuard, Rejected, lab_input_stats, sniff_fo
 from lab2prod.kinds.image import ImageCodec, bad_inputs
 from lab2prod.kinds.preprocess import ServingPath
 from lab2prod.kinds.transforms import DIGITS_RECIPE, digits_lab_transform
+from lab2prod.servers.torchserve.adapter import audit_config
 from lab2prod.studies import security
 
 
@@ -101,11 +102,11 @@ def test_config_audit_passes_the_deployment_config_and_fails_a_loose_one(tmp_pat
     from lab2prod.servers.torchserve.server import ServeConfig, write_config, write_deployment_config
 
     deployed = write_deployment_config(tmp_path / "ok", "model", None, ServeConfig())
-    assert all(r["passed"] for r in security.audit_config(deployed)), security.audit_config(deployed)
+    assert all(r["passed"] for r in audit_config(deployed)), audit_config(deployed)
     loose = write_config(tmp_path, ServeConfig(max_request_size=50_000_000), {"inference": 1, "management": 2,
                                                                               "metrics": 3})
     loose.write_text(loose.read_text().replace("127.0.0.1", "0.0.0.0") + "disable_token_authorization=true\n")
-    failed = {r["item"] for r in security.audit_config(loose) if not r["passed"]}
+    failed = {r["item"] for r in audit_config(loose) if not r["passed"]}
     assert failed == {"token authorization", "bind addresses", "allowed_urls", "max_request_size",
                       "model API (register/unregister)"}
 

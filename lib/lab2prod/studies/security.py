@@ -15,9 +15,7 @@ from lab2prod.kinds.codec import codec_for
 from lab2prod.kinds.guard import InputGuard, Rejected
 from lab2prod.models.load import load_state_dict_file
 from lab2prod.servers.base import Server, ServerConfig
-from lab2prod.servers.rayserve.adapter import audit_ray_config
 from lab2prod.servers.registry import SERVERS
-from lab2prod.servers.torchserve.adapter import audit_config, config_to_audit
 from lab2prod.studies.serving import request_images
 
 __all__ = [
@@ -27,9 +25,6 @@ __all__ = [
     "adversarial_report",
     "verify_file",
     "integrity_checks",
-    "audit_config",
-    "config_to_audit",
-    "audit_ray_config",
     "audit_servers",
     "try_live",
     "security_gates",

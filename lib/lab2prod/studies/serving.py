@@ -19,12 +19,10 @@ from lab2prod.models.requests import request_bodies
 from lab2prod.servers.base import Live, Server, ServerConfig, grid, limits_check
 from lab2prod.servers.loadtest import content_type_of, load_sweep, request_files, run_locust, write_locustfile
 from lab2prod.servers.registry import SERVERS, servers_named
-from lab2prod.servers.torchserve.server import ServeConfig
 from lab2prod.studies.benchmark import measure, powers_of_two_axis
 
 __all__ = [
     "ServerConfig",
-    "ServeConfig",
     "request_images",
     "fidelity",
     "live_parity",
