@@ -125,8 +125,8 @@ pd.DataFrame(hours).set_index("server TZ")
 # %%
 # NBVAL_CHECK_OUTPUT
 gates = [env.environment_gate(diffs, smoke, ops)]
-record(run_dir, "environment", {
-    "lock": lock_source, "fingerprint": here, "diffs": diffs, "smoke": smoke, "exported_ops": ops,
-    "utf8_demo": utf8, "hour_demo": hours,
-}, gates, notebook="00_environment")
+record(run_dir, "environment", env.EnvironmentResults(
+    lock=lock_source, fingerprint=here, diffs=diffs, smoke=smoke, exported_ops=ops,
+    utf8_demo=utf8, hour_demo=hours,
+), gates, notebook="00_environment")
 nb.gates_frame(gates)[["verdict", "detail"]]

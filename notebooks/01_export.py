@@ -97,14 +97,14 @@ fig = export.plot_max_abs_diff(rows, atol)
 gates = export.format_gates(artifacts, rows, atol, auto)
 manifest = export.write_manifest(loaded, artifacts, run_dir)
 lock_file = write_lock(run_dir / "models" / "env.lock.json")  # the lab environment, beside the model
-record(run_dir, "export", {
-    "model": loaded.card(),
-    "formats": [r.__dict__ for r in rows],
-    "artifacts": [{"format": a.format, "produced": a.produced, "error": a.error, "warnings": a.warnings,
+record(run_dir, "export", export.ExportResults(
+    model=loaded.card(),
+    formats=[r.__dict__ for r in rows],
+    artifacts=[{"format": a.format, "produced": a.produced, "error": a.error, "warnings": a.warnings,
                    "dynamic_batch": a.dynamic_batch, "opset": a.opset} for a in artifacts],
-    "manifest": manifest,
-    "env_lock": str(lock_file.relative_to(run_dir)),
-}, gates, notebook="01_export")
+    manifest=manifest,
+    env_lock=str(lock_file.relative_to(run_dir)),
+), gates, notebook="01_export")
 nb.gates_frame(gates)[["verdict", "threshold", "detail"]]
 
 # %%

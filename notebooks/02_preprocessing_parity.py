@@ -139,19 +139,19 @@ fig = parity.plot_model_view(report) if report.bugs and report.kind == "image" e
 # NBVAL_CHECK_OUTPUT
 gates = [parity.parity_gate(report, atol)]
 text = report.kind == "text"
-record(run_dir, "parity", {
-    "applies": report.applies,
-    "kind": report.kind,
-    "serving_transform": serving_transform or f"lab2prod.{'codec:TextCodec' if text else 'preprocess:ServingPath'}",
-    "lab_transform": loaded.lab_transform or lab_transform or (f"{loaded.family} recipe" if report.applies else None),
-    "recipe": None if text else report.recipe,
-    "images": 0 if text else len(report.names),
-    "texts": len(report.names) if text else 0,
-    "labelled": report.labels is not None,
-    "serving_max_abs_diff": report.serving_max_abs_diff if report.applies else None,
-    "lab_accuracy": report.lab_accuracy,
-    "serving": [r.summary() for r in report.serving],
-    "bugs": report.bug_rows(),
-    "bugs_not_applicable": report.skipped if text else {},
-}, gates, notebook="02_preprocessing_parity")
+record(run_dir, "parity", parity.ParityResults(
+    applies=report.applies,
+    kind=report.kind,
+    serving_transform=serving_transform or f"lab2prod.{'codec:TextCodec' if text else 'preprocess:ServingPath'}",
+    lab_transform=loaded.lab_transform or lab_transform or (f"{loaded.family} recipe" if report.applies else None),
+    recipe=None if text else report.recipe,
+    images=0 if text else len(report.names),
+    texts=len(report.names) if text else 0,
+    labelled=report.labels is not None,
+    serving_max_abs_diff=report.serving_max_abs_diff if report.applies else None,
+    lab_accuracy=report.lab_accuracy,
+    serving=[r.summary() for r in report.serving],
+    bugs=report.bug_rows(),
+    bugs_not_applicable=report.skipped if text else {},
+), gates, notebook="02_preprocessing_parity")
 nb.gates_frame(gates)[["verdict", "threshold", "detail"]]

@@ -147,19 +147,19 @@ pd.DataFrame([exported]).set_index("method") if exported else "no recipe within 
 # %%
 # NBVAL_CHECK_OUTPUT
 gates = q.quantization_gates(results, best, exported, accuracy_budget_pts)
-record(run_dir, "quantization", {
-    "model": loaded.card(),
-    "engine": quantized_engine,
-    "threads": threads,
-    "labelled": data.labels is not None,
-    "methods": [row for r in results for row in r.rows(results[0])],
-    "sensitivity": sensitivity,
-    "frontier": steps,
-    "recommended": best.method if best else None,
-    "export": exported,
-    "findings": q.findings(results, batch_sizes),
-    "skipped": skipped,
-}, gates, notebook="03_quantization")
+record(run_dir, "quantization", q.QuantizationResults(
+    model=loaded.card(),
+    engine=quantized_engine,
+    threads=threads,
+    labelled=data.labels is not None,
+    methods=[row for r in results for row in r.rows(results[0])],
+    sensitivity=sensitivity,
+    frontier=steps,
+    recommended=best.method if best else None,
+    export=exported,
+    findings=q.findings(results, batch_sizes),
+    skipped=skipped,
+), gates, notebook="03_quantization")
 nb.gates_frame(gates)[["verdict", "threshold"]]
 
 # %% [markdown]

@@ -126,14 +126,14 @@ efficiency
 # %%
 # NBVAL_CHECK_OUTPUT
 gates = [bm.sla_gate(chosen, sla_ms, primary)]
-record(run_dir, "benchmark", {
-    "model": loaded.card(),
-    "rows": [r.as_dict() for r in rows],
-    "sla": chosen,
-    "sla_by_device": choices,
-    "machine": machine,
-    "threads": threads,
-    "flops_per_item": flops,
-    "efficiency": efficiency.reset_index().to_dict("records"),
-}, gates, notebook="04_latency_benchmark")
+record(run_dir, "benchmark", bm.BenchmarkResults(
+    model=loaded.card(),
+    rows=[r.as_dict() for r in rows],
+    sla=chosen,
+    sla_by_device=choices,
+    machine=machine,
+    threads=threads,
+    flops_per_item=flops,
+    efficiency=efficiency.reset_index().to_dict("records"),
+), gates, notebook="04_latency_benchmark")
 nb.gates_frame(gates)[["verdict", "threshold"]]

@@ -102,11 +102,11 @@ print("\n".join(line for line in exporter.exposition().splitlines()
 # %%
 # NBVAL_CHECK_OUTPUT
 gates = [drift.drift_gate(report)]
-record(run_dir, "drift", {
-    "false_positive_rate": report.false_positive_rate() if report.applies else None,
-    "scenarios": report.scenarios or [],
-    "batch_size": report.batch_size,
-    "alpha": alpha,
-    "primary_test": drift.PRIMARY_TEST,
-}, gates, notebook="06_drift_monitoring")
+record(run_dir, "drift", drift.DriftResults(
+    false_positive_rate=report.false_positive_rate() if report.applies else None,
+    scenarios=report.scenarios or [],
+    batch_size=report.batch_size,
+    alpha=alpha,
+    primary_test=drift.PRIMARY_TEST,
+), gates, notebook="06_drift_monitoring")
 nb.gates_frame(gates)[["verdict", "threshold"]]

@@ -134,11 +134,11 @@ pd.DataFrame(audit).set_index("item")
 # %%
 # NBVAL_CHECK_OUTPUT
 gates = security.security_gates(tried, integrity, audit)
-record(run_dir, "security", {
-    "inputs": [{k: r.get(k) for k in ("input", "rejected", "reason", "server_alive", "server_status")}
+record(run_dir, "security", security.SecurityResults(
+    inputs=[{k: r.get(k) for k in ("input", "rejected", "reason", "server_alive", "server_status")}
                for r in tried or []],
-    "adversarial": adversarial,
-    "integrity": integrity,
-    "config_audit": audit,
-}, gates, notebook="07_security")
+    adversarial=adversarial,
+    integrity=integrity,
+    config_audit=audit,
+), gates, notebook="07_security")
 nb.gates_frame(gates)[["verdict", "threshold"]]

@@ -133,8 +133,8 @@ def test_a_real_rollout_serves_both_versions_splits_traffic_and_applies_the_deci
     assert not (tmp_path / "canary" / "torchserve.pgid").exists()
     assert not (tmp_path / "canary" / "key_file.json").exists()
     results = report.results()  # what the notebook records under results["canary"]
-    assert {"agreement", "accuracy_delta_pts", "ci_low", "ci_high", "p99_delta_ms", "decision"} <= set(results)
-    assert results["ci_low"] <= results["accuracy_delta_pts"] <= results["ci_high"]
-    assert results["decision"] == "roll back" and results["latency_delta"]["percentile"] == 95.0
+    assert isinstance(results, canary.CanaryResults) and results.decision == "roll back"
+    assert results.ci_low <= results.accuracy_delta_pts <= results.ci_high
+    assert results.latency_delta["percentile"] == 95.0
     share = live["v2"]["requests"] / (live["v1"]["requests"] + live["v2"]["requests"])
     assert 0.3 < share < 0.7  # a 50/50 split

@@ -102,7 +102,7 @@ def test_serving_gates_and_results():
     assert _verdicts(serving.serving_gates(_served(error_rate=0.5), 100.0))["serving:errors"] is False
     assert _verdicts(serving.serving_gates(_served(p99=150.0), 100.0))["serving:sla"] is False
     results = serving.serving_results(_served())
-    assert results["parity_top1_agreement"] == 1.0 and results["tuned"] is None and len(results["load"]) == 2
+    assert results.parity_top1_agreement == 1.0 and results.tuned is None and len(results.load) == 2
 
 
 @pytest.mark.parametrize("decision, verified, expected", [("promote", True, True), ("rollback", False, False)])

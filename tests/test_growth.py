@@ -75,7 +75,7 @@ def test_a_server_added_in_one_file_runs_through_serving_security_and_the_side_b
         row["item"] for row in audit}
     results = serving.serving_results(serving.ServingReport(False, "not served"), "tiny", None, side, "",
                                       {"tiny": report})
-    assert results["servers"]["tiny"]["tiny_config"] == report.files["tiny_config"] and not results["applies"]
+    assert results.servers["tiny"]["tiny_config"] == report.files["tiny_config"] and not results.applies
 
     codec = codec_for(loaded)
     good = request_bodies(loaded, 1)[0][1]

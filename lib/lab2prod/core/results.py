@@ -11,7 +11,7 @@ from pathlib import Path
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.files import atomic_write
 from lab2prod.core.paths import OUTPUTS_DIR
-from lab2prod.core.schema import check_values
+from lab2prod.core.schema import Results, check_values
 
 __all__ = ["resolve_run_dir", "gate", "gate_verdict", "record", "load_results", "build_summary", "readiness",
            "write_junit",
@@ -74,11 +74,19 @@ def gate_verdict(g: dict) -> str:
     return "SKIP" if g["passed"] is None else ("PASS" if g["passed"] else "FAIL")
 
 
-def record(run_dir: str | Path, name: str, values: dict, gates: list[dict], notebook: str) -> Path:
-    """Save a notebook's named values and gates as run_dir/results/<name>.json."""
+def record(run_dir: str | Path, name: str, values: Results | dict, gates: list[dict], notebook: str) -> Path:
+    """Save a notebook's named values and gates as run_dir/results/<name>.json. `values` is the
+    study's Results (checked against the schema its fields declare), or a plain dict for a study
+    that declares none."""
 
+    schema = None
+    if isinstance(values, Results):
+        if values.study != name:
+            raise Lab2ProdError(f"record({name!r}, ...) was given {type(values).__name__}, the results of "
+                                f"{values.study!r}; record them under {values.study!r}")
+        schema, values = values.schema(), values.values()
     values = to_jsonable(values)
-    check_values(name, values)  # the schema compare, the report and the tests read
+    check_values(schema, values)  # the schema compare, the report and the tests read
     path = Path(run_dir) / "results" / f"{name}.json"
     gates = [{"notebook": notebook, **g} for g in gates]
     write_json(path, {"name": name, "notebook": notebook,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.results import gate_verdict
-from lab2prod.core.schema import measure_kind
+from lab2prod.run.schemas import measure_kind
 
 __all__ = ["Change", "load_summary", "flatten", "compare_runs", "regressions", "format_table"]
 

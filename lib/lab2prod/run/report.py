@@ -11,7 +11,7 @@ import pandas as pd
 from lab2prod.core.files import atomic_write
 from lab2prod.core.registry import checklist, checklist_item
 from lab2prod.core.results import build_summary, gate_verdict, readiness
-from lab2prod.core.schema import field_help
+from lab2prod.run.schemas import field_help
 
 __all__ = ["checklist_item", "scorecard", "collect_summary", "readiness", "write_report",
            "sorted_gates", "notebook_images", "notebook_status", "scorecard_frame", "plot_scorecard"]

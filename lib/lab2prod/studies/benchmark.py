@@ -7,6 +7,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -15,10 +16,12 @@ import torch
 from lab2prod.core.errors import Lab2ProdError, one_line
 from lab2prod.core.inputs import Inputs, batch_size_of, call, export_program, first_tensor, to_device, trace
 from lab2prod.core.results import gate
+from lab2prod.core.schema import MODEL_CARD, Measure, Results, described
 from lab2prod.models.onnx_rt import OrtModule, export_to_temp, quantize_file
 from lab2prod.studies.quantization import MODULE_TYPES, quantize
 
 __all__ = [
+    "BenchmarkResults",
     "Timing",
     "summarize",
     "measure",
@@ -43,6 +46,26 @@ __all__ = [
     "plot_batch_sweep",
     "efficiency_frame",
 ]
+
+
+@dataclass(kw_only=True)
+class BenchmarkResults(Results):
+    """What its notebook records under results/benchmark.json; the schema is derived from these fields."""
+
+    study: ClassVar[str] = "benchmark"
+    measures: ClassVar[tuple[Measure, ...]] = (
+        Measure("benchmark.model.heldout_accuracy", "accuracy"),
+        Measure("benchmark.rows[*].p99_ms", "latency"),
+    )
+
+    model: dict = described(MODEL_CARD)
+    rows: list = described("per device, variant and batch size: p50/p90/p99 ms, throughput, n, stable, correct")
+    sla: dict = described("the highest-throughput correct configuration with p99 within the SLA")
+    sla_by_device: dict = described("that choice on each device")
+    machine: dict = described("where it was measured: CPU, cores, torch, threads, GPU and driver")
+    threads: int = described("torch CPU threads while timing")
+    flops_per_item: float | None = described("FLOPs of one inference")
+    efficiency: list = described("achieved GFLOP/s against a large matmul on the same device")
 
 
 # ---------------------------------------------------------------- the harness

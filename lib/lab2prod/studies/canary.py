@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from lab2prod.core.errors import Lab2ProdError, one_line
 from lab2prod.core.inputs import Inputs, batch_size_of, call, first_tensor, outputs_of, take
 from lab2prod.core.results import gate
+from lab2prod.core.schema import Results, described
 from lab2prod.kinds.codec import answer_vector, codec_for, lab_answer
 from lab2prod.models.load import load_model
 from lab2prod.servers import loadtest
@@ -25,6 +27,7 @@ from lab2prod.studies.quantization import eval_data, quantize, resolve_module_ty
 from lab2prod.studies.serving import parity_passes, parity_text
 
 __all__ = [
+    "CanaryResults",
     "Policy",
     "check_split",
     "check_percentile",
@@ -41,6 +44,30 @@ __all__ = [
     "canary_gates",
     "plot_canary",
 ]
+
+
+@dataclass(kw_only=True)
+class CanaryResults(Results):
+    """What its notebook records under results/canary.json; the schema is derived from these fields."""
+
+    study: ClassVar[str] = "canary"
+
+    v1: str = described("the serving version")
+    v2: str = described("the candidate")
+    agreement: float = described("share of held-out inputs with the same top-1")
+    accuracy_delta_pts: float | None = described("v2 minus v1 accuracy, in points")
+    ci_low: float | None = described("lower end of its paired-bootstrap interval")
+    ci_high: float | None = described("upper end of that interval")
+    mcnemar_p: float | None = described("McNemar's exact test on the inputs only one version gets right")
+    p99_delta_ms: float | None = described("live p99 of v2 minus v1 (offline when there was no rollout)")
+    offline_p99_delta_ms: float | None = described("the same in this process, batch 1")
+    latency_delta: dict | None = described("the live latency change the rollback rule reads, with its interval")
+    decision: str = described("promote, hold or roll back")
+    rules: list = described("each rule with its outcome and evidence")
+    latency: list = described("offline latency of both versions per percentile")
+    live: dict | None = described("live requests per version: share, errors, percentiles")
+    applied: dict | None = described("the decision carried out on the server and checked")
+    served_like_offline: dict | None = described("each served version vs its in-process model")
 
 DECISIONS = ("promote", "hold", "roll back")
 
@@ -381,20 +408,20 @@ class CanaryReport:
     decision: str = ""
     rules: list[dict] = field(default_factory=list)
 
-    def results(self) -> dict:
+    def results(self) -> CanaryResults:
         """The named results under results["canary"]."""
         accuracy = self.offline.get("accuracy") or {}
         p99 = next(r for r in self.latency if r["percentile"] == "p99")
         live = (self.rollout or {}).get("live")
-        return {"v1": self.v1, "v2": self.v2, "agreement": self.offline["agreement"],
-                "accuracy_delta_pts": accuracy.get("accuracy_delta_pts"), "ci_low": accuracy.get("ci_low"),
-                "ci_high": accuracy.get("ci_high"), "mcnemar_p": accuracy.get("mcnemar_p"),
-                "p99_delta_ms": (live["v2"]["p99_ms"] - live["v1"]["p99_ms"]) if live else p99["delta_ms"],
-                "offline_p99_delta_ms": p99["delta_ms"],
-                "latency_delta": (live or {}).get("latency_delta"), "decision": self.decision, "rules": self.rules,
-                "latency": self.latency, "live": live,
-                "applied": (self.rollout or {}).get("applied"), "served_like_offline":
-                    (self.rollout or {}).get("served_like_offline")}
+        return CanaryResults(
+            v1=self.v1, v2=self.v2, agreement=self.offline["agreement"],
+            accuracy_delta_pts=accuracy.get("accuracy_delta_pts"), ci_low=accuracy.get("ci_low"),
+            ci_high=accuracy.get("ci_high"), mcnemar_p=accuracy.get("mcnemar_p"),
+            p99_delta_ms=(live["v2"]["p99_ms"] - live["v1"]["p99_ms"]) if live else p99["delta_ms"],
+            offline_p99_delta_ms=p99["delta_ms"], latency_delta=(live or {}).get("latency_delta"),
+            decision=self.decision, rules=self.rules, latency=self.latency, live=live,
+            applied=(self.rollout or {}).get("applied"),
+            served_like_offline=(self.rollout or {}).get("served_like_offline"))
 
 
 def evaluate_canary(loaded, v2: nn.Module, v2_label: str, run_dir: Path, weights=(80, 20), users: int = 2,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.inputs import batch_size_of, call, first_tensor, map_tensors, take, tensors
 from lab2prod.core.results import gate
+from lab2prod.core.schema import Results, described
 from lab2prod.kinds.image import encode_request
 from lab2prod.kinds.preprocess import lab_transform_for
 from lab2prod.models.hf import SAMPLE_TEXTS
@@ -23,6 +25,7 @@ from lab2prod.servers.torchserve.server import free_port
 from lab2prod.studies.parity import BUGS
 
 __all__ = [
+    "DriftResults",
     "embeddings",
     "mmd2_unbiased",
     "median_bandwidth",
@@ -53,6 +56,19 @@ __all__ = [
     "drift_frame",
     "plot_drift",
 ]
+
+
+@dataclass(kw_only=True)
+class DriftResults(Results):
+    """What its notebook records under results/drift.json; the schema is derived from these fields."""
+
+    study: ClassVar[str] = "drift"
+
+    false_positive_rate: float | None = described("share of batches flagged under no shift (primary test)")
+    scenarios: list = described("per scenario and test: detection rate, accuracy change, median p-value")
+    batch_size: int = described("images per monitored batch")
+    alpha: float = described("p-value below which a batch is flagged")
+    primary_test: str = described("the test the gate reads")
 
 
 # ---------------------------------------------------------------- what the model sees

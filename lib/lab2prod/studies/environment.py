@@ -11,9 +11,11 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import torch
@@ -22,8 +24,10 @@ from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.files import atomic_write
 from lab2prod.core.inputs import arguments
 from lab2prod.core.results import gate
+from lab2prod.core.schema import Results, described
 
 __all__ = [
+    "EnvironmentResults",
     "PACKAGES",
     "NUMERIC_ENV_VARS",
     "fingerprint",
@@ -43,6 +47,21 @@ __all__ = [
     "fingerprint_frame",
     "plot_smoke",
 ]
+
+
+@dataclass(kw_only=True)
+class EnvironmentResults(Results):
+    """What its notebook records under results/environment.json; the schema is derived from these fields."""
+
+    study: ClassVar[str] = "environment"
+
+    lock: str = described("the lab lock compared with (a file written by `lab2prod env lock`)")
+    fingerprint: dict = described("this machine: versions, BLAS, quantized engines, locale, time zone, threads")
+    diffs: list = described("differences from the lock: key, lab, here, severity (fail, warn, info)")
+    smoke: list = described("operator smoke tests against the lock's outputs: op, device, max_abs_diff, passed")
+    exported_ops: list = described("every operator of the exported graph run here: op, ran, error")
+    utf8_demo: list = described("non-ASCII labels written and read back under this locale and the C locale")
+    hour_demo: list = described("an hour-of-day feature computed under other time zones")
 
 PACKAGES = ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "pandas", "scipy", "matplotlib", "onnx",
             "onnxruntime", "onnxscript", "transformers", "tokenizers")

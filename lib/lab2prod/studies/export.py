@@ -17,6 +17,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import torch
@@ -25,11 +26,13 @@ from lab2prod.core.errors import Lab2ProdError, one_line
 from lab2prod.core.files import sha256_file
 from lab2prod.core.inputs import Inputs, call, export_program, first_tensor, map_tensors, to_device, trace, varied_cases
 from lab2prod.core.results import gate
+from lab2prod.core.schema import MODEL_CARD, Measure, Results, described
 from lab2prod.models.load import LoadedModel
 from lab2prod.models.onnx_rt import export_onnx, versions
 from lab2prod.models.reference import set_eval
 
 __all__ = [
+    "ExportResults",
     "FORMATS",
     "ExportArtifact",
     "ComparisonRow",
@@ -45,6 +48,23 @@ __all__ = [
     "comparison_frame",
     "plot_max_abs_diff",
 ]
+
+
+@dataclass(kw_only=True)
+class ExportResults(Results):
+    """What its notebook records under results/export.json; the schema is derived from these fields."""
+
+    study: ClassVar[str] = "export"
+    measures: ClassVar[tuple[Measure, ...]] = (
+        Measure("export.model.heldout_accuracy", "accuracy"),
+        Measure("export.manifest[*].bytes", "size"),
+    )
+
+    model: dict = described(MODEL_CARD)
+    formats: list = described("eager vs reloaded file per format, input case, batch size and device")
+    artifacts: list = described("per format: produced, error, tracer warnings, dynamic batch")
+    manifest: list = described("every exported file: format, file, bytes, sha256, dynamic batch, torch")
+    env_lock: str = described("the lab environment lock written beside the exported files")
 
 FORMATS = ("torchscript_script", "torchscript_trace", "torch_export", "onnx")
 FILE_SUFFIX = {"torchscript_script": ".pt", "torchscript_trace": ".pt", "torch_export": ".pt2", "onnx": ".onnx"}

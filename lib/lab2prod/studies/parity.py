@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.results import gate
+from lab2prod.core.schema import Measure, Results, described
 from lab2prod.kinds.image import CLIENTS, encode_request
 from lab2prod.kinds.preprocess import ServingPath, lab_transform_for, load_transform
 from lab2prod.kinds.transforms import Recipe, recipe_transform
@@ -21,6 +23,7 @@ from lab2prod.models.images import parity_images
 from lab2prod.studies.text_parity import differing_requests, evaluate_text_parity, text_bug_names, text_serving_gate
 
 __all__ = [
+    "ParityResults",
     "Bug",
     "BUGS",
     "bug_names",
@@ -41,6 +44,30 @@ __all__ = [
     "text_model_view",
     "plot_model_view",
 ]
+
+
+@dataclass(kw_only=True)
+class ParityResults(Results):
+    """What its notebook records under results/parity.json; the schema is derived from these fields."""
+
+    study: ClassVar[str] = "parity"
+    measures: ClassVar[tuple[Measure, ...]] = (Measure("parity.lab_accuracy", "accuracy"),)
+
+    applies: bool = described("false for a model that takes tensors (no image preprocessing to compare)")
+    kind: str = described("image (request bytes through the lab transform) or text (JSON through the tokenizer)")
+    texts: int = described("texts sent as requests (a text model)")
+    bugs_not_applicable: dict = described("text bugs that need what this model lacks, with the reason")
+    serving_transform: str = described("the serving path under test")
+    lab_transform: str | None = described("the lab transform the serving path is compared with")
+    recipe: dict | None = described("resize, crop, mean and std of the lab transform")
+    images: int = described("images sent as requests")
+    labelled: bool = described("whether accuracy (labels) or only agreement is measured")
+    serving_max_abs_diff: float | None = described("largest per-element difference, serving vs lab tensors")
+    lab_accuracy: float | None = described("accuracy of the lab path on the requests (0-1)")
+    serving: list = described("the serving path per client encoding (rgb, grayscale, rgba, palette, exif); for texts,"
+                              " encodings that differ and the output difference")
+    bugs: list = described("each catalogued serving bug: tensor diff (texts: encodings that differ), agreement, "
+                           "accuracy and drop, failed requests")
 
 
 

@@ -9,6 +9,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -18,12 +19,14 @@ from torch import nn
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.inputs import Inputs, batch_size_of, call, export_program, first_tensor, outputs_of, trace
 from lab2prod.core.results import gate
+from lab2prod.core.schema import MODEL_CARD, Measure, Results, described
 from lab2prod.kinds.preprocess import load_transform
 from lab2prod.models.onnx_rt import OrtModule, export_to_temp, quantize_file
 from lab2prod.models.reference import reference_images, reference_tensors
 from lab2prod.studies.export import reload_in_fresh_process
 
 __all__ = [
+    "QuantizationResults",
     "METHODS",
     "MODULE_TYPES",
     "check_engine",
@@ -53,6 +56,32 @@ __all__ = [
     "plot_quantization_tradeoff",
     "plot_frontier",
 ]
+
+
+@dataclass(kw_only=True)
+class QuantizationResults(Results):
+    """What its notebook records under results/quantization.json; the schema is derived from these fields."""
+
+    study: ClassVar[str] = "quantization"
+    measures: ClassVar[tuple[Measure, ...]] = (
+        Measure("quantization.model.heldout_accuracy", "accuracy"),
+        Measure("quantization.methods[*].accuracy", "accuracy"),
+        Measure("quantization.methods[*].size_bytes", "size"),
+    )
+
+    model: dict = described(MODEL_CARD)
+    engine: str = described("the quantized engine used (x86, fbgemm, onednn, qnnpack)")
+    threads: int = described("torch threads while timing")
+    labelled: bool = described("whether quality is accuracy (labels) or fidelity to fp32")
+    methods: list = described("per recipe and batch size: latency, speedup, size, quality, coverage")
+    sensitivity: list = described("per layer quantized alone: accuracy drop or disagreement, output error")
+    frontier: list = described("layers to int8 one step at a time, least sensitive first: quality lost, cosine, "
+                               "latency and speedup at each step")
+    recommended: str | None = described("the fastest recipe within the accuracy budget")
+    export: dict | None = described("the recommended recipe exported and reloaded in a fresh process")
+    findings: list = described("what the numbers say, one sentence each")
+    skipped: dict = described("methods that do not apply to this model, with the reason (ONNX Runtime's when the "
+                              "model does not export to ONNX)")
 
 # method -> (library path, what it does). torch.ao is the old path (deprecated upstream), torchao the new one.
 METHODS = {

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -11,6 +13,7 @@ import torch
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.files import sha256_file
 from lab2prod.core.results import gate
+from lab2prod.core.schema import Measure, Results, described
 from lab2prod.kinds.codec import codec_for
 from lab2prod.kinds.guard import InputGuard, Rejected
 from lab2prod.models.load import load_state_dict_file
@@ -19,6 +22,7 @@ from lab2prod.servers.registry import SERVERS
 from lab2prod.studies.serving import request_images
 
 __all__ = [
+    "SecurityResults",
     "try_inputs",
     "fgsm",
     "pgd",
@@ -30,6 +34,23 @@ __all__ = [
     "security_gates",
     "plot_adversarial",
 ]
+
+
+@dataclass(kw_only=True)
+class SecurityResults(Results):
+    """What its notebook records under results/security.json; the schema is derived from these fields."""
+
+    study: ClassVar[str] = "security"
+    measures: ClassVar[tuple[Measure, ...]] = (
+        Measure("security.adversarial.clean_accuracy", "accuracy"),
+        Measure("security.adversarial.fgsm_accuracy", "accuracy"),
+        Measure("security.adversarial.pgd_accuracy", "accuracy"),
+    )
+
+    inputs: list = described("every hostile input: rejected, reason code, and on a live server its status")
+    adversarial: dict | None = described("clean, FGSM and PGD accuracy, and what the z-score screen flagged")
+    integrity: list = described("sha256 and weights-only loading checks")
+    config_audit: list = described("the TorchServe configuration, item by item, with the fix")
 
 
 # ---------------------------------------------------------------- hostile inputs

@@ -8,12 +8,14 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from tqdm import tqdm
 
 from lab2prod.core.inputs import call, cat
 from lab2prod.core.results import gate
+from lab2prod.core.schema import Measure, Results, described
 from lab2prod.kinds.codec import answer_vector, codec_for, kind_of, lab_answer
 from lab2prod.models.requests import request_bodies
 from lab2prod.servers.base import Live, Server, ServerConfig, grid, limits_check
@@ -22,6 +24,7 @@ from lab2prod.servers.registry import SERVERS, servers_named
 from lab2prod.studies.benchmark import measure, powers_of_two_axis
 
 __all__ = [
+    "ServingResults",
     "ServerConfig",
     "request_images",
     "fidelity",
@@ -49,6 +52,39 @@ __all__ = [
     "plot_tuning",
     "plot_side_by_side",
 ]
+
+
+@dataclass(kw_only=True)
+class ServingResults(Results):
+    """What its notebook records under results/serving.json; the schema is derived from these fields."""
+
+    study: ClassVar[str] = "serving"
+    measures: ClassVar[tuple[Measure, ...]] = (Measure("serving.tuned.p99_ms", "latency"),)
+
+    applies: bool = described("whether the model was served")
+    served_file: str = described("the file TorchServe served")
+    parity_top1_agreement: float | None = described("live answers vs the lab path in process, top-1")
+    max_prob_diff: float | None = described("largest probability difference, live vs in process (classifiers)")
+    parity_min_cosine: float | None = described("smallest cosine, live vs in process (embedders)")
+    parity_max_abs_diff: float | None = described("largest embedding difference, live vs in process (embedders)")
+    requests: str = described("what clients send: image bytes, JSON texts or JSON arrays")
+    limits: list = described("what the server answered without a token, with a wrong one, to an oversized body")
+    load: list = described("the Locust load sweep: per user count, p50/p95/p99 ms, errors, throughput")
+    metrics: list = described("TorchServe's Prometheus metrics after the load")
+    tuning: list = described("per workers x threads x batch configuration at the tuning load")
+    tuned: dict | None = described("the configuration chosen under the SLA")
+    default: dict | None = described("what an untuned TorchServe did at the same load")
+    config_file: str = described("config.properties written with the chosen configuration")
+    locustfile: str = described("the locustfile left in the run folder")
+    kubernetes: str = described("the Kubernetes manifests written for the chosen configuration")
+    backend: str = described("torchserve, rayserve, both, or a comma-separated list of registered servers")
+    servers: dict = described("every served server by name: parity, limits, load, metrics, tuning, chosen "
+                              "configuration and the deployment files written for it")
+    rayserve: dict | None = described("Ray Serve's parity, limits, load, metrics, tuning, chosen configuration, Serve"
+                                      " config file and RayService manifest")
+    side_by_side: list = described("TorchServe and Ray Serve, default and tuned, at the same load: throughput, "
+                                   "p50/p95/p99, errors, CPUs, share of the in-process ceiling")
+    pick: str = described("which server to pick for this model on this machine, and why")
 
 
 def check_backend(backend: str) -> str:
@@ -284,21 +320,21 @@ def _summary(report: ServingReport) -> dict:
 
 def serving_results(report: ServingReport, backend: str = "torchserve", ray: ServingReport | None = None,
                     side: list[dict] | None = None, pick: str = "",
-                    others: dict[str, ServingReport] | None = None) -> dict:
+                    others: dict[str, ServingReport] | None = None) -> ServingResults:
     """The named results the serving notebook records (results["serving"]): TorchServe's at the top level (as
     before there were several servers), Ray Serve's under "rayserve", every server's under "servers"."""
     everyone = {**({"torchserve": report} if report.applies else {}), **({"rayserve": ray} if ray else {}),
                 **(others or {})}
-    return {
-        "backend": backend,
+    return ServingResults(
+        backend=backend,
         **_summary(report),
-        "config_file": report.files.get("config_file", ""),
-        "kubernetes": report.files.get("kubernetes", ""),
-        "rayserve": {**asdict(ray), **ray.files} if ray is not None else None,
-        "servers": {name: {**_summary(r), "title": r.title, **r.files} for name, r in everyone.items()},
-        "side_by_side": side or [],
-        "pick": pick,
-    }
+        config_file=report.files.get("config_file", ""),
+        kubernetes=report.files.get("kubernetes", ""),
+        rayserve={**asdict(ray), **ray.files} if ray is not None else None,
+        servers={name: {**_summary(r), "title": r.title, **r.files} for name, r in everyone.items()},
+        side_by_side=side or [],
+        pick=pick,
+    )
 
 
 def in_process_ceiling(model_file: Path, loaded, batch_size: int, threads: int, workers: int,
