@@ -27,7 +27,7 @@
 #
 # TorchServe's repository was archived on 2025-08-07 (0.12.0 is its last release, with no security
 # patches since): it still serves, but weigh that when choosing a server for a new deployment. With
-# `backend="both"` (or `"rayserve"`, or a comma-separated list of the servers in
+# `backends=["both"]` (or `["rayserve"]`, or any list of the servers in
 # `lab2prod.servers.registry.SERVERS`) the same model is also served by **Ray Serve**, which is
 # maintained and runs unchanged on a Ray cluster (KubeRay): the same codec and guard in its deployment,
 # a bearer token checked by the deployment (Ray Serve has no authorization of its own), the same
@@ -42,7 +42,7 @@ example_inputs = ""  # package.module:fn(batch_size, seed); its requests are JSO
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
-backend = "torchserve"  # torchserve, rayserve, both, or a comma-separated list of servers
+backends = ["torchserve"]  # servers to measure: torchserve, rayserve, both, or any registered server
 users = [1, 8, 32, 64]  # concurrent Locust users per load level
 duration_s = 4.0  # seconds of load per level and per tuned configuration
 workers = 1  # workers for the load sweep
@@ -71,7 +71,7 @@ from lab2prod.studies import serving
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform, task=task)
 
-servers = serving.selected_servers(serving.check_backend(backend))
+servers = serving.selected_servers(serving.check_backend(backends))
 config = serving.ServerConfig(workers, threads, batch_size, max_batch_delay_ms, max_request_size)
 grid = serving.tuning_grid(tune_workers, tune_threads, tune_batch_sizes, max_batch_delay_ms, max_request_size)
 pd.DataFrame([loaded.card()]).set_index("model")
@@ -91,7 +91,7 @@ for server in servers:
     served = reports[server.name]
     print(f"{server.title}: served {served.served_file} taking {served.requests}; wrote "
           f"{', '.join(served.files.values())}; locustfile: {served.locustfile}")
-report = reports.get("torchserve") or serving.ServingReport(False, f"backend={backend!r}: TorchServe not started")
+report = reports.get("torchserve") or serving.ServingReport(False, f"backends={backends}: TorchServe not started")
 
 # %% [markdown]
 # ## Live parity
@@ -220,12 +220,12 @@ fig = serving.plot_side_by_side(side, sla_ms) if side else None
 # within 1e-4 (an embedder: cosine at least 0.9999 and values within 1e-4). `serving:errors`: no
 # failed request at any load level. `serving:sla`: p99 ≤ `sla_ms` at the lowest load level.
 # `rayserve:parity`, `rayserve:errors`, `rayserve:sla`: the same three for Ray Serve, and
-# `<name>:parity` ... for any other server, when the backend includes it.
+# `<name>:parity` ... for any other server, when the backends include it.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 gates = serving.gates_of(reports, sla_ms)
 others = {name: r for name, r in reports.items() if name not in ("torchserve", "rayserve")}
-record(run_dir, "serving", serving.serving_results(report, backend, reports.get("rayserve"), side, pick, others),
+record(run_dir, "serving", serving.serving_results(report, backends, reports.get("rayserve"), side, pick, others),
        gates, notebook="05_serving")
 nb.gates_frame(gates)[["verdict", "threshold"]]

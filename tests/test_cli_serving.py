@@ -34,7 +34,7 @@ def test_serving_run_serves_loads_tunes_and_leaves_no_server(run_cli, tmp_path, 
 def test_both_servers_are_measured_side_by_side_and_nothing_is_left_running(run_cli, tmp_path, torchserve):
     pytest.importorskip("ray.serve")
     out = tmp_path / "out"
-    proc = run_cli("run", "--only", "export,serving", "--no-progress", "-p", "backend=both",
+    proc = run_cli("run", "--only", "export,serving", "--no-progress", "-p", "backends=both",
                    "-p", "export.formats=['torchscript_trace']", "-p", "users=[2]", "-p", "duration_s=2",
                    "-p", "tune_workers=[1]", "-p", "tune_threads=[1]", "-p", "tune_batch_sizes=[4]",
                    "-p", "parity_requests=16", "-p", "sla_ms=10000", "--out", str(out), "--run-id", "r")

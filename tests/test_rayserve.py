@@ -148,9 +148,10 @@ def test_the_security_audit_covers_the_ray_serve_config(tmp_path):
 def test_the_grid_shares_the_cpus_and_the_backend_is_checked():
     grid = serving.ray_grid([1, 2], [1, 2], [1, 4], num_cpus=2)
     assert len(grid) == 8 and all(c.replicas * c.cpus_per_replica == 2 for c in grid)
-    assert serving.check_backend("both") == "both"
-    with pytest.raises(Lab2ProdError, match="torchserve, rayserve or both"):
-        serving.check_backend("triton")
+    assert serving.check_backend(["both"]) == ["both"]
+    assert [s.name for s in serving.selected_servers(["rayserve", "torchserve"])] == ["rayserve", "torchserve"]
+    with pytest.raises(Lab2ProdError, match="use any of torchserve, rayserve, both"):
+        serving.check_backend(["triton"])
 
 
 def _row(server, config, throughput, p99, meets=True):

@@ -52,6 +52,16 @@ def test_a_shared_name_with_different_meanings_must_say_which_study():
         resolve_parameters({"export.users": [1]}, selected)
 
 
+def test_a_renamed_parameter_keeps_its_old_name_and_a_list_of_names_reads_commas():
+    selected = [study("serving")]
+    for given in ({"backend": "both"}, {"backends": "both"}, {"backends": ["both"]}, {"serving.backend": "both"}):
+        assert resolve_parameters(given, selected)["05_serving"]["backends"] == ["both"]
+    assert resolve_parameters({"backends": "torchserve, rayserve"}, selected)["05_serving"]["backends"] == [
+        "torchserve", "rayserve"]
+    with pytest.raises(Lab2ProdError, match="server 'triton' in backends is not registered"):
+        resolve_parameters({"backends": "torchserve,triton"}, selected)
+
+
 def test_every_registered_default_passes_its_own_checks():
     for registered in STUDIES:
         values = resolve_parameters({p.name: p.default for p in registered.params if p.name != "device"},

@@ -27,8 +27,9 @@ class Param:
     """One notebook parameter: its Python type (`str`, `int`, `float`, `bool` or `list[...]` of those; the
     names as strings are accepted too),
     default, allowed range (`ge`/`gt`/`le`/`lt`, applied to each item of a list), allowed list
-    lengths, and an optional `check` ("module:function", called with the value, raising a
-    Lab2ProdError that names the fix) for values only a library function can judge."""
+    lengths, an optional `check` ("module:function", called with the value, raising a
+    Lab2ProdError that names the fix) for values only a library function can judge, and the name it
+    had before (`formerly`), still accepted from the command line and params files."""
 
     name: str
     type: type
@@ -41,6 +42,7 @@ class Param:
     min_items: int = 0
     max_items: int | None = None
     check: str = ""
+    formerly: str = ""
 
     def __post_init__(self):
         kind = _NAMED.get(self.type, self.type) if isinstance(self.type, str) else self.type
@@ -83,6 +85,8 @@ class Param:
         if self.is_list:
             if isinstance(value, tuple):
                 value = list(value)
+            if isinstance(value, str) and self.item_type is str:
+                value = [item.strip() for item in value.split(",") if item.strip()]  # -p names=a,b
             if not isinstance(value, list):
                 raise Lab2ProdError(f"parameter {shown}={value!r} is not a list of {self.item_type.__name__}; "
                                     f"{example}")
@@ -135,7 +139,9 @@ class Study:
         return (self.folder or NOTEBOOKS_DIR) / f"{self.notebook}.ipynb"
 
     def param(self, name: str) -> Param | None:
-        return next((p for p in self.params if p.name == name), None)
+        """The parameter of this name, or of the name it had before."""
+        return (next((p for p in self.params if p.name == name), None)
+                or next((p for p in self.params if p.formerly and p.formerly == name), None))
 
     def uses_torchserve(self, values: dict) -> bool:
         if isinstance(self.torchserve, str):
@@ -231,8 +237,9 @@ STUDIES: list[Study] = [
         *_common("run_dir", "seed"))),
     Study("serving", "05_serving", "serving", "lab2prod.studies.serving", (
         *_MODEL,
-        Param("backend", str, "torchserve", "torchserve, rayserve, both, or a comma-separated list of servers",
-              check="lab2prod.studies.serving:check_backend"),
+        Param("backends", list[str], ["torchserve"],
+              "servers to measure: torchserve, rayserve, both, or any registered server", min_items=1,
+              check="lab2prod.studies.serving:check_backend", formerly="backend"),
         Param("users", list[int], [1, 8, 32, 64], "concurrent Locust users per load level", ge=1, min_items=1),
         Param("duration_s", float, 4.0, "seconds of load per level and per tuned configuration", gt=0),
         Param("workers", int, 1, "workers for the load sweep", ge=1),
@@ -330,7 +337,7 @@ def resolve_parameters(given: dict, selected: list[Study], common: dict | None =
     for name, value in (common or {}).items():
         for owner in selected:
             if owner.param(name) is not None:
-                per_study[owner.notebook][name] = owner.param(name).validate(value, name)
+                per_study[owner.notebook][owner.param(name).name] = owner.param(name).validate(value, name)
     for key, value in given.items():
         target, _, name = key.rpartition(".")
         if target:
@@ -353,7 +360,8 @@ def resolve_parameters(given: dict, selected: list[Study], common: dict | None =
                 raise Lab2ProdError(f"parameter {name!r} means different things in {len(chosen)} notebooks "
                                     f"({meanings}); say which: {choices}")
         for owner in chosen:
-            per_study[owner.notebook][name] = owner.param(name).validate(value, key)
+            param = owner.param(name)
+            per_study[owner.notebook][param.name] = param.validate(value, key)
     return per_study
 
 

@@ -17,19 +17,19 @@ ALIASES = {"both": ("torchserve", "rayserve")}
 
 
 def servers_named(names: str | list[str] | tuple[str, ...]) -> list[Server]:
-    """The registered servers a `backend` value names: one name, an alias ("both"), a comma-separated list or a
-    list; a clear error for a name that is not registered."""
+    """The registered servers a `backends` value names: a list of names or aliases ("both"), or the same as one
+    comma-separated string; a clear error for a name that is not registered."""
     items = names.split(",") if isinstance(names, str) else list(names)
     out: list[Server] = []
     for item in (i.strip() for i in items if i.strip()):
         for name in ALIASES.get(item, (item,)):
             if name not in SERVERS:
-                raise Lab2ProdError(f"backend {item!r} is not known; use {', '.join([*SERVERS, *ALIASES])} "
-                                    "(torchserve, rayserve or both), or a comma-separated list of them")
+                raise Lab2ProdError(f"server {item!r} in backends is not registered; use any of "
+                                    f"{', '.join([*SERVERS, *ALIASES])}, e.g. -p backends=torchserve,rayserve")
             if SERVERS[name] not in out:
                 out.append(SERVERS[name])
     if not out:
-        raise Lab2ProdError("no backend named; use torchserve, rayserve or both")
+        raise Lab2ProdError("backends names no server; e.g. -p backends=torchserve or -p backends=both")
     return out
 
 

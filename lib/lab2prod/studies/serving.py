@@ -77,7 +77,8 @@ class ServingResults(Results):
     config_file: str = described("config.properties written with the chosen configuration")
     locustfile: str = described("the locustfile left in the run folder")
     kubernetes: str = described("the Kubernetes manifests written for the chosen configuration")
-    backend: str = described("torchserve, rayserve, both, or a comma-separated list of registered servers")
+    backend: str = described("the servers measured: torchserve, rayserve, both, or a comma-separated list "
+                                 "of registered servers")
     servers: dict = described("every served server by name: parity, limits, load, metrics, tuning, chosen "
                               "configuration and the deployment files written for it")
     rayserve: dict | None = described("Ray Serve's parity, limits, load, metrics, tuning, chosen configuration, Serve"
@@ -87,17 +88,17 @@ class ServingResults(Results):
     pick: str = described("which server to pick for this model on this machine, and why")
 
 
-def check_backend(backend: str) -> str:
-    """A `backend` value naming registered servers (torchserve, rayserve, both, or a comma-separated list), each
-    able to run here; a clear error otherwise."""
-    for server in servers_named(backend):
+def check_backend(backends: list[str] | str) -> list[str] | str:
+    """A `backends` value naming registered servers (["torchserve"], ["rayserve"], ["both"], several, or the
+    same as one comma-separated string), each able to run here; a clear error otherwise."""
+    for server in servers_named(backends):
         server.check()
-    return backend
+    return backends
 
 
-def selected_servers(backend: str) -> list[Server]:
-    """The servers a `backend` value names, in registry order."""
-    return servers_named(backend)
+def selected_servers(backends: list[str] | str) -> list[Server]:
+    """The servers a `backends` value names, in the order given (an alias in registry order)."""
+    return servers_named(backends)
 
 
 def request_images(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]:
@@ -318,7 +319,7 @@ def _summary(report: ServingReport) -> dict:
     }
 
 
-def serving_results(report: ServingReport, backend: str = "torchserve", ray: ServingReport | None = None,
+def serving_results(report: ServingReport, backend: str | list[str] = "torchserve", ray: ServingReport | None = None,
                     side: list[dict] | None = None, pick: str = "",
                     others: dict[str, ServingReport] | None = None) -> ServingResults:
     """The named results the serving notebook records (results["serving"]): TorchServe's at the top level (as
@@ -326,7 +327,7 @@ def serving_results(report: ServingReport, backend: str = "torchserve", ray: Ser
     everyone = {**({"torchserve": report} if report.applies else {}), **({"rayserve": ray} if ray else {}),
                 **(others or {})}
     return ServingResults(
-        backend=backend,
+        backend=backend if isinstance(backend, str) else ",".join(backend),
         **_summary(report),
         config_file=report.files.get("config_file", ""),
         kubernetes=report.files.get("kubernetes", ""),
