@@ -166,3 +166,16 @@ def test_a_transform_object_archives_the_users_module_not_its_class_module(tmp_p
     served.mkdir()
     spec, files = codec.codec_for(loaded).archive(served)
     assert files and files[0].read_text().startswith("# my_compose: the user's module")
+
+
+def test_each_kind_carries_its_serving_bug_catalog_and_its_drift_features():
+    from PIL import Image
+
+    image, text, tensor = (codec.kind_of(name) for name in ("image", "text", "tensor"))
+    assert len(image.bugs) >= 10 and len(text.bugs) >= 10 and tensor.bugs == ()
+    assert all(bug.name and bug.what and bug.where for bug in (*image.bugs, *text.bugs))
+    assert len({bug.name for bug in (*image.bugs, *text.bugs)}) == len(image.bugs) + len(text.bugs)
+    assert image.features([Image.new("RGB", (40, 20), "white")]).tolist() == [[1.0, 0.0, 40, 20, 2.0]]
+    assert text.features(["Ab 1é"])[0][:2].tolist() == [5, 2]
+    rows = tensor.features({"x": torch.ones(3, 4), "ids": torch.tensor([[5, 0], [7, 9], [0, 0]])})
+    assert rows.shape == (3, 4) and rows[:, 2].tolist() == [1, 2, 0]  # non-zero ids per item

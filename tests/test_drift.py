@@ -5,6 +5,8 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
+from lab2prod.kinds.image import image_features
+from lab2prod.kinds.text import text_features
 from lab2prod.studies import drift
 
 
@@ -74,11 +76,11 @@ def test_image_properties_and_shifts():
     from PIL import Image
 
     image = Image.new("RGB", (40, 20), (100, 100, 100))
-    (row,) = drift.image_properties([image])
+    (row,) = image_features([image])
     assert row[0] == pytest.approx(100 / 255, abs=1e-3) and row[1] == pytest.approx(0, abs=1e-6)
     assert tuple(row[2:]) == (40, 20, 2.0)
     brighter = drift.scenario_images([image], "brighter (x1.5)")[0]
-    assert drift.image_properties([brighter])[0][0] > row[0]
+    assert image_features([brighter])[0][0] > row[0]
     with pytest.raises(Exception, match="not known"):
         drift.scenario_images([image], "fog")
 
@@ -136,7 +138,7 @@ def test_text_shifts_and_properties():
     assert drift.TEXT_SHIFTS["first 4 words only"](text, rng) == "The Battery lasts 2"
     typo = drift.TEXT_SHIFTS["typos (1 letter in 6)"](text * 10, rng)
     assert len(typo) == len(text) * 10 and typo != text * 10
-    (row,) = drift.text_properties([text])
+    (row,) = text_features([text])
     assert row[0] == len(text) and row[1] == 5 and row[3] == 1 / len(text)
 
 

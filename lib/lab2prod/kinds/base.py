@@ -24,7 +24,9 @@ class Kind:
     """What a request is for one kind of model: its name (the `kind` of a loaded model and of an archive's
     lab2prod.json), what a client sends, the codec of a loaded model (`codec(loaded, guarded, max_bytes,
     z_limit)`), the same codec rebuilt inside a server from the archive (`from_spec(spec, model_dir)`), and the
-    request bodies of the model's held-out examples (`bodies(loaded, count, seed)`).
+    request bodies of the model's held-out examples (`bodies(loaded, count, seed)`), its catalog of real serving
+    bugs (what parity replays on the same requests), and its drift features (`features(items)`: one row of
+    numbers per raw input, what the drift study's property test compares).
     A codec turns one request body into the model's inputs (`codec(body)`), names its content type,
     writes what it needs into an archive (`archive(work)`) and lists hostile bodies (`hostile(max_bytes, good)`)."""
 
@@ -33,6 +35,8 @@ class Kind:
     codec: Callable
     from_spec: Callable
     bodies: Callable  # (loaded, count, seed) -> [(name, body bytes)] of held-out examples (loaded.examples)
+    bugs: tuple = ()  # the serving-bug catalog: objects with a name, what goes wrong and where it happens
+    features: Callable | None = None  # (raw inputs) -> np.ndarray, one row per input
 
 JSON_CONTENT_TYPE = "application/json"
 

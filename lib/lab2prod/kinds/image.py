@@ -16,9 +16,10 @@ from PIL import Image
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.kinds.base import Kind, archive_source, guard_fields, imported_transform, raw_body
 from lab2prod.kinds.guard import InputGuard, lab_input_stats
+from lab2prod.kinds.image_bugs import BUGS
 from lab2prod.kinds.preprocess import ServingPath, decode_request, lab_transform_for
 
-__all__ = ["ImageCodec", "CLIENTS", "png_bytes", "encode_request", "bad_inputs", "KIND"]
+__all__ = ["ImageCodec", "CLIENTS", "png_bytes", "encode_request", "bad_inputs", "image_features", "KIND"]
 
 
 EXIF_ORIENTATION = 0x0112
@@ -155,4 +156,14 @@ def request_bodies(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]
     return [(name, encode_request(image, "rgb")[0]) for name, image in loaded.examples(count, seed)]
 
 
-KIND = Kind("image", "image file bytes (PNG, JPEG)", codec_for_model, codec_from_spec, request_bodies)
+def image_features(images: list[Image.Image]) -> np.ndarray:
+    """Per image: brightness (mean), contrast (std) of the grey levels, width, height, aspect."""
+    rows = []
+    for image in images:
+        grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        rows.append([grey.mean(), grey.std(), image.width, image.height, image.width / image.height])
+    return np.asarray(rows, dtype=np.float64)
+
+
+KIND = Kind("image", "image file bytes (PNG, JPEG)", codec_for_model, codec_from_spec, request_bodies, tuple(BUGS),
+            image_features)

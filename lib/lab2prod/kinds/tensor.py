@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lab2prod.core.inputs import Inputs, describe
+from lab2prod.core.inputs import Inputs, describe, tensors
 from lab2prod.kinds.base import JSON_CONTENT_TYPE, Kind, guard_fields, raw_body
 from lab2prod.kinds.guard import TensorGuard
 
-__all__ = ["TensorCodec", "named_tensors", "input_ranges", "KIND"]
+__all__ = ["TensorCodec", "named_tensors", "input_ranges", "tensor_features", "KIND"]
 
 
 class TensorCodec:
@@ -114,4 +114,20 @@ def request_bodies(loaded, count: int, seed: int = 0) -> list[tuple[str, bytes]]
             for name, item in loaded.examples(count, seed)]
 
 
-KIND = Kind("tensor", "JSON of named arrays, one item", codec_for_model, codec_from_spec, request_bodies)
+def tensor_features(inputs: Inputs) -> np.ndarray:
+    """Per item, for each input tensor: mean and std of a float tensor; count and mean of the
+    non-zero values of an integer one (token ids: length and typical id)."""
+
+    columns = []
+    for t in tensors(inputs):
+        flat = t.reshape(t.shape[0], -1)
+        if torch.is_floating_point(flat):
+            columns += [flat.float().mean(1), flat.float().std(1) if flat.shape[1] > 1 else flat.float()[:, 0] * 0]
+        else:
+            nonzero = (flat != 0).float()
+            columns += [nonzero.sum(1), (flat.float() * nonzero).sum(1) / nonzero.sum(1).clamp(min=1)]
+    return torch.stack(columns, 1).double().numpy()
+
+
+KIND = Kind("tensor", "JSON of named arrays, one item", codec_for_model, codec_from_spec, request_bodies, (),
+            tensor_features)

@@ -16,13 +16,14 @@ from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.inputs import batch_size_of, call, first_tensor, map_tensors, take, tensors
 from lab2prod.core.results import gate
 from lab2prod.core.schema import Results, described
+from lab2prod.kinds.codec import kind_of
 from lab2prod.kinds.image import encode_request
 from lab2prod.kinds.preprocess import lab_transform_for
+from lab2prod.kinds.tensor import tensor_features
 from lab2prod.models.hf import SAMPLE_TEXTS
 from lab2prod.models.images import parity_images, photo_crops_of, photo_images
 from lab2prod.models.photos import other_photographs
 from lab2prod.servers.torchserve.server import free_port
-from lab2prod.studies.parity import BUGS
 
 __all__ = [
     "DriftResults",
@@ -34,9 +35,6 @@ __all__ = [
     "ks_test",
     "psi",
     "psi_test",
-    "image_properties",
-    "text_properties",
-    "tensor_properties",
     "TEXT_SHIFTS",
     "embedding_layer",
     "text_embedding_layer",
@@ -244,15 +242,6 @@ def psi_test(reference: np.ndarray, batch: np.ndarray, bins: int, permutations: 
     return observed, (1 + count) / (permutations + 1)
 
 
-def image_properties(images: list[Image.Image]) -> np.ndarray:
-    """Per image: brightness (mean), contrast (std) of the grey levels, width, height, aspect."""
-    rows = []
-    for image in images:
-        grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-        rows.append([grey.mean(), grey.std(), image.width, image.height, image.width / image.height])
-    return np.asarray(rows, dtype=np.float64)
-
-
 # ---------------------------------------------------------------- scenarios
 
 
@@ -287,31 +276,6 @@ TEXT_SHIFTS: dict[str, Callable[[str, np.random.Generator], str]] = {
     "upper case": lambda text, rng: text.upper(),
     "first 4 words only": lambda text, rng: " ".join(text.split()[:4]),
 }
-
-
-def text_properties(texts: list[str]) -> np.ndarray:
-    """Per text: characters, words, and the shares of upper-case letters, digits and non-ASCII characters."""
-    rows = []
-    for text in texts:
-        n = max(len(text), 1)
-        rows.append([len(text), len(text.split()), sum(c.isupper() for c in text) / n,
-                     sum(c.isdigit() for c in text) / n, sum(ord(c) > 127 for c in text) / n])
-    return np.asarray(rows, dtype=np.float64)
-
-
-def tensor_properties(inputs) -> np.ndarray:
-    """Per item, for each input tensor: mean and std of a float tensor; count and mean of the
-    non-zero values of an integer one (token ids: length and typical id)."""
-
-    columns = []
-    for t in tensors(inputs):
-        flat = t.reshape(t.shape[0], -1)
-        if torch.is_floating_point(flat):
-            columns += [flat.float().mean(1), flat.float().std(1) if flat.shape[1] > 1 else flat.float()[:, 0] * 0]
-        else:
-            nonzero = (flat != 0).float()
-            columns += [nonzero.sum(1), (flat.float() * nonzero).sum(1) / nonzero.sum(1).clamp(min=1)]
-    return torch.stack(columns, 1).double().numpy()
 
 
 def _tensor_shifts(sample) -> dict[str, Callable]:
@@ -511,7 +475,7 @@ def _image_source(loaded, seed: int, include_bugs: bool) -> _Source:
     ref, cur = _halves(len(images), seed)
     shifts = {name: ("data shift", lambda items, rng, s=name: scenario_images(items, s), True) for name in SHIFTS}
     if include_bugs and recipe is not None:
-        for bug in [b for b in BUGS if b.client == "rgb"]:
+        for bug in [b for b in kind_of(loaded.kind).bugs if b.client == "rgb"]:
             path = bug.path(recipe)
             # The images are as they were (their properties too); what the server made of them is not.
             shifts[bug.name] = ("serving bug", lambda items, rng, p=path: [(im, p(encode_request(im, "rgb")[0]))
@@ -529,7 +493,7 @@ def _image_source(loaded, seed: int, include_bugs: bool) -> _Source:
         return torch.stack([item[1] if isinstance(item, tuple) else transform(item) for item in items])
 
     def properties(items):
-        return image_properties([item[0] if isinstance(item, tuple) else item for item in items])
+        return kind_of(loaded.kind).features([item[0] if isinstance(item, tuple) else item for item in items])
 
     return _Source(what, [images[i] for i in ref], [images[i] for i in cur], None if labels is None else labels[ref],
                    None if labels is None else labels[cur], to_inputs, properties, shifts)
@@ -545,7 +509,7 @@ def _text_source(loaded, seed: int) -> _Source:
                                                               False)
     return _Source(f"texts of {loaded.data.path}", [texts[i] for i in ref], [texts[i] for i in cur],
                    None if labels is None else labels[ref], None if labels is None else labels[cur],
-                   loaded.text_path.encode, text_properties, shifts)
+                   loaded.text_path.encode, kind_of(loaded.kind).features, shifts)
 
 
 def _tensor_source(loaded, seed: int, count: int = 360) -> _Source:
@@ -562,15 +526,15 @@ def _tensor_source(loaded, seed: int, count: int = 360) -> _Source:
 
     shifts = {name: ("data shift", fn, True) for name, fn in _tensor_shifts(items).items()}
     return _Source(what, rows(ref), rows(cur), None if labels is None else labels[ref],
-                   None if labels is None else labels[cur], lambda batch: batch, tensor_properties, shifts)
+                   None if labels is None else labels[cur], lambda batch: batch, tensor_features, shifts)
 
 
 def drift_source(loaded, seed: int = 0, include_bugs: bool = True) -> _Source | str:
     """Where the reference and the monitored batches come from for this model, or why drift
     cannot be measured here (a string)."""
-    if loaded.takes_images:
+    if loaded.kind == "image":
         return _image_source(loaded, seed, include_bugs)
-    if loaded.text_path is not None:
+    if loaded.kind == "text":
         if loaded.data is None or loaded.data.kind != "texts":
             return (f"model {loaded.spec!r} is a text model and drift needs your texts as the reference: pass "
                     "--data texts.csv (text,label rows; a few hundred); the 32 bundled sentences are too few")
