@@ -33,7 +33,9 @@ def digits():
 def test_ray_serve_answers_like_the_lab_and_refuses_what_it_should(digits, tmp_path):
     model_dir = rayserve.write_model_dir(digits, tmp_path / "model")
     bodies = request_bodies(digits, 12)
-    with rayserve.RayServer(tmp_path / "ray") as server:
+    # in the high-throughput mode: HAProxy in front, the throughput-optimized settings, the same answers
+    with rayserve.RayServer(tmp_path / "ray", high_throughput=True) as server:
+        assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
         assert oct(server.key_file.stat().st_mode & 0o777) == "0o600"
         assert (tmp_path / "ray" / "ray.pids").read_text().strip()  # recorded for the runner
         server.deploy(model_dir, rayserve.RayConfig(max_batch_size=4))
@@ -48,7 +50,10 @@ def test_ray_serve_answers_like_the_lab_and_refuses_what_it_should(digits, tmp_p
         assert status == 400 and json.loads(payload)["rejected"] == "format"
         assert server.predict("model", bodies[0][1])[0] == 200  # still answering after a refusal
         assert any(m["metric"].startswith("ray_serve") for m in server.scrape_metrics())
+        assert any("haproxy" in line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                                                 text=True).stdout.splitlines())
     assert not (tmp_path / "ray" / "key_file.json").exists() and not (tmp_path / "ray" / "ray.pids").exists()
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ  # the mode was set for that Ray only
 
 
 def test_ray_is_shut_down_after_an_error(tmp_path):
@@ -130,6 +135,33 @@ def test_the_rayservice_manifest_and_the_serve_config_are_checked_against_their_
 
     with pytest.raises(ValidationError, match="import_path"):
         ServeDeploySchema.model_validate({**content, "applications": [{"name": "m"}]})
+
+
+def test_the_high_throughput_mode_is_a_tuning_dimension_written_into_the_deployment_files(tmp_path):
+    ray = serving.SERVERS["rayserve"]
+    assert ray.modes == ("default", "high_throughput") and ray.default_config(serving.ServerConfig()).mode == "default"
+    untouched = ray.native(ray.default_config(serving.ServerConfig()))
+    assert untouched.max_ongoing_requests == 5 and not untouched.high_throughput  # Ray Serve's own defaults
+    fast = ray.native(serving.ServerConfig(workers=2, batch_size=8, mode="high_throughput"))
+    assert fast.high_throughput and fast.max_ongoing_requests == 16 and fast.label.endswith("high-throughput")
+    with pytest.raises(Lab2ProdError, match="no mode 'turbo'"):
+        ray.native(serving.ServerConfig(mode="turbo"))
+    content = rayserve.serve_config("/model", fast)
+    written = rayserve.write_serve_config(tmp_path / "serve_config.yaml", content).read_text()
+    assert written.startswith("# Tuned in Ray Serve's high-throughput mode: start Ray with RAY_SERVE_ENABLE_HA_PROXY=1")
+    manifest = rayserve.rayservice_manifest(content, fast)
+    assert rayserve.validate_rayservice(manifest) == []
+    for group in (manifest["spec"]["rayClusterConfig"]["headGroupSpec"],
+                  *manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]):
+        env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    plain = rayserve.rayservice_manifest(rayserve.serve_config("/model", untouched), untouched)
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in json.dumps(plain)
+    assert not rayserve.write_serve_config(tmp_path / "plain.yaml", rayserve.serve_config("/model", untouched)) \
+        .read_text().startswith("#")
+    from lab2prod.servers.rayserve.deployment import _typed
+
+    assert _typed(False, "true") is True and _typed(False, "0") is False and _typed(5, "16") == 16
 
 
 def test_the_security_audit_covers_the_ray_serve_config(tmp_path):

@@ -15,16 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["ServerConfig", "grid", "Server", "Live", "ServerClient", "tool_path", "free_port", "http_request",
-           "limits_check"]
+__all__ = ["ServerConfig", "grid", "modes_of", "Server", "Live", "ServerClient", "tool_path", "free_port",
+           "http_request", "limits_check"]
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """How any server serves the model: workers (TorchServe workers, Ray Serve replicas), torch threads per
     worker (0 = torch's default, a thread per core), server-side batching (`batch_size` requests gathered for
-    at most `max_batch_delay_ms`), the body limit, and the CPUs reserved per worker (0: the machine's CPUs
-    shared evenly). Each server maps it to its own settings (`Server.native`)."""
+    at most `max_batch_delay_ms`), the body limit, the CPUs reserved per worker (0: the machine's CPUs
+    shared evenly), and the server's start-time mode (one of its `modes`; "default" is how it starts
+    untouched). Each server maps it to its own settings (`Server.native`)."""
 
     workers: int = 1
     threads: int = 1
@@ -32,6 +33,7 @@ class ServerConfig:
     max_batch_delay_ms: int = 5
     max_request_size: int = 1_000_000
     cpus_per_worker: float = 0.0
+    mode: str = "default"
 
 
 def grid(workers: Iterable[int], threads: Iterable[int], batch_sizes: Iterable[int], max_batch_delay_ms: int = 5,
@@ -84,12 +86,15 @@ class ServerClient:
 class Server(Protocol):
     """A server lab2prod can start, deploy the model on, measure and stop. `name` is its key in
     `lab2prod.servers.registry.SERVERS`, `gate_prefix` names its gates (`<prefix>:parity`, `:errors`, `:sla`),
-    `maintained` says whether it still gets releases and security patches (the pick weighs it)."""
+    `maintained` says whether it still gets releases and security patches (the pick weighs it), and `modes`
+    are the ways it can be started that the tuning sweep tries beside workers, threads and batching (the first
+    is how it starts untouched; a server without the attribute has one, "default")."""
 
     name: str
     title: str
     gate_prefix: str
     maintained: bool
+    modes: tuple[str, ...]
 
     def check(self) -> None:
         """Raise Lab2ProdError with the install line when the server cannot run here."""
@@ -115,6 +120,11 @@ class Server(Protocol):
     def audit(self, run_dir: Path) -> tuple[Path | None, list[dict]]:
         """The server's config file the run wrote (None when there is none) and its security audit: one row per
         item with `item`, `passed`, `value` and the `fix`."""
+
+
+def modes_of(server) -> tuple[str, ...]:
+    """The start-time modes a server tunes over; ("default",) for a server that declares none."""
+    return tuple(getattr(server, "modes", ("default",))) or ("default",)
 
 
 def tool_path(name: str) -> str:

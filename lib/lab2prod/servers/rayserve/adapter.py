@@ -49,6 +49,11 @@ def _model_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "serving" / "rayserve" / "model"
 
 
+def _started(server: RayServer) -> RayServer:
+    """The server started; stopped again when starting fails half-way."""
+    return server.__enter__()
+
+
 @dataclass
 class _Live(ServerClient):
     server: RayServer
@@ -61,7 +66,12 @@ class _Live(ServerClient):
         return str((self.model_dir / "model.pt").relative_to(self.run_dir))
 
     def deploy(self, config: ServerConfig) -> None:
-        self.server.deploy(self.model_dir, SERVER.native(config), self.model)
+        native = SERVER.native(config)
+        if native.high_throughput != self.server.high_throughput:
+            # the mode is read when Ray's processes start: a Ray in the other mode is stopped and a new one started
+            self.server.stop()
+            self.server = _started(RayServer(self.server.serve_dir, self.server.num_cpus, native.high_throughput))
+        self.server.deploy(self.model_dir, native, self.model)
 
     def scrape(self) -> list[dict]:
         return metric_rows(self.server.scrape_metrics())
@@ -98,6 +108,8 @@ class RayServeServer:
     authorization of its own), Ray is always shut down, and its processes are recorded for the runner."""
 
     name, title, gate_prefix, maintained = "rayserve", "Ray Serve", "rayserve", True
+    # how Ray Serve starts untouched, and its high-throughput mode (HAProxy ingress, throughput-optimized)
+    modes = ("default", "high_throughput")
 
     def check(self) -> None:
         try:
@@ -110,9 +122,13 @@ class RayServeServer:
         return ServerConfig(1, 0, 1, 5, config.max_request_size, cpus_per_worker=1.0)
 
     def native(self, config: ServerConfig) -> RayConfig:
+        if config.mode not in self.modes:
+            raise Lab2ProdError(f"Ray Serve has no mode {config.mode!r}; use one of {', '.join(self.modes)}")
         cpus = config.cpus_per_worker or NUM_CPUS / config.workers
+        # Ray's default of 5 ongoing requests per replica caps a batch at 5: a replica takes two batches' worth
+        ongoing = 5 if config.batch_size <= 2 else 2 * config.batch_size
         return RayConfig(config.workers, cpus, config.threads, config.batch_size, config.max_batch_delay_ms / 1000,
-                         config.max_request_size)
+                         config.max_request_size, ongoing, config.mode == "high_throughput")
 
     @contextmanager
     def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,
@@ -120,10 +136,13 @@ class RayServeServer:
         run_dir = Path(run_dir)
         model_dir = write_model_dir(loaded, _model_dir(run_dir), exported_torchscript(run_dir), seed,
                                     guard_max_bytes or config.max_request_size)
-        with RayServer(model_dir.parent, num_cpus=NUM_CPUS) as server:
-            live = _Live(server, model_dir, run_dir)
+        live = _Live(_started(RayServer(model_dir.parent, NUM_CPUS, self.native(config).high_throughput)),
+                     model_dir, run_dir)
+        try:
             live.deploy(config)
             yield live
+        finally:
+            live.server.stop()  # the Ray of the last mode deployed
 
     def write_files(self, loaded, run_dir: Path, chosen: ServerConfig, seed: int = 0) -> dict[str, str]:
         run_dir = Path(run_dir)

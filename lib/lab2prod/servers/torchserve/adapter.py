@@ -114,6 +114,7 @@ class TorchServeServer:
     """TorchServe 0.12 (Java 17), token authorization on, bound to 127.0.0.1, stopped by the pid it started."""
 
     name, title, gate_prefix, maintained = "torchserve", "TorchServe", "serving", False
+    modes = ("default",)  # one way to start it
 
     def check(self) -> None:
         check_requirements()
