@@ -4,6 +4,7 @@ serving study, and the HTTP helpers the clients use (loopback only)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import sys
@@ -15,8 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["ServerConfig", "grid", "modes_of", "Server", "Live", "ServerClient", "tool_path", "free_port",
-           "http_request", "limits_check"]
+from lab2prod.core.errors import Lab2ProdError
+
+__all__ = ["TOKEN_ENV", "read_token", "ServerConfig", "grid", "modes_of", "Server", "Live", "ServerClient",
+           "tool_path", "free_port", "http_request", "limits_check"]
+
+
+TOKEN_ENV = "LAB2PROD_TOKEN"  # on a cluster the token comes from a Secret through this variable
+
+
+def read_token(token_file: str = "") -> str:
+    """The bearer token a server process checks: LAB2PROD_TOKEN, else the key file lab2prod wrote (mode 0600)."""
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    if token_file and Path(token_file).exists():
+        return json.loads(Path(token_file).read_text())["inference"]
+    raise Lab2ProdError(f"no token: set {TOKEN_ENV} or pass token_file (a key file lab2prod wrote)")
 
 
 @dataclass(frozen=True)

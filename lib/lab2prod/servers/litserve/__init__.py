@@ -1,0 +1,1 @@
+"""LitServe: a maintained third server (FastAPI and uvicorn, workers per device, batching)."""
