@@ -32,8 +32,11 @@
 # maintained and runs unchanged on a Ray cluster (KubeRay): the same codec and guard in its deployment,
 # a bearer token checked by the deployment (Ray Serve has no authorization of its own), the same
 # locustfile at the same loads, Ray's Prometheus metrics, replicas x threads x `@serve.batch` tuned
-# against the same SLA. Every server goes through the same measurements, one after the other, and the
-# servers are compared side by side with a line saying which to pick.
+# against the same SLA, each in Ray Serve's default mode and in its high-throughput mode (HAProxy
+# ingress, throughput-optimized). `["litserve"]` (or `["all"]`) adds **LitServe**, maintained, on
+# FastAPI and uvicorn: the same codec behind a bearer token, workers x threads x batching tuned the same
+# way. Every server goes through the same measurements, one after the other, and the servers are
+# compared side by side with a line saying which to pick.
 
 # %% tags=["parameters"]
 model = "digits_cnn"  # reference or torchvision name, a .pt/.pt2 file, or package.module:factory
@@ -148,7 +151,8 @@ pd.DataFrame([{"server": r.title, **row} for r in reports.values() for row in r.
 #
 # The first row of each server is what it does untuned on this machine (TorchServe: a worker per
 # core, each with torch's default threads; Ray Serve: one replica, torch's default threads, no
-# batching). On a small machine workers x threads oversubscribe the cores fast; the sweep finds that
+# batching, its default proxy; LitServe: one worker, torch's default threads, no batching). Ray Serve's
+# grid runs once in each of its modes. On a small machine workers x threads oversubscribe the cores fast; the sweep finds that
 # by itself. The chosen configuration is written into the server's deployment files.
 
 # %%
@@ -177,7 +181,8 @@ for served in reports.values():
 # are written. For TorchServe: a Deployment whose CPU limit is workers x threads, a readiness probe
 # that calls `/ping` with the token TorchServe wrote at start, a Service, an autoscaler on CPU, and
 # the Dockerfile and build context of its image. For Ray Serve: a Serve config file that `serve run`
-# starts, and a KubeRay RayService manifest.
+# starts, and a KubeRay RayService manifest (with the mode's environment). For LitServe: its config file
+# and a Deployment with a Service.
 
 # %%
 if "kubernetes" in report.files:
