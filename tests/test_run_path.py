@@ -56,8 +56,8 @@ def test_a_renamed_parameter_keeps_its_old_name_and_a_list_of_names_reads_commas
     selected = [study("serving")]
     for given in ({"backend": "both"}, {"backends": "both"}, {"backends": ["both"]}, {"serving.backend": "both"}):
         assert resolve_parameters(given, selected)["05_serving"]["backends"] == ["both"]
-    assert resolve_parameters({"backends": "torchserve, rayserve"}, selected)["05_serving"]["backends"] == [
-        "torchserve", "rayserve"]
+    for given in ("torchserve, rayserve", "[torchserve,rayserve]"):
+        assert resolve_parameters({"backends": given}, selected)["05_serving"]["backends"] == ["torchserve", "rayserve"]
     with pytest.raises(Lab2ProdError, match="server 'triton' in backends is not registered"):
         resolve_parameters({"backends": "torchserve,triton"}, selected)
 

@@ -85,8 +85,10 @@ class Param:
         if self.is_list:
             if isinstance(value, tuple):
                 value = list(value)
-            if isinstance(value, str) and self.item_type is str:
-                value = [item.strip() for item in value.split(",") if item.strip()]  # -p names=a,b
+            if isinstance(value, str) and self.item_type is str:  # -p names=a,b or -p names=[a,b] (unquoted)
+                text = value.strip()
+                text = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+                value = [item.strip().strip("'\"") for item in text.split(",") if item.strip()]
             if not isinstance(value, list):
                 raise Lab2ProdError(f"parameter {shown}={value!r} is not a list of {self.item_type.__name__}; "
                                     f"{example}")
