@@ -121,12 +121,16 @@ pd.DataFrame([{"server": r.title, **row} for r in reports.values() for row in r.
 # %% [markdown]
 # ## Load sweep (Locust, headless, loopback)
 #
-# Percentiles are computed here from every request's latency as Locust's client saw it. The
-# locustfile and the request images are saved in the run folder: point it at a real deployment,
-# or run it distributed (`locust -f locustfile.py --master` and `--worker` processes).
+# Percentiles are computed here from every request's latency as Locust's client saw it; each P99 comes
+# with the samples at or above it (`p99_tail_samples`) and its bootstrap 95% interval (`p99_ci_ms`).
+# `locust_cpu` is the load generator's share of one core: at 0.9 or more it, not the server, set the
+# pace of that level (`limited_by_load_generator`). The locustfile and the request images are saved in
+# the run folder: point it at a real deployment, or run it distributed (`locust -f locustfile.py
+# --master` and `--worker` processes).
 
 # %%
-columns = ["users", "requests", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "error_rate", "throughput_per_s"]
+columns = ["users", "requests", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "p99_tail_samples", "p99_ci_ms",
+           "error_rate", "throughput_per_s", "locust_cpu", "limited_by_load_generator"]
 pd.DataFrame([{"server": r.title, **{c: row.get(c) for c in columns}} for r in reports.values()
               for row in r.load]).set_index(["server", "users"])
 

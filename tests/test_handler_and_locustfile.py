@@ -166,3 +166,20 @@ def test_the_locustfile_splits_traffic_by_weight_sends_the_token_and_records_eve
     assert 0.12 < share_v2 < 0.28
     assert {path for path, _, _ in _Stub.seen} == {"/predictions/model/1.0", "/predictions/model/2.0"}
     assert {size for _, _, size in _Stub.seen} == {8, 9}  # both request images were sent
+
+
+def test_each_p99_says_how_many_samples_it_rests_on_and_its_bootstrap_interval():
+    import numpy as np
+
+    from lab2prod.servers.loadtest import latency_stats, percentile_interval
+
+    rng = np.random.default_rng(0)
+    latencies = rng.lognormal(2.0, 0.5, 2000)
+    row = latency_stats(latencies, [True] * 2000, 10.0)
+    assert row["p99_tail_samples"] == 20 and row["throughput_per_s"] == 200.0
+    low, high = row["p99_ci_ms"]
+    assert low < row["p99_ms"] < high and high - low < 0.5 * row["p99_ms"]
+    assert latency_stats(latencies[:200], [True] * 200, 1.0)["p99_tail_samples"] == 2  # a P99 on 2 samples
+    assert percentile_interval(latencies[:10]) is None  # too few to say anything
+    assert latency_stats([], [], 1.0)["p99_ci_ms"] is None
+    assert percentile_interval(latencies) == percentile_interval(latencies)  # seeded: the same twice

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -15,7 +16,8 @@ import numpy as np
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.servers.base import Live, ServerConfig, tool_path
 
-__all__ = ["LOCUSTFILE", "content_type_of", "write_locustfile", "latency_stats", "run_locust", "load_sweep"]
+__all__ = ["LOCUSTFILE", "LOAD_GENERATOR_LIMIT", "content_type_of", "write_locustfile", "percentile_interval",
+           "latency_stats", "run_locust", "load_sweep"]
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -52,18 +54,43 @@ def write_locustfile(run_dir: Path, requests: list[tuple[str, bytes]], suffix: s
     return path
 
 
+def percentile_interval(values, q: float = 99.0, draws: int = 300, seed: int = 0) -> tuple[float, float] | None:
+    """The bootstrap 95% interval of the q-th percentile of `values` (resampled `draws` times with a fixed
+    seed); None with fewer than 20 values, where it says nothing."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 20:
+        return None
+    rng = np.random.default_rng(seed)
+    chunks = [np.percentile(values[rng.integers(0, values.size, size=(min(50, draws - i), values.size))], q, axis=1)
+              for i in range(0, draws, 50)]  # 50 resamples at a time: bounded memory on long runs
+    estimates = np.concatenate(chunks)
+    return float(np.percentile(estimates, 2.5)), float(np.percentile(estimates, 97.5))
+
+
 def latency_stats(latencies_ms, ok, seconds: float) -> dict:
     """requests, avg/p50/p95/p99 in ms, error rate and successful requests per second of a set of
-    client-side samples (empty: no percentiles and an error rate of 1)."""
+    client-side samples (empty: no percentiles and an error rate of 1); the p99 with the number of samples
+    it rests on (those at or above it) and its bootstrap 95% interval."""
     latencies = np.asarray(latencies_ms, dtype=float)
     ok = np.asarray(ok, dtype=bool)
     if latencies.size == 0:
         return {"requests": 0, "avg_ms": None, "p50_ms": None, "p95_ms": None, "p99_ms": None,
-                "error_rate": 1.0, "throughput_per_s": 0.0}
+                "p99_tail_samples": 0, "p99_ci_ms": None, "error_rate": 1.0, "throughput_per_s": 0.0}
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    interval = percentile_interval(latencies)
     return {"requests": int(latencies.size), "avg_ms": float(latencies.mean()), "p50_ms": float(p50),
-            "p95_ms": float(p95), "p99_ms": float(p99), "error_rate": float(1 - ok.mean()),
+            "p95_ms": float(p95), "p99_ms": float(p99), "p99_tail_samples": int((latencies >= p99).sum()),
+            "p99_ci_ms": list(interval) if interval else None, "error_rate": float(1 - ok.mean()),
             "throughput_per_s": float(ok.sum() / seconds)}
+
+
+# Locust runs in one process: at this share of a core it, not the server, sets the pace of the level
+LOAD_GENERATOR_LIMIT = 0.9
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the finished children this process waited for
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_locust(server: Live, name: str, locustfile: Path, users: int, duration_s: float,
@@ -82,15 +109,17 @@ def run_locust(server: Live, name: str, locustfile: Path, users: int, duration_s
     command = [tool_path("locust"), "-f", str(locustfile), "--headless", "-u", str(users), "-r", str(users),
                "--run-time", f"{max(1, int(round(duration_s)))}s", "--host", server.inference_url,
                "--only-summary", "--stop-timeout", "5", "--loglevel", "ERROR"]
-    began = time.monotonic()
+    began, used = time.monotonic(), _children_cpu_s()
     proc = subprocess.run(command, cwd=serve, env=env, capture_output=True, text=True, timeout=duration_s + 120)
     elapsed = time.monotonic() - began
+    locust_cpu = (_children_cpu_s() - used) / max(elapsed, 1e-9)  # Locust's share of one core over the run
     if not samples_file.exists():
         raise Lab2ProdError(f"locust wrote no samples (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
     samples = json.loads(samples_file.read_text())
     samples_file.unlink()
     seconds = max(min(elapsed, duration_s), 1e-9)
-    row = {"users": users, **latency_stats([s[0] for s in samples], [s[1] for s in samples], seconds)}
+    row = {"users": users, **latency_stats([s[0] for s in samples], [s[1] for s in samples], seconds),
+           "locust_cpu": round(locust_cpu, 3), "limited_by_load_generator": locust_cpu >= LOAD_GENERATOR_LIMIT}
     if routes:
         row["by_route"] = {}
         for route in routes:

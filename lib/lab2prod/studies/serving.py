@@ -380,8 +380,10 @@ def side_by_side(reports: dict[str, ServingReport] | ServingReport | None, ray: 
             ceiling = ceilings.get((report.title, kind))
             rows.append({"server": report.title, "config": kind, "setting": row["config"],
                          "throughput_per_s": row["throughput_per_s"], "p50_ms": row["p50_ms"], "p95_ms": row["p95_ms"],
-                         "p99_ms": row["p99_ms"], "error_rate": row["error_rate"], "cpus": cpus,
-                         "meets_sla": row["meets_sla"],
+                         "p99_ms": row["p99_ms"], "p99_ci_ms": row.get("p99_ci_ms"),
+                         "p99_tail_samples": row.get("p99_tail_samples"), "requests": row.get("requests"),
+                         "error_rate": row["error_rate"], "cpus": cpus, "meets_sla": row["meets_sla"],
+                         "limited_by_load_generator": row.get("limited_by_load_generator", False),
                          "share_of_in_process": row["throughput_per_s"] / ceiling["ceiling_per_s"]
                          if ceiling else None})
     return rows
