@@ -84,3 +84,16 @@ def test_files_reload_on_cuda_and_match(tmp_path):
     cuda_rows = [r for r in rows if r.device == "cuda"]
     assert cuda_rows and all(r.loaded and r.error is None for r in cuda_rows)
     assert all(r.top1_agreement == 1.0 for r in cuda_rows)
+
+
+def test_an_example_sliced_from_a_large_tensor_does_not_travel_in_the_exported_file(tmp_path):
+    from lab2prod.core.inputs import export_program
+
+    data = torch.randn(200_000, 16)  # 12.8 MB of "training data"
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    example = data[100:104]  # a view: its storage is the whole data set
+    assert example.untyped_storage().nbytes() == data.untyped_storage().nbytes()
+    _, program = export_program(model, example)
+    torch.export.save(program, str(tmp_path / "model.pt2"))
+    assert (tmp_path / "model.pt2").stat().st_size < 200_000  # weights and a 4-row example, not 12.8 MB
+    assert example.data_ptr() == data[100:104].data_ptr()  # the caller's tensor is left as it was

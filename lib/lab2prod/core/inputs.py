@@ -237,7 +237,10 @@ def _is_sequence_like(t: torch.Tensor, inputs: Inputs) -> bool:
 def export_program(module: torch.nn.Module, example: Inputs, dynamic: bool = True):
     """(dynamic dims, ExportedProgram): torch.export with a dynamic batch and, for sequences, a
     dynamic length; falling back to a dynamic batch only, then to static shapes. `dynamic dims`
-    is "batch+seq", "batch" or "" (static)."""
+    is "batch+seq", "batch" or "" (static). The example is copied out of any storage it shares first: the
+    program keeps its example inputs, and a slice of a preloaded data set would carry the whole data set
+    into the saved file."""
+    example = map_tensors(lambda t: t.detach().clone(), example)
     args, kwargs = arguments(example)
     attempts = ([("batch+seq", True)] if any(_is_sequence(t) for t in tensors(example)) else []) + [("batch", False)]
     if dynamic:

@@ -194,7 +194,7 @@ def reload_in_fresh_process(
     """Load `path` in a new Python process and run every case; returns (status, outputs)."""
     with tempfile.TemporaryDirectory(prefix="lab2prod-reload-") as tmp:
         inputs_file, outputs_file = Path(tmp) / "inputs.pt", Path(tmp) / "outputs.pt"
-        torch.save({name: map_tensors(torch.Tensor.contiguous, t) for name, t in cases.items()}, inputs_file)
+        torch.save({name: map_tensors(torch.Tensor.clone, t) for name, t in cases.items()}, inputs_file)  # not views
         command = [sys.executable, "-m", "lab2prod.models.reload_check", fmt, str(path),
                    str(inputs_file), str(outputs_file), device]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
