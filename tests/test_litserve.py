@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 pytest.importorskip("litserve")
 
@@ -138,3 +139,41 @@ def test_the_raw_body_adapter_hands_litserve_the_exact_bytes_and_refuses_a_body_
     seen, sent = _call(lambda app: RawBody(app, "/predictions/model", 100), [b"x" * 10],
                        [(b"content-length", b"5000")])
     assert not seen and sent[0]["status"] == 413 and json.loads(sent[1]["body"])["message"] == "body over 100 bytes"
+
+
+def _verified_onnx_run(digits, run_dir):
+    """A run folder as the export notebook leaves it: the ONNX file in the manifest and parity:onnx passed."""
+    from lab2prod.models.onnx_rt import export_onnx
+
+    (run_dir / "models").mkdir(parents=True)
+    export_onnx(digits.module, digits.make_inputs(2, 0, "train"), run_dir / "models" / "model.onnx")
+    (run_dir / "manifest.json").write_text(json.dumps([{"format": "onnx", "file": "models/model.onnx"}]))
+    (run_dir / "results").mkdir()
+    (run_dir / "results" / "export.json").write_text(json.dumps({"gates": [{"name": "parity:onnx", "passed": True}]}))
+    return run_dir
+
+
+def test_the_onnx_file_is_served_in_onnx_runtime_only_once_its_parity_gate_passed(digits, tmp_path):
+    from lab2prod.servers.artifacts import load_artifact, verified_artifacts
+
+    run_dir = _verified_onnx_run(digits, tmp_path / "run")
+    assert verified_artifacts(run_dir) == ["torchscript", "onnx"]
+    failed = json.dumps({"gates": [{"name": "parity:onnx", "passed": False}]})
+    (tmp_path / "failed").mkdir()
+    for name in ("manifest.json", "models"):
+        (tmp_path / "failed" / name).symlink_to(run_dir / name)
+    (tmp_path / "failed" / "results").mkdir()
+    (tmp_path / "failed" / "results" / "export.json").write_text(failed)
+    assert verified_artifacts(tmp_path / "failed") == ["torchscript"]  # a file that failed its gate is never served
+    assert verified_artifacts(tmp_path / "nothing") == ["torchscript"]
+    batch = digits.make_inputs(4, 1, "test")
+    run = load_artifact(run_dir / "models", "onnx", threads=1)
+    assert torch.allclose(run(batch), digits.module(batch), atol=1e-4)
+    with pytest.raises(ValueError, match="'tflite' is not servable"):
+        load_artifact(run_dir / "models", "tflite")
+    bodies = request_bodies(digits, 12)
+    with lit.SERVER.serve(digits, run_dir, ServerConfig(1, 1, 4, 5, 1_000_000, artifact="onnx")) as live:
+        assert (run_dir / "serving" / "litserve" / "model" / "model.onnx").exists()
+        assert live.server.config.artifact == "onnx" and live.server.config.label.endswith("ONNX Runtime")
+        parity = serving.live_parity(live, "model", digits, bodies)
+        assert parity["failed"] == 0 and parity["top1_agreement"] == 1.0 and parity["max_prob_diff"] < 1e-4

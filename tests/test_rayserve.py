@@ -52,6 +52,13 @@ def test_ray_serve_answers_like_the_lab_and_refuses_what_it_should(digits, tmp_p
         assert any(m["metric"].startswith("ray_serve") for m in server.scrape_metrics())
         assert any("haproxy" in line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True,
                                                                  text=True).stdout.splitlines())
+        # the same folder served from its ONNX file in ONNX Runtime, redeployed on the running Ray
+        from lab2prod.models.onnx_rt import export_onnx
+
+        export_onnx(digits.module, digits.make_inputs(2, 0, "train"), model_dir / "model.onnx")
+        server.deploy(model_dir, rayserve.RayConfig(max_batch_size=4, artifact="onnx"))
+        parity = serving.live_parity(server, "model", digits, bodies)
+        assert parity["failed"] == 0 and parity["top1_agreement"] == 1.0 and parity["max_prob_diff"] < 1e-4
     assert not (tmp_path / "ray" / "key_file.json").exists() and not (tmp_path / "ray" / "ray.pids").exists()
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ  # the mode was set for that Ray only
 

@@ -18,8 +18,8 @@ from typing import Protocol
 
 from lab2prod.core.errors import Lab2ProdError
 
-__all__ = ["TOKEN_ENV", "read_token", "ServerConfig", "grid", "modes_of", "Server", "Live", "ServerClient",
-           "tool_path", "free_port", "http_request", "limits_check"]
+__all__ = ["TOKEN_ENV", "read_token", "ServerConfig", "grid", "modes_of", "artifacts_of", "Server", "Live",
+           "ServerClient", "tool_path", "free_port", "http_request", "limits_check"]
 
 
 TOKEN_ENV = "LAB2PROD_TOKEN"  # on a cluster the token comes from a Secret through this variable
@@ -39,8 +39,9 @@ class ServerConfig:
     """How any server serves the model: workers (TorchServe workers, Ray Serve replicas), torch threads per
     worker (0 = torch's default, a thread per core), server-side batching (`batch_size` requests gathered for
     at most `max_batch_delay_ms`), the body limit, the CPUs reserved per worker (0: the machine's CPUs
-    shared evenly), and the server's start-time mode (one of its `modes`; "default" is how it starts
-    untouched). Each server maps it to its own settings (`Server.native`)."""
+    shared evenly), the server's start-time mode (one of its `modes`; "default" is how it starts
+    untouched), and the artifact it serves (one of its `artifacts`, lab2prod.servers.artifacts). Each server
+    maps it to its own settings (`Server.native`)."""
 
     workers: int = 1
     threads: int = 1
@@ -49,6 +50,7 @@ class ServerConfig:
     max_request_size: int = 1_000_000
     cpus_per_worker: float = 0.0
     mode: str = "default"
+    artifact: str = "torchscript"
 
 
 def grid(workers: Iterable[int], threads: Iterable[int], batch_sizes: Iterable[int], max_batch_delay_ms: int = 5,
@@ -103,13 +105,16 @@ class Server(Protocol):
     `lab2prod.servers.registry.SERVERS`, `gate_prefix` names its gates (`<prefix>:parity`, `:errors`, `:sla`),
     `maintained` says whether it still gets releases and security patches (the pick weighs it), and `modes`
     are the ways it can be started that the tuning sweep tries beside workers, threads and batching (the first
-    is how it starts untouched; a server without the attribute has one, "default")."""
+    is how it starts untouched; a server without the attribute has one, "default"), and `artifacts` the files
+    it can serve (TorchScript for every server; ONNX Runtime for those that host Python), tuned over those this
+    run verified."""
 
     name: str
     title: str
     gate_prefix: str
     maintained: bool
     modes: tuple[str, ...]
+    artifacts: tuple[str, ...]
 
     def check(self) -> None:
         """Raise Lab2ProdError with the install line when the server cannot run here."""
@@ -140,6 +145,11 @@ class Server(Protocol):
 def modes_of(server) -> tuple[str, ...]:
     """The start-time modes a server tunes over; ("default",) for a server that declares none."""
     return tuple(getattr(server, "modes", ("default",))) or ("default",)
+
+
+def artifacts_of(server) -> tuple[str, ...]:
+    """The artifacts a server can serve; ("torchscript",) for a server that declares none."""
+    return tuple(getattr(server, "artifacts", ("torchscript",))) or ("torchscript",)
 
 
 def tool_path(name: str) -> str:

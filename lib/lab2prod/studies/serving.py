@@ -18,7 +18,8 @@ from lab2prod.core.results import gate
 from lab2prod.core.schema import Measure, Results, described
 from lab2prod.kinds.codec import answer_vector, codec_for, kind_of, lab_answer
 from lab2prod.models.requests import request_bodies
-from lab2prod.servers.base import Live, Server, ServerConfig, grid, limits_check, modes_of
+from lab2prod.servers.artifacts import verified_artifacts
+from lab2prod.servers.base import Live, Server, ServerConfig, artifacts_of, grid, limits_check, modes_of
 from lab2prod.servers.loadtest import content_type_of, load_sweep, request_files, run_locust, write_locustfile
 from lab2prod.servers.registry import SERVERS, servers_named
 from lab2prod.studies.benchmark import measure, powers_of_two_axis
@@ -251,8 +252,11 @@ def evaluate(server: Server, loaded, run_dir: Path, config: ServerConfig, users_
         report.limits = live.limits(requests[0][1], config.max_request_size, lab.content_type)
         report.load = load_sweep(live, live.model, locustfile, config, users_levels, duration_s, progress)
         report.metrics = live.scrape()
-        # every configuration in each of the server's start-time modes, one mode after the other
-        configs = [replace(c, mode=mode) for mode in modes_of(server) for c in tuning_configs]
+        # every configuration in each of the server's start-time modes (one mode after the other), serving each
+        # artifact the server can host that this run verified
+        artifacts = [a for a in artifacts_of(server) if a in verified_artifacts(run_dir)]
+        configs = [replace(c, mode=mode, artifact=artifact) for mode in modes_of(server) for artifact in artifacts
+                   for c in tuning_configs]
         default, *tuned = tune(server, live, locustfile, [server.default_config(config), *configs],
                                tune_users, duration_s, sla_ms, progress)
     report.default = {**default, "default": True}

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lab2prod.core.errors import Lab2ProdError
+from lab2prod.servers.artifacts import ARTIFACTS, copy_artifact, verified_artifacts
 from lab2prod.servers.base import TOKEN_ENV, ServerClient, ServerConfig, free_port, http_request, limits_check
 from lab2prod.servers.kubernetes import validate, write_manifests
 from lab2prod.servers.rayserve.server import write_model_dir
@@ -41,11 +42,13 @@ class LitConfig:
     max_batch_size: int = 1
     batch_timeout_s: float = 0.0
     max_request_size: int = 1_000_000
+    artifact: str = "torchscript"
 
     @property
     def label(self) -> str:
         threads = f"{self.threads} thread(s)" if self.threads else "default threads"
-        return f"{self.workers} worker(s) x {threads}, batch {self.max_batch_size}"
+        served = ", ONNX Runtime" if self.artifact == "onnx" else ""
+        return f"{self.workers} worker(s) x {threads}, batch {self.max_batch_size}{served}"
 
 
 def _serve_dir(run_dir: Path) -> Path:
@@ -255,6 +258,7 @@ class LitServeServer:
 
     name, title, gate_prefix, maintained = "litserve", "LitServe", "litserve", True
     modes = ("default",)
+    artifacts = ARTIFACTS  # it hosts Python: TorchScript or the ONNX file in ONNX Runtime
 
     def check(self) -> None:
         try:
@@ -268,7 +272,8 @@ class LitServeServer:
 
     def native(self, config: ServerConfig) -> LitConfig:
         return LitConfig(config.workers, config.threads, config.batch_size,
-                         config.max_batch_delay_ms / 1000 if config.batch_size > 1 else 0.0, config.max_request_size)
+                         config.max_batch_delay_ms / 1000 if config.batch_size > 1 else 0.0, config.max_request_size,
+                         config.artifact)
 
     @contextmanager
     def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,
@@ -276,6 +281,8 @@ class LitServeServer:
         run_dir = Path(run_dir)
         model_dir = write_model_dir(loaded, _serve_dir(run_dir) / "model", exported_torchscript(run_dir), seed,
                                     guard_max_bytes or config.max_request_size)
+        for artifact in verified_artifacts(run_dir):
+            copy_artifact(run_dir, artifact, model_dir)
         live = _Live(LitServeProcess(_serve_dir(run_dir), model_dir, self.native(config)).__enter__(), run_dir)
         try:
             yield live

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import litserve
 import torch
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from lab2prod.core.inputs import call, cat, first_tensor
+from lab2prod.core.inputs import cat
 from lab2prod.kinds.codec import answers, from_spec
 from lab2prod.kinds.guard import Rejected
+from lab2prod.servers.artifacts import load_artifact
 from lab2prod.servers.base import read_token
 
 __all__ = ["RawBody", "LabAPI", "main"]
@@ -122,7 +123,7 @@ class LabAPI(litserve.LitAPI):
         spec = json.loads((model_dir / "lab2prod.json").read_text())
         self.task = spec.get("task", "classifier")
         self.codec = from_spec(spec["codec"], model_dir)
-        self.model = torch.jit.load(str(model_dir / "model.pt"), map_location="cpu").eval()
+        self.model = load_artifact(model_dir, self.config.get("artifact", "torchscript"), int(self.config["threads"]))
 
     def authorize(self, request: Request) -> None:
         if request.url.path == "/health":  # LitServe guards /health with the API's check too; probes carry no token
@@ -142,7 +143,7 @@ class LabAPI(litserve.LitAPI):
 
     def predict(self, inputs):
         with torch.inference_mode():
-            return answers(self.task, first_tensor(call(self.model, inputs)))
+            return answers(self.task, self.model(inputs))
 
     def unbatch(self, outputs: list) -> list:
         return outputs
@@ -169,8 +170,6 @@ def server(config: dict) -> litserve.LitServer:
 
     @built.app.get("/metrics")
     def metrics():
-        from fastapi import Response
-
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return built

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from lab2prod.core.errors import Lab2ProdError
+from lab2prod.servers.artifacts import ARTIFACTS, copy_artifact, verified_artifacts
 from lab2prod.servers.base import ServerClient, ServerConfig, limits_check
 from lab2prod.servers.rayserve.server import (
     DEPLOYMENT,
@@ -110,6 +111,7 @@ class RayServeServer:
     name, title, gate_prefix, maintained = "rayserve", "Ray Serve", "rayserve", True
     # how Ray Serve starts untouched, and its high-throughput mode (HAProxy ingress, throughput-optimized)
     modes = ("default", "high_throughput")
+    artifacts = ARTIFACTS  # it hosts Python: TorchScript or the ONNX file in ONNX Runtime
 
     def check(self) -> None:
         try:
@@ -128,7 +130,7 @@ class RayServeServer:
         # Ray's default of 5 ongoing requests per replica caps a batch at 5: a replica takes two batches' worth
         ongoing = 5 if config.batch_size <= 2 else 2 * config.batch_size
         return RayConfig(config.workers, cpus, config.threads, config.batch_size, config.max_batch_delay_ms / 1000,
-                         config.max_request_size, ongoing, config.mode == "high_throughput")
+                         config.max_request_size, ongoing, config.mode == "high_throughput", config.artifact)
 
     @contextmanager
     def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,
@@ -136,6 +138,8 @@ class RayServeServer:
         run_dir = Path(run_dir)
         model_dir = write_model_dir(loaded, _model_dir(run_dir), exported_torchscript(run_dir), seed,
                                     guard_max_bytes or config.max_request_size)
+        for artifact in verified_artifacts(run_dir):
+            copy_artifact(run_dir, artifact, model_dir)
         live = _Live(_started(RayServer(model_dir.parent, NUM_CPUS, self.native(config).high_throughput)),
                      model_dir, run_dir)
         try:

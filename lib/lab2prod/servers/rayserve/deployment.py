@@ -11,9 +11,10 @@ import torch
 from ray import serve
 from starlette.responses import JSONResponse
 
-from lab2prod.core.inputs import call, cat, first_tensor
+from lab2prod.core.inputs import cat
 from lab2prod.kinds.codec import answers, from_spec
 from lab2prod.kinds.guard import Rejected
+from lab2prod.servers.artifacts import load_artifact
 from lab2prod.servers.base import read_token
 from lab2prod.servers.rayserve.server import DEFAULT_RAY_CONFIG, RayConfig
 
@@ -26,14 +27,14 @@ class LabModel:
     `lab2prod.kinds.codec.answers`. A refused request gets HTTP 400 with its reason code."""
 
     def __init__(self, model_dir: str, token_file: str = "", threads: int = 1, max_batch_size: int = 1,
-                 batch_wait_timeout_s: float = 0.005, max_request_size: int = 1_000_000):
+                 batch_wait_timeout_s: float = 0.005, max_request_size: int = 1_000_000, artifact: str = "torchscript"):
 
         if int(threads) > 0:
             torch.set_num_threads(int(threads))  # one replica, its CPUs: no oversubscription
         spec = json.loads((Path(model_dir) / "lab2prod.json").read_text())
         self.task = spec.get("task", "classifier")
         self.codec = from_spec(spec["codec"], model_dir)
-        self.model = torch.jit.load(str(Path(model_dir) / "model.pt"), map_location="cpu").eval()
+        self.model = load_artifact(Path(model_dir), artifact, int(threads))  # TorchScript or ONNX Runtime
         self.token = read_token(token_file)
         self.max_request_size = int(max_request_size)
         self.infer.set_max_batch_size(int(max_batch_size))
@@ -42,7 +43,7 @@ class LabModel:
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.005)
     async def infer(self, items: list) -> list[dict]:
         with torch.inference_mode():
-            return answers(self.task, first_tensor(call(self.model, cat(items))))
+            return answers(self.task, self.model(cat(items)))
 
     async def __call__(self, request):
         if not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {self.token}"):
@@ -78,4 +79,5 @@ def app(args: dict):
         num_replicas=config.replicas, ray_actor_options={"num_cpus": config.cpus_per_replica},
         max_ongoing_requests=config.max_ongoing_requests)
     return deployment.bind(str(args["model_dir"]), str(args.get("token_file", "")), config.threads,
-                           config.max_batch_size, config.batch_wait_timeout_s, config.max_request_size)
+                           config.max_batch_size, config.batch_wait_timeout_s, config.max_request_size,
+                           config.artifact)

@@ -61,12 +61,14 @@ class RayConfig:
     max_request_size: int = 1_000_000
     max_ongoing_requests: int = 5
     high_throughput: bool = False
+    artifact: str = "torchscript"
 
     @property
     def label(self) -> str:
         threads = f"{self.threads} thread(s)" if self.threads else "default threads"
         mode = ", high-throughput" if self.high_throughput else ""
-        return f"{self.replicas} replica(s) x {threads}, batch {self.max_batch_size}{mode}"
+        served = ", ONNX Runtime" if self.artifact == "onnx" else ""
+        return f"{self.replicas} replica(s) x {threads}, batch {self.max_batch_size}{mode}{served}"
 
 
 # Ray Serve's own defaults for a deployment: one replica, one CPU, torch's default threads, no batching,

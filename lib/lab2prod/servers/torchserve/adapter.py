@@ -115,6 +115,7 @@ class TorchServeServer:
 
     name, title, gate_prefix, maintained = "torchserve", "TorchServe", "serving", False
     modes = ("default",)  # one way to start it
+    artifacts = ("torchscript",)  # what its handler loads
 
     def check(self) -> None:
         check_requirements()
