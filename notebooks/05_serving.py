@@ -156,7 +156,8 @@ pd.DataFrame([{"server": r.title, **row} for r in reports.values() for row in r.
 # The first row of each server is what it does untuned on this machine (TorchServe: a worker per
 # core, each with torch's default threads; Ray Serve: one replica, torch's default threads, no
 # batching, its default proxy; LitServe: one worker, torch's default threads, no batching). Ray Serve's
-# grid runs once in each of its modes. On a small machine workers x threads oversubscribe the cores
+# grid runs once in each of its modes; Ray Serve and LitServe also serve the export notebook's ONNX file
+# in ONNX Runtime when its parity gate passed in this run. On a small machine workers x threads oversubscribe the cores
 # fast; the sweep finds that by itself. The chosen configuration is written into the server's
 # deployment files.
 
