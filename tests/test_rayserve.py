@@ -189,7 +189,7 @@ def test_the_grid_shares_the_cpus_and_the_backend_is_checked():
     assert len(grid) == 8 and all(c.replicas * c.cpus_per_replica == 2 for c in grid)
     assert serving.check_backend(["both"]) == ["both"]
     assert [s.name for s in serving.selected_servers(["rayserve", "torchserve"])] == ["rayserve", "torchserve"]
-    with pytest.raises(Lab2ProdError, match="use any of torchserve, rayserve, both"):
+    with pytest.raises(Lab2ProdError, match="use any of torchserve, rayserve, litserve, both, all"):
         serving.check_backend(["triton"])
 
 
