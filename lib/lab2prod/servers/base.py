@@ -18,7 +18,7 @@ from typing import Protocol
 
 from lab2prod.core.errors import Lab2ProdError
 
-__all__ = ["TOKEN_ENV", "read_token", "ServerConfig", "grid", "modes_of", "artifacts_of", "Server", "Live",
+__all__ = ["TOKEN_ENV", "read_token", "Started", "ServerConfig", "grid", "modes_of", "artifacts_of", "Server", "Live",
            "ServerClient", "tool_path", "free_port", "http_request", "limits_check"]
 
 
@@ -32,6 +32,24 @@ def read_token(token_file: str = "") -> str:
     if token_file and Path(token_file).exists():
         return json.loads(Path(token_file).read_text())["inference"]
     raise Lab2ProdError(f"no token: set {TOKEN_ENV} or pass token_file (a key file lab2prod wrote)")
+
+
+class Started:
+    """A server process lab2prod starts (`start()`) and stops (`stop()`, safe to call twice): as a context
+    manager, or through `start_cleanly()`, it is stopped again when starting fails half-way."""
+
+    def start_cleanly(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self):
+        return self.start_cleanly()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 @dataclass(frozen=True)

@@ -254,7 +254,8 @@ def evaluate(server: Server, loaded, run_dir: Path, config: ServerConfig, users_
         report.metrics = live.scrape()
         # every configuration in each of the server's start-time modes (one mode after the other), serving each
         # artifact the server can host that this run verified
-        artifacts = [a for a in artifacts_of(server) if a in verified_artifacts(run_dir)]
+        verified = verified_artifacts(run_dir)
+        artifacts = [a for a in artifacts_of(server) if a in verified]
         configs = [replace(c, mode=mode, artifact=artifact) for mode in modes_of(server) for artifact in artifacts
                    for c in tuning_configs]
         default, *tuned = tune(server, live, locustfile, [server.default_config(config), *configs],

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.servers.artifacts import ARTIFACTS, copy_artifact, verified_artifacts
-from lab2prod.servers.base import TOKEN_ENV, ServerClient, ServerConfig, free_port, http_request, limits_check
+from lab2prod.servers.base import TOKEN_ENV, ServerClient, ServerConfig, Started, free_port, http_request, limits_check
 from lab2prod.servers.kubernetes import validate, write_manifests
 from lab2prod.servers.rayserve.server import write_model_dir
 from lab2prod.servers.torchserve.server import exported_torchscript
@@ -62,7 +62,7 @@ def config_content(model_dir: str, config: LitConfig, port: int = 8000, host: st
             **({"token_file": token_file} if token_file else {}), **asdict(config)}
 
 
-class LitServeProcess:
+class LitServeProcess(Started):
     """One LitServe process on 127.0.0.1 in its own process group, its pid in `serve_dir/litserve.pid`; a fresh
     bearer token per start in a key file with mode 0600. Use as a context manager."""
 
@@ -120,15 +120,6 @@ class LitServeProcess:
         self.pid_file.unlink(missing_ok=True)
         self.key_file.unlink(missing_ok=True)
 
-    def __enter__(self) -> LitServeProcess:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def _stop_group(pid: int, process: subprocess.Popen | None = None) -> None:
@@ -194,7 +185,7 @@ class _Live(ServerClient):
         native = SERVER.native(config)
         if native != self.server.config:  # LitServe takes its settings at start: a new process per configuration
             self.server.stop()
-            self.server = LitServeProcess(self.server.serve_dir, self.server.model_dir, native).__enter__()
+            self.server = LitServeProcess(self.server.serve_dir, self.server.model_dir, native).start_cleanly()
 
     def scrape(self) -> list[dict]:
         status, body = http_request("GET", f"{self.server.inference_url}/metrics", None)
@@ -283,7 +274,7 @@ class LitServeServer:
                                     guard_max_bytes or config.max_request_size)
         for artifact in verified_artifacts(run_dir):
             copy_artifact(run_dir, artifact, model_dir)
-        live = _Live(LitServeProcess(_serve_dir(run_dir), model_dir, self.native(config)).__enter__(), run_dir)
+        live = _Live(LitServeProcess(_serve_dir(run_dir), model_dir, self.native(config)).start_cleanly(), run_dir)
         try:
             yield live
         finally:

@@ -50,11 +50,6 @@ def _model_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "serving" / "rayserve" / "model"
 
 
-def _started(server: RayServer) -> RayServer:
-    """The server started; stopped again when starting fails half-way."""
-    return server.__enter__()
-
-
 @dataclass
 class _Live(ServerClient):
     server: RayServer
@@ -71,7 +66,7 @@ class _Live(ServerClient):
         if native.high_throughput != self.server.high_throughput:
             # the mode is read when Ray's processes start: a Ray in the other mode is stopped and a new one started
             self.server.stop()
-            self.server = _started(RayServer(self.server.serve_dir, self.server.num_cpus, native.high_throughput))
+            self.server = RayServer(self.server.serve_dir, self.server.num_cpus, native.high_throughput).start_cleanly()
         self.server.deploy(self.model_dir, native, self.model)
 
     def scrape(self) -> list[dict]:
@@ -140,7 +135,7 @@ class RayServeServer:
                                     guard_max_bytes or config.max_request_size)
         for artifact in verified_artifacts(run_dir):
             copy_artifact(run_dir, artifact, model_dir)
-        live = _Live(_started(RayServer(model_dir.parent, NUM_CPUS, self.native(config).high_throughput)),
+        live = _Live(RayServer(model_dir.parent, NUM_CPUS, self.native(config).high_throughput).start_cleanly(),
                      model_dir, run_dir)
         try:
             live.deploy(config)

@@ -31,7 +31,7 @@ from pathlib import Path
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.paths import PACKAGE_DIR
 from lab2prod.kinds.codec import codec_for
-from lab2prod.servers.base import TOKEN_ENV
+from lab2prod.servers.base import TOKEN_ENV, Started
 from lab2prod.servers.kubernetes import validate
 from lab2prod.servers.torchserve.server import free_port, http_request, trace_to_file
 
@@ -105,7 +105,7 @@ def write_model_dir(loaded, folder: Path, model_file: Path | None = None, seed: 
 _RUNNING: dict[int, RayServer] = {}
 
 
-class RayServer:
+class RayServer(Started):
     """A local Ray with Serve on 127.0.0.1: `num_cpus` CPUs, no dashboard, its own temp folder
     under `serve_dir`, its processes recorded in `serve_dir/ray.pids`. Use as a context manager;
     `deploy` (re)deploys the model with a RayConfig; `stop` shuts Serve and Ray down."""
@@ -242,15 +242,6 @@ class RayServer:
                 else:
                     os.environ[name] = value
 
-    def __enter__(self) -> RayServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def _paths() -> list[str]:
