@@ -16,7 +16,11 @@
 #
 # **Formats.** TorchScript (`torch.jit.script` and `torch.jit.trace`) is what many deployed
 # systems load today; it is **deprecated upstream** and kept here as the *old path*.
-# `torch.export` (`.pt2`) is its successor, the *new path*. **ONNX** is the third path many teams
+# `torch.export` (`.pt2`) is its successor, the *new path*. **AOTInductor** (`aoti`) compiles that
+# same program ahead of time into native code for *this* CPU (`torch._inductor.aoti_compile_and_package`;
+# a server loads it with `aoti_load_package`, no model Python): the fastest file in torch, but one
+# that belongs to the machine it was compiled for (the manifest records which: `compiled_for`), and
+# the slowest to produce (a C++ compile: tens of seconds on a small CPU). **ONNX** is the path many teams
 # ship: `torch.onnx.export(..., dynamo=True)` from the same torch.export program (a dynamic batch,
 # and a dynamic length for sequences), checked with the ONNX checker and shape inference, reloaded
 # in ONNX Runtime (which runs outside Python too, on CPU, CUDA or TensorRT). The exporter may put
@@ -108,5 +112,5 @@ record(run_dir, "export", export.ExportResults(
 nb.gates_frame(gates)[["verdict", "threshold", "detail"]]
 
 # %%
-columns = ["format", "file", "bytes", "sha256", "dynamic_batch", "torch", "opset", "external_data"]
+columns = ["format", "file", "bytes", "sha256", "dynamic_batch", "torch", "opset", "external_data", "compiled_for"]
 pd.DataFrame(manifest, columns=columns).set_index("format")

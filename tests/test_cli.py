@@ -12,10 +12,13 @@ def _summary(out, run_id):
     return json.loads((out / run_id / "summary.json").read_text())
 
 
+PORTABLE = ["-p", "formats=[torchscript_script,torchscript_trace,torch_export,onnx]"]
+
+
 @pytest.mark.parametrize("model, extra", [
-    ("digits_mlp", []),
-    ("resnet18", []),
-    ("lab2prod.examples:tabular_mlp", TABULAR),
+    ("digits_mlp", []),  # every format: AOTInductor too
+    ("resnet18", PORTABLE),
+    ("lab2prod.examples:tabular_mlp", TABULAR + PORTABLE),
 ])
 def test_export_run_passes(run_cli, tmp_path, model, extra):
     out = tmp_path / "out"
@@ -26,7 +29,8 @@ def test_export_run_passes(run_cli, tmp_path, model, extra):
     assert set(summary) >= {"run_id", "params", "environment", "notebooks", "results", "gates"}
     assert summary["notebooks"][0]["status"] == "ok"
     assert {g["name"] for g in summary["gates"]} == {
-        "parity:torchscript_script", "parity:torchscript_trace", "parity:torch_export", "parity:onnx"}
+        "parity:torchscript_script", "parity:torchscript_trace", "parity:torch_export", "parity:onnx",
+        *(["parity:aoti"] if not extra else [])}
     formats = summary["results"]["export"]["formats"]
     assert {(f["format"], f["batch_size"]) for f in formats if f["inputs"] == "held-out"} >= {
         ("torch_export", 1), ("torch_export", 3)}
@@ -36,12 +40,14 @@ def test_export_run_passes(run_cli, tmp_path, model, extra):
     assert "READY" in (run / "report.html").read_text()
     manifest = json.loads((run / "manifest.json").read_text())
     assert all((run / entry["file"]).exists() for entry in manifest)
+    if not extra:  # the AOTInductor package names the CPU it was compiled for
+        assert next(e for e in manifest if e["format"] == "aoti")["compiled_for"].startswith("x86_64")
 
 
 def test_traced_data_dependent_model_fails_with_exit_1(run_cli, tmp_path):
     out = tmp_path / "out"
     proc = run_cli("run", "--only", "export", "--model", "lab2prod.examples:gated_net", *TABULAR,
-                   *QUICK, "--out", str(out), "--run-id", "r")
+                   *QUICK, *PORTABLE, "--out", str(out), "--run-id", "r")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL parity:torchscript_trace" in proc.stdout
     gates = {g["name"]: g["passed"] for g in _summary(out, "r")["gates"]}
@@ -208,8 +214,8 @@ def test_benchmark_run_picks_a_configuration_under_the_sla(run_cli, tmp_path):
     assert "PASS sla" in proc.stdout
     values = _summary(out, "r")["results"]["benchmark"]
     variants = {(r["variant"], r["batch_size"]) for r in values["rows"]}
-    assert variants == {(v, b) for v in ("eager", "torchscript", "torch_export", "dynamic_int8", "onnxruntime",
-                                         "onnxruntime_int8") for b in (1, 4)}
+    assert variants == {(v, b) for v in ("eager", "torchscript", "torch_export", "aoti", "dynamic_int8",
+                                         "onnxruntime", "onnxruntime_int8") for b in (1, 4)}
     assert all(r["correct"] and r["p99_ms"] >= r["p50_ms"] > 0 for r in values["rows"])
     sla = values["sla"]
     assert sla["met"] and sla["p99_ms"] <= sla["sla_ms"] == 100.0 and sla["batch_size"] in (1, 4)

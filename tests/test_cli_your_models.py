@@ -15,6 +15,11 @@ QUICK_SERVING = ("-p", "serving.users=[1]", "-p", "serving.duration_s=1", "-p", 
                  "-p", "serving.parity_requests=16", "-p", "serving.sla_ms=10000")
 
 
+# AOTInductor compiles for tens of seconds per model: these runs check the other formats and variants
+PORTABLE = ["-p", "export.formats=[torchscript_script,torchscript_trace,torch_export,onnx]",
+            "-p", "benchmark.variants=[eager,torchscript,torch_export,dynamic_int8,onnxruntime,onnxruntime_int8]"]
+
+
 def test_a_model_with_two_integer_inputs_passes_export_quantization_benchmark_and_serving(run_cli, tmp_path):
     out = tmp_path / "out"
     proc = run_cli("run", "--only", "export,quantization,benchmark,serving", "--model",
@@ -22,7 +27,7 @@ def test_a_model_with_two_integer_inputs_passes_export_quantization_benchmark_an
                    "--device", "cpu", "--no-progress", *QUICK_SERVING,
                    "-p", "export.batch_sizes=[1,8]", "-p", "quantization.batch_sizes=[1,8]",
                    "-p", "benchmark.batch_sizes=[1,8]", "-p", "benchmark.min_run_time=0.1",
-                   "-p", "quantization.min_run_time=0.1", "--out", "out", "--run-id", "r")  # relative, as typed
+                   "-p", "quantization.min_run_time=0.1", *PORTABLE, "--out", "out", "--run-id", "r")  # relative
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = _summary(out, "r")["results"]
     cases = {(f["format"], f["inputs"]) for f in results["export"]["formats"]}
@@ -46,7 +51,7 @@ def test_your_model_weights_and_image_folder_give_the_reference_accuracies(run_c
     proc = run_cli("run", "--only", "export,parity,quantization,serving", "--model",
                    "lab2prod.examples:digits_cnn_factory", "--weights", weights, "--data", data,
                    "--lab-transform", "lab2prod.examples:digits_transform", "--no-progress", *QUICK_SERVING,
-                   "-p", "quantization.min_run_time=0.1", "-p", "export.batch_sizes=[1,4]",
+                   "-p", "quantization.min_run_time=0.1", "-p", "export.batch_sizes=[1,4]", *PORTABLE[:2],
                    "--out", str(out), "--run-id", "r")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = _summary(out, "r")["results"]

@@ -22,19 +22,19 @@ def test_compare_outputs_measures_diffs_and_agreement():
 
 def test_every_format_of_a_factory_model_reloads_and_matches(tmp_path):
     loaded = load_model("lab2prod.examples:tabular_mlp", example_inputs=TABULAR)
-    artifacts = [export.export_model(loaded, fmt, tmp_path / "models") for fmt in export.FORMATS]
+    artifacts = [export.export_model(loaded, fmt, tmp_path / "models") for fmt in export.PORTABLE_FORMATS]
     assert all(a.produced and a.dynamic_batch for a in artifacts)
     rows = export.check_exports(loaded, artifacts, [1, 5], ["cpu"])
     assert {r.batch_size for r in rows} == {1, 5}
     assert all(r.loaded and r.max_abs_diff <= 1e-6 and r.top1_agreement == 1.0 for r in rows)
     gates = export.format_gates(artifacts, rows, atol=1e-4)
-    assert [g["name"] for g in gates] == [f"parity:{f}" for f in export.FORMATS]
+    assert [g["name"] for g in gates] == [f"parity:{f}" for f in export.PORTABLE_FORMATS]
     assert all(g["passed"] for g in gates)
 
 
 def test_trace_of_data_dependent_model_fails_its_gate(tmp_path):
     loaded = load_model("lab2prod.examples:gated_net", example_inputs=TABULAR)
-    artifacts = [export.export_model(loaded, fmt, tmp_path) for fmt in export.FORMATS]
+    artifacts = [export.export_model(loaded, fmt, tmp_path) for fmt in export.PORTABLE_FORMATS]
     by_format = {a.format: a for a in artifacts}
     assert any("boolean" in w for w in by_format["torchscript_trace"].warnings)
     assert not by_format["torch_export"].produced and by_format["torch_export"].error
@@ -79,7 +79,7 @@ def test_unknown_format_is_an_error(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; run the same pytest command on one")
 def test_files_reload_on_cuda_and_match(tmp_path):
     loaded = load_model("digits_cnn")
-    artifacts = [export.export_model(loaded, fmt, tmp_path) for fmt in export.FORMATS]
+    artifacts = [export.export_model(loaded, fmt, tmp_path) for fmt in export.PORTABLE_FORMATS]
     rows = export.check_exports(loaded, artifacts, [1, 8], ["cpu", "cuda"])
     cuda_rows = [r for r in rows if r.device == "cuda"]
     assert cuda_rows and all(r.loaded and r.error is None for r in cuda_rows)

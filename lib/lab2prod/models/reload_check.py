@@ -21,8 +21,8 @@ __all__ = ["load_exported", "main"]
 
 
 def load_exported(fmt: str, path: str, device: str = "cpu"):
-    """Load a TorchScript (`torchscript_*`), torch.export (`torch_export`) or ONNX (`onnx`, in an
-    ONNX Runtime session) file onto `device`."""
+    """Load a TorchScript (`torchscript_*`), torch.export (`torch_export`), AOTInductor (`aoti`, CPU) or ONNX
+    (`onnx`, in an ONNX Runtime session) file onto `device`."""
     if fmt.startswith("torchscript"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -31,6 +31,10 @@ def load_exported(fmt: str, path: str, device: str = "cpu"):
     if fmt == "torch_export":
         module = torch.export.load(path).module()
         return module.to(device) if device != "cpu" else module
+    if fmt == "aoti":  # AOTInductor's native code for this CPU, run by its C++ runner
+        if device != "cpu":
+            raise ValueError("this AOTInductor package was compiled for the CPU")
+        return torch._inductor.aoti_load_package(path)
     if fmt == "onnx":  # ONNX Runtime on the file and its external data, no torch model code
 
         module = OrtModule(path, threads=1, device=device)

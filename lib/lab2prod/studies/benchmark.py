@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -213,7 +217,7 @@ def harness_overhead_ns(calls: int = 20000) -> float:
 # ---------------------------------------------------------------- variants
 
 
-CPU_VARIANTS = ["eager", "torchscript", "torch_export", "dynamic_int8", "onnxruntime", "onnxruntime_int8"]
+CPU_VARIANTS = ["eager", "torchscript", "torch_export", "aoti", "dynamic_int8", "onnxruntime", "onnxruntime_int8"]
 CUDA_VARIANTS = ["eager", "torchscript", "torch_export", "fp16_autocast", "bf16_autocast", "channels_last",
                  "torch_compile", "cuda_graphs", "onnxruntime_cuda", "onnxruntime_tensorrt"]
 ALL_VARIANTS = list(dict.fromkeys(CPU_VARIANTS + CUDA_VARIANTS))
@@ -251,6 +255,10 @@ def build_variant(module: torch.nn.Module, variant: str, device: str, example: I
                 return torch.jit.freeze(trace(module, example))
         if variant == "torch_export":
             return export_program(module, example)[1].module()
+        if variant == "aoti":
+            if cuda:
+                raise Lab2ProdError("aoti is compiled here for the CPU; measure it with --device cpu")
+            return _aoti_variant(module, example)
         if variant == "dynamic_int8":
             if cuda:
                 raise Lab2ProdError("dynamic int8 (torch.ao) runs on the CPU only")
@@ -281,6 +289,25 @@ def build_variant(module: torch.nn.Module, variant: str, device: str, example: I
                 raise Lab2ProdError("CUDA graphs are captured here for one input tensor")
             return _cuda_graph(module, example)
     raise Lab2ProdError(f"variant {variant!r} is not known; use some of {', '.join(ALL_VARIANTS)}")
+
+
+def _aoti_variant(module: torch.nn.Module, example: Inputs) -> Callable:
+    """The model's torch.export program compiled ahead of time by AOTInductor for this CPU (what the export
+    notebook's `aoti` format serves), loaded in its C++ runner; the package is removed with the runner."""
+    folder = Path(tempfile.mkdtemp(prefix="lab2prod-aoti-"))
+    try:
+        path = torch._inductor.aoti_compile_and_package(export_program(module, example)[1],
+                                                        package_path=str(folder / "model.aoti.pt2"))
+        runner = torch._inductor.aoti_load_package(path)
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+    def run(*args, **kwargs):
+        return runner(*args, **kwargs)
+
+    weakref.finalize(run, shutil.rmtree, str(folder), True)
+    return run
 
 
 def _ort_variant(module: torch.nn.Module, variant: str, device: str, example: Inputs) -> Callable:

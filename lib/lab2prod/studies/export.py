@@ -1,8 +1,11 @@
-"""Serialize a model (TorchScript script/trace, torch.export, ONNX) and prove the file reloads and agrees.
+"""Serialize a model (TorchScript script/trace, torch.export, AOTInductor, ONNX) and prove the file reloads
+and agrees.
 
-TorchScript is what many deployed systems load today and is deprecated upstream; torch.export
-(`.pt2`) is its successor; ONNX (run by ONNX Runtime, outside Python too) is the third path many
-teams ship. All are produced side by side so a reader sees what each costs.
+TorchScript is what many deployed systems load today and is deprecated upstream (the old path); torch.export
+(`.pt2`) is its successor; AOTInductor compiles that program ahead of time into native code for this machine's
+CPU (a package `torch._inductor.aoti_load_package` loads without the model's Python); ONNX (run by ONNX
+Runtime, outside Python too) is the path many teams ship. All are produced side by side so a reader sees what
+each costs.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from lab2prod.models.reference import set_eval
 __all__ = [
     "ExportResults",
     "FORMATS",
+    "PORTABLE_FORMATS",
     "ExportArtifact",
     "ComparisonRow",
     "check_formats",
@@ -66,8 +70,11 @@ class ExportResults(Results):
     manifest: list = described("every exported file: format, file, bytes, sha256, dynamic batch, torch")
     env_lock: str = described("the lab environment lock written beside the exported files")
 
-FORMATS = ("torchscript_script", "torchscript_trace", "torch_export", "onnx")
-FILE_SUFFIX = {"torchscript_script": ".pt", "torchscript_trace": ".pt", "torch_export": ".pt2", "onnx": ".onnx"}
+# Files that load on any machine with the same torch (or any ONNX Runtime), and the one compiled for this CPU
+PORTABLE_FORMATS = ("torchscript_script", "torchscript_trace", "torch_export", "onnx")
+FORMATS = (*PORTABLE_FORMATS, "aoti")
+FILE_SUFFIX = {"torchscript_script": ".pt", "torchscript_trace": ".pt", "torch_export": ".pt2", "onnx": ".onnx",
+               "aoti": ".pt2"}
 TRACE_BATCH_SIZE = 2
 
 
@@ -138,7 +145,10 @@ def export_model(
                 dynamic, program = export_program(module, example)
                 artifact.dynamic_batch = bool(dynamic)
                 artifact.dynamic_dims = dynamic
-                torch.export.save(program, str(path))
+                if fmt == "aoti":  # the same program, compiled to native code for this CPU by AOTInductor
+                    torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+                else:
+                    torch.export.save(program, str(path))
             artifact.path = path
         except Exception as exc:
             artifact.error = one_line(exc)
@@ -227,6 +237,8 @@ def check_exports(
     for device in devices:
         eager = _eager_outputs(loaded, cases, device)
         for artifact in artifacts:
+            if artifact.format == "aoti" and device != "cpu":
+                continue  # compiled for this CPU: a CUDA package is compiled on (and for) the GPU machine
             if not artifact.produced:
                 rows.append(ComparisonRow(artifact.format, 0, "-", device, False, error=artifact.error))
                 continue
@@ -330,6 +342,8 @@ def write_manifest(
                 "external_data": [{"file": str(f.relative_to(run_dir)), "sha256": sha256_file(f),
                                    "bytes": f.stat().st_size} for f in artifact.extra_files]}
                if artifact.format == "onnx" else {}),
+            **({"compiled_for": f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"}
+               if artifact.format == "aoti" else {}),
             "trained": loaded.trained,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         })
