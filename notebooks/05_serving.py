@@ -156,10 +156,14 @@ pd.DataFrame([{"server": r.title, **row} for r in reports.values() for row in r.
 # The first row of each server is what it does untuned on this machine (TorchServe: a worker per
 # core, each with torch's default threads; Ray Serve: one replica, torch's default threads, no
 # batching, its default proxy; LitServe: one worker, torch's default threads, no batching). Ray Serve's
-# grid runs once in each of its modes; Ray Serve and LitServe also serve the export notebook's ONNX file
-# in ONNX Runtime when its parity gate passed in this run. On a small machine workers x threads oversubscribe the cores
-# fast; the sweep finds that by itself. The chosen configuration is written into the server's
-# deployment files.
+# grid runs once in each of its modes (its default proxy, and the high-throughput mode: HAProxy ingress
+# and `RAY_SERVE_THROUGHPUT_OPTIMIZED`), all with TorchScript (the old path). Then the best of those
+# serves, in Ray Serve and LitServe, each other artifact this run verified: the AOTInductor package
+# and the ONNX file (in ONNX Runtime) when their export parity gates passed, and the quantization
+# notebook's recommended file when it is of this model and passed its gates. Each is checked live
+# first (`parity`) and is chosen only if it answers like the lab. On a small machine workers x threads
+# oversubscribe the cores fast; the sweep finds that by itself. The chosen configuration is written
+# into the server's deployment files.
 
 # %%
 for served in reports.values():
@@ -167,8 +171,8 @@ for served in reports.values():
     fig.suptitle(served.title)
 
 # %%
-columns = ["config", "workers", "threads", "batch_size", "p50_ms", "p99_ms", "throughput_per_s", "error_rate",
-           "meets_sla"]
+columns = ["config", "artifact", "workers", "threads", "batch_size", "p50_ms", "p99_ms", "throughput_per_s",
+           "error_rate", "meets_sla", "parity"]
 pd.DataFrame([{"server": r.title, **{c: row.get(c) for c in columns}} for r in reports.values()
               for row in r.tuning]).set_index(["server", "config"])
 
@@ -200,29 +204,39 @@ pd.DataFrame([{"server": r.title, "file": what, "path": path} for r in reports.v
 # ## Side by side, and which to pick
 #
 # Every server's untuned and tuned configurations at `tune_users` users against the same SLA.
-# `cpus` is how many torch threads the server runs at once (workers or replicas x threads).
-# `share_of_in_process` is the server's throughput over what the same TorchScript file does
-# called in this process at the same batch size and threads, times the workers the cores can
-# run side by side (lab2prod's benchmark harness, measured now): what the server itself costs.
-# The pick weighs maintenance: an archived server must be clearly faster to be picked.
+# `served` is the artifact the configuration ran; `cpus` is how many torch threads the server runs
+# at once (workers or replicas x threads). Two in-process ceilings are measured now with lab2prod's
+# benchmark harness, at the same batch size, threads and artifact, times the workers the cores can
+# run side by side: the model alone on a ready batch (`share_of_in_process` is the throughput over
+# it), and the full path on the same request bodies, meaning the guarded codec per request, the
+# model and the JSON answers (`efficiency` is the throughput over it: what the server itself costs).
+# A P99 comes with the samples at or above it and its 95% interval; configurations whose intervals
+# overlap are not ranked by P99, throughput decides. The pick weighs maintenance: an archived server
+# (TorchServe, archived on 2025-08-07) is picked only when it is at least 1.25x faster than the best
+# maintained one.
 
 # %%
-ceilings = {}
-for served in reports.values():
-    model_file = run_dir / served.served_file
-    for kind, row in (("default", served.default), ("tuned", served.chosen)):
-        if row is not None and model_file.exists():
-            key = (row["batch_size"], row["threads"], row["workers"])  # one measurement per configuration
-            measured = next((c for c in ceilings.values() if c["key"] == key), None)
-            ceilings[(served.title, kind)] = measured or {"key": key, **serving.in_process_ceiling(
-                model_file, loaded, row["batch_size"], row["threads"], row["workers"], seed)}
+ceilings = serving.ceilings_of(reports, run_dir, loaded, seed)
 side = serving.side_by_side(reports, ceilings=ceilings)
 pick = serving.pick_server(side, sla_ms)
 print(pick)
-pd.DataFrame(side).set_index(["server", "config"]).round(3) if side else "nothing served"
+serving.side_table(side) if side else "nothing served"
 
 # %%
 fig = serving.plot_side_by_side(side, sla_ms) if side else None
+
+# %% [markdown]
+# ## Where each millisecond goes
+#
+# Each server's handler reports its phases per request in a `Server-Timing` header, and the load test
+# collects them: `codec` (decode, the guard and the lab's preprocessing, one object), `queue` (waiting
+# for and filling a batch inside the server; TorchServe's handler cannot see its frontend's queue, so
+# there it is part of the rest), `inference` (the batch through the served artifact) and
+# `postprocess` (the answers). Grey is what the client saw beyond them: the HTTP server, the proxy,
+# the network and Locust itself.
+
+# %%
+fig = serving.plot_phases(side) if side else None
 
 # %% [markdown]
 # ## Gates

@@ -98,7 +98,7 @@ def test_a_litserve_left_by_a_crashed_run_is_stopped_by_its_recorded_pid_only(tm
         other.wait()
 
 
-def _call(middleware, body_chunks, headers=()):
+def _call(middleware, body_chunks, headers=(), answer=b"{}"):
     """Drive the ASGI adapter by hand: what the inner app received, and what the client got."""
     import asyncio
 
@@ -107,8 +107,9 @@ def _call(middleware, body_chunks, headers=()):
     async def inner(scope, receive, send):
         message = await receive()
         seen.update(headers=dict(scope["headers"]), body=message["body"])
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"99")]})
+        await send({"type": "http.response.body", "body": answer[:5], "more_body": True})
+        await send({"type": "http.response.body", "body": answer[5:]})
 
     messages = [{"type": "http.request", "body": c, "more_body": i < len(body_chunks) - 1}
                 for i, c in enumerate(body_chunks)]
@@ -128,6 +129,7 @@ def test_the_raw_body_adapter_hands_litserve_the_exact_bytes_and_refuses_a_body_
     import base64
 
     from lab2prod.servers.litserve.app import RawBody
+    from lab2prod.servers.timing import parse
 
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
     seen, sent = _call(lambda app: RawBody(app, "/predictions/model", 1000), [png[:100], png[100:]],
@@ -139,26 +141,49 @@ def test_the_raw_body_adapter_hands_litserve_the_exact_bytes_and_refuses_a_body_
     seen, sent = _call(lambda app: RawBody(app, "/predictions/model", 100), [b"x" * 10],
                        [(b"content-length", b"5000")])
     assert not seen and sent[0]["status"] == 413 and json.loads(sent[1]["body"])["message"] == "body over 100 bytes"
+    # the worker's phases leave the answer and become a Server-Timing header, the rest of the server's time `queue`
+    timed = json.dumps({"top1": 3, "_timing": {"codec": 0.5, "inference": 1.5, "postprocess": 0.1}}).encode()
+    _, sent = _call(lambda app: RawBody(app, "/predictions/model", 1000), [png], answer=timed)
+    headers = dict(sent[0]["headers"])
+    assert json.loads(sent[1]["body"]) == {"top1": 3}
+    assert headers[b"content-length"] == str(len(sent[1]["body"])).encode()
+    assert list(parse(headers[b"server-timing"].decode())) == ["codec", "queue", "inference", "postprocess"]
 
 
-def _verified_onnx_run(digits, run_dir):
-    """A run folder as the export notebook leaves it: the ONNX file in the manifest and parity:onnx passed."""
-    from lab2prod.models.onnx_rt import export_onnx
+def _verified_run(digits, run_dir):
+    """A run folder as the export notebook leaves it: the AOTInductor package and the ONNX file in the manifest,
+    and parity:aoti and parity:onnx passed."""
+    from lab2prod.studies import export
 
-    (run_dir / "models").mkdir(parents=True)
-    export_onnx(digits.module, digits.make_inputs(2, 0, "train"), run_dir / "models" / "model.onnx")
-    (run_dir / "manifest.json").write_text(json.dumps([{"format": "onnx", "file": "models/model.onnx"}]))
+    for fmt in ("aoti", "onnx"):
+        assert export.export_model(digits, fmt, run_dir / "models").produced
+    (run_dir / "manifest.json").write_text(json.dumps([{"format": "aoti", "file": "models/model.aoti.pt2"},
+                                                       {"format": "onnx", "file": "models/model.onnx"}]))
     (run_dir / "results").mkdir()
-    (run_dir / "results" / "export.json").write_text(json.dumps({"gates": [{"name": "parity:onnx", "passed": True}]}))
+    (run_dir / "results" / "export.json").write_text(json.dumps(
+        {"values": {}, "gates": [{"name": "parity:aoti", "passed": True}, {"name": "parity:onnx", "passed": True}]}))
     return run_dir
 
 
-def test_the_onnx_file_is_served_in_onnx_runtime_only_once_its_parity_gate_passed(digits, tmp_path):
+def _timing(live, body: bytes) -> dict:
+    """The Server-Timing phases of one answered request."""
+    import urllib.request
+
+    from lab2prod.servers.timing import parse
+
+    request = urllib.request.Request(live.inference_url + "/predictions/model", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {live.keys['inference']}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return parse(response.headers.get("Server-Timing"))
+
+
+def test_verified_artifacts_are_served_only_once_their_parity_gate_passed_and_report_their_phases(digits, tmp_path):
     from lab2prod.servers.artifacts import load_artifact, verified_artifacts
 
-    run_dir = _verified_onnx_run(digits, tmp_path / "run")
-    assert verified_artifacts(run_dir) == ["torchscript", "onnx"]
-    failed = json.dumps({"gates": [{"name": "parity:onnx", "passed": False}]})
+    run_dir = _verified_run(digits, tmp_path / "run")
+    assert verified_artifacts(run_dir) == ["torchscript", "aoti", "onnx"]
+    failed = json.dumps({"values": {}, "gates": [{"name": "parity:aoti", "passed": False},
+                                                 {"name": "parity:onnx", "passed": False}]})
     (tmp_path / "failed").mkdir()
     for name in ("manifest.json", "models"):
         (tmp_path / "failed" / name).symlink_to(run_dir / name)
@@ -167,13 +192,22 @@ def test_the_onnx_file_is_served_in_onnx_runtime_only_once_its_parity_gate_passe
     assert verified_artifacts(tmp_path / "failed") == ["torchscript"]  # a file that failed its gate is never served
     assert verified_artifacts(tmp_path / "nothing") == ["torchscript"]
     batch = digits.make_inputs(4, 1, "test")
-    run = load_artifact(run_dir / "models", "onnx", threads=1)
-    assert torch.allclose(run(batch), digits.module(batch), atol=1e-4)
+    strided = batch.contiguous(memory_format=torch.channels_last)  # a decoded image's layout
+    for artifact in ("aoti", "onnx"):
+        run = load_artifact(run_dir / "models", artifact, threads=1)
+        assert torch.allclose(run(batch), digits.module(batch), atol=1e-4)
+        assert torch.allclose(run(strided), digits.module(batch), atol=1e-4)  # AOTInductor does not check strides
     with pytest.raises(ValueError, match="'tflite' is not servable"):
         load_artifact(run_dir / "models", "tflite")
     bodies = request_bodies(digits, 12)
-    with lit.SERVER.serve(digits, run_dir, ServerConfig(1, 1, 4, 5, 1_000_000, artifact="onnx")) as live:
-        assert (run_dir / "serving" / "litserve" / "model" / "model.onnx").exists()
-        assert live.server.config.artifact == "onnx" and live.server.config.label.endswith("ONNX Runtime")
+    with lit.SERVER.serve(digits, run_dir, ServerConfig(1, 1, 4, 5, 1_000_000, artifact="aoti")) as live:
+        assert (run_dir / "serving" / "litserve" / "model" / "model.aoti.pt2").exists()
+        assert live.server.config.artifact == "aoti" and live.server.config.label.endswith("AOTInductor")
         parity = serving.live_parity(live, "model", digits, bodies)
         assert parity["failed"] == 0 and parity["top1_agreement"] == 1.0 and parity["max_prob_diff"] < 1e-4
+        phases = _timing(live, bodies[0][1])
+        assert list(phases) == ["codec", "queue", "inference", "postprocess"] and phases["inference"] > 0
+        live.deploy(ServerConfig(1, 1, 1, 5, 1_000_000, artifact="onnx"))
+        assert live.server.config.label.endswith("ONNX Runtime")
+        assert serving.live_parity(live, "model", digits, bodies)["top1_agreement"] == 1.0
+        assert _timing(live, bodies[1][1])["codec"] > 0  # unbatched too

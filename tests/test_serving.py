@@ -65,6 +65,31 @@ def test_tuning_grid_and_choice():
               {"throughput_per_s": 20, "meets_sla": False, "p99_ms": 150}]
     assert serving.choose(missed) is missed[1]  # none meets the SLA: the closest one, flagged
     assert serving.choose([]) is None
+    # p99 95% intervals that overlap are not ranked by p99: throughput decides; apart, the lower p99 wins
+    close = [{"throughput_per_s": 50, "meets_sla": False, "p99_ms": 160, "p99_ci_ms": [140, 190]},
+             {"throughput_per_s": 20, "meets_sla": False, "p99_ms": 150, "p99_ci_ms": [120, 170]}]
+    assert serving.p99_overlap(*close) and serving.choose(close) is close[0]
+    close[0]["p99_ci_ms"] = [175, 190]
+    assert not serving.p99_overlap(*close) and serving.choose(close) is close[1]
+    # an artifact whose live parity failed is never chosen, however fast
+    wrong = [{"throughput_per_s": 900, "meets_sla": True, "parity_passed": False}, rows[2]]
+    assert serving.choose(wrong) is rows[2]
+
+
+def test_server_timing_is_written_parsed_and_averaged_against_what_the_client_saw():
+    from lab2prod.servers.loadtest import phase_means
+    from lab2prod.servers.timing import header_value, parse
+
+    value = header_value({"codec": 0.5, "queue": 1.25, "inference": 2.0, "postprocess": 0.25})
+    assert value == "codec;dur=0.500, queue;dur=1.250, inference;dur=2.000, postprocess;dur=0.250"
+    assert parse(value) == {"codec": 0.5, "queue": 1.25, "inference": 2.0, "postprocess": 0.25}
+    assert parse('cache;desc="hit", db;dur=abc, app;dur=3') == {"app": 3.0}  # entries without a duration left out
+    samples = [[6.0, True, "model", "codec;dur=1, inference;dur=2"],
+               [10.0, True, "model", "codec;dur=3, inference;dur=2"],
+               [99.0, False, "model", ""], [5.0, True, "model", ""]]
+    means = phase_means(samples)
+    assert means == {"codec": 2.0, "inference": 2.0, "network_and_proxy": 4.0, "client": 8.0, "samples": 2}
+    assert phase_means([[5.0, True, "model", ""]]) is None
 
 
 def test_missing_java_is_a_clear_error(monkeypatch):

@@ -16,6 +16,7 @@ from lab2prod.core.errors import Lab2ProdError
 
 __all__ = [
     "Inputs",
+    "Contiguous",
     "check_inputs",
     "call",
     "first_tensor",
@@ -120,6 +121,19 @@ def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs) -> I
     return fn(inputs)
 
 
+class Contiguous:
+    """Calls `module` with every input tensor made contiguous. AOTInductor's compiled code reads its inputs
+    with the strides it was compiled for and does not check them: a channels-last image batch (what a PIL
+    image through ToTensor and unsqueeze can give) gets wrong answers, silently."""
+
+    def __init__(self, module: Callable):
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args),
+                           **{k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+
+
 def to_device(inputs: Inputs, device: str | torch.device) -> Inputs:
     return map_tensors(lambda t: t.to(device), inputs)
 
@@ -173,11 +187,17 @@ def varied_cases(inputs: Inputs, generator: torch.Generator) -> dict[str, Inputs
     tensors: negated, and Gaussian noise of the same mean and scale. Integer tensors (token ids,
     masks): other valid values, drawn uniformly between the smallest and largest value seen (ids
     stay in the vocabulary, masks stay 0/1). Sequences (2-d integer inputs of one length): the
-    first half of the sequence, for a dynamic length."""
+    first half of the sequence, for a dynamic length. Image batches (4-d float tensors): the same values laid
+    out channels-last, as a decoded image often is (a file compiled for contiguous inputs that does not check
+    strides answers it wrongly)."""
     floats = [t for t in tensors(inputs) if torch.is_floating_point(t)]
     cases: dict[str, Inputs] = {}
     if floats:
         cases["negated"] = map_tensors(lambda t: -t if torch.is_floating_point(t) else t, inputs)
+        if any(t.dim() == 4 for t in floats):
+            cases["channels-last"] = map_tensors(
+                lambda t: t.contiguous(memory_format=torch.channels_last) if torch.is_floating_point(t) and t.dim() == 4
+                else t, inputs)
 
         def noise(t: torch.Tensor) -> torch.Tensor:
             if not torch.is_floating_point(t):

@@ -15,9 +15,10 @@ import numpy as np
 
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.servers.base import Live, ServerConfig, tool_path
+from lab2prod.servers.timing import parse
 
 __all__ = ["LOCUSTFILE", "LOAD_GENERATOR_LIMIT", "content_type_of", "write_locustfile", "percentile_interval",
-           "latency_stats", "run_locust", "load_sweep"]
+           "latency_stats", "phase_means", "run_locust", "load_sweep"]
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -84,6 +85,20 @@ def latency_stats(latencies_ms, ok, seconds: float) -> dict:
             "throughput_per_s": float(ok.sum() / seconds)}
 
 
+def phase_means(samples: list) -> dict | None:
+    """The mean ms of each Server-Timing phase over the successful samples that carry one, the client's mean
+    latency over the same samples, and the rest (`network_and_proxy`: client minus the server's phases); None
+    when no answer carried the header."""
+    timed = [(s[0], parse(s[3])) for s in samples if s[1] and len(s) > 3 and s[3]]
+    if not timed:
+        return None
+    names = list(dict.fromkeys(name for _, phases in timed for name in phases))
+    means = {name: float(np.mean([phases.get(name, 0.0) for _, phases in timed])) for name in names}
+    client = float(np.mean([latency for latency, _ in timed]))
+    return {**means, "network_and_proxy": max(0.0, client - sum(means.values())), "client": client,
+            "samples": len(timed)}
+
+
 # Locust runs in one process: at this share of a core it, not the server, sets the pace of the level
 LOAD_GENERATOR_LIMIT = 0.9
 
@@ -119,7 +134,8 @@ def run_locust(server: Live, name: str, locustfile: Path, users: int, duration_s
     samples_file.unlink()
     seconds = max(min(elapsed, duration_s), 1e-9)
     row = {"users": users, **latency_stats([s[0] for s in samples], [s[1] for s in samples], seconds),
-           "locust_cpu": round(locust_cpu, 3), "limited_by_load_generator": locust_cpu >= LOAD_GENERATOR_LIMIT}
+           "locust_cpu": round(locust_cpu, 3), "limited_by_load_generator": locust_cpu >= LOAD_GENERATOR_LIMIT,
+           "phases_ms": phase_means(samples)}
     if routes:
         row["by_route"] = {}
         for route in routes:

@@ -7,8 +7,8 @@ Split traffic between model versions by weight (a canary), as a weighted router 
                       {"path": "/predictions/model/2.0", "weight": 20, "label": "v2"}]'
 Settings (environment): LAB2PROD_MODEL (default "model"), LAB2PROD_IMAGES (folder of request
 bodies: .png/.jpg sent as bytes, .json as application/json), LAB2PROD_TOKEN, LAB2PROD_SAMPLES
-(file that receives every request's [latency ms, ok, route label]), LAB2PROD_MAX_REQUESTS (stop
-after that many; 0 means --run-time only).
+(file that receives every request's [latency ms, ok, route label, the Server-Timing header]),
+LAB2PROD_MAX_REQUESTS (stop after that many; 0 means --run-time only).
 """
 
 import itertools
@@ -38,8 +38,9 @@ _user_seeds = itertools.count()
 
 
 @events.request.add_listener
-def _record(request_type, name, response_time, response_length, exception, **kwargs):
-    _latencies.append([response_time, exception is None, name])
+def _record(request_type, name, response_time, response_length, exception, response=None, **kwargs):
+    timing = response.headers.get("Server-Timing", "") if response is not None and response.headers else ""
+    _latencies.append([response_time, exception is None, name, timing or ""])
 
 
 @events.quitting.add_listener

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 from tqdm import tqdm
 
-from lab2prod.core.inputs import call, cat
+from lab2prod.core.inputs import cat
 from lab2prod.core.results import gate
 from lab2prod.core.schema import Measure, Results, described
-from lab2prod.kinds.codec import answer_vector, codec_for, kind_of, lab_answer
+from lab2prod.kinds.codec import answer_vector, answers, codec_for, kind_of, lab_answer
 from lab2prod.models.requests import request_bodies
-from lab2prod.servers.artifacts import verified_artifacts
+from lab2prod.servers.artifacts import ARTIFACT_TITLES, Served, load_artifact, verified_artifacts
 from lab2prod.servers.base import Live, Server, ServerConfig, artifacts_of, grid, limits_check, modes_of
 from lab2prod.servers.loadtest import content_type_of, load_sweep, request_files, run_locust, write_locustfile
 from lab2prod.servers.registry import SERVERS, servers_named
@@ -184,27 +186,53 @@ def _row(server: Server, config: ServerConfig, row: dict, sla_ms: float) -> dict
             "meets_sla": row["p99_ms"] is not None and row["p99_ms"] <= sla_ms and row["error_rate"] == 0}
 
 
+def _artifact_parity(live: Live, loaded, requests: list[tuple[str, bytes]], model_dir: Path,
+                     config: ServerConfig) -> dict:
+    """Live parity of the deployed artifact: against the lab path, or for the quantized file against that file
+    run in this process (its distance to the lab was judged by the quantization notebook's budget)."""
+    module = load_artifact(model_dir, config.artifact).module if config.artifact == "quantized" else None
+    return live_parity(live, live.model, loaded, requests, module)
+
+
 def tune(server: Server, live: Live, locustfile: Path, configs: list[ServerConfig], users: int, duration_s: float,
-         sla_ms: float, progress: bool = False) -> list[dict]:
-    """Measure each configuration at `users` users (deploy, one warm request, Locust); returns rows with
-    `meets_sla` set. The choice is the highest throughput whose p99 <= sla_ms."""
+         sla_ms: float, progress: bool = False, check=None) -> list[dict]:
+    """Measure each configuration at `users` users (deploy, one warm request, `check(config)` when given: a
+    live parity row, then Locust); returns rows with `meets_sla` set, and `parity`/`parity_passed` where
+    checked. The choice is the highest throughput whose p99 <= sla_ms among rows whose parity passed."""
     rows = []
     warm = request_files(Path(locustfile).parent / "requests")[0]
     for config in tqdm(configs, desc=f"tune {server.name}", unit="config", disable=not progress):
         live.deploy(config)
         live.predict(live.model, warm.read_bytes(), content_type=content_type_of(warm))
-        rows.append(_row(server, config, run_locust(live, live.model, locustfile, users, duration_s), sla_ms))
+        parity = check(config) if check is not None else None
+        row = _row(server, config, run_locust(live, live.model, locustfile, users, duration_s), sla_ms)
+        if parity is not None:
+            row.update(parity=parity_text(parity), parity_passed=parity_passes(parity))
+        rows.append(row)
     return rows
 
 
 def choose(rows: list[dict]) -> dict | None:
     """The highest-throughput row that meets the SLA; when none does, the row with the lowest
-    p99 (its `meets_sla` says so). None only without rows."""
+    p99 (its `meets_sla` says so), except that rows whose p99 95% intervals overlap that row's are not told
+    apart by p99: the highest throughput among them wins. A row whose live parity failed is never chosen.
+    None only without rows."""
+    rows = [r for r in rows if r.get("parity_passed", True)]
     meeting = [r for r in rows if r["meets_sla"]]
     if meeting:
         return max(meeting, key=lambda r: r["throughput_per_s"])
     answered = [r for r in rows if r["p99_ms"] is not None]
-    return min(answered, key=lambda r: r["p99_ms"], default=None)
+    lowest = min(answered, key=lambda r: r["p99_ms"], default=None)
+    if lowest is None:
+        return None
+    return max((r for r in answered if r is lowest or p99_overlap(r, lowest)), key=lambda r: r["throughput_per_s"])
+
+
+def p99_overlap(a: dict, b: dict) -> bool:
+    """Whether two rows' p99 bootstrap 95% intervals overlap (then their p99s are not ranked); False when
+    either has no interval (fewer than 20 samples)."""
+    first, second = a.get("p99_ci_ms"), b.get("p99_ci_ms")
+    return bool(first and second) and first[0] <= second[1] and second[0] <= first[1]
 
 
 @dataclass
@@ -252,14 +280,21 @@ def evaluate(server: Server, loaded, run_dir: Path, config: ServerConfig, users_
         report.limits = live.limits(requests[0][1], config.max_request_size, lab.content_type)
         report.load = load_sweep(live, live.model, locustfile, config, users_levels, duration_s, progress)
         report.metrics = live.scrape()
-        # every configuration in each of the server's start-time modes (one mode after the other), serving each
-        # artifact the server can host that this run verified
-        verified = verified_artifacts(run_dir)
-        artifacts = [a for a in artifacts_of(server) if a in verified]
-        configs = [replace(c, mode=mode, artifact=artifact) for mode in modes_of(server) for artifact in artifacts
-                   for c in tuning_configs]
+        # Stage 1: every configuration in each of the server's start-time modes (one mode after the other) with
+        # TorchScript. Stage 2: the best of those with each other artifact the server can host that this run
+        # verified, each checked live against the lab before it is timed (a coordinate search, not the product).
+        configs = [replace(c, mode=mode) for mode in modes_of(server) for c in tuning_configs]
         default, *tuned = tune(server, live, locustfile, [server.default_config(config), *configs],
                                tune_users, duration_s, sla_ms, progress)
+        verified = verified_artifacts(run_dir)
+        others = [a for a in artifacts_of(server) if a in verified and a != "torchscript"]
+        best = choose(tuned)
+        if others and best is not None:
+            base = configs[tuned.index(best)]
+            model_dir = (run_dir / live.served_file).parent
+            check = partial(_artifact_parity, live, loaded, requests[:16], model_dir)
+            tuned += tune(server, live, locustfile, [replace(base, artifact=a) for a in others], tune_users,
+                          duration_s, sla_ms, progress, check)
     report.default = {**default, "default": True}
     report.tuning = [report.default, *tuned]
     report.chosen = choose(report.tuning)
@@ -345,30 +380,64 @@ def serving_results(report: ServingReport, backend: str | list[str] = "torchserv
     )
 
 
-def in_process_ceiling(model_file: Path, loaded, batch_size: int, threads: int, workers: int,
-                       seed: int = 0, min_run_time: float = 1.0) -> dict:
-    """What the server could at most deliver: the served TorchScript file called in this process at
-    the server's batch size and threads (lab2prod's benchmark harness), times the workers the cores
-    can run side by side."""
-
-    module = torch.jit.load(str(model_file)).eval()
-    lab = codec_for(loaded, guarded=False)
-    bodies = [body for _, body in request_bodies(loaded, max(batch_size, 1), seed)]
-    batch = cat([lab(bodies[i % len(bodies)]) for i in range(max(batch_size, 1))])
+def in_process_ceiling(model_dir: Path, loaded, batch_size: int, threads: int, workers: int,
+                       seed: int = 0, min_run_time: float = 1.0, artifact: str = "torchscript") -> dict:
+    """What the server could at most deliver, measured in this process with lab2prod's benchmark harness at the
+    server's batch size and threads, times the workers the cores can run side by side:
+    - `ceiling_per_s`: the served artifact alone, on a ready batch (the model's ceiling);
+    - `full_path_per_s`: the full path on the same request bodies: the guarded codec per request (decode,
+      guard, preprocess), the batch through the artifact, and the JSON answers (the server's own work).
+    `model_dir` is the folder the server serves, or the served TorchScript file itself (TorchServe's)."""
+    model_dir = Path(model_dir)
+    if model_dir.is_file() and artifact == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load: the old path, said so in the notebook
+            served = Served(torch.jit.load(str(model_dir), map_location="cpu").eval(), artifact)
+    else:
+        served = load_artifact(model_dir.parent if model_dir.is_file() else model_dir, artifact, int(threads))
+    lab = codec_for(loaded, guarded=True)
+    size = max(int(batch_size), 1)
+    bodies = [body for _, body in request_bodies(loaded, size, seed)]
+    bodies = [bodies[i % len(bodies)] for i in range(size)]
+    batch = cat([lab(body) for body in bodies])
     threads = int(threads) or (os.cpu_count() or 1)  # 0: torch's default, a thread per core
+
+    def full_path():
+        return [json.dumps(a) for a in answers(loaded.task, served(cat([lab(body) for body in bodies])))]
+
     with torch.inference_mode():
-        timing = measure(lambda: call(module, batch), batch_size=max(batch_size, 1), threads=threads,
-                         min_run_time=min_run_time)
+        model = measure(lambda: served(batch), batch_size=size, threads=threads, min_run_time=min_run_time)
+        full = measure(full_path, batch_size=size, threads=threads, min_run_time=min_run_time)
     parallel = max(1, min(int(workers), (os.cpu_count() or 1) // threads))
-    single = timing.stats()["throughput_per_s"]
-    return {"batch_size": batch_size, "threads": threads, "workers": parallel, "one_worker_per_s": single,
-            "ceiling_per_s": single * parallel}
+    single, whole = model.stats()["throughput_per_s"], full.stats()["throughput_per_s"]
+    return {"batch_size": batch_size, "threads": threads, "workers": parallel, "artifact": artifact,
+            "one_worker_per_s": single, "ceiling_per_s": single * parallel, "full_path_per_s": whole * parallel}
+
+
+def ceilings_of(reports: dict[str, ServingReport], run_dir: Path, loaded, seed: int = 0,
+                min_run_time: float = 1.0) -> dict:
+    """{(server title, "default"/"tuned"): in_process_ceiling} for every served server, measured once per
+    distinct (batch size, threads, workers, artifact)."""
+    measured, ceilings = {}, {}
+    for served in reports.values():
+        model_file = Path(run_dir) / served.served_file
+        for kind, row in (("default", served.default), ("tuned", served.chosen)):
+            if row is None or not model_file.exists():
+                continue
+            key = (row["batch_size"], row["threads"], row["workers"], row.get("artifact", "torchscript"))
+            if key not in measured:
+                measured[key] = in_process_ceiling(model_file, loaded, *key[:3], seed, min_run_time,
+                                                   artifact=key[3])
+            ceilings[(served.title, kind)] = measured[key]
+    return ceilings
 
 
 def side_by_side(reports: dict[str, ServingReport] | ServingReport | None, ray: ServingReport | None = None,
                  ceilings: dict | None = None) -> list[dict]:
-    """Every served server, default and tuned, at the same load and SLA: throughput, P50/P95/P99, errors, CPUs
-    used and the share of the in-process ceiling of the same configuration. `reports` is {name: report};
+    """Every served server, default and tuned, at the same load and SLA: the served artifact, throughput,
+    P50/P95/P99 (with its samples and interval), errors, CPUs used, the share of the model-only in-process ceiling
+    of the same configuration (`share_of_in_process`), the share of the full-path ceiling (`efficiency`) and
+    the Server-Timing phases (`phases_ms`). `reports` is {name: report};
     (TorchServe's report, Ray Serve's report, ceilings) is accepted as before."""
     if not isinstance(reports, dict):  # the two-server call of earlier versions
         reports = {name: r for name, r in (("torchserve", reports), ("rayserve", ray)) if r is not None}
@@ -389,8 +458,11 @@ def side_by_side(reports: dict[str, ServingReport] | ServingReport | None, ray: 
                          "p99_tail_samples": row.get("p99_tail_samples"), "requests": row.get("requests"),
                          "error_rate": row["error_rate"], "cpus": cpus, "meets_sla": row["meets_sla"],
                          "limited_by_load_generator": row.get("limited_by_load_generator", False),
+                         "served": ARTIFACT_TITLES[row.get("artifact", "torchscript")],
                          "share_of_in_process": row["throughput_per_s"] / ceiling["ceiling_per_s"]
-                         if ceiling else None})
+                         if ceiling else None,
+                         "efficiency": row["throughput_per_s"] / ceiling["full_path_per_s"] if ceiling else None,
+                         "phases_ms": row.get("phases_ms")})
     return rows
 
 
@@ -486,7 +558,8 @@ def plot_side_by_side(rows: list[dict], sla_ms: float):
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
     labels = [f"{r['server']}\n{r['config']}" for r in rows]
-    colors = ["#1f77b4" if r["server"] == "TorchServe" else "#ff7f0e" for r in rows]
+    servers = list(dict.fromkeys(r["server"] for r in rows))
+    colors = [f"C{servers.index(r['server'])}" for r in rows]
     alphas = [0.45 if r["config"] == "default" else 1.0 for r in rows]
     for ax, key, title in ((left, "throughput_per_s", "throughput (req/s)"), (right, "p99_ms", "P99 (ms)")):
         values = [r[key] or 0 for r in rows]
@@ -499,6 +572,53 @@ def plot_side_by_side(rows: list[dict], sla_ms: float):
     right.axhline(sla_ms, color="black", linestyle="--", linewidth=0.8, label=f"SLA {sla_ms:g} ms")
     right.set_yscale("log")
     right.legend(fontsize=8)
-    fig.suptitle("TorchServe vs Ray Serve at the same load", fontsize=10)
+    fig.suptitle(" vs ".join(servers) + " at the same load", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def side_table(rows: list[dict]):
+    """The side-by-side rows as the notebook shows them: one row per server and configuration, the P99 with its
+    samples and interval, both ceilings' shares, and one column per Server-Timing phase (mean ms)."""
+    import pandas as pd
+
+    columns = ["server", "config", "served", "setting", "throughput_per_s", "p50_ms", "p99_ms", "p99_tail_samples",
+               "p99_ci_ms", "error_rate", "cpus", "meets_sla", "share_of_in_process", "efficiency",
+               "limited_by_load_generator"]
+    table = []
+    for row in rows:
+        phases = row.get("phases_ms") or {}
+        interval = row.get("p99_ci_ms")
+        table.append({**{c: row.get(c) for c in columns},
+                      "p99_ci_ms": f"{interval[0]:.1f}-{interval[1]:.1f}" if interval else None,
+                      **{f"{name}_ms": phases.get(name) for name in
+                         ("codec", "queue", "inference", "postprocess", "network_and_proxy")}})
+    return pd.DataFrame(table).set_index(["server", "config"]).round(3)
+
+
+def plot_phases(rows: list[dict]):
+    """Where each server's milliseconds go: one stacked bar per server and configuration, the mean of each
+    Server-Timing phase over the tuning load's answers, and the rest of what the client saw (network, HTTP server
+    and proxy); None when no server reported phases."""
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in rows if r.get("phases_ms")]
+    if not timed:
+        return None
+    names = ["codec", "queue", "inference", "postprocess", "network_and_proxy"]
+    colours = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#bab0ac"]
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(timed) + 1.6))
+    labels = [f"{r['server']} {r['config']}\n{r['served']}" for r in timed]
+    left = [0.0] * len(timed)
+    for name, colour in zip(names, colours, strict=True):
+        values = [r["phases_ms"].get(name, 0.0) for r in timed]
+        ax.barh(labels, values, left=left, color=colour, label=name.replace("_", " "))
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    for y, (total, row) in enumerate(zip(left, timed, strict=True)):
+        ax.text(total, y, f" {total:.1f} ms (mean of {row['phases_ms']['samples']})", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(left) * 1.35 + 0.1)
+    ax.set_xlabel("mean ms per request at the tuning load (Server-Timing phases; grey: the rest the client saw)")
+    ax.legend(fontsize=8, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     return fig

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lab2prod.core.errors import Lab2ProdError
-from lab2prod.servers.artifacts import ARTIFACTS, copy_artifact, verified_artifacts
+from lab2prod.servers.artifacts import ARTIFACT_TITLES, ARTIFACTS, copy_artifact, verified_artifacts
 from lab2prod.servers.base import TOKEN_ENV, ServerClient, ServerConfig, Started, free_port, http_request, limits_check
 from lab2prod.servers.kubernetes import validate, write_manifests
 from lab2prod.servers.rayserve.server import write_model_dir
@@ -47,7 +47,7 @@ class LitConfig:
     @property
     def label(self) -> str:
         threads = f"{self.threads} thread(s)" if self.threads else "default threads"
-        served = ", ONNX Runtime" if self.artifact == "onnx" else ""
+        served = f", {ARTIFACT_TITLES[self.artifact]}" if self.artifact != "torchscript" else ""
         return f"{self.workers} worker(s) x {threads}, batch {self.max_batch_size}{served}"
 
 
@@ -249,7 +249,7 @@ class LitServeServer:
 
     name, title, gate_prefix, maintained = "litserve", "LitServe", "litserve", True
     modes = ("default",)
-    artifacts = ARTIFACTS  # it hosts Python: TorchScript or the ONNX file in ONNX Runtime
+    artifacts = ARTIFACTS  # it hosts Python: any verified artifact
 
     def check(self) -> None:
         try:

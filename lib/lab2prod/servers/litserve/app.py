@@ -9,7 +9,10 @@ the same codec object with its guard, and answers what the TorchServe handler an
 - bodies over `max_request_size` are refused with 413 by that adapter (LitServe's own `max_payload_size` raises
   its 413 from inside the body stream, which an ASGI middleware in front of the app turns into a 500), a refused
   input with 400 and its reason code;
-- Prometheus metrics of the API process at /metrics (prometheus_client), requests by status and latency.
+- Prometheus metrics of the API process at /metrics (prometheus_client), requests by status and latency;
+- each answer's phases in a Server-Timing header: the worker times codec, inference and postprocess and hands
+  them back inside the answer (`_timing`); the adapter moves them into the header, with the rest of the time
+  the request spent in the server (LitServe's queues to and from the worker, and batch filling) as `queue`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from lab2prod.kinds.codec import answers, from_spec
 from lab2prod.kinds.guard import Rejected
 from lab2prod.servers.artifacts import load_artifact
 from lab2prod.servers.base import read_token
+from lab2prod.servers.timing import HEADER, Stopwatch, header_value
 
 __all__ = ["RawBody", "LabAPI", "main"]
 
@@ -93,13 +97,44 @@ class RawBody:
             sent = True
             return {"type": "http.request", "body": wrapped, "more_body": False}
 
+        start, body = None, []
+
         async def counted(message):
+            nonlocal start
             if message["type"] == "http.response.start":
                 REQUESTS.labels(str(message["status"])).inc()
                 LATENCY.observe(time.perf_counter() - started)
+                if message["status"] == 200:
+                    start = message  # held until the body is whole: its timing becomes a header
+                    return None
+            elif start is not None and message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return None
+                await self._timed(start, b"".join(body), started, send)
+                return None
             await send(message)
 
         return await self.app({**scope, "headers": headers}, replay, counted)
+
+    @staticmethod
+    async def _timed(start: dict, body: bytes, started: float, send) -> None:
+        """Send an answer with its `_timing` moved from the JSON body into a Server-Timing header."""
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        try:
+            answer = json.loads(body)
+            phases = answer.pop("_timing")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            answer, phases = None, None
+        if phases is not None:
+            in_server = (time.perf_counter() - started) * 1000
+            phases = {"codec": phases["codec"], "queue": max(0.0, in_server - sum(phases.values())),
+                      "inference": phases["inference"], "postprocess": phases["postprocess"]}
+            body = json.dumps(answer).encode()
+            headers.append((HEADER.lower().encode(), header_value(phases).encode()))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 async def _nothing():
@@ -132,24 +167,37 @@ class LabAPI(litserve.LitAPI):
             raise HTTPException(status_code=401, detail={"code": 401, "message": "missing or wrong token"})
 
     def decode_request(self, request):  # unannotated: LitServe parses the (adapted) JSON body
+        """(the model's inputs, codec ms)."""
+        watch = Stopwatch()
         try:
-            return self.codec(base64.b64decode(request["body_b64"]))
+            item = self.codec(base64.b64decode(request["body_b64"]))
         except Rejected as exc:
             raise HTTPException(status_code=400, detail={"code": 400, "rejected": exc.code,
                                                          "message": exc.message}) from None
+        return item, watch.lap()
 
     def batch(self, inputs: list):
-        return cat(inputs)
+        return cat([item for item, _ in inputs]), [codec_ms for _, codec_ms in inputs]
 
     def predict(self, inputs):
+        """(answer, phases) per request: its codec ms and its batch's inference and postprocess ms."""
+        batch, codec = inputs
+        codec = codec if isinstance(codec, list) else [codec]  # unbatched: one request
+        watch = Stopwatch()
         with torch.inference_mode():
-            return answers(self.task, self.model(inputs))
+            raw = self.model(batch)
+        inference_ms = watch.lap()
+        answered = answers(self.task, raw)
+        postprocess_ms = watch.lap()
+        return [(answer, {"codec": ms, "inference": inference_ms, "postprocess": postprocess_ms})
+                for answer, ms in zip(answered, codec, strict=True)]
 
     def unbatch(self, outputs: list) -> list:
         return outputs
 
     def encode_response(self, output):
-        return output[0] if isinstance(output, list) else output  # unbatched: a list of one answer
+        answer, phases = output[0] if isinstance(output, list) else output  # unbatched: a list of one
+        return {**answer, "_timing": phases}  # the adapter moves it into the Server-Timing header
 
 
 def _flat(request, exc: HTTPException) -> JSONResponse:

@@ -106,7 +106,7 @@ class RayServeServer:
     name, title, gate_prefix, maintained = "rayserve", "Ray Serve", "rayserve", True
     # how Ray Serve starts untouched, and its high-throughput mode (HAProxy ingress, throughput-optimized)
     modes = ("default", "high_throughput")
-    artifacts = ARTIFACTS  # it hosts Python: TorchScript or the ONNX file in ONNX Runtime
+    artifacts = ARTIFACTS  # it hosts Python: any verified artifact
 
     def check(self) -> None:
         try:

@@ -17,6 +17,7 @@ from lab2prod.kinds.guard import Rejected
 from lab2prod.servers.artifacts import load_artifact
 from lab2prod.servers.base import read_token
 from lab2prod.servers.rayserve.server import DEFAULT_RAY_CONFIG, RayConfig
+from lab2prod.servers.timing import HEADER, Stopwatch, header_value
 
 __all__ = ["LabModel", "app"]
 
@@ -34,16 +35,22 @@ class LabModel:
         spec = json.loads((Path(model_dir) / "lab2prod.json").read_text())
         self.task = spec.get("task", "classifier")
         self.codec = from_spec(spec["codec"], model_dir)
-        self.model = load_artifact(Path(model_dir), artifact, int(threads))  # TorchScript or ONNX Runtime
+        self.model = load_artifact(Path(model_dir), artifact, int(threads))  # any verified artifact
         self.token = read_token(token_file)
         self.max_request_size = int(max_request_size)
         self.infer.set_max_batch_size(int(max_batch_size))
         self.infer.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.005)
-    async def infer(self, items: list) -> list[dict]:
+    async def infer(self, items: list) -> list[tuple[dict, dict]]:
+        """(answer, {inference, postprocess} ms of its batch) per request."""
+        watch = Stopwatch()
         with torch.inference_mode():
-            return answers(self.task, self.model(cat(items)))
+            raw = self.model(cat(items))
+        phases = {"inference": watch.lap()}
+        answered = answers(self.task, raw)
+        phases["postprocess"] = watch.lap()
+        return [(answer, phases) for answer in answered]
 
     async def __call__(self, request):
         if not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {self.token}"):
@@ -55,11 +62,16 @@ class LabModel:
         body = await request.body()
         if len(body) > self.max_request_size:
             return JSONResponse({"code": 413, "message": f"body over {self.max_request_size} bytes"}, status_code=413)
+        watch = Stopwatch()
         try:
             item = self.codec(body)
         except Rejected as exc:
             return JSONResponse({"code": 400, "rejected": exc.code, "message": exc.message}, status_code=400)
-        return JSONResponse(await self.infer(item))
+        codec_ms = watch.lap()
+        answer, batch = await self.infer(item)
+        waited = watch.lap()  # the batch's queue and its run: what is not the batch's own phases was waiting
+        phases = {"codec": codec_ms, "queue": max(0.0, waited - sum(batch.values())), **batch}
+        return JSONResponse(answer, headers={HEADER: header_value(phases)})
 
 
 

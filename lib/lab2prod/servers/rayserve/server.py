@@ -31,6 +31,7 @@ from pathlib import Path
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.paths import PACKAGE_DIR
 from lab2prod.kinds.codec import codec_for
+from lab2prod.servers.artifacts import ARTIFACT_TITLES
 from lab2prod.servers.base import TOKEN_ENV, Started
 from lab2prod.servers.kubernetes import validate
 from lab2prod.servers.torchserve.server import free_port, http_request, trace_to_file
@@ -67,7 +68,7 @@ class RayConfig:
     def label(self) -> str:
         threads = f"{self.threads} thread(s)" if self.threads else "default threads"
         mode = ", high-throughput" if self.high_throughput else ""
-        served = ", ONNX Runtime" if self.artifact == "onnx" else ""
+        served = f", {ARTIFACT_TITLES[self.artifact]}" if self.artifact != "torchscript" else ""
         return f"{self.replicas} replica(s) x {threads}, batch {self.max_batch_size}{mode}{served}"
 
 

@@ -15,6 +15,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from lab2prod.core.inputs import call, cat, first_tensor, to_device
 from lab2prod.kinds.codec import answers, from_spec
 from lab2prod.kinds.guard import Rejected
+from lab2prod.servers.timing import HEADER, Stopwatch, header_value
 
 __all__ = ["Lab2ProdHandler"]
 
@@ -37,12 +38,15 @@ class Lab2ProdHandler(BaseHandler):
         self.codec = from_spec(spec["codec"], model_dir)
 
     def preprocess(self, data):
-        """(inputs per kept request, kept indices, outputs) where a refused request already has its output."""
-        outputs, kept, items = [None] * len(data), [], []
+        """(inputs per kept request, kept indices, outputs) where a refused request already has its output;
+        `self.codec_ms` holds each kept request's codec time."""
+        outputs, kept, items, self.codec_ms = [None] * len(data), [], [], []
         for index, row in enumerate(data):
             body = row.get("data") if row.get("data") is not None else row.get("body")
             try:
+                watch = Stopwatch()
                 items.append(self.codec(body if body is not None else b""))
+                self.codec_ms.append(watch.lap())
                 kept.append(index)
             except Rejected as exc:
                 self.context.set_response_status(400, exc.code, idx=index)
@@ -59,9 +63,17 @@ class Lab2ProdHandler(BaseHandler):
     def handle(self, data, context):
         # Each request is checked on its own: a refused one gets HTTP 400 with its reason code,
         # the others of the same server batch are still answered.
+        # Each answered request's phases go back in its Server-Timing header (lab2prod.servers.timing).
         self.context = context
         items, kept, outputs = self.preprocess(data)
         if items:
-            for index, answer in zip(kept, self.postprocess(self.inference(items)), strict=True):
+            watch = Stopwatch()
+            raw = self.inference(items)
+            inference_ms = watch.lap()
+            answered = self.postprocess(raw)
+            postprocess_ms = watch.lap()
+            for index, answer, codec_ms in zip(kept, answered, self.codec_ms, strict=True):
                 outputs[index] = answer
+                context.set_response_header(index, HEADER, header_value(
+                    {"codec": codec_ms, "inference": inference_ms, "postprocess": postprocess_ms}))
         return outputs

@@ -1,0 +1,54 @@
+"""Where a served request's time goes: the phases each server's handler reports in a `Server-Timing` response
+header (W3C Server Timing: `codec;dur=0.41, queue;dur=1.2, inference;dur=2.3, postprocess;dur=0.05`, in ms).
+
+- `codec`: lab2prod's request codec, one object: decode, the guard's checks before and after, and the lab's
+  preprocessing (the guard wraps the transform, so they are timed together);
+- `queue`: from the request reaching the model's process to its batch starting (batch filling and waiting; a
+  server whose handler cannot see its own queue, TorchServe's, leaves it out);
+- `inference`: the batch through the served artifact, shared by every request of the batch;
+- `postprocess`: the answers (softmax, top-1, JSON-ready lists).
+
+What the client saw minus their sum is the rest of the path: the HTTP server, the proxy, the network and
+the client itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+__all__ = ["HEADER", "PHASES", "header_value", "parse", "Stopwatch"]
+
+HEADER = "Server-Timing"
+PHASES = ("codec", "queue", "inference", "postprocess")
+
+
+def header_value(phases: dict[str, float]) -> str:
+    """The Server-Timing header value of {phase: milliseconds}."""
+    return ", ".join(f"{name};dur={float(ms):.3f}" for name, ms in phases.items())
+
+
+def parse(value: str | None) -> dict[str, float]:
+    """{phase: milliseconds} of a Server-Timing header value; entries without a duration are left out."""
+    phases = {}
+    for entry in (value or "").split(","):
+        name, *params = [part.strip() for part in entry.split(";")]
+        for param in params:
+            key, _, number = param.partition("=")
+            if name and key == "dur":
+                try:
+                    phases[name] = float(number)
+                except ValueError:
+                    pass
+    return phases
+
+
+class Stopwatch:
+    """Milliseconds since the last `lap()` (or since it was made)."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.last = (now - self.last) * 1000, now
+        return elapsed
