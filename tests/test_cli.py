@@ -228,3 +228,14 @@ def test_benchmark_run_exits_1_when_no_configuration_meets_the_sla(run_cli, tmp_
                    "-p", "sla_ms=0.0001", "--out", str(out), "--run-id", "r")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL sla" in proc.stdout and "no correct configuration has p99 <= 0.0001 ms" in proc.stdout
+
+
+def test_bad_paths_and_names_exit_2_with_one_line_and_no_traceback(run_cli, tmp_path):
+    cases = [(["--out", "/proc/lab2prod-x"], "output folder '/proc/lab2prod-x' is not writable"),
+             (["--model", "nope"], "text_langid, a torchvision name"),
+             (["--data", str(tmp_path / "none.csv")], "or a .pt of {'inputs': ..., 'labels': ...}")]
+    for args, message in cases:
+        proc = run_cli("run", "--only", "export", *args, "--no-progress")
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("lab2prod: error:")]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(errors) == 1 and message in errors[0], errors

@@ -55,6 +55,12 @@ def test_weights_file_round_trip(model_files):
     assert torch.equal(loaded.module.state_dict()["head.3.weight"], expected["head.3.weight"])
 
 
+def test_a_factory_is_not_labelled_untrained_since_it_may_load_its_own_weights():
+    loaded = load_model("lab2prod.models.reference:DigitsCNN", example_inputs="lab2prod.models.reference:digits_batch")
+    assert loaded.trained and loaded.label == "lab2prod.models.reference:DigitsCNN"
+    assert loaded.notes.startswith("weights as your factory made them") and "meaningless" not in loaded.notes
+
+
 @pytest.mark.parametrize("name, source", [("scripted.pt", "torchscript"), ("exported.pt2", "torch.export")])
 def test_user_model_files_load(model_files, name, source):
     loaded = load_model(str(model_files[name]), example_inputs="lab2prod.models.reference:digits_batch")

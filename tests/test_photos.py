@@ -3,6 +3,7 @@ and scales never trained on, the recipe's statistics, and weights that reproduce
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -59,7 +60,9 @@ def test_photo_cnn_learns_the_photographs_and_reproduces_bit_for_bit(tmp_path):
     assert loaded.class_names == photos.PHOTO_CLASSES and loaded.metrics["heldout_accuracy"] >= 0.85
     again = load_model("photo_cnn", cache_dir=tmp_path)  # trained anew, in another folder
     for key, value in loaded.module.state_dict().items():
-        assert torch.equal(value, again.module.state_dict()[key]), key
+        assert torch.equal(value, again.module.state_dict()[key]), key  # on one CPU; not across instruction sets
+    (meta,) = [json.loads(p.read_text()) for p in tmp_path.glob("photo_cnn-*.json")]
+    assert meta["trained_on"]["isa"] == torch.backends.cpu.get_cpu_capability() and meta["trained_on"]["cpu"]
 
 
 def test_other_photographs_are_another_source():

@@ -147,7 +147,7 @@ def load_user_data(path: str) -> UserData:
     source = Path(path).expanduser()
     if not source.exists():
         raise Lab2ProdError(f"data {path!r} does not exist; pass a folder of class folders of images, a .csv or "
-                            ".jsonl of text,label rows, or a .pt of {{'inputs': ..., 'labels': ...}}")
+                            ".jsonl of text,label rows, or a .pt of {'inputs': ..., 'labels': ...}")
     if source.is_dir():
         return _image_folder(source)
     if source.suffix.lower() in (".csv", ".jsonl", ".json"):

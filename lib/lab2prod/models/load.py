@@ -605,7 +605,9 @@ def _load(spec: str, weights: str | None, example_inputs: str | None, seed: int,
             raise Lab2ProdError(
                 f"model factory {spec!r} returned {type(module).__name__}, not a torch.nn.Module"
             )
-        source, trained = "factory", bool(weights)
+        # lab2prod cannot know what a factory loads (from_pretrained, a checkpoint): only a module it built itself
+        # without weights (a torchvision name) is known to be random
+        source, trained = "factory", True
     elif spec in torchvision_classifiers():
         import torchvision
 
@@ -614,9 +616,9 @@ def _load(spec: str, weights: str | None, example_inputs: str | None, seed: int,
         source, trained = "torchvision", bool(weights)
     else:
         raise Lab2ProdError(
-            f"model {spec!r} is not known; use one of {', '.join(REFERENCE_MODELS)}, a torchvision "
-            f"name such as resnet18 ({len(torchvision_classifiers())} in `lab2prod models`), "
-            "a .pt/.pt2 file, or package.module:factory"
+            f"model {spec!r} is not known; use one of {', '.join([*REFERENCE_MODELS, TEXT_REFERENCE])}, a "
+            f"torchvision name such as resnet18 ({len(torchvision_classifiers())} in `lab2prod models`), "
+            "a .pt/.pt2 file, hf:<a save_pretrained folder>, or package.module:factory"
         )
     if weights:
         if source in ("torchscript", "torch.export"):
@@ -638,7 +640,8 @@ def _load(spec: str, weights: str | None, example_inputs: str | None, seed: int,
         ) from None
     input_shape = tuple(probe.shape[1:]) if isinstance(probe, torch.Tensor) else ()
     loaded = LoadedModel(spec, set_eval(module), source, trained, input_shape, make_inputs,
-                         notes="" if trained else "random weights: accuracy is meaningless",
+                         notes=("weights as your factory made them" if source == "factory" and not weights else "")
+                         if trained else "random weights: accuracy is meaningless",
                          family="tensor" if example_inputs else "imagenet")
     return _with_labels(loaded, example_inputs) if getattr(make_inputs, "labelled", lambda: False)() else loaded
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -253,6 +254,17 @@ def train_reference_model(name: str) -> tuple[nn.Module, dict]:
     return module, {"heldout_accuracy": round(evaluate_accuracy(module, "test", family), 4)}
 
 
+def trained_on() -> dict:
+    """The CPU the weights were trained on: its model name and the instruction set torch dispatched to."""
+    model = platform.processor() or platform.machine()
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "isa": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
 def reference_model(name: str, cache_dir: Path) -> tuple[nn.Module, dict]:
     """A trained reference model from the checksummed cache, training it when absent or corrupt."""
     stem = cache_dir / f"{name}-{_training_key(name)}"
@@ -265,7 +277,8 @@ def reference_model(name: str, cache_dir: Path) -> tuple[nn.Module, dict]:
             return module.eval(), meta["metrics"]
     module, metrics = train_reference_model(name)
     atomic_write(weights_path, lambda p: torch.save(module.state_dict(), p))
+    # float kernels differ by instruction set, so trained weights (not the accuracy bar) differ between CPUs
     meta = {"model": name, "training": training_config(name), "metrics": metrics,
-            "sha256": sha256_file(weights_path)}
+            "sha256": sha256_file(weights_path), "trained_on": trained_on()}
     atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
     return module, metrics

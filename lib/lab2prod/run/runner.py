@@ -142,8 +142,10 @@ def preflight(selected: list[Study], given: dict, out: Path, run_id: str, force:
     probe = out
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK) or not probe.is_dir():
-        raise Lab2ProdError(f"output folder {str(out)!r} is not writable; choose another with --out")
+    try:  # what the run will do there (os.access says yes to root on /proc, where nothing can be made)
+        tempfile.TemporaryDirectory(dir=probe, prefix=".lab2prod-probe-").cleanup()
+    except OSError:
+        raise Lab2ProdError(f"output folder {str(out)!r} is not writable; choose another with --out") from None
     return per_study, run_dir
 
 
