@@ -19,6 +19,7 @@ pytest.importorskip("ts.torch_handler.base_handler", reason="torchserve is not i
 from lab2prod.kinds.codec import codec_for, lab_answer  # noqa: E402
 from lab2prod.models.load import load_model  # noqa: E402
 from lab2prod.servers.loadtest import LOCUSTFILE, write_locustfile  # noqa: E402
+from lab2prod.servers.timing import parse  # noqa: E402
 from lab2prod.servers.torchserve.handler import Lab2ProdHandler  # noqa: E402
 from lab2prod.servers.torchserve.server import trace_to_file  # noqa: E402
 from lab2prod.studies.serving import request_images  # noqa: E402
@@ -26,16 +27,19 @@ from lab2prod.studies.serving import request_images  # noqa: E402
 
 class FakeContext:
     """What TorchServe hands a handler: system properties, the manifest, the model's yaml config,
-    and a place for per-request response statuses."""
+    and a place for per-request response statuses and headers."""
 
     def __init__(self, model_dir):
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
         self.manifest = {"model": {"serializedFile": "model.pt", "modelName": "model"}}
         self.model_yaml_config = {"handler": {"threads": 1}}
-        self.statuses = {}
+        self.statuses, self.headers = {}, {}
 
     def set_response_status(self, code, phrase, idx=0):
         self.statuses[idx] = (code, phrase)
+
+    def set_response_header(self, idx, key, value):
+        self.headers.setdefault(idx, {})[key] = value
 
 
 def _model_dir(loaded, folder):
@@ -76,6 +80,10 @@ def test_handler_answers_like_the_lab_and_refuses_bad_requests_with_a_reason(han
         assert max(abs(a - b) for a, b in zip(output["probabilities"], probabilities.tolist(), strict=True)) < 1e-5
     assert outputs[3]["rejected"] and outputs[4]["rejected"]
     assert context.statuses == {3: (400, outputs[3]["rejected"]), 4: (400, outputs[4]["rejected"])}
+    # each answered request's phases in its Server-Timing header; a refused one has none
+    assert sorted(context.headers) == [0, 1, 2]
+    phases = parse(context.headers[0]["Server-Timing"])
+    assert list(phases) == ["codec", "inference", "postprocess"] and all(ms >= 0 for ms in phases.values())
 
 
 def test_handler_stages_can_be_called_one_by_one(handler_and_model):
@@ -132,6 +140,7 @@ class _Stub(BaseHTTPRequestHandler):
         self.seen.append((self.path, self.headers.get("Authorization"), len(body)))
         try:
             self.send_response(200 if self.headers.get("Authorization") == "Bearer secret" else 400)
+            self.send_header("Server-Timing", "codec;dur=0.5, inference;dur=1.5")
             self.end_headers()
             self.wfile.write(b"{}")
         except BrokenPipeError:
@@ -161,8 +170,9 @@ def test_the_locustfile_splits_traffic_by_weight_sends_the_token_and_records_eve
         server.shutdown()
     recorded = json.loads(samples.read_text())
     assert len(recorded) >= 400, proc.stderr[-500:]
-    assert all(ok for _, ok, _ in recorded)  # every request carried the token and got 200
-    share_v2 = sum(label == "v2" for _, _, label in recorded) / len(recorded)
+    assert all(ok for _, ok, _, _ in recorded)  # every request carried the token and got 200
+    assert all(timing == "codec;dur=0.5, inference;dur=1.5" for _, _, _, timing in recorded)  # the header, kept
+    share_v2 = sum(label == "v2" for _, _, label, _ in recorded) / len(recorded)
     assert 0.12 < share_v2 < 0.28
     assert {path for path, _, _ in _Stub.seen} == {"/predictions/model/1.0", "/predictions/model/2.0"}
     assert {size for _, _, size in _Stub.seen} == {8, 9}  # both request images were sent
