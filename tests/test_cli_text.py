@@ -21,8 +21,10 @@ def test_a_hugging_face_classifier_runs_every_notebook(run_cli, tmp_path, monkey
                    "-p", "serving.users=[1]", "-p", "serving.duration_s=1", "-p", "serving.tune_workers=[1]",
                    "-p", "serving.tune_threads=[1]", "-p", "serving.tune_batch_sizes=[1]",
                    "-p", "serving.parity_requests=16", "-p", "canary.duration_s=2", "-p", "canary.min_requests=10",
-                   # the export notebook compiles AOTInductor once; the benchmark measures the other variants
+                   # the export notebook compiles AOTInductor once; the benchmark measures the other variants, and
+                   # quantization one recipe of each kind of library (every recipe runs in the quantization tests)
                    "-p", "benchmark.variants=[eager,torchscript,torch_export,onnxruntime]",
+                   "-p", "quantization.methods=[torch_ao_dynamic,onnxruntime_int8_dynamic]",
                    # generous SLAs: this checks what every notebook does, not this shared machine's speed
                    "-p", "benchmark.sla_ms=10000", "-p", "serving.sla_ms=10000",
                    "--out", str(out), "--run-id", "r")

@@ -15,8 +15,10 @@ QUICK_SERVING = ("-p", "serving.users=[1]", "-p", "serving.duration_s=1", "-p", 
                  "-p", "serving.parity_requests=16", "-p", "serving.sla_ms=10000")
 
 
-# AOTInductor compiles for tens of seconds per model: these runs check the other formats and variants
+# AOTInductor compiles for tens of seconds per model: these runs check the other formats and variants, and one
+# quantization recipe of each kind of library (every recipe runs in the quantization tests)
 PORTABLE = ["-p", "export.formats=[torchscript_script,torchscript_trace,torch_export,onnx]",
+            "-p", "quantization.methods=[torch_ao_dynamic,onnxruntime_int8_dynamic]",
             "-p", "benchmark.variants=[eager,torchscript,torch_export,dynamic_int8,onnxruntime,onnxruntime_int8]"]
 
 
@@ -51,7 +53,7 @@ def test_your_model_weights_and_image_folder_give_the_reference_accuracies(run_c
     proc = run_cli("run", "--only", "export,parity,quantization,serving", "--model",
                    "lab2prod.examples:digits_cnn_factory", "--weights", weights, "--data", data,
                    "--lab-transform", "lab2prod.examples:digits_transform", "--no-progress", *QUICK_SERVING,
-                   "-p", "quantization.min_run_time=0.1", "-p", "export.batch_sizes=[1,4]", *PORTABLE[:2],
+                   "-p", "quantization.min_run_time=0.1", "-p", "export.batch_sizes=[1,4]", *PORTABLE[:4],
                    "--out", str(out), "--run-id", "r")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = _summary(out, "r")["results"]

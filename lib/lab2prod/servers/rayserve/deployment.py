@@ -84,12 +84,14 @@ def _typed(default, value):
 def app(args: dict):
     """The application builder `serve run` and a Serve config file name
     (`import_path: lab2prod.servers.rayserve.deployment:app`): args are model_dir, token_file and the RayConfig
-    fields."""
+    fields, and optionally how long a stopping replica drains (Ray's defaults: 2 s loops, 20 s at most)."""
     config = RayConfig(**{k: _typed(getattr(DEFAULT_RAY_CONFIG, k), v) for k, v in args.items()
                           if k in RayConfig.__dataclass_fields__})
     deployment = serve.deployment(LabModel, name="LabModel").options(
         num_replicas=config.replicas, ray_actor_options={"num_cpus": config.cpus_per_replica},
-        max_ongoing_requests=config.max_ongoing_requests)
+        max_ongoing_requests=config.max_ongoing_requests,
+        graceful_shutdown_wait_loop_s=float(args.get("graceful_shutdown_wait_loop_s", 2.0)),
+        graceful_shutdown_timeout_s=float(args.get("graceful_shutdown_timeout_s", 20.0)))
     return deployment.bind(str(args["model_dir"]), str(args.get("token_file", "")), config.threads,
                            config.max_batch_size, config.batch_wait_timeout_s, config.max_request_size,
                            config.artifact)

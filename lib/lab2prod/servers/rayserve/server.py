@@ -45,6 +45,10 @@ DEPLOYMENT = "lab2prod.servers.rayserve.deployment"
 # throughput-optimized settings (direct ingress, gRPC between proxy and replicas, user code on the event loop).
 # Ray reads them when Serve's processes start, so they are set for the Ray that RayServer starts.
 HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# In that mode a stopping replica or proxy keeps serving for 30 s, so that a load balancer in front notices it
+# leave. The Ray lab2prod starts on loopback has none, and tuning redeploys once per configuration: it drains
+# for 1 s. The written Serve config and RayService keep Ray's 30 s.
+LOCAL_DRAIN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1"}
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,8 @@ class RayServer(Started):
         self.port, self.metrics_port = free_port(), free_port()
         logging.getLogger("ray").setLevel(logging.ERROR)
         logging.getLogger("ray.serve").setLevel(logging.ERROR)
-        mode = HIGH_THROUGHPUT_ENV if self.high_throughput else dict.fromkeys(HIGH_THROUGHPUT_ENV, "0")
+        mode = {**(HIGH_THROUGHPUT_ENV if self.high_throughput else dict.fromkeys(HIGH_THROUGHPUT_ENV, "0")),
+                **LOCAL_DRAIN_ENV}
         # Ray's processes inherit this process's environment: the mode is set for them, and put back at stop
         self._saved_env = {name: os.environ.get(name) for name in mode}
         os.environ.update(mode)
@@ -179,7 +184,10 @@ class RayServer(Started):
         """Deploy (or redeploy) the model at /predictions/<name>; returns its URL once it answers."""
         from ray import serve
 
-        args = {"model_dir": str(model_dir), "token_file": str(self.key_file), **asdict(config)}
+        # Between two measurements no request is in flight: the old replicas need not wait to drain (Ray's
+        # defaults, kept in the written Serve config, wait up to 20 s for that)
+        args = {"model_dir": str(model_dir), "token_file": str(self.key_file), **asdict(config),
+                "graceful_shutdown_wait_loop_s": 0.1, "graceful_shutdown_timeout_s": 1.0}
         deadline = time.monotonic() + timeout_s
         if name in serve.status().applications:
             # A rolling update starts the new replicas before it stops the old ones; with every CPU
