@@ -17,6 +17,7 @@ from lab2prod.core.errors import Lab2ProdError
 __all__ = [
     "Inputs",
     "Contiguous",
+    "load_aoti",
     "check_inputs",
     "call",
     "first_tensor",
@@ -130,8 +131,16 @@ class Contiguous:
         self.module = module
 
     def __call__(self, *args, **kwargs):
-        return self.module(*(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args),
-                           **{k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+        return self.module(*map_tensors(_contiguous, args), **map_tensors(_contiguous, kwargs))
+
+
+def _contiguous(value):
+    return value.contiguous() if isinstance(value, torch.Tensor) else value
+
+
+def load_aoti(path: str) -> Contiguous:
+    """An AOTInductor package loaded in its C++ runner, called with contiguous inputs (see Contiguous)."""
+    return Contiguous(torch._inductor.aoti_load_package(str(path)))
 
 
 def to_device(inputs: Inputs, device: str | torch.device) -> Inputs:

@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from lab2prod.core.inputs import Contiguous, call, first_tensor, to_device
+from lab2prod.core.inputs import call, first_tensor, load_aoti, to_device
 from lab2prod.models.onnx_rt import OrtModule
 
 __all__ = ["load_exported", "main"]
@@ -34,7 +34,7 @@ def load_exported(fmt: str, path: str, device: str = "cpu"):
     if fmt == "aoti":  # AOTInductor's native code for this CPU, run by its C++ runner
         if device != "cpu":
             raise ValueError("this AOTInductor package was compiled for the CPU")
-        return Contiguous(torch._inductor.aoti_load_package(path))  # as lab2prod's servers load it
+        return load_aoti(path)  # as lab2prod's servers load it
     if fmt == "onnx":  # ONNX Runtime on the file and its external data, no torch model code
 
         module = OrtModule(path, threads=1, device=device)

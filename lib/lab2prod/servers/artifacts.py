@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lab2prod.core.inputs import Contiguous, call, first_tensor
+from lab2prod.core.inputs import call, first_tensor, load_aoti
 from lab2prod.models.onnx_rt import OrtModule
 
 __all__ = ["ARTIFACTS", "ARTIFACT_FILES", "ARTIFACT_TITLES", "Served", "load_artifact", "verified_artifacts",
@@ -49,19 +49,23 @@ class Served:
 
 def load_artifact(model_dir: Path, artifact: str = "torchscript", threads: int = 1) -> Served:
     """A callable from the model's inputs (a tensor, tuple or dict) to its first output, running the folder's
-    `artifact`: TorchScript in torch, the AOTInductor package in its C++ runner, the ONNX file in an ONNX Runtime
-    session with `threads` intra-op threads (0: torch's current count), or the recommended quantized file (ONNX,
-    TorchScript or torch.export, by its suffix)."""
+    `artifact` (`model_dir` may also be the served TorchScript file itself): TorchScript in torch, the AOTInductor
+    package in its C++ runner, the ONNX file in an ONNX Runtime session with `threads` intra-op threads (0:
+    torch's current count), or the recommended quantized file (ONNX, TorchScript or torch.export, by its
+    suffix)."""
     if artifact not in ARTIFACTS:
         raise ValueError(f"artifact {artifact!r} is not servable; use one of {', '.join(ARTIFACTS)}")
     model_dir = Path(model_dir)
-    path = _file(model_dir, artifact)
+    if model_dir.is_file():  # a served file itself (TorchServe's TorchScript); the other artifacts beside it
+        path = model_dir if artifact == "torchscript" else _file(model_dir.parent, artifact)
+    else:
+        path = _file(model_dir, artifact)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if path.suffix == ".onnx":  # the export notebook's file (or the int8 one), under its own name
             module = OrtModule(path, threads=int(threads) or torch.get_num_threads())
         elif artifact == "aoti":
-            module = Contiguous(torch._inductor.aoti_load_package(str(path)))  # it does not check strides
+            module = load_aoti(path)  # called with contiguous inputs: it does not check strides
         elif path.suffix == ".pt2":
             module = torch.export.load(str(path)).module()
         else:

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from lab2prod.core.errors import Lab2ProdError, one_line
-from lab2prod.core.inputs import Contiguous, Inputs, batch_size_of, call, export_program, first_tensor, to_device, trace
+from lab2prod.core.inputs import Inputs, batch_size_of, call, export_program, first_tensor, load_aoti, to_device, trace
 from lab2prod.core.results import gate
 from lab2prod.core.schema import MODEL_CARD, Measure, Results, described
 from lab2prod.models.onnx_rt import OrtModule, export_to_temp, quantize_file
@@ -298,16 +298,12 @@ def _aoti_variant(module: torch.nn.Module, example: Inputs) -> Callable:
     try:
         path = torch._inductor.aoti_compile_and_package(export_program(module, example)[1],
                                                         package_path=str(folder / "model.aoti.pt2"))
-        runner = Contiguous(torch._inductor.aoti_load_package(path))
+        runner = load_aoti(path)
     except Exception:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-
-    def run(*args, **kwargs):
-        return runner(*args, **kwargs)
-
-    weakref.finalize(run, shutil.rmtree, str(folder), True)
-    return run
+    weakref.finalize(runner, shutil.rmtree, str(folder), True)
+    return runner
 
 
 def _ort_variant(module: torch.nn.Module, variant: str, device: str, example: Inputs) -> Callable:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -20,10 +19,11 @@ from lab2prod.core.results import gate
 from lab2prod.core.schema import Measure, Results, described
 from lab2prod.kinds.codec import answer_vector, answers, codec_for, kind_of, lab_answer
 from lab2prod.models.requests import request_bodies
-from lab2prod.servers.artifacts import ARTIFACT_TITLES, Served, load_artifact, verified_artifacts
+from lab2prod.servers.artifacts import ARTIFACT_TITLES, load_artifact, verified_artifacts
 from lab2prod.servers.base import Live, Server, ServerConfig, artifacts_of, grid, limits_check, modes_of
 from lab2prod.servers.loadtest import content_type_of, load_sweep, request_files, run_locust, write_locustfile
 from lab2prod.servers.registry import SERVERS, servers_named
+from lab2prod.servers.timing import PHASES
 from lab2prod.studies.benchmark import measure, powers_of_two_axis
 
 __all__ = [
@@ -388,13 +388,7 @@ def in_process_ceiling(model_dir: Path, loaded, batch_size: int, threads: int, w
     - `full_path_per_s`: the full path on the same request bodies: the guarded codec per request (decode,
       guard, preprocess), the batch through the artifact, and the JSON answers (the server's own work).
     `model_dir` is the folder the server serves, or the served TorchScript file itself (TorchServe's)."""
-    model_dir = Path(model_dir)
-    if model_dir.is_file() and artifact == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load: the old path, said so in the notebook
-            served = Served(torch.jit.load(str(model_dir), map_location="cpu").eval(), artifact)
-    else:
-        served = load_artifact(model_dir.parent if model_dir.is_file() else model_dir, artifact, int(threads))
+    served = load_artifact(model_dir, artifact, int(threads))
     lab = codec_for(loaded, guarded=True)
     size = max(int(batch_size), 1)
     bodies = [body for _, body in request_bodies(loaded, size, seed)]
@@ -591,8 +585,7 @@ def side_table(rows: list[dict]):
         interval = row.get("p99_ci_ms")
         table.append({**{c: row.get(c) for c in columns},
                       "p99_ci_ms": f"{interval[0]:.1f}-{interval[1]:.1f}" if interval else None,
-                      **{f"{name}_ms": phases.get(name) for name in
-                         ("codec", "queue", "inference", "postprocess", "network_and_proxy")}})
+                      **{f"{name}_ms": phases.get(name) for name in (*PHASES, "network_and_proxy")}})
     return pd.DataFrame(table).set_index(["server", "config"]).round(3)
 
 
@@ -605,7 +598,7 @@ def plot_phases(rows: list[dict]):
     timed = [r for r in rows if r.get("phases_ms")]
     if not timed:
         return None
-    names = ["codec", "queue", "inference", "postprocess", "network_and_proxy"]
+    names = [*PHASES, "network_and_proxy"]
     colours = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#bab0ac"]
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(timed) + 1.6))
     labels = [f"{r['server']} {r['config']}\n{r['served']}" for r in timed]
