@@ -14,10 +14,12 @@ import nbformat
 import pytest
 from jupytext.config import load_jupytext_config
 
-from lab2prod.core.paths import NOTEBOOKS_DIR, PROJECT_ROOT
+from lab2prod.core.paths import NOTEBOOKS_DIR
 from lab2prod.core.registry import STUDIES
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def as_percent(path: Path) -> str:

@@ -16,11 +16,12 @@ from xml.etree import ElementTree
 import pytest
 
 from lab2prod.core.errors import Lab2ProdError
-from lab2prod.core.paths import PROJECT_ROOT
 from lab2prod.core.registry import STUDIES, Param, Study, checklist, resolve_parameters, study
 from lab2prod.run.runner import select_studies
 
 TINY = Path(__file__).parent / "tiny_study"
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("given, message", [

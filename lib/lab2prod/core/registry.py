@@ -135,6 +135,9 @@ class Study:
     gate_items: dict[str, str] = field(default_factory=dict)
     torchserve: bool | str = False
     folder: Path | None = None  # where the notebook lives; None means notebooks/
+    # pyproject extras it needs: names, or "module:function" called with its parameters; a study that starts
+    # TorchServe needs the serving extra too. Where one is missing, the runner skips it with the install line.
+    needs: tuple[str, ...] | str = ()
 
     @property
     def path(self) -> Path:
@@ -150,6 +153,15 @@ class Study:
             param = self.param(self.torchserve)
             return bool(values.get(self.torchserve, param.default if param else False))
         return self.torchserve
+
+    def extras_needed(self, values: dict) -> list[str]:
+        """The extras this study needs with these parameter values."""
+        if isinstance(self.needs, str):
+            module, _, function = self.needs.partition(":")
+            needed = list(getattr(importlib.import_module(module), function)(values))
+        else:
+            needed = list(self.needs)
+        return list(dict.fromkeys((["serving"] if self.uses_torchserve(values) else []) + needed))
 
 
 _MODEL_HELP = "reference or torchvision name, a .pt/.pt2 file, or package.module:factory"
@@ -256,7 +268,7 @@ STUDIES: list[Study] = [
         Param("tune_batch_sizes", list[int], [1, 4], "server batch sizes to try", ge=1, min_items=1),
         Param("max_request_size", int, 1000000, "bytes; larger requests are refused", ge=1),
         Param("parity_requests", int, 64, "held-out images sent one by one for live parity", ge=1),
-        *_common("run_dir", "seed")), torchserve=True),
+        *_common("run_dir", "seed")), torchserve=True, needs="lab2prod.studies.serving:extras_needed"),
     Study("drift", "06_drift_monitoring", "monitoring", "lab2prod.studies.drift", (
         COMMON["model"], *_INPUTS,
         Param("batch_size", int, 64, "inputs per monitored batch", ge=2),

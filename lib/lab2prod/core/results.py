@@ -11,6 +11,7 @@ from pathlib import Path
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.files import atomic_write
 from lab2prod.core.paths import OUTPUTS_DIR
+from lab2prod.core.provenance import provenance
 from lab2prod.core.schema import Results, check_values
 
 __all__ = ["resolve_run_dir", "gate", "gate_verdict", "record", "load_results", "build_summary", "readiness",
@@ -111,18 +112,21 @@ def build_summary(run_dir: str | Path, params: dict, notebooks: list[dict], envi
     the report notebook builds it from the folder while the run is still going."""
     results, gates = load_results(run_dir)
     return {"run_id": Path(run_dir).name, "created": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "params": params, "environment": environment or {}, "notebooks": notebooks, "results": results,
-            "gates": gates}
+            "lab2prod": provenance(), "params": params, "environment": environment or {}, "notebooks": notebooks,
+            "results": results, "gates": gates}
 
 
 def readiness(summary: dict) -> tuple[bool, str]:
     """(ready, one line): ready when every notebook ran to the end and no gate failed (a skipped
-    gate, a check that does not apply to this model, does not fail a run)."""
-    errors = [n for n in summary["notebooks"] if n["status"] != "ok"]
+    gate, a check that does not apply to this model, and a study skipped for a missing extra do not fail a
+    run)."""
+    errors = [n for n in summary["notebooks"] if n["status"] not in ("ok", "skipped")]
     failed = [g for g in summary["gates"] if g["passed"] is False]
     ready = not errors and not failed
-    return ready, ("READY: every gate passed" if ready else
-                   f"NOT READY: {len(failed)} gate(s) failed, {len(errors)} notebook(s) did not finish")
+    skipped = [n["name"] for n in summary["notebooks"] if n["status"] == "skipped"]
+    also = f" ({len(skipped)} skipped for a missing extra: {', '.join(skipped)})" if skipped else ""
+    return ready, ("READY: every gate passed" + also if ready else
+                   f"NOT READY: {len(failed)} gate(s) failed, {len(errors)} notebook(s) did not finish" + also)
 
 
 def write_junit(path: Path, summary: dict) -> Path:
@@ -135,11 +139,12 @@ def write_junit(path: Path, summary: dict) -> Path:
     for notebook in summary["notebooks"]:
         gates = [g for g in summary["gates"] if g.get("notebook") == notebook["name"]]
         suite = ET.SubElement(root, "testsuite", name=notebook["name"],
-                              tests=str(len(gates) + int(notebook["status"] != "ok")),
+                              tests=str(len(gates) + int(notebook["status"] not in ("ok", "skipped"))),
                               failures=str(sum(g["passed"] is False for g in gates)),
                               skipped=str(sum(g["passed"] is None for g in gates)),
-                              errors=str(int(notebook["status"] != "ok")), time=str(notebook["seconds"]))
-        if notebook["status"] != "ok":
+                              errors=str(int(notebook["status"] not in ("ok", "skipped"))),
+                              time=str(notebook["seconds"]))
+        if notebook["status"] not in ("ok", "skipped"):
             case = ET.SubElement(suite, "testcase", classname=notebook["name"], name="notebook")
             ET.SubElement(case, "error", message=f"{notebook['status']}: {notebook['error'] or ''}")
         for g in gates:

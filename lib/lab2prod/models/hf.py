@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lab2prod.core import extras
 from lab2prod.core.errors import Lab2ProdError, one_line
 from lab2prod.core.inputs import draw_indices
 from lab2prod.kinds.text import TextPath
@@ -121,10 +122,8 @@ def load_hf(path: str):
     # transformers imports torchao, whose import logs a deprecation from torch's pytree registry
     # on every load; it says nothing about the user's model and would make notebook output unstable.
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    try:
-        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
-    except ImportError as exc:
-        raise Lab2ProdError(f"hf:{path} needs transformers ({exc}); pip install -r requirements.txt") from None
+    extras.require("hf", f"hf:{path}")
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a progress bar per load would fill every notebook's output

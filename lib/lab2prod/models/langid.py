@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lab2prod.core import extras
 from lab2prod.core.files import sha256_file
 from lab2prod.core.paths import CACHE_DIR
 from lab2prod.kinds.text import TextPath, clean_text
@@ -192,6 +193,7 @@ def reference_folder(cache_dir: Path | None = None) -> tuple[Path, dict]:
     import shutil
     import tempfile
 
+    extras.require("hf", "the reference text model text_langid")
     cache_dir = Path(cache_dir) if cache_dir else CACHE_DIR
     folder = cache_dir / f"text_langid-{_training_key()}"
     meta_path = folder / "lab2prod-reference.json"

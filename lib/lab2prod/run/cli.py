@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from lab2prod import __version__
 from lab2prod.core import registry
 from lab2prod.core.errors import Lab2ProdError
-from lab2prod.core.paths import OUTPUTS_DIR
+from lab2prod.core.paths import OUTPUTS_DIR, project_dir
+from lab2prod.core.provenance import version_line
 from lab2prod.core.registry import COMMON
 from lab2prod.core.results import gate_verdict, readiness, write_junit
 from lab2prod.models.load import available_models, load_model
@@ -25,6 +26,7 @@ from lab2prod.run.runner import (
     read_parameters_file,
     select_studies,
 )
+from lab2prod.run.starter import PARAMS_FILE, write_starter
 from lab2prod.studies import environment
 from lab2prod.studies.drift import embedding_layer
 
@@ -39,8 +41,9 @@ def _names(values: list[str] | None) -> list[str] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lab2prod", description="Measure what breaks between a model in the lab and in production.")
-    parser.add_argument("--version", action="version", version=f"lab2prod {__version__}")
+        prog="lab2prod", description="Measure what breaks between a model in the lab and in production.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)  # the version line unwrapped
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run", help="execute the notebooks into outputs/<run-id>/ and write the report",
@@ -71,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a notebook parameter, typed like papermill: -p seed=1 -p batch_sizes=[1,8]; "
                           "study.name for one study: -p export.atol=1e-5")
     run.add_argument("-f", "--parameters-file", metavar="PATH",
-                     help="YAML file of parameters (name: value, or study.name: value); -p wins over it")
+                     help="YAML file of parameters (name: value, or study.name: value); -p wins over it "
+                          f"(default: the project's {PARAMS_FILE}, where there is one)")
     run.add_argument("--timeout", type=float, metavar="SECONDS",
                      help="longest a notebook cell may run; a notebook over it is saved and the run exits 1")
     run.add_argument("--junit", metavar="PATH", help="also write the gates as JUnit XML (one test per gate)")
@@ -93,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--all", action="store_true", help="also list what did not change")
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
     commands.add_parser("models", help="list the model names that --model accepts")
+    init = commands.add_parser(
+        "init", help=f"write a starter project: {PARAMS_FILE} (every parameter, with its help) and models.py",
+        description=f"Write {PARAMS_FILE} and models.py into FOLDER; then edit models.py and run "
+                    f"`lab2prod run -f {PARAMS_FILE}` there.")
+    init.add_argument("folder", nargs="?", default=".", help="where to write them (default: the current folder)")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
     env = commands.add_parser("env", help="the environment lock: write it in the lab, diff it in production")
     env_commands = env.add_subparsers(dest="env_command", required=True)
     lock = env_commands.add_parser("lock", help="write this machine's fingerprint and smoke-test outputs")
@@ -121,6 +131,9 @@ def _check_device(device: str) -> None:
 
 
 def _given_parameters(args: argparse.Namespace) -> dict:
+    if not args.parameters_file and (project_dir() / PARAMS_FILE).is_file():
+        args.parameters_file = str(project_dir() / PARAMS_FILE)
+        print(f"lab2prod: parameters from {args.parameters_file}", file=sys.stderr)
     given = read_parameters_file(args.parameters_file) if args.parameters_file else {}
     given.update(dict(parse_parameter(p) for p in args.parameter))
     return given
@@ -225,9 +238,32 @@ def _compare(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _import_from_here() -> None:
+    """The user's package.module:factory imports from the current folder, as in `python -c`: here and in every
+    notebook kernel and server the run starts (they run in other folders)."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
+
+
+def _init(args: argparse.Namespace) -> int:
+    written = write_starter(args.folder, args.force)
+    for path in written:
+        print(f"wrote {path}")
+    where = "" if Path(args.folder).absolute() == Path.cwd() else f"cd {args.folder} && "
+    print(f"next: edit {written[1].name}, then {where}lab2prod run -f {PARAMS_FILE}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _import_from_here()
+        if args.command == "init":
+            return _init(args)
         if args.command == "models":
             print("\n".join(available_models()))
             return 0

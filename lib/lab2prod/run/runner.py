@@ -14,9 +14,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from lab2prod.core import extras
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.registry import STUDIES, Study, resolve_parameters
-from lab2prod.core.results import build_summary, write_json
+from lab2prod.core.results import build_summary, gate, record, write_json
 from lab2prod.run.report import write_report
 from lab2prod.servers.registry import stop_recorded
 from lab2prod.servers.torchserve.server import check_requirements
@@ -29,6 +30,7 @@ __all__ = [
     "parse_parameter",
     "read_parameters_file",
     "preflight",
+    "skipped_studies",
     "absolute_paths",
     "execute_run",
     "new_run_id",
@@ -126,8 +128,9 @@ def preflight(selected: list[Study], given: dict, out: Path, run_id: str, force:
     folder that can be written, and a run folder that is new (or `force` to clear it). Returns
     ({notebook: parameters}, run folder)."""
     per_study = resolve_parameters(absolute_paths(given), selected, absolute_paths(common))
+    skipped = skipped_studies(selected, per_study)
     for candidate in selected:
-        if candidate.uses_torchserve(per_study[candidate.notebook]):
+        if candidate.notebook not in skipped and candidate.uses_torchserve(per_study[candidate.notebook]):
             try:
                 check_requirements()
             except Lab2ProdError as exc:
@@ -147,6 +150,19 @@ def preflight(selected: list[Study], given: dict, out: Path, run_id: str, force:
     except OSError:
         raise Lab2ProdError(f"output folder {str(out)!r} is not writable; choose another with --out") from None
     return per_study, run_dir
+
+
+def skipped_studies(selected: list[Study], per_study: dict[str, dict]) -> dict[str, str]:
+    """{notebook: why} for the selected studies that need an extra this environment lacks (`pip install
+    lab2prod` without `[serving]` has no TorchServe or Locust): each is skipped with its install line."""
+    skipped = {}
+    for study in selected:
+        gone = [e for e in study.extras_needed(per_study.get(study.notebook, {})) if not extras.available(e)]
+        if gone:
+            modules = sorted({m for e in gone for m in extras.missing(e)})
+            skipped[study.notebook] = (f"{study.short} needs {', '.join(modules)} (not installed): "
+                                       f"{extras.install_line(*gone)}")
+    return skipped
 
 
 def new_run_id(model: str) -> str:
@@ -265,8 +281,16 @@ def execute_run(selected: list[Study], per_study: dict[str, dict], params: dict,
         shutil.rmtree(run_dir)  # preflight allowed it (--force): never merge two runs' results
     run_dir.mkdir(parents=True)
     records = []
+    skipped = skipped_studies(selected, per_study)
     with _Stopper(run_dir) as stopper:
         for index, study in enumerate(selected, 1):
+            if study.notebook in skipped:  # a skipped gate says so in the report's checklist
+                record(run_dir, study.short, {}, [gate(study.short, False, detail=skipped[study.notebook],
+                                                       skipped=True)], study.notebook)
+                records.append({"name": study.notebook, "status": "skipped", "seconds": 0.0,
+                                "error": skipped[study.notebook]})
+                print(f"lab2prod: skipped {study.notebook}: {skipped[study.notebook]}", file=sys.stderr)
+                continue
             mine = dict(per_study[study.notebook])
             if study.param("run_dir"):
                 mine["run_dir"] = str(run_dir)

@@ -125,7 +125,8 @@ class Server(Protocol):
     are the ways it can be started that the tuning sweep tries beside workers, threads and batching (the first
     is how it starts untouched; a server without the attribute has one, "default"), and `artifacts` the files
     it can serve (TorchScript for every server; ONNX Runtime for those that host Python), tuned over those this
-    run verified."""
+    run verified. `extra`, where a server has one, is the pyproject extra that installs it: a study that needs a
+    server whose extra is missing is skipped with the install line."""
 
     name: str
     title: str

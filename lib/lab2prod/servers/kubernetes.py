@@ -191,7 +191,7 @@ def write_deployment(serve_dir: Path, name: str, chosen: dict | None, workers: i
         shutil.copyfile(archive, out / "model-store" / archive.name)
     package = PACKAGE_DIR
     shutil.rmtree(out / "lab2prod", ignore_errors=True)
-    shutil.copytree(package, out / "lab2prod", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(package, out / "lab2prod", ignore=shutil.ignore_patterns("__pycache__", "notebooks"))
     (out / "Dockerfile").write_text(DOCKERFILE.format(image=image, base=TORCHSERVE_IMAGE, name=name))
     return path
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lab2prod.core import extras
 from lab2prod.core.errors import Lab2ProdError, one_line
 from lab2prod.core.inputs import Inputs, batch_size_of, call, export_program, first_tensor, load_aoti, to_device, trace
 from lab2prod.core.results import gate
@@ -224,7 +225,9 @@ ALL_VARIANTS = list(dict.fromkeys(CPU_VARIANTS + CUDA_VARIANTS))
 
 
 def default_variants(device: str) -> list[str]:
-    return list(CUDA_VARIANTS if device.startswith("cuda") else CPU_VARIANTS)
+    """The device's variants; those of ONNX Runtime only where the onnx extra is installed."""
+    variants = CUDA_VARIANTS if device.startswith("cuda") else CPU_VARIANTS
+    return [v for v in variants if not v.startswith("onnxruntime") or extras.available("onnx")]
 
 
 def check_variants(variants, device: str | None = None) -> list[str]:

@@ -25,6 +25,7 @@ from typing import ClassVar
 import pandas as pd
 import torch
 
+from lab2prod.core import extras
 from lab2prod.core.errors import Lab2ProdError, one_line
 from lab2prod.core.files import sha256_file
 from lab2prod.core.inputs import Inputs, call, export_program, first_tensor, map_tensors, to_device, trace, varied_cases
@@ -307,10 +308,12 @@ def format_gates(
 def check_formats(formats) -> list[str]:
     """The formats, or a Lab2ProdError naming an unknown one and the known ones; ["auto"] is every format."""
     if list(formats) == ["auto"]:
-        return list(FORMATS)
+        return [f for f in FORMATS if f != "onnx" or extras.available("onnx")]  # ONNX is the onnx extra
     for fmt in formats:
         if fmt not in FORMATS:
             raise Lab2ProdError(f"format {fmt!r} is not known; use ['auto'] or some of {', '.join(FORMATS)}")
+    if "onnx" in formats:
+        extras.require("onnx", "format 'onnx'")
     return list(formats)
 
 

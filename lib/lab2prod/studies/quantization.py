@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lab2prod.core import extras
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.inputs import Inputs, batch_size_of, call, export_program, first_tensor, outputs_of, trace
 from lab2prod.core.results import gate
@@ -134,6 +135,13 @@ def check_methods(methods) -> list[str]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise Lab2ProdError(f"quantization methods {methods!r} are not known; use some of {', '.join(METHODS)}")
+    onnx = [m for m in methods if m.startswith("onnxruntime")]
+    if onnx and not extras.available("onnx"):
+        if len(onnx) == len(methods):
+            extras.require("onnx", f"quantization methods {methods!r}")
+        warnings.warn(f"ONNX Runtime is not installed, so {', '.join(onnx)} are left out; "
+                      f"{extras.install_line('onnx')}", stacklevel=2)
+        methods = [m for m in methods if m not in onnx]
     return methods
 
 

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from tqdm import tqdm
 
+from lab2prod.core import extras
 from lab2prod.core.inputs import cat
 from lab2prod.core.results import gate
 from lab2prod.core.schema import Measure, Results, described
@@ -27,6 +28,7 @@ from lab2prod.servers.timing import PHASES
 from lab2prod.studies.benchmark import measure, powers_of_two_axis
 
 __all__ = [
+    "extras_needed",
     "ServingResults",
     "ServerConfig",
     "request_images",
@@ -95,8 +97,15 @@ def check_backend(backends: list[str] | str) -> list[str] | str:
     """A `backends` value naming registered servers (["torchserve"], ["rayserve"], ["both"], several, or the
     same as one comma-separated string), each able to run here; a clear error otherwise."""
     for server in servers_named(backends):
-        server.check()
+        if extras.available(getattr(server, "extra", "") or "serving"):  # else the runner skips the study
+            server.check()
     return backends
+
+
+def extras_needed(values: dict) -> list[str]:
+    """The extras the serving study needs with these parameters: Locust (the serving extra) and each server's."""
+    servers = servers_named(values.get("backends", ["torchserve"]))
+    return [e for e in dict.fromkeys(["serving", *(getattr(s, "extra", "") for s in servers)]) if e]
 
 
 def selected_servers(backends: list[str] | str) -> list[Server]:

@@ -248,6 +248,7 @@ class LitServeServer:
     """LitServe 0.2 (FastAPI, uvicorn), started as its own process group on 127.0.0.1 and stopped by its pid."""
 
     name, title, gate_prefix, maintained = "litserve", "LitServe", "litserve", True
+    extra = "litserve"  # the pyproject extra that installs it: pip install 'lab2prod[litserve]'
     modes = ("default",)
     artifacts = ARTIFACTS  # it hosts Python: any verified artifact
 
@@ -255,7 +256,7 @@ class LitServeServer:
         try:
             import litserve  # noqa: F401  (heavy optional third-party package: LitServe)
         except ImportError:
-            raise Lab2ProdError("LitServe is not installed; pip install -r requirements.txt") from None
+            raise Lab2ProdError("LitServe is not installed; pip install 'lab2prod[litserve]'") from None
 
     def default_config(self, config: ServerConfig) -> ServerConfig:
         # LitServe's own defaults: one worker per device, torch's default threads, no batching

@@ -104,6 +104,7 @@ class RayServeServer:
     authorization of its own), Ray is always shut down, and its processes are recorded for the runner."""
 
     name, title, gate_prefix, maintained = "rayserve", "Ray Serve", "rayserve", True
+    extra = "ray"  # the pyproject extra that installs it: pip install 'lab2prod[ray]'
     # how Ray Serve starts untouched, and its high-throughput mode (HAProxy ingress, throughput-optimized)
     modes = ("default", "high_throughput")
     artifacts = ARTIFACTS  # it hosts Python: any verified artifact
@@ -112,7 +113,7 @@ class RayServeServer:
         try:
             import ray.serve  # noqa: F401  (heavy optional third-party package: Ray)
         except ImportError:
-            raise Lab2ProdError("Ray Serve is not installed; pip install -r requirements.txt") from None
+            raise Lab2ProdError("Ray Serve is not installed; pip install 'lab2prod[ray]'") from None
 
     def default_config(self, config: ServerConfig) -> ServerConfig:
         # Ray Serve's own defaults for a deployment: one replica, one CPU, torch's default threads, no batching.

@@ -114,6 +114,7 @@ class TorchServeServer:
     """TorchServe 0.12 (Java 17), token authorization on, bound to 127.0.0.1, stopped by the pid it started."""
 
     name, title, gate_prefix, maintained = "torchserve", "TorchServe", "serving", False
+    extra = "serving"  # the pyproject extra that installs it: pip install 'lab2prod[serving]'
     modes = ("default",)  # one way to start it
     artifacts = ("torchscript",)  # what its handler loads
 
