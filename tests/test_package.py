@@ -135,3 +135,37 @@ def test_the_wheel_runs_from_an_empty_folder_and_skips_serving_without_its_extra
     assert skipped.returncode == 0, skipped.stdout[-3000:] + skipped.stderr[-3000:]
     assert "pip install 'lab2prod[serving]'" in skipped.stdout
     assert "05_serving: skipped" in skipped.stdout and "Traceback" not in skipped.stderr
+
+
+def test_init_writes_a_starter_whose_every_parameter_line_the_run_accepts_and_never_overwrites(tmp_path, run_cli):
+    import yaml
+
+    from lab2prod.core.registry import COMMON, resolve_parameters
+
+    assert run_cli("init", str(tmp_path / "mine")).returncode == 0
+    text = (tmp_path / "mine" / "lab2prod.yaml").read_text()
+    # uncommented, every line is a parameter the run takes at its default, and every parameter has a line
+    lines = [line.removeprefix("# ") for line in text.splitlines()
+             if re.match(r"(# )?[a-z_]+(\.[a-z_]+)?: ", line)]
+    values = yaml.safe_load("\n".join(lines))
+    expected = {name for name in COMMON if name != "run_dir"} | {
+        f"{s.short}.{p.name}" for s in STUDIES for p in s.params if p.name not in COMMON and p.name != "run_dir"}
+    assert set(values) == expected
+    per_study = resolve_parameters({k: v for k, v in values.items() if k not in ("model", "example_inputs")}, STUDIES)
+    assert per_study["05_serving"]["backends"] == ["torchserve"]
+    again = run_cli("init", str(tmp_path / "mine"))
+    assert again.returncode == 2 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_outputs_go_to_the_nearest_project_folder_and_the_cache_to_the_user_cache(tmp_path, monkeypatch):
+    from lab2prod.core import paths
+
+    (tmp_path / "proj" / "sub").mkdir(parents=True)
+    (tmp_path / "proj" / "lab2prod.yaml").write_text("")
+    assert paths.outputs_dir(tmp_path / "proj" / "sub") == tmp_path / "proj" / "outputs"
+    assert paths.outputs_dir(tmp_path) == tmp_path / "outputs"  # no project above: the folder itself
+    monkeypatch.setenv("LAB2PROD_CACHE", str(tmp_path / "c"))
+    assert paths.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("LAB2PROD_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert paths.cache_dir() == tmp_path / "xdg" / "lab2prod"
