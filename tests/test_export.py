@@ -97,3 +97,18 @@ def test_an_example_sliced_from_a_large_tensor_does_not_travel_in_the_exported_f
     torch.export.save(program, str(tmp_path / "model.pt2"))
     assert (tmp_path / "model.pt2").stat().st_size < 200_000  # weights and a 4-row example, not 12.8 MB
     assert example.data_ptr() == data[100:104].data_ptr()  # the caller's tensor is left as it was
+
+
+def test_a_model_fed_slices_of_a_preloaded_tensor_exports_files_without_the_data_set(tmp_path):
+    """64 MB of preloaded rows, batches sliced from it: every archive carries its weights and a batch (the
+    manifest says how much stored input each holds), and the torch.export file stays under 1 MB."""
+    loaded = load_model("lab2prod.examples:tabular_mlp", example_inputs="lab2prod.examples:sliced_tabular_inputs")
+    artifacts = [export.export_model(loaded, fmt, tmp_path / "models")
+                 for fmt in ("torch_export", "torchscript_trace")]
+    entries = export.write_manifest(loaded, artifacts, tmp_path)
+    assert (tmp_path / "models" / "model.torch_export.pt2").stat().st_size < 1_000_000
+    for entry in entries:
+        payload = entry["payload"]
+        assert entry["example_bytes"] == export.TRACE_BATCH_SIZE * 20 * 4
+        assert payload["weights_bytes"] >= (20 * 64 + 64 + 64 * 3 + 3) * 4
+        assert payload["data_bytes"] < 64_000, entry

@@ -98,6 +98,27 @@ def test_integrity_refuses_tampered_and_pickled_files(tmp_path):
     assert rows[0]["passed"] is False and "does not match the manifest" in rows[0]["detail"]
 
 
+def test_integrity_fails_an_archive_that_carries_the_data_set_it_was_exported_with(tmp_path):
+    import json
+
+    from lab2prod.core.files import archive_payload, sha256_file
+
+    data = torch.randn(100_000, 16)  # 6.4 MB of preloaded rows
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    (tmp_path / "models").mkdir()
+    entries = []
+    for name, example in (("leaky", data[:4]), ("clean", data[:4].clone())):  # a view keeps the whole storage
+        path = tmp_path / "models" / f"{name}.pt2"
+        torch.export.save(torch.export.export(model, (example,)), str(path))
+        entries.append({"format": "torch_export", "file": f"models/{name}.pt2", "sha256": sha256_file(path),
+                        "payload": archive_payload(path), "example_bytes": example.nbytes})
+    (tmp_path / "manifest.json").write_text(json.dumps(entries))
+    rows = {r["check"]: r for r in security.integrity_checks(tmp_path, tmp_path / "security")}
+    leaky, clean = rows["models/leaky.pt2 carries no data set"], rows["models/clean.pt2 carries no data set"]
+    assert not leaky["passed"] and "clone()" in leaky["detail"] and entries[0]["payload"]["data_bytes"] > 6_000_000
+    assert clean["passed"], clean
+
+
 def test_config_audit_passes_the_deployment_config_and_fails_a_loose_one(tmp_path):
     from lab2prod.servers.torchserve.server import ServeConfig, write_config, write_deployment_config
 

@@ -25,6 +25,7 @@ from lab2prod.models.load import load_model
 from lab2prod.models.reference import DigitsCNN, digits_batch
 
 __all__ = [
+    "sliced_tabular_inputs",
     "NUM_FEATURES",
     "tabular_inputs",
     "tabular_mlp",
@@ -51,6 +52,19 @@ def tabular_inputs(batch_size: int, seed: int) -> torch.Tensor:
     """Standardized tabular rows: `batch_size` x 20 float32 features drawn from `seed`."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch_size, NUM_FEATURES, generator=generator)
+
+
+_PRELOADED: list[torch.Tensor] = []
+
+
+def sliced_tabular_inputs(batch_size: int, seed: int) -> torch.Tensor:
+    """The common pattern of a preloaded data set: rows sliced from one 64 MB tensor (800,000 rows of 20
+    features). A slice is a view of the whole tensor's storage; lab2prod copies it before
+    every export, so the exported file carries a batch, not the data set."""
+    if not _PRELOADED:
+        _PRELOADED.append(torch.randn(800_000, NUM_FEATURES, generator=torch.Generator().manual_seed(0)))
+    start = (seed * 7919) % (800_000 - batch_size)
+    return _PRELOADED[0][start:start + batch_size]
 
 
 def tabular_mlp() -> nn.Module:

@@ -285,6 +285,7 @@ def export_program(module: torch.nn.Module, example: Inputs, dynamic: bool = Tru
 def trace(module: torch.nn.Module, example: Inputs, **options):
     """torch.jit.trace with positional inputs, or with `example_kwarg_inputs` for a dict (the old
     path, deprecated upstream)."""
+    example = map_tensors(lambda t: t.detach().clone(), example)  # the traced file stores its inputs: only these
     if isinstance(example, dict):
         return torch.jit.trace(module, example_kwarg_inputs=dict(example), **options)
     return torch.jit.trace(module, example, **options)

@@ -27,8 +27,18 @@ import torch
 
 from lab2prod.core import extras
 from lab2prod.core.errors import Lab2ProdError, one_line
-from lab2prod.core.files import sha256_file
-from lab2prod.core.inputs import Inputs, call, export_program, first_tensor, map_tensors, to_device, trace, varied_cases
+from lab2prod.core.files import archive_payload, sha256_file
+from lab2prod.core.inputs import (
+    Inputs,
+    call,
+    export_program,
+    first_tensor,
+    map_tensors,
+    tensors,
+    to_device,
+    trace,
+    varied_cases,
+)
 from lab2prod.core.results import gate
 from lab2prod.core.schema import MODEL_CARD, Measure, Results, described
 from lab2prod.models.load import LoadedModel
@@ -92,6 +102,7 @@ class ExportArtifact:
     seconds: float = 0.0
     opset: int | None = None  # onnx: the default-domain opset
     extra_files: list[Path] = field(default_factory=list)  # onnx: external data written beside the file
+    example_bytes: int = 0  # the example batch it was exported with
 
     @property
     def produced(self) -> bool:
@@ -124,7 +135,7 @@ def export_model(
     # Tracing and export see training-split inputs; comparisons use held-out ones.
     example = loaded.make_inputs(TRACE_BATCH_SIZE, seed, split="train")
     module = set_eval(loaded.module)
-    artifact = ExportArtifact(fmt)
+    artifact = ExportArtifact(fmt, example_bytes=sum(t.nbytes for t in tensors(example)))
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -347,6 +358,9 @@ def write_manifest(
                if artifact.format == "onnx" else {}),
             **({"compiled_for": f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"}
                if artifact.format == "aoti" else {}),
+            # what the archive holds beside the model: stored sample inputs are data, never the deployment's
+            **({"payload": payload, "example_bytes": artifact.example_bytes}
+               if (payload := archive_payload(artifact.path)) else {}),
             "trained": loaded.trained,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         })

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from lab2prod.core.errors import Lab2ProdError
-from lab2prod.core.files import sha256_file
+from lab2prod.core.files import data_payload_limit, sha256_file
 from lab2prod.core.results import gate
 from lab2prod.core.schema import Measure, Results, described
 from lab2prod.kinds.codec import codec_for
@@ -149,8 +149,9 @@ def verify_file(path: Path, expected_sha256: str) -> None:
 
 
 def integrity_checks(run_dir: Path, workdir: Path) -> list[dict]:
-    """Every file of the run's manifest verified by sha256, a tampered copy refused, and a whole
-    pickled model refused by weights-only loading."""
+    """Every file of the run's manifest verified by sha256, every archive free of stored data beyond its example
+    batch (`data_payload_limit`), a tampered copy refused, and a whole pickled model refused by weights-only
+    loading."""
     import json
 
 
@@ -168,6 +169,16 @@ def integrity_checks(run_dir: Path, workdir: Path) -> list[dict]:
             rows.append({"check": f"{name} matches the manifest", "passed": True, "detail": "sha256 ok"})
         except (Lab2ProdError, OSError) as exc:
             rows.append({"check": f"{name} matches the manifest", "passed": False, "detail": str(exc)})
+    for entry in entries:  # an archive carries the model, not the data it was exported with
+        payload = entry.get("payload")
+        if payload is None:
+            continue
+        limit = data_payload_limit(payload["weights_bytes"], entry.get("example_bytes", 0))
+        passed = payload["data_bytes"] <= limit
+        rows.append({"check": f"{entry['file']} carries no data set", "passed": passed,
+                     "detail": (f"{payload['data_bytes']:,} bytes of stored inputs (limit {limit:,}; weights "
+                                f"{payload['weights_bytes']:,})") + ("" if passed else
+                     ": the example inputs share a larger tensor's storage; return a copy (data[i:i + n].clone())")})
     source = Path(run_dir) / entries[0]["file"] if entries else None
     if source is None:
         model = torch.nn.Linear(4, 2)
