@@ -10,8 +10,10 @@
 # # 08 · Canary: may v2 replace v1, and can we take it back?
 #
 # A new version is never switched on for everyone at once. This notebook compares v1 (the
-# model in fp32) with v2 (by default the same model with int8 dynamic quantization, or any
-# other model by parameter) on the same held-out inputs: how often they agree, the accuracy
+# model in fp32) with v2 (by default the int8 recipe the quantization notebook of this run
+# recommended, where TorchServe can serve it; else the model with torch.ao's int8 dynamic
+# quantization; or any other model by parameter) on the same held-out inputs: how often they
+# agree (the same top-1; for an embedder, a cosine of at least 0.99), the accuracy
 # change with a confidence interval (paired bootstrap, and McNemar's exact test on the inputs
 # where they disagree), and the latency change per percentile. Then both versions are served
 # side by side by a real **TorchServe** (one model, versions 1.0 and 2.0), **Locust** splits
@@ -30,9 +32,9 @@ example_inputs = ""  # package.module:fn(batch_size, seed); its requests are JSO
 data = ""  # your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt
 lab_transform = ""  # package.module:callable(PIL image) -> tensor; empty means the recipe of the model family
 task = "auto"  # classifier, embedder or auto (a Hugging Face model: its architecture; else inferred from the outputs)
-candidate = "int8"  # v2: int8 means v1 quantized with candidate_method; else any model spec
+candidate = "recommended"  # v2: recommended means the recipe this run's quantization study recommended (else v1 quantized with candidate_method); int8 means v1 quantized with candidate_method; else any model spec
 candidate_weights = ""  # optional state_dict file for a v2 given by model spec
-candidate_method = "torch_ao_dynamic"  # quantization of v2 when candidate is int8
+candidate_method = "torch_ao_dynamic"  # quantization of v2 when candidate is int8, or when the recommended recipe cannot be served in the canary
 traffic_split = [80, 20]  # percent of live requests to v1 and to v2
 canary_users = 2  # concurrent Locust users during the rollout
 duration_s = 10.0  # seconds of live traffic
@@ -57,7 +59,7 @@ from lab2prod.studies.quantization import serialized_size
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
                               data=data, lab_transform=lab_transform, task=task)
 
-v2, v2_label = canary.candidate_model(loaded, candidate, candidate_weights, candidate_method, seed)
+v2, v2_label = canary.candidate_model(loaded, candidate, candidate_weights, candidate_method, seed, run_dir)
 policy = canary.Policy(max_accuracy_drop_pts=max_accuracy_drop_pts, max_latency_increase_ms=max_latency_increase_ms,
                        latency_percentile=latency_percentile, min_agreement=min_agreement, min_requests=min_requests)
 pd.DataFrame([{"version": "v1", "model": loaded.label, "serialized_bytes": serialized_size(loaded.module)},

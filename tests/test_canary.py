@@ -103,6 +103,44 @@ def test_int8_candidate_differs_but_agrees(tmp_path):
         canary.candidate_model(loaded, "resnet18")
 
 
+def test_v2_is_the_recipe_the_quantization_study_recommended_where_the_canary_can_serve_it(tmp_path):
+    import json
+
+    from lab2prod.core.inputs import trace
+    from lab2prod.models.load import load_model
+    from lab2prod.studies.quantization import quantize, resolve_module_types
+
+    loaded = load_model("digits_mlp")
+    recipe = quantize(loaded.module, "torch_ao_dynamic", resolve_module_types(["Linear"])).eval()
+    (tmp_path / "models").mkdir()
+    torch.jit.save(trace(recipe, loaded.make_inputs(2, 0, "train")), str(tmp_path / "models" / "quantized_x.pt"))
+
+    def quantization_said(recommended, fmt):
+        (tmp_path / "results").mkdir(exist_ok=True)
+        export = {"method": recommended, "format": fmt, "file": "models/quantized_x.pt", "produced": True,
+                  "error": None}
+        (tmp_path / "results" / "quantization.json").write_text(
+            json.dumps({"values": {"recommended": recommended, "export": export}}))
+
+    _, label = canary.candidate_model(loaded, "recommended", run_dir=tmp_path)  # no quantization study yet
+    assert "torch_ao_dynamic" in label and "has not run" in label
+    quantization_said("torch_ao_dynamic_selective", "torchscript_trace")
+    v2, label = canary.candidate_model(loaded, "recommended", run_dir=tmp_path)
+    assert "torch_ao_dynamic_selective" in label and isinstance(v2, torch.jit.ScriptModule)
+    probe = loaded.make_inputs(8, 1)
+    assert torch.equal(v2(probe), recipe(probe))  # the very recipe, from its file
+    quantization_said("onnxruntime_int8_dynamic_per_channel", "onnx")
+    v2, label = canary.candidate_model(loaded, "recommended", run_dir=tmp_path)
+    assert "does not serve" in label and any("quantized" in type(m).__module__ for m in v2.modules())
+
+
+def test_an_embedder_canary_speaks_of_cosine_not_top1():
+    offline = {"inputs": 360, "agreement": 0.5, "disagreements": 180, "mean_cosine": 0.931, "accuracy": None}
+    _, rules = canary.decide(offline, None, canary.Policy())
+    detail = {r["rule"]: r["detail"] for r in rules}["agreement"]
+    assert "cosine" in detail and "top-1" not in detail
+
+
 def test_log_distance_tells_close_versions_apart():
     p = torch.tensor([0.999999, 1e-6])
     q = torch.tensor([0.999998, 2e-6])

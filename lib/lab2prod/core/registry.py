@@ -292,9 +292,12 @@ STUDIES: list[Study] = [
         torchserve="live_server"),
     Study("canary", "08_canary", "rollback", "lab2prod.studies.canary", (
         Param("model", str, "digits_cnn", "v1: " + _MODEL_HELP), *_INPUTS,
-        Param("candidate", str, "int8", "v2: int8 means v1 quantized with candidate_method; else any model spec"),
+        Param("candidate", str, "recommended", "v2: recommended means the recipe this run's quantization study "
+              "recommended (else v1 quantized with candidate_method); int8 means v1 quantized with candidate_method; "
+              "else any model spec"),
         Param("candidate_weights", str, "", "optional state_dict file for a v2 given by model spec"),
-        Param("candidate_method", str, "torch_ao_dynamic", "quantization of v2 when candidate is int8",
+        Param("candidate_method", str, "torch_ao_dynamic", "quantization of v2 when candidate is int8, or when the "
+              "recommended recipe cannot be served in the canary",
               check="lab2prod.studies.quantization:check_method"),
         Param("traffic_split", list[int], [80, 20], "percent of live requests to v1 and to v2", ge=0,
               min_items=2, max_items=2, check="lab2prod.studies.canary:check_split"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -54,7 +55,7 @@ class CanaryResults(Results):
 
     v1: str = described("the serving version")
     v2: str = described("the candidate")
-    agreement: float = described("share of held-out inputs with the same top-1")
+    agreement: float = described("share of held-out inputs with the same top-1 (an embedder: cosine >= 0.99 to v1)")
     accuracy_delta_pts: float | None = described("v2 minus v1 accuracy, in points")
     ci_low: float | None = described("lower end of its paired-bootstrap interval")
     ci_high: float | None = described("upper end of that interval")
@@ -92,11 +93,40 @@ class Policy:
     min_requests: int = 100
 
 
+def recommended_candidate(run_dir, method: str = "torch_ao_dynamic") -> tuple[str, str, str]:
+    """(candidate, method, why) for candidate "recommended": the file of the recipe this run's quantization study
+    recommended, where the canary's TorchServe handler can serve it (a TorchScript file: torch.ao, whole-model or
+    selective); else "int8" with `method`, and why."""
+    path = Path(run_dir) / "results" / "quantization.json" if run_dir else None
+    if path is None or not path.exists():
+        return "int8", method, f"the quantization study has not run here: v2 is v1 quantized with {method}"
+    values = json.loads(path.read_text())["values"]
+    chosen, exported = values.get("recommended"), values.get("export") or {}
+    if not chosen:
+        return "int8", method, (f"the quantization study found no recipe within its budget: v2 is v1 quantized "
+                                f"with {method}, which it did not recommend")
+    if exported.get("produced") and not exported.get("error") and exported.get("format") == "torchscript_trace":
+        return (str(Path(run_dir) / exported["file"]), method,
+                f"v2 is the recipe the quantization study recommended ({chosen})")
+    return "int8", method, (f"the quantization study recommended {chosen}, which the canary's TorchServe handler "
+                            f"does not serve (it loads TorchScript): v2 is v1 quantized with {method}")
+
+
 def candidate_model(loaded, candidate: str, candidate_weights: str = "", method: str = "torch_ao_dynamic",
-                    seed: int = 0) -> tuple[nn.Module, str]:
-    """v2: `loaded` quantized with `method` when candidate is "int8", else another model spec
+                    seed: int = 0, run_dir=None) -> tuple[nn.Module, str]:
+    """v2: the recipe this run's quantization study recommended when candidate is "recommended"
+    (`recommended_candidate`), `loaded` quantized with `method` when it is "int8", else another model spec
     (same input shape and number of outputs as v1). Returns (module, description)."""
 
+    if candidate == "recommended":
+        candidate, method, why = recommended_candidate(run_dir, method)
+        if candidate != "int8":  # the TorchScript file the quantization study wrote and reloaded
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
+                module = torch.jit.load(candidate, map_location="cpu").eval()
+            return module, f"{loaded.spec} int8, {why.removeprefix('v2 is ')}"
+        module, label = candidate_model(loaded, "int8", "", method, seed)
+        return module, f"{label}: {why.split(': ')[0]}"
     if candidate == "int8":
         module = quantize(loaded.module, method, resolve_module_types(["Linear", "LSTM", "GRU"]))
         return module.eval(), f"{loaded.spec} int8 ({method})"
@@ -259,9 +289,11 @@ def decide(offline: dict, live: dict | None, policy: Policy) -> tuple[str, list[
     else:
         rule("accuracy", None, -policy.max_accuracy_drop_pts, "not evaluated",
              "no labelled inputs: agreement stands in for accuracy")
+    changed = (f"fall below cosine {EMBEDDING_AGREEMENT:g} to v1's embedding (mean cosine "
+               f"{offline['mean_cosine']:.4f})" if "mean_cosine" in offline else "change their top-1")
     rule("agreement", offline["agreement"], policy.min_agreement,
          "promote" if offline["agreement"] >= policy.min_agreement else "hold",
-         f"{offline['disagreements']} of {offline['inputs']} held-out inputs change their top-1")
+         f"{offline['disagreements']} of {offline['inputs']} held-out inputs {changed}")
     if live is None:
         rule("live traffic", None, policy.min_requests, "not evaluated", "no rollout (nothing to serve)")
         return _verdict(rules), rules
@@ -488,7 +520,8 @@ def plot_canary(report, policy):
         left.text(0.5, 0.5, "no labels:\nagreement only", ha="center", va="center", transform=left.transAxes)
     left.set_xticks([])
     left.set_ylabel("accuracy change v2 - v1 (points)")
-    left.set_title(f"Accuracy: {report.offline['agreement']:.1%} top-1 agreement")
+    measure = f"cosine >= {EMBEDDING_AGREEMENT:g}" if "mean_cosine" in report.offline else "top-1 agreement"
+    left.set_title(f"Accuracy: {report.offline['agreement']:.1%} {measure}")
     samples = (report.rollout or {}).get("latencies_ms") or {}
     for color, (label, values) in zip(("C0", "C1"), samples.items(), strict=False):
         if not values:
