@@ -171,10 +171,16 @@ for served in reports.values():
     fig.suptitle(served.title)
 
 # %%
-columns = ["config", "artifact", "workers", "threads", "batch_size", "p50_ms", "p99_ms", "throughput_per_s",
-           "error_rate", "meets_sla", "parity"]
-pd.DataFrame([{"server": r.title, **{c: row.get(c) for c in columns}} for r in reports.values()
-              for row in r.tuning]).set_index(["server", "config"])
+columns = ["config", "artifact", "workers", "threads", "batch_size", "mean_batch_size", "p50_ms", "p99_ms",
+           "throughput_per_s", "error_rate", "meets_sla", "parity"]
+display(pd.DataFrame([{"server": r.title, **{c: row.get(c) for c in columns}} for r in reports.values()
+                      for row in r.tuning]).set_index(["server", "config"]))
+# `mean_batch_size` is what each server reported per answer (the `batch` entry of its Server-Timing header): a
+# configured batch that averaged under half full is named here with what held it back
+for r in reports.values():
+    for row in r.tuning:
+        if row.get("batch_limited_by"):
+            print(f"{r.title} {row['config']}: batch {row['batch_size']} never filled: {row['batch_limited_by']}")
 
 # %%
 for served in reports.values():

@@ -19,7 +19,7 @@ pytest.importorskip("ts.torch_handler.base_handler", reason="torchserve is not i
 from lab2prod.kinds.codec import codec_for, lab_answer  # noqa: E402
 from lab2prod.models.load import load_model  # noqa: E402
 from lab2prod.servers.loadtest import LOCUSTFILE, write_locustfile  # noqa: E402
-from lab2prod.servers.timing import parse  # noqa: E402
+from lab2prod.servers.timing import batch_size, parse  # noqa: E402
 from lab2prod.servers.torchserve.handler import Lab2ProdHandler  # noqa: E402
 from lab2prod.servers.torchserve.server import trace_to_file  # noqa: E402
 from lab2prod.studies.serving import request_images  # noqa: E402
@@ -84,6 +84,8 @@ def test_handler_answers_like_the_lab_and_refuses_bad_requests_with_a_reason(han
     assert sorted(context.headers) == [0, 1, 2]
     phases = parse(context.headers[0]["Server-Timing"])
     assert list(phases) == ["codec", "inference", "postprocess"] and all(ms >= 0 for ms in phases.values())
+    # the batch held the three answered requests of the five sent (two were refused before it)
+    assert {batch_size(h["Server-Timing"]) for h in context.headers.values()} == {3}
 
 
 def test_handler_stages_can_be_called_one_by_one(handler_and_model):

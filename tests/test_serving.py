@@ -92,6 +92,24 @@ def test_server_timing_is_written_parsed_and_averaged_against_what_the_client_sa
     assert phase_means([[5.0, True, "model", ""]]) is None
 
 
+def test_the_batches_a_server_reports_are_averaged_and_an_unfilled_batch_is_named_with_its_cause():
+    from lab2prod.servers.loadtest import mean_batch_size, phase_means
+    from lab2prod.servers.timing import batch_size, header_value
+
+    value = header_value({"inference": 2.0}, batch=3)
+    assert value == "inference;dur=2.000, batch;desc=3" and batch_size(value) == 3
+    assert phase_means([[4.0, True, "m", value]])["inference"] == 2.0  # the batch is no phase
+    samples = [[4.0, True, "m", header_value({"inference": 1}, 1)], [4.0, True, "m", header_value({"inference": 1}, 2)],
+               [9.0, False, "m", ""]]
+    assert mean_batch_size(samples) == 1.5 and mean_batch_size([[1.0, True, "m", ""]]) is None
+    row = {"batch_size": 4, "mean_batch_size": 1.2, "users": 2, "workers": 1, "max_batch_delay_ms": 5}
+    assert serving.batch_limit(row).startswith("client concurrency")
+    assert serving.batch_limit({**row, "users": 8, "max_ongoing_requests": 2}).startswith("max_ongoing_requests 2")
+    assert serving.batch_limit({**row, "users": 8}).startswith("the batch delay")
+    assert serving.batch_limit({**row, "mean_batch_size": 3.5}) is None  # filled well enough
+    assert serving.batch_limit({**row, "batch_size": 1}) is None  # no batching
+
+
 def test_missing_java_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torchserve.shutil, "which", lambda name: None)
     monkeypatch.delenv("JAVA_HOME", raising=False)
@@ -143,6 +161,11 @@ def test_a_real_torchserve_predicts_refuses_serves_load_and_stops(tmp_path):
         server.start()
         archive = torchserve.build_archive(loaded, tmp_path / "serving", "model", 1)
         name = server.register(archive, torchserve.ServeConfig(workers=1, threads=1))
+        (effective,) = server.describe(name)  # read back from TorchServe's management API
+        assert (effective["workers"], effective["batch_size"], effective["max_batch_delay_ms"]) == (1, 1, 5)
+        # registered with batch 1 where the configuration says 4: named, not silently run
+        with pytest.raises(Lab2ProdError, match="batch_size declared 4, TorchServe runs 1"):
+            torchserve.check_applied(torchserve.ServeConfig(workers=1, batch_size=4), effective, name)
         requests = serving.request_images(loaded, 12)
         parity = serving.live_parity(server, name, loaded, requests)
         assert parity["failed"] == 0 and parity["top1_agreement"] == 1.0 and parity["max_prob_diff"] <= 1e-4

@@ -15,10 +15,10 @@ import numpy as np
 
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.servers.base import Live, ServerConfig, tool_path
-from lab2prod.servers.timing import parse
+from lab2prod.servers.timing import batch_size, parse
 
 __all__ = ["LOCUSTFILE", "LOAD_GENERATOR_LIMIT", "content_type_of", "write_locustfile", "percentile_interval",
-           "latency_stats", "phase_means", "run_locust", "load_sweep"]
+           "latency_stats", "phase_means", "mean_batch_size", "run_locust", "load_sweep"]
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -99,6 +99,13 @@ def phase_means(samples: list) -> dict | None:
             "samples": len(timed)}
 
 
+def mean_batch_size(samples: list) -> float | None:
+    """The mean size of the server batch each successful answer came from (its Server-Timing `batch` entry): how
+    full the batches really were; None when no answer said."""
+    sizes = [size for s in samples if s[1] and len(s) > 3 and (size := batch_size(s[3])) is not None]
+    return float(np.mean(sizes)) if sizes else None
+
+
 # Locust runs in one process: at this share of a core it, not the server, sets the pace of the level
 LOAD_GENERATOR_LIMIT = 0.9
 
@@ -135,7 +142,7 @@ def run_locust(server: Live, name: str, locustfile: Path, users: int, duration_s
     seconds = max(min(elapsed, duration_s), 1e-9)
     row = {"users": users, **latency_stats([s[0] for s in samples], [s[1] for s in samples], seconds),
            "locust_cpu": round(locust_cpu, 3), "limited_by_load_generator": locust_cpu >= LOAD_GENERATOR_LIMIT,
-           "phases_ms": phase_means(samples)}
+           "phases_ms": phase_means(samples), "mean_batch_size": mean_batch_size(samples)}
     if routes:
         row["by_route"] = {}
         for route in routes:

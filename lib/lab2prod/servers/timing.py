@@ -9,22 +9,36 @@ header (W3C Server Timing: `codec;dur=0.41, queue;dur=1.2, inference;dur=2.3, po
 - `postprocess`: the answers (softmax, top-1, JSON-ready lists).
 
 What the client saw minus their sum is the rest of the path: the HTTP server, the proxy, the network and
-the client itself.
+the client itself. One more entry, `batch;desc=4`, says how many requests the server's batch held: how full the
+configured batches really were, read from the server rather than assumed.
 """
 
 from __future__ import annotations
 
 import time
 
-__all__ = ["HEADER", "PHASES", "header_value", "parse", "Stopwatch"]
+__all__ = ["HEADER", "PHASES", "BATCH", "header_value", "parse", "batch_size", "Stopwatch"]
 
 HEADER = "Server-Timing"
 PHASES = ("codec", "queue", "inference", "postprocess")
+BATCH = "batch"
 
 
-def header_value(phases: dict[str, float]) -> str:
-    """The Server-Timing header value of {phase: milliseconds}."""
-    return ", ".join(f"{name};dur={float(ms):.3f}" for name, ms in phases.items())
+def header_value(phases: dict[str, float], batch: int | None = None) -> str:
+    """The Server-Timing header value of {phase: milliseconds}, and the size of the request's batch."""
+    entries = [f"{name};dur={float(ms):.3f}" for name, ms in phases.items()]
+    return ", ".join(entries + ([f"{BATCH};desc={int(batch)}"] if batch is not None else []))
+
+
+def batch_size(value: str | None) -> int | None:
+    """The `batch;desc=N` entry of a Server-Timing header value, or None."""
+    for entry in (value or "").split(","):
+        name, *params = [part.strip() for part in entry.split(";")]
+        for param in params:
+            key, _, number = param.partition("=")
+            if name == BATCH and key == "desc" and number.strip('"').isdigit():
+                return int(number.strip('"'))
+    return None
 
 
 def parse(value: str | None) -> dict[str, float]:

@@ -28,6 +28,7 @@ from lab2prod.servers.timing import PHASES
 from lab2prod.studies.benchmark import measure, powers_of_two_axis
 
 __all__ = [
+    "batch_limit",
     "extras_needed",
     "ServingResults",
     "ServerConfig",
@@ -191,8 +192,26 @@ def ray_grid(replicas, threads, batch_sizes, num_cpus: int = 2, max_request_size
 
 def _row(server: Server, config: ServerConfig, row: dict, sla_ms: float) -> dict:
     native = server.native(config)
-    return {**row, **asdict(native), **asdict(config), "config": native.label,
-            "meets_sla": row["p99_ms"] is not None and row["p99_ms"] <= sla_ms and row["error_rate"] == 0}
+    row = {**row, **asdict(native), **asdict(config), "config": native.label,
+           "meets_sla": row["p99_ms"] is not None and row["p99_ms"] <= sla_ms and row["error_rate"] == 0}
+    return {**row, "batch_limited_by": batch_limit(row)}
+
+
+def batch_limit(row: dict) -> str | None:
+    """What kept a configured batch from filling, when the batches the server reported averaged under half of
+    it: the client's concurrency, the replica's `max_ongoing_requests`, or the batch delay running out first;
+    None when the batches filled, when batching is off, or when the server did not report its batches."""
+    configured, mean = row.get("batch_size", 1), row.get("mean_batch_size")
+    if configured <= 1 or mean is None or mean >= configured / 2:
+        return None
+    users, ongoing, workers = row.get("users", 0), row.get("max_ongoing_requests"), max(1, row.get("workers", 1))
+    if users < configured * workers:
+        return (f"client concurrency: {users} users spread over {workers} worker(s) cannot fill a batch of "
+                f"{configured} (mean {mean:.2f})")
+    if ongoing is not None and ongoing < configured:
+        return f"max_ongoing_requests {ongoing} < batch {configured}: a replica never holds a full batch"
+    return (f"the batch delay: {row.get('max_batch_delay_ms')} ms runs out before {configured} requests arrive "
+            f"(mean batch {mean:.2f})")
 
 
 def _artifact_parity(live: Live, loaded, requests: list[tuple[str, bytes]], model_dir: Path,

@@ -35,7 +35,7 @@ from lab2prod.kinds.codec import answers, from_spec
 from lab2prod.kinds.guard import Rejected
 from lab2prod.servers.artifacts import load_artifact
 from lab2prod.servers.base import read_token
-from lab2prod.servers.timing import HEADER, Stopwatch, header_value
+from lab2prod.servers.timing import BATCH, HEADER, Stopwatch, header_value
 
 __all__ = ["RawBody", "LabAPI", "main"]
 
@@ -128,10 +128,11 @@ class RawBody:
             answer, phases = None, None
         if phases is not None:
             in_server = (time.perf_counter() - started) * 1000
+            size = phases.pop(BATCH, None)
             phases = {"codec": phases["codec"], "queue": max(0.0, in_server - sum(phases.values())),
                       "inference": phases["inference"], "postprocess": phases["postprocess"]}
             body = json.dumps(answer).encode()
-            headers.append((HEADER.lower().encode(), header_value(phases).encode()))
+            headers.append((HEADER.lower().encode(), header_value(phases, size).encode()))
         headers.append((b"content-length", str(len(body)).encode()))
         await send({**start, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -189,7 +190,7 @@ class LabAPI(litserve.LitAPI):
         inference_ms = watch.lap()
         answered = answers(self.task, raw)
         postprocess_ms = watch.lap()
-        return [(answer, {"codec": ms, "inference": inference_ms, "postprocess": postprocess_ms})
+        return [(answer, {"codec": ms, "inference": inference_ms, "postprocess": postprocess_ms, BATCH: len(codec)})
                 for answer, ms in zip(answered, codec, strict=True)]
 
     def unbatch(self, outputs: list) -> list:

@@ -42,15 +42,15 @@ class LabModel:
         self.infer.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.005)
-    async def infer(self, items: list) -> list[tuple[dict, dict]]:
-        """(answer, {inference, postprocess} ms of its batch) per request."""
+    async def infer(self, items: list) -> list[tuple[dict, dict, int]]:
+        """(answer, {inference, postprocess} ms of its batch, the batch's size) per request."""
         watch = Stopwatch()
         with torch.inference_mode():
             raw = self.model(cat(items))
         phases = {"inference": watch.lap()}
         answered = answers(self.task, raw)
         phases["postprocess"] = watch.lap()
-        return [(answer, phases) for answer in answered]
+        return [(answer, phases, len(items)) for answer in answered]
 
     async def __call__(self, request):
         if not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {self.token}"):
@@ -68,10 +68,10 @@ class LabModel:
         except Rejected as exc:
             return JSONResponse({"code": 400, "rejected": exc.code, "message": exc.message}, status_code=400)
         codec_ms = watch.lap()
-        answer, batch = await self.infer(item)
+        answer, batch, size = await self.infer(item)
         waited = watch.lap()  # the batch's queue and its run: what is not the batch's own phases was waiting
         phases = {"codec": codec_ms, "queue": max(0.0, waited - sum(batch.values())), **batch}
-        return JSONResponse(answer, headers={HEADER: header_value(phases)})
+        return JSONResponse(answer, headers={HEADER: header_value(phases, size)})
 
 
 

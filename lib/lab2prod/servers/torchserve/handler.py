@@ -75,5 +75,5 @@ class Lab2ProdHandler(BaseHandler):
             for index, answer, codec_ms in zip(kept, answered, self.codec_ms, strict=True):
                 outputs[index] = answer
                 context.set_response_header(index, HEADER, header_value(
-                    {"codec": codec_ms, "inference": inference_ms, "postprocess": postprocess_ms}))
+                    {"codec": codec_ms, "inference": inference_ms, "postprocess": postprocess_ms}, len(items)))
         return outputs

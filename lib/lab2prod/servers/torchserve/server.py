@@ -28,6 +28,7 @@ __all__ = [
     "free_port",
     "tool_path",
     "ServeConfig",
+    "check_applied",
     "DEFAULT_CONFIG",
     "exported_torchscript",
     "build_archive",
@@ -100,6 +101,19 @@ class ServeConfig:
     def label(self) -> str:
         threads = f"{self.threads} thread(s)" if self.threads else "default threads"
         return f"{self.workers} worker(s) x {threads}, batch {self.batch_size}"
+
+
+def check_applied(declared: ServeConfig, effective: dict, name: str = "model") -> None:
+    """Raise a Lab2ProdError naming each setting TorchServe does not run as declared (pytorch/serve#2365: batch
+    size and max batch delay silently ignored); `effective` is one version of `TorchServe.describe`'s answer."""
+    wanted = {"workers": declared.workers, "batch_size": declared.batch_size,
+              "max_batch_delay_ms": declared.max_batch_delay_ms}
+    wrong = [f"{key} declared {value}, TorchServe runs {effective.get(key)}" for key, value in wanted.items()
+             if effective.get(key) != value]
+    if wrong:
+        raise Lab2ProdError(f"TorchServe did not apply the configuration of model {name} "
+                            f"{effective.get('version')}: {'; '.join(wrong)}; "
+                            "check the archive's model-config.yaml and config.properties, which override it")
 
 
 # What a user gets when nothing is tuned: a worker per core, each with torch's default threads.
@@ -338,7 +352,20 @@ class TorchServe:
                              timeout=timeout_s)
         if status != 200:
             raise Lab2ProdError(f"registering {name} failed: HTTP {status} {body[:200]!r}")
+        for effective in self.describe(name):  # every version of the name is served with this configuration
+            check_applied(config, effective, name)
         return name
+
+    def describe(self, name: str) -> list[dict]:
+        """What TorchServe itself says it runs for each version of model `name` (its management API's describe):
+        workers, batch size, max batch delay and version, read back rather than assumed."""
+        status, body = http_request("GET", f"{self.management_url}/models/{name}/all", self.keys.get("management"),
+                                    timeout=30)
+        if status != 200:
+            raise Lab2ProdError(f"describing model {name} failed: HTTP {status} {body[:200]!r}")
+        return [{"workers": len(info.get("workers", [])), "batch_size": info.get("batchSize"),
+                 "max_batch_delay_ms": info.get("maxBatchDelay"), "version": info.get("modelVersion")}
+                for info in json.loads(body)]
 
     def unregister(self, name: str) -> None:
         http_request("DELETE", f"{self.management_url}/models/{name}", self.keys.get("management"), timeout=60)
