@@ -9,8 +9,8 @@ import pytest
 
 # test files whose tests take a minute or more each, roughly longest first (measured on 2 cores)
 LONG = ("tests/test_cli_text.py", "tests/test_cli_serving.py", "tests/test_cli_your_models.py",
-        "tests/test_rayserve.py", "tests/test_photos.py", "tests/test_gpu_check.py", "tests/test_canary.py",
-        "tests/test_litserve.py", "tests/test_jupyterlab_browser.py")
+        "tests/test_rayserve.py", "tests/test_photos.py", "tests/test_package.py", "tests/test_gpu_check.py",
+        "tests/test_canary.py", "tests/test_litserve.py", "tests/test_jupyterlab_browser.py")
 
 
 def _notebook(nodeid: str) -> bool:
