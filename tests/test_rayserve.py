@@ -41,6 +41,11 @@ def test_ray_serve_answers_like_the_lab_and_refuses_what_it_should(digits, tmp_p
         server.deploy(model_dir, rayserve.RayConfig(max_batch_size=4))
         parity = serving.live_parity(server, "model", digits, bodies)
         assert parity["failed"] == 0 and parity["top1_agreement"] == 1.0 and parity["max_prob_diff"] < 1e-4
+        # what Ray runs, read back from Ray: a configuration it does not run is named by its field
+        effective = server.effective("model")
+        assert (effective["replicas"], effective["max_batch_size"], effective["max_ongoing_requests"]) == (1, 4, 5)
+        with pytest.raises(Lab2ProdError, match="max_batch_size declared 8, Ray Serve runs 4"):
+            rayserve.check_applied(rayserve.RayConfig(max_batch_size=8), effective)
         statuses = {row["request"]: row["status"] for row in
                     serving.limits_check(server, "model", bodies[0][1], 1_000_000)}
         assert statuses["predict, no token"] == 401 and statuses["predict, wrong token"] == 401

@@ -52,10 +52,23 @@ class LabModel:
         phases["postprocess"] = watch.lap()
         return [(answer, phases, len(items)) for answer in answered]
 
+    def settings(self) -> dict:
+        """What this replica runs with, read from Ray and torch themselves: lab2prod compares it with what it
+        deployed (`RayServer.effective`)."""
+        context = serve.get_replica_context()
+        deployed = getattr(context, "_deployment_config", None)
+        # @serve.batch keeps its queue's getters on the wrapper ("so they can be accessed in user code")
+        return {"max_batch_size": self.infer._get_max_batch_size(),
+                "batch_wait_timeout_s": self.infer._get_batch_wait_timeout_s(),
+                "max_ongoing_requests": getattr(deployed, "max_ongoing_requests", None),
+                "threads": torch.get_num_threads()}
+
     async def __call__(self, request):
         if not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {self.token}"):
             return JSONResponse({"code": 401, "type": "Unauthorized", "message": "missing or wrong token"},
                                 status_code=401)
+        if request.method == "GET" and request.url.path.endswith("/settings"):
+            return JSONResponse(self.settings())
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_request_size:
             return JSONResponse({"code": 413, "message": f"body over {self.max_request_size} bytes"}, status_code=413)

@@ -36,8 +36,8 @@ from lab2prod.servers.base import TOKEN_ENV, Started
 from lab2prod.servers.kubernetes import validate
 from lab2prod.servers.torchserve.server import free_port, http_request, trace_to_file
 
-__all__ = ["RayConfig", "DEFAULT_RAY_CONFIG", "HIGH_THROUGHPUT_ENV", "DEPLOYMENT", "write_model_dir", "RayServer",
-           "stop_recorded", "serve_config", "write_serve_config", "rayservice_manifest", "TOKEN_ENV"]
+__all__ = ["RayConfig", "DEFAULT_RAY_CONFIG", "check_applied", "HIGH_THROUGHPUT_ENV", "DEPLOYMENT", "write_model_dir",
+           "RayServer", "stop_recorded", "serve_config", "write_serve_config", "rayservice_manifest", "TOKEN_ENV"]
 
 # Ray imports the deployment by this path, as `serve run` does; importing it needs Ray.
 DEPLOYMENT = "lab2prod.servers.rayserve.deployment"
@@ -74,6 +74,20 @@ class RayConfig:
         mode = ", high-throughput" if self.high_throughput else ""
         served = f", {ARTIFACT_TITLES[self.artifact]}" if self.artifact != "torchscript" else ""
         return f"{self.replicas} replica(s) x {threads}, batch {self.max_batch_size}{mode}{served}"
+
+
+def check_applied(declared: RayConfig, effective: dict, name: str = "model") -> None:
+    """Raise a Lab2ProdError naming each setting Ray Serve does not run as deployed; `effective` is
+    `RayServer.effective`'s answer (threads are checked where the configuration sets them)."""
+    wanted = {"replicas": declared.replicas, "max_batch_size": declared.max_batch_size,
+              "batch_wait_timeout_s": declared.batch_wait_timeout_s,
+              "max_ongoing_requests": declared.max_ongoing_requests,
+              **({"threads": declared.threads} if declared.threads else {})}
+    wrong = [f"{key} declared {value}, Ray Serve runs {effective.get(key)}" for key, value in wanted.items()
+             if not (isinstance(value, float) and isinstance(effective.get(key), float)
+                     and abs(value - effective[key]) < 1e-9) and effective.get(key) != value]
+    if wrong:
+        raise Lab2ProdError(f"Ray Serve did not apply the configuration of {name}: {'; '.join(wrong)}")
 
 
 # Ray Serve's own defaults for a deployment: one replica, one CPU, torch's default threads, no batching,
@@ -207,11 +221,27 @@ class RayServer(Started):
         while time.monotonic() < deadline:
             status = serve.status().applications.get(name)
             if status is not None and str(status.status).endswith("RUNNING"):
+                check_applied(config, self.effective(name), name)
                 return f"{self.url}/predictions/{name}"
             if status is not None and str(status.status).endswith("DEPLOY_FAILED"):
                 raise Lab2ProdError(f"Ray Serve could not deploy {name}: {status.message[-300:]}")
             time.sleep(0.5)
         raise Lab2ProdError(f"Ray Serve did not deploy {name} within {timeout_s:.0f} s")
+
+    def effective(self, name: str = "model") -> dict:
+        """What Ray Serve runs for application `name`, read back from Ray itself: its running replicas
+        (`serve.status()`), and one replica's batch size, batch wait, `max_ongoing_requests` and torch threads
+        (the deployment's settings route)."""
+        from ray import serve
+
+        application = serve.status().applications[name]
+        states = {state: count for d in application.deployments.values()
+                  for state, count in d.replica_states.items()}
+        status, body = http_request("GET", f"{self.url}/predictions/{name}/settings", self.token)
+        if status != 200:
+            raise Lab2ProdError(f"Ray Serve did not say what {name} runs with: HTTP {status} {body[:200]!r}")
+        return {"replicas": sum(count for state, count in states.items() if str(state).endswith("RUNNING")),
+                **json.loads(body)}
 
     def predict(self, name: str, body: bytes, token: str | None = "", content_type: str | None = None):
         token = self.token if token == "" else token
