@@ -157,6 +157,9 @@ def test_parity_run_with_a_differing_serving_transform_exits_1(run_cli, tmp_path
     assert gate["passed"] is False
     executed = (out / "r" / "02_preprocessing_parity.ipynb").read_text()
     assert "digit#" in executed and "lab_prediction" in executed  # the where-it-differs table
+    if transform == "serving_bicubic":  # named by replaying the whole catalog, though bugs=[] measured none
+        assert "the serving path matches known bug(s)" in executed
+        assert '"bicubic_interpolation (rgb requests): reproduces 100.0% of the difference' in executed
 
 
 def test_parity_is_skipped_for_a_model_that_takes_tensors(run_cli, tmp_path):

@@ -166,3 +166,46 @@ def test_evaluate_parity_gate_passes_fails_and_skips():
     tabular = load_model("lab2prod.examples:tabular_mlp", example_inputs="lab2prod.examples:tabular_inputs")
     skipped = parity.serving_gate(parity.evaluate_parity(tabular, progress=False), 1e-6)
     assert skipped["passed"] is None and "takes input [20] float32, not images" in skipped["detail"]
+
+
+def _serving_report(loaded, path, images: int = 60):
+    """The parity report of `path` as the user's serving transform (every client sends to it)."""
+    from unittest import mock
+
+    with mock.patch.object(parity, "load_transform", lambda spec, what: path):
+        return parity.evaluate_parity(loaded, "", "user:serving", [], images, 0, progress=False)
+
+
+def test_every_catalogued_bug_served_as_the_users_transform_is_named_by_its_signature():
+    """Each image bug as the service's preprocessing: the diagnosis replays the whole catalog on the same
+    requests and names it first (a tie is a path that also makes the tied mistake: the palette handler reads
+    the array without EXIF and without .convert, so it is named with those two)."""
+    from lab2prod.models.load import load_model
+
+    loaded = load_model("digits_cnn")
+    _, recipe = lab_transform_for(loaded.family, "")
+    for bug in parity.BUGS:
+        rows = parity.diagnose(_serving_report(loaded, bug.path(recipe)), loaded.module)
+        first = {r["bug"] for r in rows if r["explained"] >= rows[0]["explained"] - 1e-9}
+        assert bug.name in first and rows[0]["explained"] > 0.99, (bug.name, rows[:3])
+        if bug.name == "palette_as_indices":
+            assert first == {"palette_as_indices", "exif_orientation_ignored", "rgba_not_converted"}
+
+
+def test_a_mistake_outside_the_catalog_is_described_by_its_signature():
+    from lab2prod.models.load import load_model
+
+    loaded = load_model("digits_cnn")
+    from dataclasses import replace
+
+    from lab2prod.kinds.image_bugs import _pil
+    from lab2prod.kinds.transforms import recipe_transform
+
+    _, recipe = lab_transform_for(loaded.family, "")
+    other = replace(recipe, mean=tuple(m + 0.1 for m in recipe.mean))  # Normalize with other statistics
+    report = _serving_report(loaded, lambda data: recipe_transform(other)(_pil(data)), 40)
+    rows = parity.diagnose(report, loaded.module)
+    text = parity.diagnosis_text(report, rows)
+    assert rows[0]["explained"] < parity.MATCH_NAMED and text.startswith("no catalogued bug reproduces")
+    assert "every channel is offset by a constant; scale matches" in text
+

@@ -22,6 +22,9 @@ from lab2prod.models.images import parity_images
 from lab2prod.studies.text_parity import differing_requests, evaluate_text_parity, text_bug_names, text_serving_gate
 
 __all__ = [
+    "diagnose",
+    "diagnosis_text",
+    "signature",
     "ParityResults",
     "Bug",
     "BUGS",
@@ -365,6 +368,108 @@ def serving_gate(report: ParityReport, atol: float) -> dict:
     return gate("parity:serving", False, worst, atol,
                 f"{differ} of {total} requests differ ({clients}){extra}; "
                 f"largest finite max abs diff {max(finite, default=float('nan')):.3g}")
+
+
+# ---------------------------------------------------------------- diagnosis: which known bug is it?
+
+MATCH_NAMED = 0.9  # a bug that explains this share of the serving path's difference is named as the cause
+
+
+def _explained(served: torch.Tensor | None, bug: torch.Tensor | None, lab: torch.Tensor) -> float | None:
+    """How much of one request's serving difference the bug reproduces: 1 - |served - bug| / |served - lab|
+    (1 when the bug gives the very tensor, 0 or less when it does not help); both failing counts as 1. None
+    where the serving path matches the lab, so there is nothing to explain."""
+    if served is None or bug is None:
+        return 1.0 if served is None and bug is None else (0.0 if served is None or bug is None else None)
+    if served.shape != lab.shape:
+        return 1.0 if bug.shape == served.shape and torch.allclose(bug.float(), served.float(), atol=1e-5) else 0.0
+    gap = float((served.float() - lab.float()).norm())
+    if gap <= 1e-6:
+        return None
+    if bug.shape != served.shape:
+        return 0.0
+    return 1.0 - float((served.float() - bug.float()).norm()) / gap
+
+
+def diagnose(report: ParityReport, module: torch.nn.Module | None = None) -> list[dict]:
+    """Every catalogued bug ranked by how closely it reproduces the serving path under test, on the same requests
+    of its client: `explained` is the mean share of each differing request's difference the bug reproduces (1:
+    the very tensors), `requests` how many differing requests it was judged on. With the model (`module`), the
+    whole catalog is replayed, also the bugs the `bugs` parameter left out of the report. Empty when the serving
+    path matches the lab everywhere, or for a text model (its catalog is diagnosed by its own fields)."""
+    if getattr(report, "kind", "image") != "image" or report.recipe is None:
+        return []
+    results, catalog = list(report.bugs), list(report.catalog)
+    if module is not None:
+        for bug in BUGS:
+            if bug.name not in {r.path for r in results} and bug.client in report.request_sets:
+                results.append(evaluate_path(bug.name, bug.path(report.recipe), report.request_sets[bug.client],
+                                             module, report.labels))
+                catalog.append(bug)
+    served = {r.client: r for r in report.serving}
+    described = {bug.name: bug for bug in catalog}
+    rows = []
+    for result in results:
+        lab = report.request_sets[result.client].lab_tensors
+        scores = [_explained(s, b, reference) for s, b, reference in
+                  zip(served[result.client].tensors, result.tensors, lab, strict=True)]
+        judged = [v for v in scores if v is not None]
+        if not judged:
+            continue
+        bug = described[result.path]
+        rows.append({"bug": result.path, "client": result.client, "explained": max(-1.0, float(np.mean(judged))),
+                     "requests": len(judged), "what": bug.what, "where": bug.where})
+    return sorted(rows, key=lambda r: -r["explained"])
+
+
+def signature(report: ParityReport) -> str:
+    """What the serving path's difference looks like, in words, from the rgb client's tensors: failed requests, a
+    shape of its own, or per channel the scale and offset of served = scale x lab + offset (least squares), and
+    how much of the difference that affine map leaves unexplained (a geometric change: resize, crop, kernel)."""
+    rgb = next((r for r in report.serving if r.client == "rgb"), report.serving[0] if report.serving else None)
+    if rgb is None:
+        return "nothing was served"
+    lab = report.request_sets[rgb.client].lab_tensors
+    pairs = [(s, reference) for s, reference in zip(rgb.tensors, lab, strict=True) if s is not None]
+    if not pairs:
+        return "every request fails: the service answers none (an HTTP 500 for each)"
+    if any(s.shape != reference.shape for s, reference in pairs):
+        shape = next(tuple(s.shape) for s, reference in pairs if s.shape != reference.shape)
+        return f"the served tensors have another shape ({shape} where the lab has {tuple(pairs[0][1].shape)})"
+    served = torch.stack([s.float() for s, _ in pairs]).transpose(0, 1).reshape(pairs[0][0].shape[0], -1)
+    wanted = torch.stack([reference.float() for _, reference in pairs]).transpose(0, 1).reshape(served.shape)
+    scales, offsets, residual = [], [], 0.0
+    for y, x in zip(served, wanted, strict=True):
+        design = torch.stack([x, torch.ones_like(x)], dim=1)
+        scale, offset = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1).tolist()
+        residual = max(residual, float((y - (scale * x + offset)).norm() / max(float((y - x).norm()), 1e-12)))
+        scales.append(scale)
+        offsets.append(offset)
+    words = [f"channel {c}: scale {a:.3g}, offset {b:+.3g}"
+             for c, (a, b) in enumerate(zip(scales, offsets, strict=True))]
+    if residual > 0.5:
+        kind = "a change of geometry or resampling (resize, crop, interpolation kernel, orientation): no per-channel " \
+               "scale and offset explains it"
+    elif all(abs(a - 1) < 0.02 for a in scales):
+        kind = "every channel is offset by a constant; scale matches: a normalization with other statistics"
+    elif len(set(round(a, 2) for a in scales)) == 1:
+        kind = f"every channel is scaled by {scales[0]:.3g}: a missing or doubled scaling (/255 or Normalize's std)"
+    else:
+        kind = "the channels are scaled and offset each their own way: another normalization, or channels swapped"
+    return f"{kind} ({'; '.join(words)}; mean offset {np.mean(offsets):+.3g})"
+
+
+def diagnosis_text(report: ParityReport, rows: list[dict]) -> str:
+    """The notebook's verdict on the serving path: the catalogued bug (or bugs, one per client) that reproduce it,
+    with the evidence and where it happens, or the signature when no known bug does."""
+    named = [r for r in rows if r["explained"] >= MATCH_NAMED]
+    if named:
+        lines = [f"{r['bug']} ({r['client']} requests): reproduces {r['explained']:.1%} of the difference on "
+                 f"{r['requests']} requests. {r['what']}; typically: {r['where']}" for r in named]
+        return "the serving path matches known bug(s):\n" + "\n".join(lines)
+    best = rows[0] if rows else None
+    closest = f" The closest, {best['bug']}, reproduces {best['explained']:.1%}." if best else ""
+    return f"no catalogued bug reproduces the serving path.{closest} Its signature: {signature(report)}"
 
 
 # ---------------------------------------------------------------- images or texts
