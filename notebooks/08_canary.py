@@ -62,6 +62,7 @@ run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
 v2, v2_label = canary.candidate_model(loaded, candidate, candidate_weights, candidate_method, seed, run_dir)
 policy = canary.Policy(max_accuracy_drop_pts=max_accuracy_drop_pts, max_latency_increase_ms=max_latency_increase_ms,
                        latency_percentile=latency_percentile, min_agreement=min_agreement, min_requests=min_requests)
+print(f"v2: {v2_label}")
 pd.DataFrame([{"version": "v1", "model": loaded.label, "serialized_bytes": serialized_size(loaded.module)},
               {"version": "v2", "model": v2_label, "serialized_bytes": serialized_size(v2)}]).set_index("version")
 

@@ -119,8 +119,9 @@ def test_v2_is_the_recipe_the_quantization_study_recommended_where_the_canary_ca
         (tmp_path / "results").mkdir(exist_ok=True)
         export = {"method": recommended, "format": fmt, "file": "models/quantized_x.pt", "produced": True,
                   "error": None}
-        (tmp_path / "results" / "quantization.json").write_text(
-            json.dumps({"values": {"recommended": recommended, "export": export}}))
+        (tmp_path / "results" / "quantization.json").write_text(json.dumps({
+            "values": {"recommended": recommended, "export": export, "model": loaded.card()},
+            "gates": [{"name": "quantization:accuracy", "passed": True}]}))
 
     _, label = canary.candidate_model(loaded, "recommended", run_dir=tmp_path)  # no quantization study yet
     assert "torch_ao_dynamic" in label and "has not run" in label
@@ -132,6 +133,10 @@ def test_v2_is_the_recipe_the_quantization_study_recommended_where_the_canary_ca
     quantization_said("onnxruntime_int8_dynamic_per_channel", "onnx")
     v2, label = canary.candidate_model(loaded, "recommended", run_dir=tmp_path)
     assert "does not serve" in label and any("quantized" in type(m).__module__ for m in v2.modules())
+    other = load_model("digits_cnn")  # the quantization study measured digits_mlp, not this v1
+    quantization_said("torch_ao_dynamic_selective", "torchscript_trace")
+    _, label = canary.candidate_model(other, "recommended", run_dir=tmp_path)
+    assert "measured digits_mlp, not digits_cnn" in label
 
 
 def test_an_embedder_canary_speaks_of_cosine_not_top1():

@@ -14,7 +14,7 @@ def test_gpu_check_dry_run_writes_the_table(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = (tmp_path / "gpu" / "gpu_table.md").read_text()
     assert table.startswith("Card: no GPU") and "(dry run)" in table
-    rows = [line for line in table.splitlines() if line.startswith("| resnet18") or line.startswith("| digits_cnn")]
+    rows = [line for line in table.splitlines() if line.startswith(("| digits_mlp", "| digits_cnn"))]
     # both models, eager and ONNX Runtime, every row measured (no error column)
     assert {tuple(r.split(" | ")[i].strip() for i in (2,)) for r in rows} == {("eager",), ("onnxruntime",)}
     assert len(rows) == 4 and all(float(r.split(" | ")[4]) > 0 for r in rows)

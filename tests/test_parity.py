@@ -168,7 +168,7 @@ def test_evaluate_parity_gate_passes_fails_and_skips():
     assert skipped["passed"] is None and "takes input [20] float32, not images" in skipped["detail"]
 
 
-def _serving_report(loaded, path, images: int = 60):
+def _serving_report(loaded, path, images: int = 30):
     """The parity report of `path` as the user's serving transform (every client sends to it)."""
     from unittest import mock
 
