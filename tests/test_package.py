@@ -169,3 +169,12 @@ def test_outputs_go_to_the_nearest_project_folder_and_the_cache_to_the_user_cach
     monkeypatch.delenv("LAB2PROD_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert paths.cache_dir() == tmp_path / "xdg" / "lab2prod"
+
+
+def test_the_project_parameters_file_is_picked_up_and_a_command_line_flag_wins_over_it(tmp_path, run_cli):
+    (tmp_path / "lab2prod.yaml").write_text("model: no_such_model\nenvironment.tolerance: 0.001\n")
+    done = run_cli("run", "--only", "environment", "--model", "digits_mlp", "--no-progress", "--run-id", "r")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"parameters from {tmp_path / 'lab2prod.yaml'}" in done.stderr
+    summary = json.loads((tmp_path / "outputs" / "r" / "summary.json").read_text())  # ./outputs of the project
+    assert summary["params"]["model"] == "digits_mlp" and summary["params"]["environment.tolerance"] == 0.001

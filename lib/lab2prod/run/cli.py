@@ -33,6 +33,11 @@ from lab2prod.studies.drift import embedding_layer
 __all__ = ["main", "build_parser"]
 
 
+# What --model, --weights, ... mean when neither the command line nor the parameters file sets them
+FLAG_DEFAULTS = {"model": "digits_cnn", "weights": "", "example_inputs": "", "device": "auto", "data": "",
+                 "lab_transform": "", "task": "auto"}
+
+
 def _names(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
@@ -50,20 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Execute the notebooks with papermill into one run folder; exit 1 when a "
                     "gate fails or a notebook errors, 2 on bad input (before anything runs), 130 when "
                     "interrupted.")
-    run.add_argument("--model", default="digits_cnn",
+    run.add_argument("--model", default=None,
                      help="reference or torchvision name, a .pt/.pt2 file, or package.module:factory "
                           "(default: digits_cnn)")
-    run.add_argument("--weights", default="", help="state_dict file, loaded with weights_only=True")
-    run.add_argument("--example-inputs", default="",
+    run.add_argument("--weights", default=None, help="state_dict file, loaded with weights_only=True")
+    run.add_argument("--example-inputs", default=None,
                      help="package.module:fn, fn(batch_size, seed) -> Tensor, for non-image models")
-    run.add_argument("--data", default="",
+    run.add_argument("--data", default=None,
                      help="your data: a folder of class folders of images, a .csv/.jsonl of text,label, or a .pt")
-    run.add_argument("--task", default="auto", choices=["auto", "classifier", "embedder"],
+    run.add_argument("--task", default=None, choices=["auto", "classifier", "embedder"],
                      help="what the model answers: class scores or vectors (auto: a Hugging Face model's "
                           "architecture, else inferred from its outputs and stated)")
-    run.add_argument("--lab-transform", default="",
+    run.add_argument("--lab-transform", default=None,
                      help="package.module:callable(PIL image) -> tensor: your lab transform, for --data images")
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                     help="where the model runs (default: auto)")
     run.add_argument("--only", action="append", metavar="NAMES",
                      help="comma-separated short names: environment, export, parity, ...")
     run.add_argument("--skip", action="append", metavar="NAMES", help="short names to leave out")
@@ -150,13 +156,15 @@ def _run(args: argparse.Namespace) -> int:
         raise Lab2ProdError(f"--timeout {args.timeout:g} is not positive; pass the seconds a cell may take, "
                             "e.g. --timeout 900")
     selected = select_studies(_names(args.only), _names(args.skip))
-    common = {"model": args.model, "weights": args.weights, "example_inputs": args.example_inputs,
-              "device": args.device, "data": args.data, "lab_transform": args.lab_transform,
-              "task": args.task}
-    given = _given_parameters(args)
-    _check_device(args.device)
+    flags = {"model": args.model, "weights": args.weights, "example_inputs": args.example_inputs,
+             "device": args.device, "data": args.data, "lab_transform": args.lab_transform, "task": args.task}
+    explicit = {k: v for k, v in flags.items() if v is not None}
+    # a flag on the command line wins over the parameters file, as -p does
+    given = {k: v for k, v in _given_parameters(args).items() if k not in explicit}
+    common = {**FLAG_DEFAULTS, **explicit}
+    _check_device(str(given.get("device", common["device"])))
     out = Path(args.out)
-    model = str(given.get("model", args.model))
+    model = str(given.get("model", common["model"]))
     per_study, run_dir = preflight(selected, given, out, args.run_id or new_run_id(model), args.force,
                                    {k: v for k, v in common.items() if k not in given})
     keys = ("model", "weights", "example_inputs", "data", "lab_transform", "task")
