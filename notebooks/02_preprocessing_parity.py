@@ -104,7 +104,8 @@ else:
 #
 # When the serving path differs, every catalogued bug is replayed on the same requests and ranked by
 # how much of the difference it reproduces (`explained`: 1 − |served − bug| / |served − lab| per
-# request, averaged; 100% is the very tensors). A bug that reproduces at least 90% is named, with
+# request, averaged; 100% is the very tensors; for a text model, the share of differing requests
+# whose encoding the bug makes exactly). A bug that reproduces at least 90% is named, with
 # where it typically happens; several are named when the service makes several mistakes (one code
 # path that ignores EXIF and skips `.convert("RGB")` matches both). When none matches, the
 # signature says what the difference looks like: a per-channel scale and offset, or a change of
@@ -115,12 +116,10 @@ if not report.applies:
     print(report.reason)
 elif parity.parity_gate(report, atol)["passed"]:
     print("the serving path matches the lab path: nothing to diagnose")
-elif report.kind == "image":
+else:
     diagnosis = parity.diagnose(report, loaded.module)  # the whole catalog, whatever `bugs` selected
     print(parity.diagnosis_text(report, diagnosis))
     display(pd.DataFrame(diagnosis[:5]).set_index("bug"))
-else:
-    print("a text service differs field by field: the differing requests above show which fields and ids")
 
 # %% [markdown]
 # ## The catalog of serving bugs, most harmful first

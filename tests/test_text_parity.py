@@ -163,3 +163,29 @@ def test_drift_on_a_text_classifier_reads_its_token_embeddings_and_catches_typos
     assert "model.bert.embeddings" in report.embedding
     typos = [r for r in report.scenarios if r["scenario"].startswith("typos") and r["test"] == drift.PRIMARY_TEST]
     assert typos[0]["accuracy_change_pts"] < -5 and typos[0]["detection_rate"] >= 0.8
+
+
+def test_every_text_bug_served_as_the_users_transform_is_named_by_the_encodings_it_makes(langid_model):
+    """Each applicable text bug as the service's tokenization (text -> encoding): the diagnosis replays the whole
+    catalog on the same requests and names it first, alone or tied with a bug that makes the same encodings."""
+    from unittest import mock
+
+    from lab2prod.studies import parity
+
+    probe = tp.evaluate_text_parity(langid_model, "", [], 60, progress=False)
+    applicable = [b for b in tp.TEXT_BUGS if b.applies(probe.context)]
+    alone = 0
+    for bug in applicable:
+        def served(text, bug=bug):
+            return bug.fn(tp.request_body(text), probe.context)
+
+        with mock.patch.object(tp, "load_transform", lambda spec, what, served=served: served):
+            report = tp.evaluate_text_parity(langid_model, "user:tokenize", [], 60, progress=False)
+        rows = parity.diagnose(report, langid_model.module)
+        if not rows:  # this bug leaves these 60 texts as the lab encodes them: nothing to name
+            continue
+        first = {r["bug"] for r in rows if r["explained"] >= rows[0]["explained"] - 1e-9}
+        assert bug.name in first and rows[0]["explained"] == 1.0, (bug.name, rows[:3])
+        alone += first == {bug.name}
+        assert parity.diagnosis_text(report, rows).startswith("the serving path matches known bug(s)")
+    assert alone >= len(applicable) // 2

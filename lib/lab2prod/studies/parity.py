@@ -19,7 +19,14 @@ from lab2prod.kinds.image_bugs import BUGS, Bug, bug_names
 from lab2prod.kinds.preprocess import ServingPath, lab_transform_for, load_transform
 from lab2prod.kinds.transforms import Recipe
 from lab2prod.models.images import parity_images
-from lab2prod.studies.text_parity import differing_requests, evaluate_text_parity, text_bug_names, text_serving_gate
+from lab2prod.studies.text_parity import (
+    diagnose_text,
+    differing_requests,
+    evaluate_text_parity,
+    text_bug_names,
+    text_serving_gate,
+    text_signature,
+)
 
 __all__ = [
     "diagnose",
@@ -397,7 +404,9 @@ def diagnose(report: ParityReport, module: torch.nn.Module | None = None) -> lis
     the very tensors), `requests` how many differing requests it was judged on. With the model (`module`), the
     whole catalog is replayed, also the bugs the `bugs` parameter left out of the report. Empty when the serving
     path matches the lab everywhere, or for a text model (its catalog is diagnosed by its own fields)."""
-    if getattr(report, "kind", "image") != "image" or report.recipe is None:
+    if getattr(report, "kind", "image") == "text":
+        return diagnose_text(report, module)
+    if report.recipe is None:
         return []
     results, catalog = list(report.bugs), list(report.catalog)
     if module is not None:
@@ -459,17 +468,18 @@ def signature(report: ParityReport) -> str:
     return f"{kind} ({'; '.join(words)}; mean offset {np.mean(offsets):+.3g})"
 
 
-def diagnosis_text(report: ParityReport, rows: list[dict]) -> str:
-    """The notebook's verdict on the serving path: the catalogued bug (or bugs, one per client) that reproduce it,
-    with the evidence and where it happens, or the signature when no known bug does."""
+def diagnosis_text(report, rows: list[dict]) -> str:
+    """The notebook's verdict on the serving path (an image or a text report): the catalogued bug (or bugs) that
+    reproduce it, with the evidence and where it happens, or the signature when no known bug does."""
     named = [r for r in rows if r["explained"] >= MATCH_NAMED]
     if named:
         lines = [f"{r['bug']} ({r['client']} requests): reproduces {r['explained']:.1%} of the difference on "
-                 f"{r['requests']} requests. {r['what']}; typically: {r['where']}" for r in named]
+                 f"{r['requests']} differing requests. {r['what']}; typically: {r['where']}" for r in named]
         return "the serving path matches known bug(s):\n" + "\n".join(lines)
     best = rows[0] if rows else None
     closest = f" The closest, {best['bug']}, reproduces {best['explained']:.1%}." if best else ""
-    return f"no catalogued bug reproduces the serving path.{closest} Its signature: {signature(report)}"
+    shape = text_signature(report) if getattr(report, "kind", "image") == "text" else signature(report)
+    return f"no catalogued bug reproduces the serving path.{closest} Its signature: {shape}"
 
 
 # ---------------------------------------------------------------- images or texts

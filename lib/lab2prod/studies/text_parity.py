@@ -26,7 +26,8 @@ from lab2prod.kinds.text_bugs import TEXT_BUGS, TextBug, TextContext, request_te
 from lab2prod.models.hf import SAMPLE_TEXTS
 
 __all__ = ["TextBug", "TEXT_BUGS", "TextContext", "text_bug_names", "select_text_bugs", "TextResult",
-           "TextParityReport", "evaluate_text_parity", "text_serving_gate", "request_body", "differing_requests"]
+           "TextParityReport", "evaluate_text_parity", "text_serving_gate", "request_body", "differing_requests",
+           "diagnose_text", "text_signature"]
 
 
 def request_body(text: str) -> bytes:
@@ -154,6 +155,8 @@ class TextParityReport:
     lab_encodings: list = field(default_factory=list, repr=False)
     tokenizer: object = field(default=None, repr=False)
     kind: str = "text"
+    context: TextContext | None = field(default=None, repr=False)  # what the catalog's bugs replay with
+    requests: list = field(default_factory=list, repr=False)
 
     @property
     def serving_max_abs_diff(self) -> float:
@@ -240,7 +243,8 @@ def evaluate_text_parity(loaded, serving_transform: str = "", bugs=("all",), max
     lab = [loaded.text_path(t) for t in texts]
     lab_outputs = _outputs(loaded.module, lab)
     catalog = select_text_bugs(bugs)
-    report = TextParityReport(True, "", names, texts, labels, lab_encodings=lab, tokenizer=loaded.tokenizer)
+    report = TextParityReport(True, "", names, texts, labels, lab_encodings=lab, tokenizer=loaded.tokenizer,
+                              context=ctx, requests=requests)
     report.catalog = [b for b in catalog if b.applies(ctx)]
     report.skipped = {b.name: "needs " + {"legacy_tokenizer_defaults": "a WordPiece vocabulary",
                                           "no_lab_cleanup": "a lab cleanup (lab_transform)",
@@ -251,6 +255,49 @@ def evaluate_text_parity(loaded, serving_transform: str = "", bugs=("all",), max
         result = _run(name, path, requests, lab, lab_outputs, loaded.module, labels, loaded.task)
         (report.serving if name == "serving" else report.bugs).append(result)
     return report
+
+
+def _same_encoding(a: dict | None, b: dict | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return encoding_difference(a, b) == "" and set(a) == set(b)
+
+
+def diagnose_text(report: TextParityReport, module=None) -> list[dict]:
+    """Every applicable text bug ranked by the share of differing requests on which its encoding is the serving
+    path's, exactly (ids, mask, type ids, length; both failing counts). With the model (`module`), the whole
+    catalog is replayed, also the bugs the `bugs` parameter left out. Empty when the serving path matches."""
+    if not report.applies or not report.serving:
+        return []
+    served = report.serving[0]
+    differing = [i for i, d in enumerate(served.differences) if d]
+    if not differing:
+        return []
+    results, catalog = list(report.bugs), list(report.catalog)
+    if module is not None and report.context is not None:
+        lab_outputs = served.lab_outputs
+        for bug in TEXT_BUGS:
+            if bug.name not in {r.path for r in results} and bug.applies(report.context):
+                results.append(_run(bug.name, lambda body, b=bug: b.fn(body, report.context), report.requests,
+                                    report.lab_encodings, lab_outputs, module, report.labels, served.task))
+                catalog.append(bug)
+    described = {bug.name: bug for bug in catalog}
+    rows = []
+    for result in results:
+        same = [_same_encoding(served.encodings[i], result.encodings[i]) for i in differing]
+        bug = described[result.path]
+        rows.append({"bug": result.path, "client": "json", "explained": float(np.mean(same)),
+                     "requests": len(differing), "what": bug.what, "where": bug.where})
+    return sorted(rows, key=lambda r: -r["explained"])
+
+
+def text_signature(report: TextParityReport) -> str:
+    """What differs between the served and the lab encodings, by field, over the texts: the field that differs
+    first on each text (length, input_ids, attention_mask, token_type_ids, keys, failed), counted."""
+    from collections import Counter
+
+    counts = Counter(d for d in report.serving[0].differences if d)
+    return "; ".join(f"{what} on {n} of {len(report.names)} texts" for what, n in counts.most_common())
 
 
 def differing_requests(result: TextResult, report: TextParityReport, limit: int = 10) -> list[dict]:
