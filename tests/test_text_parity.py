@@ -172,7 +172,7 @@ def test_every_text_bug_served_as_the_users_transform_is_named_by_the_encodings_
 
     from lab2prod.studies import parity
 
-    probe = tp.evaluate_text_parity(langid_model, "", [], 60, progress=False)
+    probe = tp.evaluate_text_parity(langid_model, "", [], 30, progress=False)
     applicable = [b for b in tp.TEXT_BUGS if b.applies(probe.context)]
     alone = 0
     for bug in applicable:
@@ -180,9 +180,9 @@ def test_every_text_bug_served_as_the_users_transform_is_named_by_the_encodings_
             return bug.fn(tp.request_body(text), probe.context)
 
         with mock.patch.object(tp, "load_transform", lambda spec, what, served=served: served):
-            report = tp.evaluate_text_parity(langid_model, "user:tokenize", [], 60, progress=False)
+            report = tp.evaluate_text_parity(langid_model, "user:tokenize", [], 30, progress=False)
         rows = parity.diagnose(report, langid_model.module)
-        if not rows:  # this bug leaves these 60 texts as the lab encodes them: nothing to name
+        if not rows:  # this bug leaves these 30 texts as the lab encodes them: nothing to name
             continue
         first = {r["bug"] for r in rows if r["explained"] >= rows[0]["explained"] - 1e-9}
         assert bug.name in first and rows[0]["explained"] == 1.0, (bug.name, rows[:3])
