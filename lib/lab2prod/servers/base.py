@@ -19,7 +19,7 @@ from typing import Protocol
 from lab2prod.core.errors import Lab2ProdError
 
 __all__ = ["TOKEN_ENV", "read_token", "Started", "ServerConfig", "grid", "modes_of", "artifacts_of", "Server", "Live",
-           "ServerClient", "tool_path", "free_port", "http_request", "limits_check", "not_applied"]
+           "ServerClient", "tool_path", "free_port", "http_request", "limits_check"]
 
 
 TOKEN_ENV = "LAB2PROD_TOKEN"  # on a cluster the token comes from a Secret through this variable
@@ -180,18 +180,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def not_applied(wanted: dict, effective: dict, title: str) -> list[str]:
-    """One line per setting the server runs otherwise than `wanted` says, read back from the server
-    (`effective`): "batch_size declared 4, TorchServe runs 1". Floats count as equal within 1e-9."""
-    def same(value, got) -> bool:
-        if isinstance(value, float) and isinstance(got, float):
-            return abs(value - got) < 1e-9
-        return got == value
-
-    return [f"{key} declared {value}, {title} runs {effective.get(key)}" for key, value in wanted.items()
-            if not same(value, effective.get(key))]
 
 
 def http_request(method: str, url: str, token: str | None = None, body: bytes | None = None,

@@ -32,28 +32,27 @@ def header_value(phases: dict[str, float], batch: int | None = None) -> str:
 
 def batch_size(value: str | None) -> int | None:
     """The `batch;desc=N` entry of a Server-Timing header value, or None."""
-    return next((int(number.strip('"')) for name, key, number in _params(value)
-                 if name == BATCH and key == "desc" and number.strip('"').isdigit()), None)
-
-
-def _params(value: str | None):
-    """(name, parameter, value) of every `name;parameter=value` of a Server-Timing header value."""
     for entry in (value or "").split(","):
         name, *params = [part.strip() for part in entry.split(";")]
         for param in params:
             key, _, number = param.partition("=")
-            yield name, key, number
+            if name == BATCH and key == "desc" and number.strip('"').isdigit():
+                return int(number.strip('"'))
+    return None
 
 
 def parse(value: str | None) -> dict[str, float]:
     """{phase: milliseconds} of a Server-Timing header value; entries without a duration are left out."""
     phases = {}
-    for name, key, number in _params(value):
-        if name and key == "dur":
-            try:
-                phases[name] = float(number)
-            except ValueError:
-                pass
+    for entry in (value or "").split(","):
+        name, *params = [part.strip() for part in entry.split(";")]
+        for param in params:
+            key, _, number = param.partition("=")
+            if name and key == "dur":
+                try:
+                    phases[name] = float(number)
+                except ValueError:
+                    pass
     return phases
 
 

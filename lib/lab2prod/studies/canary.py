@@ -93,29 +93,32 @@ class Policy:
     min_requests: int = 100
 
 
-def recommended_candidate(run_dir, method: str = "torch_ao_dynamic", model: str = "") -> tuple[str, str]:
-    """(candidate, why) for candidate "recommended": the file of the recipe this run's quantization study
+def recommended_candidate(run_dir, method: str = "torch_ao_dynamic", model: str = "") -> tuple[str, str, str]:
+    """(candidate, method, why) for candidate "recommended": the file of the recipe this run's quantization study
     recommended for `model` (the label of v1), where its accuracy gate passed and the canary's TorchServe handler
-    can serve it (a TorchScript file: torch.ao, whole-model or selective); else "int8", to quantize v1 with
-    `method`. `why` says which, in words."""
+    can serve it (a TorchScript file: torch.ao, whole-model or selective); else "int8" with `method`, and why."""
     path = Path(run_dir) / "results" / "quantization.json" if run_dir else None
     if path is None or not path.exists():
-        return "int8", "the quantization study has not run here"
+        return "int8", method, f"the quantization study has not run here: v2 is v1 quantized with {method}"
     recorded = json.loads(path.read_text())
     values = recorded["values"]
     chosen, exported = values.get("recommended"), values.get("export") or {}
     measured = (values.get("model") or {}).get("model")
     if model and measured and measured != model:
-        return "int8", f"the quantization study measured {measured}, not {model}"
+        return "int8", method, (f"the quantization study measured {measured}, not {model}: v2 is v1 quantized "
+                                f"with {method}")
     if chosen and "gates" in recorded and not any(g.get("name") == "quantization:accuracy" and g.get("passed")
                                                   for g in recorded["gates"]):
-        return "int8", f"the quantization study's recommendation {chosen} failed its accuracy gate"
+        return "int8", method, (f"the quantization study's recommendation {chosen} failed its accuracy gate: v2 is "
+                                f"v1 quantized with {method}")
     if not chosen:
-        return "int8", "the quantization study found no recipe within its budget"
+        return "int8", method, (f"the quantization study found no recipe within its budget: v2 is v1 quantized "
+                                f"with {method}, which it did not recommend")
     if exported.get("produced") and not exported.get("error") and exported.get("format") == "torchscript_trace":
-        return str(Path(run_dir) / exported["file"]), f"the recipe the quantization study recommended ({chosen})"
-    return "int8", (f"the quantization study recommended {chosen}, which the canary's TorchServe handler does not "
-                    f"serve (it loads TorchScript)")
+        return (str(Path(run_dir) / exported["file"]), method,
+                f"v2 is the recipe the quantization study recommended ({chosen})")
+    return "int8", method, (f"the quantization study recommended {chosen}, which the canary's TorchServe handler "
+                            f"does not serve (it loads TorchScript): v2 is v1 quantized with {method}")
 
 
 def candidate_model(loaded, candidate: str, candidate_weights: str = "", method: str = "torch_ao_dynamic",
@@ -125,14 +128,14 @@ def candidate_model(loaded, candidate: str, candidate_weights: str = "", method:
     (same input shape and number of outputs as v1). Returns (module, description)."""
 
     if candidate == "recommended":
-        candidate, why = recommended_candidate(run_dir, method, loaded.label)
+        candidate, method, why = recommended_candidate(run_dir, method, loaded.label)
         if candidate != "int8":  # the TorchScript file the quantization study wrote and reloaded
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
                 module = torch.jit.load(candidate, map_location="cpu").eval()
-            return module, f"{loaded.spec} int8, {why}"
+            return module, f"{loaded.spec} int8, {why.removeprefix('v2 is ')}"
         module, label = candidate_model(loaded, "int8", "", method, seed)
-        return module, f"{label}: {why}"
+        return module, f"{label}: {why.split(': ')[0]}"
     if candidate == "int8":
         module = quantize(loaded.module, method, resolve_module_types(["Linear", "LSTM", "GRU"]))
         return module.eval(), f"{loaded.spec} int8 ({method})"

@@ -32,7 +32,7 @@ from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.paths import PACKAGE_DIR
 from lab2prod.kinds.codec import codec_for
 from lab2prod.servers.artifacts import ARTIFACT_TITLES
-from lab2prod.servers.base import TOKEN_ENV, Started, not_applied
+from lab2prod.servers.base import TOKEN_ENV, Started
 from lab2prod.servers.kubernetes import validate
 from lab2prod.servers.torchserve.server import free_port, http_request, trace_to_file
 
@@ -83,7 +83,9 @@ def check_applied(declared: RayConfig, effective: dict, name: str = "model") -> 
               "batch_wait_timeout_s": declared.batch_wait_timeout_s,
               "max_ongoing_requests": declared.max_ongoing_requests,
               **({"threads": declared.threads} if declared.threads else {})}
-    wrong = not_applied(wanted, effective, "Ray Serve")
+    wrong = [f"{key} declared {value}, Ray Serve runs {effective.get(key)}" for key, value in wanted.items()
+             if not (isinstance(value, float) and isinstance(effective.get(key), float)
+                     and abs(value - effective[key]) < 1e-9) and effective.get(key) != value]
     if wrong:
         raise Lab2ProdError(f"Ray Serve did not apply the configuration of {name}: {'; '.join(wrong)}")
 

@@ -21,7 +21,7 @@ import torch
 from lab2prod.core.errors import Lab2ProdError, one_line
 from lab2prod.core.inputs import trace
 from lab2prod.kinds.codec import codec_for
-from lab2prod.servers.base import free_port, http_request, limits_check, not_applied, tool_path
+from lab2prod.servers.base import free_port, http_request, limits_check, tool_path
 
 __all__ = [
     "check_requirements",
@@ -108,7 +108,8 @@ def check_applied(declared: ServeConfig, effective: dict, name: str = "model") -
     size and max batch delay silently ignored); `effective` is one version of `TorchServe.describe`'s answer."""
     wanted = {"workers": declared.workers, "batch_size": declared.batch_size,
               "max_batch_delay_ms": declared.max_batch_delay_ms}
-    wrong = not_applied(wanted, effective, "TorchServe")
+    wrong = [f"{key} declared {value}, TorchServe runs {effective.get(key)}" for key, value in wanted.items()
+             if effective.get(key) != value]
     if wrong:
         raise Lab2ProdError(f"TorchServe did not apply the configuration of model {name} "
                             f"{effective.get('version')}: {'; '.join(wrong)}; "
