@@ -74,9 +74,12 @@ export.artifacts_frame(artifacts, run_dir)
 #
 # `held-out` rows use data the export never saw; `negated` and `noise` rows push a model with
 # data-dependent control flow down the other branch. Look at `max_abs_diff` and `top1_agreement`.
+# The same processes also answer the golden set, the held-out requests every later stage answers too
+# (the quantized model, each live server): the report lays those stages out as one chain.
 
 # %%
-rows = export.check_exports(loaded, artifacts, batch_sizes, devices, seed)
+stages = []  # the chain's export stages (lab2prod.studies.chain), filled by check_exports
+rows = export.check_exports(loaded, artifacts, batch_sizes, devices, seed, stages=stages, atol=atol)
 export.comparison_frame(rows)
 
 # %% [markdown]
@@ -108,6 +111,7 @@ record(run_dir, "export", export.ExportResults(
                    "dynamic_batch": a.dynamic_batch, "opset": a.opset} for a in artifacts],
     manifest=manifest,
     env_lock=str(lock_file.relative_to(run_dir)),
+    stages=stages,
 ), gates, notebook="01_export")
 nb.gates_frame(gates)[["verdict", "threshold", "detail"]]
 

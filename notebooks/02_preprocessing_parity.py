@@ -175,5 +175,6 @@ record(run_dir, "parity", parity.ParityResults(
     serving=[r.summary() for r in report.serving],
     bugs=report.bug_rows(),
     bugs_not_applicable=report.skipped if text else {},
+    stages=[parity.chain_stage(report, atol)],
 ), gates, notebook="02_preprocessing_parity")
 nb.gates_frame(gates)[["verdict", "threshold", "detail"]]

@@ -129,11 +129,14 @@ pd.DataFrame(steps).set_index("quantized_layers").round(4) if steps else "no fro
 #
 # The recommended recipe is the fastest at the largest batch size within the accuracy budget.
 # torch.ao models are saved as TorchScript (the old path), torchao models through `torch.export`;
-# the file is loaded in a new Python process and compared with the in-process quantized model.
+# the file is loaded in a new Python process and compared with the in-process quantized model. The same
+# process answers the golden set, which the report's chain compares with the lab's answers.
 
 # %%
 best = q.recommended(results, accuracy_budget_pts, max(batch_sizes))
-exported = q.export_quantized(best, loaded, run_dir / "models", batch_sizes, seed) if best else None
+stages = [] if best else [q.not_quantized_stage(loaded, "no recipe within the accuracy budget", failed=True)]
+exported = q.export_quantized(best, loaded, run_dir / "models", batch_sizes, seed, stages,
+                              accuracy_budget_pts) if best else None
 pd.DataFrame([exported]).set_index("method") if exported else "no recipe within the accuracy budget"
 
 # %% [markdown]
@@ -159,6 +162,7 @@ record(run_dir, "quantization", q.QuantizationResults(
     export=exported,
     findings=q.findings(results, batch_sizes),
     skipped=skipped,
+    stages=stages,
 ), gates, notebook="03_quantization")
 nb.gates_frame(gates)[["verdict", "threshold"]]
 

@@ -30,6 +30,25 @@ ready, verdict = report.readiness(summary)
 print(verdict)
 
 # %% [markdown]
+# ## From the lab to the wire
+#
+# The same held-out requests (the golden set) went through every stage this run produced: each
+# exported file reloaded in a fresh process, the recommended quantized file, each live server with
+# its real request encoding; the serving transform under test is compared on the parity study's own
+# requests. Each stage is compared with eager PyTorch in the lab, and the first stage that breaks
+# its tolerance is named: where to look first when a gate below fails.
+
+# %%
+from lab2prod.studies import chain
+
+stages = chain.chain_of(summary["results"])
+print(chain.chain_text(stages))
+fig = chain.plot_chain(stages) if stages else None
+
+# %%
+chain.chain_frame(stages) if stages else "no stage of the chain ran in this run"
+
+# %% [markdown]
 # ## Scorecard
 #
 # One row per checklist item, in checklist order. An item fails when any of its gates fails;

@@ -160,6 +160,11 @@ def test_parity_run_with_a_differing_serving_transform_exits_1(run_cli, tmp_path
     if transform == "serving_bicubic":  # named by replaying the whole catalog, though bugs=[] measured none
         assert "the serving path matches known bug(s)" in executed
         assert '"bicubic_interpolation (rgb requests): reproduces 100.0% of the difference' in executed
+    # the report opens with the chain, which breaks at the serving transform
+    page = (out / "r" / "report.html").read_text()
+    assert "the chain first breaks at serving transform: in process" in page
+    assert "chain: the chain first breaks at serving transform: in process" in proc.stdout
+    assert page.index("From the lab to the wire") < page.index("<h2>Scorecard</h2>")
 
 
 def test_parity_is_skipped_for_a_model_that_takes_tensors(run_cli, tmp_path):

@@ -152,9 +152,15 @@ def test_quantized_export_reloads_in_a_fresh_process_and_matches(tmp_path, metho
     loaded = _loaded(nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3)), (12,))
     results = q.evaluate_methods(loaded, [method], LINEAR, [2], threads=1, min_run_time=0.01,
                                  data=q.eval_data(loaded, count=8), progress=False)
-    status = q.export_quantized(results[1], loaded, tmp_path / "models", [1, 5])
+    stages = []
+    status = q.export_quantized(results[1], loaded, tmp_path / "models", [1, 5], stages=stages, budget_pts=1.0)
     assert status["produced"] and status["error"] is None, status
     assert status["max_abs_diff"] <= 1e-5 and status["top1_agreement"] == 1.0
+    # the same fresh process answered the golden set: the chain's quantize stage, against fp32 eager
+    (stage,) = stages
+    assert stage["stage"] == f"quantized: {method}" and stage["step"] == "quantize"
+    assert 0.0 <= stage["agreement"] <= 1.0 and stage["max_abs_diff"] is not None
+    assert stage["passed"] is (results[1].accuracy_drop_pts <= 1.0)
     assert (tmp_path / status["file"]).exists()
     _, export_gate = q.quantization_gates(results, results[1], status, 1.0)
     assert export_gate["passed"]

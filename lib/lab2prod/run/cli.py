@@ -27,7 +27,7 @@ from lab2prod.run.runner import (
     select_studies,
 )
 from lab2prod.run.starter import PARAMS_FILE, write_starter
-from lab2prod.studies import environment
+from lab2prod.studies import chain, environment
 from lab2prod.studies.drift import embedding_layer
 
 __all__ = ["main", "build_parser"]
@@ -201,6 +201,9 @@ def _run(args: argparse.Namespace) -> int:
         ran = [row for row in scorecard(summary["gates"]) if row["verdict"] != "NOT RUN"]
         if ran:
             print("checklist: " + ", ".join(f"{row['item']} {row['verdict']}" for row in ran))
+        stages = chain.chain_of(summary["results"])
+        if stages:
+            print(f"chain: {chain.chain_text(stages)}")
         print(f"{'READY' if ready else 'NOT READY'}: report {report}")
     if summary["interrupted"]:
         return INTERRUPTED_EXIT

@@ -12,9 +12,11 @@ from lab2prod.core.files import atomic_write
 from lab2prod.core.registry import checklist, checklist_item
 from lab2prod.core.results import build_summary, gate_verdict, readiness
 from lab2prod.run.schemas import field_help
+from lab2prod.studies import chain
 
 __all__ = ["checklist_item", "scorecard", "collect_summary", "readiness", "write_report",
-           "sorted_gates", "notebook_images", "notebook_status", "scorecard_frame", "plot_scorecard"]
+           "sorted_gates", "notebook_images", "chain_rows", "figure_png", "notebook_status", "scorecard_frame",
+           "plot_scorecard"]
 
 
 def scorecard(gates: list[dict]) -> list[dict]:
@@ -131,8 +133,40 @@ def _notebook_link(name: str, run_dir: Path) -> str:
     return html.escape(path)
 
 
+def figure_png(fig) -> str:
+    """A matplotlib figure as a base64 PNG, closed afterwards."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def chain_rows(stages: list[dict]) -> list[dict]:
+    """The chain's stages as table rows, with PASS, FAIL or SKIP for the stage's verdict."""
+    return [{**{k: v for k, v in s.items() if k not in ("passed", "step")},
+             "verdict": {True: "PASS", False: "FAIL", None: "SKIP"}[s["passed"]]} for s in stages]
+
+
+def _chain_section(results: dict) -> list[str]:
+    """The report's opening: the golden set from the lab to the wire, stage by stage, and where it first breaks."""
+    stages = chain.chain_of(results)
+    parts = ["<h2>From the lab to the wire</h2>",
+             "<p>The same held-out requests through every stage this run produced, each against eager PyTorch in "
+             f"the lab. <b>{html.escape(chain.chain_text(stages))}</b></p>"]
+    if stages:
+        parts += [f"<img alt='the chain of stages' src='data:image/png;base64,{figure_png(chain.plot_chain(stages))}'>",
+                  _verdict_cells(_table(chain_rows(stages)))]
+    return parts
+
+
 def write_report(summary: dict, run_dir: Path) -> Path:
-    """Write run_dir/report.html from a summary (the summary.json contract): the verdict, the
+    """Write run_dir/report.html from a summary (the summary.json contract): the verdict, the chain of
+    stages from the lab to the wire (lab2prod.studies.chain) and where it first breaks, the
     scorecard in checklist order, every gate (failures first) with value and threshold, links to
     the executed notebooks, their plots, and the recorded results. Images are inlined, so the
     page opens from disk on its own."""
@@ -151,6 +185,7 @@ def write_report(summary: dict, run_dir: Path) -> Path:
         f"<h1>lab2prod readiness report</h1><p>run <code>{html.escape(summary['run_id'])}</code>, "
         f"{html.escape(summary.get('created', ''))}</p>",
         f"<div class='verdict {'ok' if ok else 'bad'}'>{html.escape(verdict)}</div>",
+        *_chain_section(summary["results"]),
         "<h2>Scorecard</h2><p>The deployment checklist in order; an item fails when any of its gates fails.</p>",
         _verdict_cells(_table(scorecard(summary["gates"]))),
         "<h2>Gates</h2><p>Failures first, then skipped, then passed.</p>", _verdict_cells(_table(gate_rows)),

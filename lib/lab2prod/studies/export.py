@@ -44,6 +44,7 @@ from lab2prod.core.schema import MODEL_CARD, Measure, Results, described
 from lab2prod.models.load import LoadedModel
 from lab2prod.models.onnx_rt import export_onnx, versions
 from lab2prod.models.reference import set_eval
+from lab2prod.studies import chain
 
 __all__ = [
     "ExportResults",
@@ -80,6 +81,8 @@ class ExportResults(Results):
     artifacts: list = described("per format: produced, error, tracer warnings, dynamic batch")
     manifest: list = described("every exported file: format, file, bytes, sha256, dynamic batch, torch")
     env_lock: str = described("the lab environment lock written beside the exported files")
+    stages: list = described("the chain's export stages: the golden set through each file reloaded in a fresh "
+                             "process, against eager (lab2prod.studies.chain)")
 
 # Files that load on any machine with the same torch (or any ONNX Runtime), and the one compiled for this CPU
 PORTABLE_FORMATS = ("torchscript_script", "torchscript_trace", "torch_export", "onnx")
@@ -241,20 +244,30 @@ def _eager_outputs(loaded: LoadedModel, cases: dict[str, torch.Tensor], device: 
 
 def check_exports(
     loaded: LoadedModel, artifacts: list[ExportArtifact], batch_sizes: list[int],
-    devices: list[str], seed: int = 0,
+    devices: list[str], seed: int = 0, stages: list | None = None, atol: float = 1e-4,
 ) -> list[ComparisonRow]:
-    """Compare every produced file, reloaded in a fresh process, with eager on every input case."""
+    """Compare every produced file, reloaded in a fresh process, with eager on every input case. Given a
+    `stages` list, the golden set (chain.golden_cases) goes through every file on the CPU in the same process,
+    and one stage of the chain per format is appended to it (answers within `atol`, top-1 identical)."""
     cases = input_cases(loaded, batch_sizes, seed)
+    golden = chain.golden_cases(loaded, seed=seed, batch_size=max(batch_sizes)) if stages is not None else {}
     rows = []
     for device in devices:
         eager = _eager_outputs(loaded, cases, device)
+        traced = golden if device == "cpu" else {}
+        lab_answers = chain.golden_outputs(loaded.module, golden, loaded.task) if traced else None
         for artifact in artifacts:
             if artifact.format == "aoti" and device != "cpu":
                 continue  # compiled for this CPU: a CUDA package is compiled on (and for) the GPU machine
             if not artifact.produced:
                 rows.append(ComparisonRow(artifact.format, 0, "-", device, False, error=artifact.error))
+                if traced:
+                    stages.append(chain.failed_stage(f"export: {artifact.format}", "export", loaded.task,
+                                                     chain.golden_label(golden), f"not produced: {artifact.error}"))
                 continue
-            status, outputs = reload_in_fresh_process(artifact.format, artifact.path, cases, device)
+            status, outputs = reload_in_fresh_process(artifact.format, artifact.path, {**cases, **traced}, device)
+            if traced:
+                stages.append(_golden_stage(artifact.format, status, outputs, golden, lab_answers, loaded.task, atol))
             for name, reference in eager.items():
                 kind, _, size = name.partition(":")
                 row = ComparisonRow(artifact.format, int(size), kind, device, status["loaded"])
@@ -271,6 +284,18 @@ def check_exports(
                         row.error = str(exc)
                 rows.append(row)
     return rows
+
+
+def _golden_stage(fmt: str, status: dict, outputs: dict, golden: dict, reference: torch.Tensor, task: str,
+                  atol: float) -> dict:
+    """The chain's stage for one file: its answers on the golden set, reloaded in a fresh process, against eager."""
+    name, inputs = f"export: {fmt}", chain.golden_label(golden)
+    errors = [status["errors"][case] for case in golden if case in status.get("errors", {})]
+    if not status["loaded"] or errors:
+        return chain.failed_stage(name, "export", task, inputs, status.get("load_error") or errors[0])
+    candidate = chain.answer_space(torch.cat([outputs[case] for case in golden]), task)
+    return chain.stage(name, "export", reference, candidate, task, atol, 1.0, inputs,
+                       compared="answers of the file reloaded in a fresh process")
 
 
 def format_gates(

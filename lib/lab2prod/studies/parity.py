@@ -19,6 +19,7 @@ from lab2prod.kinds.image_bugs import BUGS, Bug, bug_names
 from lab2prod.kinds.preprocess import ServingPath, lab_transform_for, load_transform
 from lab2prod.kinds.transforms import Recipe
 from lab2prod.models.images import parity_images
+from lab2prod.studies import chain
 from lab2prod.studies.text_parity import (
     diagnose_text,
     differing_requests,
@@ -29,6 +30,7 @@ from lab2prod.studies.text_parity import (
 )
 
 __all__ = [
+    "chain_stage",
     "diagnose",
     "diagnosis_text",
     "signature",
@@ -77,6 +79,8 @@ class ParityResults(Results):
                               " encodings that differ and the output difference")
     bugs: list = described("each catalogued serving bug: tensor diff (texts: encodings that differ), agreement, "
                            "accuracy and drop, failed requests")
+    stages: list = described("the chain's preprocess stage: the serving path against the lab path on this study's "
+                             "requests (lab2prod.studies.chain)")
 
 
 
@@ -503,6 +507,26 @@ def parity_gate(report, atol: float) -> dict:
     if getattr(report, "kind", "image") == "text":
         return text_serving_gate(report)
     return serving_gate(report, atol)
+
+
+def chain_stage(report, atol: float, name: str = "serving transform: in process") -> dict:
+    """The parity study's stage of the chain (lab2prod.studies.chain): the serving path against the lab path on
+    this study's own requests (every client encoding of its images, or its texts), judged by `parity:serving`.
+    For images the difference is the model's input tensors' (what the transform changed); for texts the outputs'."""
+    verdict = parity_gate(report, atol)
+    if not report.applies:
+        return chain.failed_stage(name, "preprocess", "classifier", "", report.reason, passed=None)
+    rows = [r.summary() for r in report.serving]
+    text = report.kind == "text"
+    embedder = text and any("min_cosine" in r for r in rows)
+    inputs = (f"{len(report.names)} texts as JSON" if text else
+              f"{len(report.names)} images x {len(report.serving)} client encodings")
+    agreement = min((r["min_cosine"] if embedder else r["top1_agreement"]) for r in rows) if rows else None
+    return chain.measured_stage(
+        name, "preprocess", inputs, "encodings and outputs" if text else "model input tensors",
+        "min cosine" if embedder else "top-1 agreement", agreement, verdict["value"] if not text else
+        max((r["max_output_diff"] for r in rows), default=None), f"parity:serving (atol {verdict['threshold']:g})",
+        verdict["passed"], "" if verdict["passed"] else verdict["detail"])
 
 
 def where_serving_differs(report, atol: float) -> list[dict]:

@@ -24,6 +24,7 @@ from lab2prod.core.schema import MODEL_CARD, Measure, Results, described
 from lab2prod.kinds.preprocess import load_transform
 from lab2prod.models.onnx_rt import OrtModule, export_to_temp, quantize_file
 from lab2prod.models.reference import reference_images, reference_tensors
+from lab2prod.studies import chain
 from lab2prod.studies.export import reload_in_fresh_process
 
 __all__ = [
@@ -83,6 +84,8 @@ class QuantizationResults(Results):
     findings: list = described("what the numbers say, one sentence each")
     skipped: dict = described("methods that do not apply to this model, with the reason (ONNX Runtime's when the "
                               "model does not export to ONNX)")
+    stages: list = described("the chain's quantize stage: the recommended recipe's saved file on the golden set, "
+                             "against fp32 eager (lab2prod.studies.chain)")
 
 # method -> (library path, what it does). torch.ao is the old path (deprecated upstream), torchao the new one.
 METHODS = {
@@ -506,14 +509,19 @@ def recommended(results: list[MethodResult], budget_pts: float, batch_size: int)
     return min(within, key=lambda r: r.latency_ms[batch_size], default=None)
 
 
-def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, seed: int = 0) -> dict:
+def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, seed: int = 0,
+                     stages: list | None = None, budget_pts: float = 1.0) -> dict:
     """Save a quantized recipe as TorchScript (torch.ao) or torch.export (torchao), reload it in
     a fresh process, and compare with the in-process quantized model. Returns a status dict:
-    format, file, produced, error, max_abs_diff, top1_agreement."""
+    format, file, produced, error, max_abs_diff, top1_agreement. Given a `stages` list, the same process
+    answers the golden set (chain.golden_cases) and the chain's quantize stage is appended: the shipped file
+    against fp32 eager, within the accuracy budget (top-1 agreement, or mean cosine for an embedder)."""
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = {f"held-out:{b}": loaded.make_inputs(b, seed + 1, "test") for b in batch_sizes}
+    golden = chain.golden_cases(loaded, seed=seed, batch_size=max(batch_sizes)) if stages is not None else {}
+    stage_name = f"quantized: {result.method}"
     example = loaded.make_inputs(2, seed, "train")
     if result.method.startswith("onnxruntime"):
         fmt = "onnx"
@@ -539,10 +547,16 @@ def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, s
     except Exception as exc:
         status["error"] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
         path.unlink(missing_ok=True)
+        if golden:
+            stages.append(chain.failed_stage(stage_name, "quantize", loaded.task, chain.golden_label(golden),
+                                             f"not saved: {status['error']}"))
         return status
-    reload, outputs = reload_in_fresh_process(fmt, path, cases)
+    reload, outputs = reload_in_fresh_process(fmt, path, {**cases, **golden})
     if not reload.get("loaded") or reload.get("errors"):
         status["error"] = reload.get("load_error") or "; ".join(reload["errors"].values())
+        if golden:
+            stages.append(chain.failed_stage(stage_name, "quantize", loaded.task, chain.golden_label(golden),
+                                             f"the saved file does not answer: {status['error']}"))
         return status
     diffs, agree = [], []
     with torch.inference_mode():
@@ -552,7 +566,32 @@ def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, s
             if loaded.task == "classifier":
                 agree.append(float((outputs[name].argmax(1) == expected.argmax(1)).float().mean()))
     status.update(max_abs_diff=max(diffs), top1_agreement=float(np.mean(agree)) if agree else None)
+    if golden:
+        stages.append(_quantize_stage(stage_name, result, loaded, golden, outputs, status, budget_pts))
     return status
+
+
+def _quantize_stage(name: str, result: MethodResult, loaded, golden: dict, outputs: dict, status: dict,
+                    budget_pts: float) -> dict:
+    """The chain's quantize stage: the saved file's answers on the golden set against fp32 eager. Its tolerance
+    is the study's own: within the accuracy budget on the study's held-out inputs (64 golden requests are too
+    few to judge a 1-point budget), and the file answering as the in-process recipe did."""
+    candidate = chain.answer_space(torch.cat([outputs[case] for case in golden]), loaded.task)
+    row = chain.stage(name, "quantize", chain.golden_outputs(loaded.module, golden, loaded.task), candidate,
+                      loaded.task, None, 0.0, chain.golden_label(golden), compared="answers of the saved file, "
+                      "fresh process", measure="mean cosine" if loaded.task == "embedder" else "")
+    same_file = status["max_abs_diff"] <= 1e-4 and status["top1_agreement"] in (None, 1.0)
+    row["passed"] = same_file and result.accuracy_drop_pts <= budget_pts
+    row["tolerance"] = (f"within the {budget_pts:g}-point budget on the study's held-out inputs (drop "
+                        f"{result.accuracy_drop_pts:.2f}); the file answers as the recipe in process")
+    if not same_file:
+        row["detail"] = f"the saved file differs from the recipe in process by {status['max_abs_diff']:.3g}"
+    return row
+
+
+def not_quantized_stage(loaded, why: str, failed: bool) -> dict:
+    """The chain's quantize stage when no file was saved: no recipe within the budget (failed), or none asked."""
+    return chain.failed_stage("quantized: none", "quantize", loaded.task, "", why, passed=False if failed else None)
 
 
 def findings(results: list[MethodResult], batch_sizes) -> list[str]:

@@ -25,6 +25,7 @@ from lab2prod.servers.base import Live, Server, ServerConfig, artifacts_of, grid
 from lab2prod.servers.loadtest import content_type_of, load_sweep, request_files, run_locust, write_locustfile
 from lab2prod.servers.registry import SERVERS, servers_named
 from lab2prod.servers.timing import PHASES
+from lab2prod.studies import chain
 from lab2prod.studies.benchmark import measure, powers_of_two_axis
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "serving_gates",
     "rayserve_gates",
     "serving_results",
+    "chain_stage",
     "check_backend",
     "selected_servers",
     "in_process_ceiling",
@@ -92,6 +94,8 @@ class ServingResults(Results):
     side_by_side: list = described("TorchServe and Ray Serve, default and tuned, at the same load: throughput, "
                                    "p50/p95/p99, errors, CPUs, share of the in-process ceiling")
     pick: str = described("which server to pick for this model on this machine, and why")
+    stages: list = described("the chain's serve stages: each live server's answers to the golden set (its live "
+                             "parity requests) against the lab in process (lab2prod.studies.chain)")
 
 
 def check_backend(backends: list[str] | str) -> list[str] | str:
@@ -405,7 +409,25 @@ def serving_results(report: ServingReport, backend: str | list[str] = "torchserv
         servers={name: {**_summary(r), "title": r.title, **r.files} for name, r in everyone.items()},
         side_by_side=side or [],
         pick=pick,
+        stages=[chain_stage(r) for r in everyone.values()],
     )
+
+
+def chain_stage(report: ServingReport, prob_atol: float = 1e-4, min_cosine: float = 0.9999) -> dict:
+    """A live server's stage of the chain (lab2prod.studies.chain): its answers over HTTP, with the real request
+    encoding, against the lab in process, judged as the server's parity gate judges them."""
+    parity, name = report.parity, f"server: {report.title}"
+    if not report.applies or not parity:
+        return chain.failed_stage(name, "serve", "classifier", "", report.reason or "not served", passed=None)
+    embedder = parity.get("measure") == "embedder"
+    bound = f"cosine >= {min_cosine:g}" if embedder else "top-1 agreement 1"
+    return chain.measured_stage(
+        name, "serve", f"{parity['requests']} held-out requests as {report.requests}",
+        f"answers over HTTP ({report.served_file})", "min cosine" if embedder else "top-1 agreement",
+        parity.get("min_cosine" if embedder else "top1_agreement"),
+        parity.get("max_abs_diff" if embedder else "max_prob_diff"),
+        f"every request answered, {bound}, max abs diff <= {prob_atol:g}", parity_passes(parity, prob_atol, min_cosine),
+        f"{parity['failed']} of {parity['requests']} requests failed" if parity.get("failed") else "")
 
 
 def in_process_ceiling(model_dir: Path, loaded, batch_size: int, threads: int, workers: int,
