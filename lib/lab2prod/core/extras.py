@@ -1,7 +1,7 @@
 """The optional parts of lab2prod (pyproject's extras) and whether this environment has them.
 
 A study that needs a missing extra is skipped with the line that installs it; code that needs one
-raises `missing_extra`'s one-line error instead of an ImportError.
+raises `require`'s one-line error instead of an ImportError.
 """
 
 from __future__ import annotations

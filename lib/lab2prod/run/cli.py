@@ -137,8 +137,9 @@ def _check_device(device: str) -> None:
 
 
 def _given_parameters(args: argparse.Namespace) -> dict:
-    if not args.parameters_file and (project_dir() / PARAMS_FILE).is_file():
-        args.parameters_file = str(project_dir() / PARAMS_FILE)
+    found = project_dir() / PARAMS_FILE
+    if not args.parameters_file and found.is_file():
+        args.parameters_file = str(found)
         print(f"lab2prod: parameters from {args.parameters_file}", file=sys.stderr)
     given = read_parameters_file(args.parameters_file) if args.parameters_file else {}
     given.update(dict(parse_parameter(p) for p in args.parameter))

@@ -391,7 +391,7 @@ def _explained(served: torch.Tensor | None, bug: torch.Tensor | None, lab: torch
     (1 when the bug gives the very tensor, 0 or less when it does not help); both failing counts as 1. None
     where the serving path matches the lab, so there is nothing to explain."""
     if served is None or bug is None:
-        return 1.0 if served is None and bug is None else (0.0 if served is None or bug is None else None)
+        return 1.0 if served is None and bug is None else 0.0  # one of the two failed
     if served.shape != lab.shape:
         return 1.0 if bug.shape == served.shape and torch.allclose(bug.float(), served.float(), atol=1e-5) else 0.0
     gap = float((served.float() - lab.float()).norm())
