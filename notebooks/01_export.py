@@ -63,7 +63,9 @@ pd.DataFrame([loaded.card()]).set_index("model")
 # ## Serialize
 #
 # Each format is attempted; one that cannot be produced says why in one line instead of
-# stopping the notebook. `dynamic_batch` says whether the file accepts any batch size.
+# stopping the notebook. `dynamic_batch` says whether the file accepts any batch size. When an export
+# fails or a trace warns because the model branches on its data, `where in the model` names the file,
+# line and code that did it, taken from torch.export's error or the tracer's warning.
 
 # %%
 artifacts = [export.export_model(loaded, fmt, run_dir / "models", seed) for fmt in formats]
@@ -108,7 +110,7 @@ record(run_dir, "export", export.ExportResults(
     model=loaded.card(),
     formats=[r.__dict__ for r in rows],
     artifacts=[{"format": a.format, "produced": a.produced, "error": a.error, "warnings": a.warnings,
-                   "dynamic_batch": a.dynamic_batch, "opset": a.opset} for a in artifacts],
+                   "dynamic_batch": a.dynamic_batch, "opset": a.opset, "source": a.source} for a in artifacts],
     manifest=manifest,
     env_lock=str(lock_file.relative_to(run_dir)),
     stages=stages,

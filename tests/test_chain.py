@@ -73,7 +73,8 @@ def test_every_exported_file_answers_the_golden_set_in_its_fresh_process(tmp_pat
         f"{chain.GOLDEN_COUNT} held-out requests")
     # torch.export refuses the data-dependent branch: the stage fails with why, it does not vanish
     assert by_name["export: torch_export"]["passed"] is False
-    assert "not produced" in by_name["export: torch_export"]["detail"]
+    assert "not produced at " in by_name["export: torch_export"]["detail"]
+    assert "in forward: `if x.mean() > 0:" in by_name["export: torch_export"]["detail"]
 
 
 def test_a_live_server_stage_is_its_parity_judged_as_its_gate():

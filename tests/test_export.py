@@ -1,8 +1,10 @@
+import inspect
 import json
 
 import pytest
 import torch
 
+from lab2prod import examples
 from lab2prod.models.load import load_model
 from lab2prod.studies import export
 
@@ -45,6 +47,14 @@ def test_trace_of_data_dependent_model_fails_its_gate(tmp_path):
     assert gates["parity:torchscript_trace"]["value"] > 1e-2
     assert not gates["parity:torch_export"]["passed"]
     assert "not produced" in gates["parity:torch_export"]["detail"]
+    # both point at the model's own line that branches on the data
+    lines, first = inspect.getsourcelines(examples.GatedNet.forward)
+    branch = f"examples.py:{first + next(i for i, text in enumerate(lines) if 'x.mean() > 0' in text)}"
+    assert f"{branch}: `if x.mean() > 0:" in by_format["torchscript_trace"].source
+    assert f"{branch} in forward: `if x.mean() > 0:" in by_format["torch_export"].source
+    assert f"at {by_format['torch_export'].source}" in gates["parity:torch_export"]["detail"]
+    assert gates["parity:torchscript_trace"]["detail"].startswith(
+        f"tracer warning at {by_format['torchscript_trace'].source}")
 
 
 def test_unloadable_file_is_reported_not_raised(tmp_path):

@@ -121,6 +121,10 @@ def test_sensitivity_finds_the_fragile_layer_and_the_selective_recipe_keeps_it_f
     assert [(s["quantized_layers"], s["added"]) for s in steps] == [(0, ""), (1, "2"), (2, "0")]
     assert [s["within_budget"] for s in steps] == [True, True, False] and steps[0]["speedup"] == 1.0
     assert q.best_step(steps) is steps[1]
+    # the whole-model recipe is over budget: the fragile layer is named as where it starts to go wrong
+    why = q.over_budget_text(results, sensitivity, loaded.module, 5.0)
+    assert "over the 5-point budget; the first layer over its share (2.5 points of 2 layers) is 0 (Linear)" in why
+    assert q.over_budget_text(results, sensitivity, loaded.module, 1000.0) == ""
     message = q.add_selective(results, loaded, LINEAR, sensitivity, data, 5.0, [4], 1, 0.01, steps=steps)
     assert "1 of 2 layers in int8, 1 kept in fp32" in message
     selective = results[-1]
@@ -138,13 +142,25 @@ def test_the_frontier_recommends_the_fastest_step_within_the_budget_not_the_most
     assert q.best_step([steps[0], steps[3]]) is None
 
 
+def test_the_first_layer_over_its_share_is_named_in_the_models_order_not_by_rank():
+    module = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
+    rows = [{"layer": "3", "type": "Linear", "accuracy_drop_pts": 2.0, "relative_error": 0.4},  # most sensitive
+            {"layer": "2", "type": "Linear", "accuracy_drop_pts": 0.5, "relative_error": 0.1},
+            {"layer": "0", "type": "Linear", "accuracy_drop_pts": 0.1, "relative_error": 0.01}]
+    first = q.first_layer_over_share(rows, module, 1.0)  # share: 1/3 point each
+    assert first["layer"] == "2" and abs(first["share_pts"] - 1 / 3) < 1e-9
+    assert q.first_layer_over_share(rows, module, 9.0) is None
+    assert q.first_layer_over_share([], module, 1.0) is None
+
+
 def test_every_recipe_over_budget_fails_the_gate():
     loaded = _loaded(_outlier_model(), (16,))
     results = q.evaluate_methods(loaded, ["torch_ao_dynamic"], LINEAR, [1], threads=1, min_run_time=0.01,
                                  data=q.eval_data(loaded, count=200), progress=False)
     assert q.recommended(results, 0.5, 1) is None
-    accuracy_gate, export_gate = q.quantization_gates(results, None, None, 0.5)
+    accuracy_gate, export_gate = q.quantization_gates(results, None, None, 0.5, why_over="layer 0 loses it")
     assert accuracy_gate["passed"] is False and export_gate["passed"] is False
+    assert accuracy_gate["detail"] == "every recipe exceeds the budget; layer 0 loses it"
 
 
 @pytest.mark.parametrize("method", ["torch_ao_dynamic", "torchao_int8_dynamic"])

@@ -9,6 +9,8 @@ where a client reads them: class probabilities for a classifier, the vector for 
 
 from __future__ import annotations
 
+import textwrap
+
 import torch
 
 from lab2prod.core.inputs import Inputs, batch_size_of, call, cat, first_tensor
@@ -133,6 +135,19 @@ def _number(value, spec: str) -> str:
     return "not finite" if value is None else format(value, spec)
 
 
+def _wrapped(name: str, width: int = 18) -> str:
+    """A stage's name for a box: the step on one line, then the rest in lines of about `width` characters,
+    broken after underscores (recipe names are long single words)."""
+    step, _, rest = name.partition(": ")
+    lines, line = [], ""
+    for part in rest.replace("_", "_\0").split("\0"):
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    return "\n".join([f"{step}:", *lines, line] if line else [f"{step}:", *lines])
+
+
 def chain_frame(stages: list[dict]):
     """The chain as a table, one row per stage in order."""
     import pandas as pd
@@ -155,13 +170,13 @@ def plot_chain(stages: list[dict]):
         edge = {True: "#2e7d32", False: "#b00020", None: "#9e9e9e"}[s["passed"]]
         ax.add_patch(FancyBboxPatch((i + 0.05, 0.1), 0.8, 0.8, boxstyle="round,pad=0.02", fc=color, ec=edge,
                                     lw=2.5 if s is broken else 1.2))
-        title = s["stage"].replace(": ", ":\n", 1)
-        ax.text(i + 0.45, 0.72, title, ha="center", va="center", fontsize=7, weight="bold")
+        title = _wrapped(s["stage"])
+        ax.text(i + 0.45, 0.85, title, ha="center", va="top", fontsize=7, weight="bold")
         if s["agreement"] is not None:
             numbers = f"{s['measure']}\n{_number(s['agreement'], '.4g')}\nmax diff {_number(s['max_abs_diff'], '.2g')}"
         else:
-            numbers = (s["detail"] or "no answers")[:60]
-        ax.text(i + 0.45, 0.35, numbers, ha="center", va="center", fontsize=6.5, wrap=True)
+            numbers = textwrap.fill((s["detail"] or "no answers")[:84], 22)
+        ax.text(i + 0.45, 0.15, numbers, ha="center", va="bottom", fontsize=6.5)
         if i:
             ax.annotate("", xy=(i + 0.05, 0.5), xytext=(i - 0.15, 0.5), arrowprops={"arrowstyle": "->", "lw": 1})
     if broken is not None:

@@ -11,7 +11,9 @@ each costs.
 from __future__ import annotations
 
 import json
+import linecache
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -78,7 +80,8 @@ class ExportResults(Results):
 
     model: dict = described(MODEL_CARD)
     formats: list = described("eager vs reloaded file per format, input case, batch size and device")
-    artifacts: list = described("per format: produced, error, tracer warnings, dynamic batch")
+    artifacts: list = described("per format: produced, error, tracer warnings, dynamic batch, and the model's line "
+                                "an export error or a tracer warning points at (source)")
     manifest: list = described("every exported file: format, file, bytes, sha256, dynamic batch, torch")
     env_lock: str = described("the lab environment lock written beside the exported files")
     stages: list = described("the chain's export stages: the golden set through each file reloaded in a fresh "
@@ -106,6 +109,7 @@ class ExportArtifact:
     opset: int | None = None  # onnx: the default-domain opset
     extra_files: list[Path] = field(default_factory=list)  # onnx: external data written beside the file
     example_bytes: int = 0  # the example batch it was exported with
+    source: str = ""  # the model's line that made the export fail or the trace warn: "file.py:86 in forward: `...`"
 
     @property
     def produced(self) -> bool:
@@ -167,15 +171,43 @@ def export_model(
             artifact.path = path
         except Exception as exc:
             artifact.error = one_line(exc)
+            artifact.source = failing_line(str(exc))
             path.unlink(missing_ok=True)
             if fmt == "onnx":  # nothing half-written: the exporter's external data file too
                 for leftover in out_dir.glob(f"{path.name}.data"):
                     leftover.unlink(missing_ok=True)
     artifact.seconds = time.perf_counter() - start
-    artifact.warnings = sorted(
-        {str(w.message).splitlines()[0] for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
-    )
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    artifact.warnings = sorted({str(w.message).splitlines()[0] for w in tracer})
+    artifact.source = artifact.source or next(
+        (where for w in tracer if (where := source_line(w.filename, w.lineno))), "")
     return artifact
+
+
+_TORCH_DIR = str(Path(torch.__file__).parent)
+# torch.export's error ends with the model's frame: 'The following call raised this error:\n  File "..", line N, in f'
+_RAISED_AT = re.compile(r'File "([^"]+)", line (\d+), in (\w+)')
+
+
+def source_line(filename: str, lineno: int, function: str = "") -> str:
+    """`file.py:86 in forward: `if x.mean() > 0:`` for a line of the model's own code; "" for a line inside
+    torch (a warning torch raised about itself says nothing about the model)."""
+    if not filename or filename.startswith(_TORCH_DIR) or filename.startswith("<"):
+        return ""
+    path = Path(filename)
+    try:
+        shown = str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(path)
+    code = linecache.getline(filename, lineno).strip()
+    return f"{shown}:{lineno}" + (f" in {function}" if function else "") + (f": `{code}`" if code else "")
+
+
+def failing_line(message: str) -> str:
+    """The model's line an export error points at: the last frame outside torch that torch.export (or the
+    ONNX exporter, which runs it) names in its message; "" when it names none."""
+    frames = [source_line(f, int(n), fn) for f, n, fn in _RAISED_AT.findall(message)]
+    return next((frame for frame in reversed(frames) if frame), "")
 
 
 def input_cases(loaded: LoadedModel, batch_sizes: list[int], seed: int = 0) -> dict[str, Inputs]:
@@ -261,9 +293,11 @@ def check_exports(
                 continue  # compiled for this CPU: a CUDA package is compiled on (and for) the GPU machine
             if not artifact.produced:
                 rows.append(ComparisonRow(artifact.format, 0, "-", device, False, error=artifact.error))
+                where = f" at {artifact.source}" if artifact.source else ""
                 if traced:
                     stages.append(chain.failed_stage(f"export: {artifact.format}", "export", loaded.task,
-                                                     chain.golden_label(golden), f"not produced: {artifact.error}"))
+                                                     chain.golden_label(golden),
+                                                     f"not produced{where}: {artifact.error}"))
                 continue
             status, outputs = reload_in_fresh_process(artifact.format, artifact.path, {**cases, **traced}, device)
             if traced:
@@ -314,8 +348,9 @@ def format_gates(
         mine = [r for r in rows if r.format == artifact.format]
         worst = max((r.max_abs_diff for r in mine if r.max_abs_diff is not None), default=None)
         failures, notes = [], []
+        where = f" at {artifact.source}" if artifact.source else ""
         if not artifact.produced:
-            notes.append(f"not produced: {artifact.error}")
+            notes.append(f"not produced{where}: {artifact.error}")
         else:
             for r in mine:
                 label = f"{r.inputs} batch {r.batch_size} on {r.device}"
@@ -326,8 +361,8 @@ def format_gates(
                 elif r.top1_agreement is not None and r.top1_agreement < 1.0:
                     failures.append(f"{label}: top-1 agreement {r.top1_agreement:.3f}")
             if artifact.warnings:
-                notes.append(f"tracer warning: {artifact.warnings[0]}")
-        problems = failures + notes
+                notes.append(f"tracer warning{where}: {artifact.warnings[0]}")
+        problems = notes + failures if artifact.source else failures + notes  # the model's line first: the cause
         detail = ("; ".join(problems[:3]) if problems else
                   f"{len(mine)} cases reloaded in a fresh process, all within atol")
         gates.append(gate(f"parity:{artifact.format}", not problems, worst, atol, detail))
@@ -418,6 +453,7 @@ def artifacts_frame(artifacts: list[ExportArtifact], run_dir: Path) -> pd.DataFr
             "dynamic_batch": a.dynamic_batch if a.produced else None,
             "opset": a.opset,
             "why not / warning": a.error or (a.warnings[0] if a.warnings else ""),
+            "where in the model": a.source,
         })
     return pd.DataFrame(rows).set_index("format")
 

@@ -43,6 +43,8 @@ __all__ = [
     "latency_ms",
     "EvalData",
     "eval_data",
+    "first_layer_over_share",
+    "over_budget_text",
     "quality",
     "MethodResult",
     "evaluate_methods",
@@ -670,14 +672,46 @@ def add_selective(results: list[MethodResult], loaded, module_types, sensitivity
             "frontier)")
 
 
+def first_layer_over_share(sensitivity: list[dict], module: nn.Module, budget_pts: float) -> dict | None:
+    """The first layer, in the model's own order, whose quality lost when quantized alone exceeds its share of
+    the budget (the budget split evenly over the quantizable layers): where a whole-model recipe over budget
+    starts to go wrong. None when every layer stays within its share."""
+    if not sensitivity:
+        return None
+    share = budget_pts / len(sensitivity)
+    order = {name: i for i, (name, _) in enumerate(module.named_modules())}
+    over = [r for r in sensitivity if r["accuracy_drop_pts"] > share]
+    first = min(over, key=lambda r: order.get(r["layer"], len(order)), default=None)
+    return {**first, "share_pts": share} if first else None
+
+
+def over_budget_text(results: list[MethodResult], sensitivity: list[dict], module: nn.Module,
+                     budget_pts: float, method: str = "torch_ao_dynamic") -> str:
+    """One line for a whole-model recipe over the budget: the first layer over its share, with its numbers; ""
+    when the recipe is within the budget or was not measured."""
+    whole = next((r for r in results if r.method == method), None)
+    if whole is None or whole.accuracy_drop_pts <= budget_pts:
+        return ""
+    first = first_layer_over_share(sensitivity, module, budget_pts)
+    if first is None:
+        return (f"{method} loses {whole.accuracy_drop_pts:.2f} points, over the {budget_pts:g}-point budget, though "
+                "no layer alone exceeds its share: the errors add up across layers")
+    return (f"{method} loses {whole.accuracy_drop_pts:.2f} points, over the {budget_pts:g}-point budget; the first "
+            f"layer over its share ({first['share_pts']:.3g} points of {len(sensitivity)} layers) is "
+            f"{first['layer']} ({first['type']}): {first['accuracy_drop_pts']:.2f} points quantized alone, "
+            f"relative output error {first['relative_error']:.3g}")
+
+
 def quantization_gates(results: list[MethodResult], best: MethodResult | None, exported: dict | None,
-                       budget_pts: float, atol: float = 1e-4) -> list[dict]:
+                       budget_pts: float, atol: float = 1e-4, why_over: str = "") -> list[dict]:
     """`quantization:accuracy` (a recipe within the budget) and `quantization:export` (its file
-    reloads in a fresh process within `atol`, top-1 identical)."""
+    reloads in a fresh process within `atol`, top-1 identical). `why_over` (over_budget_text) is added to a
+    failing accuracy gate: the layer where the whole-model recipe starts to go wrong."""
 
     if best is None:
         worst = min((r.accuracy_drop_pts for r in results[1:]), default=None)
-        return [gate("quantization:accuracy", False, worst, budget_pts, "every recipe exceeds the budget"),
+        return [gate("quantization:accuracy", False, worst, budget_pts, "every recipe exceeds the budget"
+                     + (f"; {why_over}" if why_over else "")),
                 gate("quantization:export", False, None, atol, "no recipe to export")]
     touched = f"{len(best.layers)} layers quantized" if best.layers else "nothing to quantize (0% coverage)"
     matches = bool(exported and exported["produced"] and exported["max_abs_diff"] is not None
