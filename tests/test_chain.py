@@ -37,6 +37,9 @@ def test_an_embedder_stage_is_judged_by_cosine_never_by_argmax():
     assert row["passed"] is (float(cosines.min()) >= 0.99)
     mean = chain.stage("quantized: q", "quantize", lab, noisy, "embedder", None, 0.0, "6", measure="mean cosine")
     assert abs(mean["agreement"] - float(cosines.mean())) < 1e-6
+    # an exported embedder answering the very vectors holds, though float cosines of equal vectors fall under 1
+    same = chain.stage("export: onnx", "export", lab, lab.clone(), "embedder", 1e-4, 0.9999, "6")
+    assert same["passed"] and same["agreement"] > 0.9999
 
 
 def test_the_chain_runs_in_deployment_order_and_names_the_first_break():

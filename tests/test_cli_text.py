@@ -3,6 +3,8 @@ text model through text parity and drift."""
 
 import json
 
+from lab2prod.studies import chain
+
 
 def _summary(out, run_id):
     return json.loads((out / run_id / "summary.json").read_text())
@@ -48,6 +50,11 @@ def test_a_hugging_face_classifier_runs_every_notebook(run_cli, tmp_path, monkey
     # TorchScript formats skip for a transformer (torch.export passes); drift needs the user's texts.
     assert {g["name"] for g in skipped} == {"drift", "parity:torchscript_script", "parity:torchscript_trace"}
     assert all(g["detail"] for g in skipped)  # every skip says why
+    # the golden set through every stage: the tokenization, each file, the int8 recipe, the live server
+    stages = chain.chain_of(results)
+    assert stages[0]["step"] == "lab" and {"preprocess", "export", "quantize", "serve"} <= {s["step"] for s in stages}
+    assert all(s["passed"] for s in stages if s["step"] in ("preprocess", "serve", "quantize"))
+    assert f"chain: {chain.chain_text(stages)}" in proc.stdout
 
 
 def test_the_reference_text_model_passes_text_parity_and_drift_and_a_short_tokenizer_fails(run_cli, tmp_path):
