@@ -107,9 +107,11 @@ else:
 # request, averaged; 100% is the very tensors; for a text model, the share of differing requests
 # whose encoding the bug makes exactly). A bug that reproduces at least 90% is named, with
 # where it typically happens; several are named when the service makes several mistakes (one code
-# path that ignores EXIF and skips `.convert("RGB")` matches both). When none matches, the
-# signature says what the difference looks like: a per-channel scale and offset, or a change of
-# geometry that no such map explains.
+# path that ignores EXIF and skips `.convert("RGB")` matches both). When no single bug reproduces a
+# client's difference exactly, two mistakes made by one service are replayed as one path too (a
+# square resize and a missing Normalize, BGR order and bicubic resizing, ...), named `a + b`. When
+# none matches, the signature says what the difference looks like: a per-channel scale and offset,
+# or a change of geometry that no such map explains.
 
 # %%
 if not report.applies:

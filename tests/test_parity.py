@@ -192,6 +192,40 @@ def test_every_catalogued_bug_served_as_the_users_transform_is_named_by_its_sign
             assert first == {"palette_as_indices", "exif_orientation_ignored", "rgba_not_converted"}
 
 
+@pytest.mark.parametrize("pair", [("bicubic_interpolation", "missing_normalize"),
+                                  ("square_resize", "bgr_channel_order"), ("uint8_not_scaled", "nearest_interpolation"),
+                                  ("tensor_resize_no_antialias", "exif_orientation_ignored")])
+def test_a_service_making_two_mistakes_is_named_with_both(pair):
+    """Two catalogued mistakes in one serving path: no single bug reproduces it, the pair does, and the diagnosis
+    names both (a tie is the part that shows alone on another client: EXIF shows only on rotated photos)."""
+    from lab2prod.kinds.image_bugs import composed
+    from lab2prod.models.load import load_model
+
+    loaded = load_model("digits_cnn")
+    _, recipe = lab_transform_for(loaded.family, "")
+    by_name = {bug.name: bug for bug in parity.BUGS}
+    both = composed(by_name[pair[0]], by_name[pair[1]])
+    report = _serving_report(loaded, both.path(recipe))
+    rows = parity.diagnose(report, loaded.module)
+    first = {r["bug"] for r in rows if r["explained"] >= rows[0]["explained"] - 1e-9}
+    assert {" + ".join(pair), " + ".join(pair[::-1])} & first and rows[0]["explained"] > 0.99, rows[:3]
+    text = parity.diagnosis_text(report, rows)
+    assert text.startswith("the serving path matches known bug(s)")
+    assert " + ".join(pair) in text or " + ".join(pair[::-1]) in text
+
+
+def test_only_mistakes_that_can_happen_together_are_paired():
+    from lab2prod.kinds.image_bugs import composed
+
+    by_name = {bug.name: bug for bug in parity.BUGS}
+    assert composed(by_name["nearest_interpolation"], by_name["bicubic_interpolation"]) is None  # one kernel
+    assert composed(by_name["nearest_interpolation"], by_name["tensor_resize_no_antialias"]) is None  # a no-op
+    assert composed(by_name["bgr_channel_order"], by_name["exif_orientation_ignored"]) is None  # one decoder
+    assert composed(by_name["jpeg_recompressed"], by_name["missing_normalize"]) is None  # not composable
+    pair = composed(by_name["square_resize"], by_name["exif_orientation_ignored"])
+    assert pair.client == "exif_rotated" and pair.name == "square_resize + exif_orientation_ignored"
+
+
 def test_a_mistake_outside_the_catalog_is_described_by_its_signature():
     from lab2prod.models.load import load_model
 

@@ -17,7 +17,7 @@ from torchvision.transforms import InterpolationMode, v2
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.kinds.transforms import Recipe, recipe_transform
 
-__all__ = ["Bug", "BUGS", "bug_names"]
+__all__ = ["Bug", "BUGS", "bug_names", "PARTS", "composed"]
 
 
 def _pil(data: bytes, exif: bool = True, convert: bool = True) -> Image.Image:
@@ -147,3 +147,42 @@ BUGS: list[Bug] = [
 
 def bug_names() -> list[str]:
     return [bug.name for bug in BUGS]
+
+
+# What each composable bug changes in the lab's path: how the bytes are decoded (exif, bgr) or a keyword of
+# recipe_transform. A service can make two of them at once (squash to a square and skip Normalize); `composed`
+# builds that service's path, so a diagnosis can name both mistakes.
+PARTS: dict[str, dict] = {
+    "square_resize": {"square": True},
+    "missing_normalize": {"normalize": False},
+    "uint8_not_scaled": {"scale": False},
+    "tensor_resize_no_antialias": {"antialias": False},
+    "nearest_interpolation": {"interpolation": InterpolationMode.NEAREST},
+    "bicubic_interpolation": {"interpolation": InterpolationMode.BICUBIC},
+    "exif_orientation_ignored": {"exif": False},
+    "bgr_channel_order": {"bgr": True},
+}
+_DECODE = ("exif", "bgr")
+
+
+def composed(first: Bug, second: Bug) -> Bug | None:
+    """One service making both mistakes, as one bug named "first + second"; None when the two cannot happen
+    together (two resize kernels, OpenCV's decode with Pillow's EXIF handling) or either is not composable."""
+    a, b = PARTS.get(first.name), PARTS.get(second.name)
+    if a is None or b is None or first.name == second.name or set(a) & set(b) or set(_DECODE) <= {*a, *b}:
+        return None
+    if {*a, *b} >= {"antialias", "interpolation"} and InterpolationMode.NEAREST in (a.get("interpolation"),
+                                                                                  b.get("interpolation")):
+        return None  # nearest-neighbour never antialiases: the pair is nearest alone
+    clients = {first.client, second.client} - {"rgb"}
+    if len(clients) > 1:
+        return None
+    parts = {**a, **b}
+    options = {k: v for k, v in parts.items() if k not in _DECODE}
+
+    def fn(data: bytes, r: Recipe) -> torch.Tensor:
+        image = Image.fromarray(_cv2_decode(data)) if parts.get("bgr") else _pil(data, exif=parts.get("exif", True))
+        return recipe_transform(r, **options)(image)
+
+    return Bug(f"{first.name} + {second.name}", clients.pop() if clients else "rgb",
+               f"{first.what}, and {second.what}", f"{first.where}; and {second.where}", fn)

@@ -15,7 +15,7 @@ from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.results import gate
 from lab2prod.core.schema import Measure, Results, described
 from lab2prod.kinds.image import CLIENTS, encode_request
-from lab2prod.kinds.image_bugs import BUGS, Bug, bug_names
+from lab2prod.kinds.image_bugs import BUGS, PARTS, Bug, bug_names, composed
 from lab2prod.kinds.preprocess import ServingPath, lab_transform_for, load_transform
 from lab2prod.kinds.transforms import Recipe
 from lab2prod.models.images import parity_images
@@ -420,7 +420,23 @@ def diagnose(report: ParityReport, module: torch.nn.Module | None = None) -> lis
                                              module, report.labels))
                 catalog.append(bug)
     served = {r.client: r for r in report.serving}
-    described = {bug.name: bug for bug in catalog}
+    rows = _ranked(report, results, {bug.name: bug for bug in catalog}, served)
+    # a client whose difference no single bug reproduces exactly may be served by a path with two mistakes
+    clients = {r["client"] for r in rows}
+    inexact = {c for c in clients if max(r["explained"] for r in rows if r["client"] == c) < EXACT}
+    if module is not None and inexact:
+        pairs = [bug for bug in _pairs(rows, report) if bug.client in inexact]
+        results = [evaluate_path(bug.name, bug.path(report.recipe), report.request_sets[bug.client], module,
+                                 report.labels) for bug in pairs]
+        rows = sorted(rows + _ranked(report, results, {bug.name: bug for bug in pairs}, served),
+                      key=lambda r: -r["explained"])
+    return rows
+
+
+EXACT = 0.999  # a bug that reproduces this share of the difference gives the very tensors (up to float rounding)
+
+
+def _ranked(report: ParityReport, results: list[PathResult], described: dict[str, Bug], served: dict) -> list[dict]:
     rows = []
     for result in results:
         lab = report.request_sets[result.client].lab_tensors
@@ -433,6 +449,21 @@ def diagnose(report: ParityReport, module: torch.nn.Module | None = None) -> lis
         rows.append({"bug": result.path, "client": result.client, "explained": max(-1.0, float(np.mean(judged))),
                      "requests": len(judged), "what": bug.what, "where": bug.where})
     return sorted(rows, key=lambda r: -r["explained"])
+
+
+def _pairs(rows: list[dict], report: ParityReport, leaders: int = 2) -> list[Bug]:
+    """Two mistakes in one service, when no single bug reproduces the difference: each of the `leaders` composable
+    bugs that explain the most, paired with every other composable bug (the larger mistake of a pair ranks
+    near the top on its own; the smaller one may not)."""
+    by_name = {bug.name: bug for bug in BUGS}
+    ranked = [r["bug"] for r in rows if r["bug"] in PARTS]
+    pairs = {}
+    for leader in ranked[:leaders]:
+        for other in PARTS:
+            bug = composed(by_name[leader], by_name[other])
+            if bug is not None and bug.client in report.request_sets and f"{other} + {leader}" not in pairs:
+                pairs[bug.name] = bug
+    return list(pairs.values())
 
 
 def signature(report: ParityReport) -> str:
