@@ -201,6 +201,18 @@ class TextGuard:
                                               "shorten the text or split it")
 
 
+def _check_representable(name: str, array: np.ndarray, dtype: str) -> None:
+    """Refuse values the input's dtype cannot hold: 1e308 is finite as JSON reads it and infinite in float32,
+    and a whole number past int64 wraps around when cast."""
+    torch_dtype = getattr(torch, dtype, None)
+    if torch_dtype is None or dtype == "bool" or not array.size:
+        return
+    info = torch.finfo(torch_dtype) if torch_dtype.is_floating_point else torch.iinfo(torch_dtype)
+    if array.min() < info.min or array.max() > info.max:
+        raise Rejected("range", f"'{name}' values {array.min():g}..{array.max():g} do not fit {dtype} "
+                                f"({info.min:g}..{info.max:g}); send values the model's dtype can hold")
+
+
 @dataclass
 class TensorGuard:
     """Checks on a tensor request `{name: nested list, ...}` (one item, no batch dimension): size,
@@ -234,6 +246,7 @@ class TensorGuard:
                 raise Rejected("dtype", f"'{name}' is bool; send 0/1 or true/false")
             if not dtype.startswith(("float", "bfloat", "complex")) and not (array == np.round(array)).all():
                 raise Rejected("dtype", f"'{name}' is {dtype}; send whole numbers, not fractions")
+            _check_representable(name, array, dtype)
             if self.ranges and name in self.ranges:
                 low, high = self.ranges[name]
                 if array.size and (array.min() < low or array.max() > high):
