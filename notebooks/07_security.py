@@ -38,6 +38,7 @@ pgd_steps = 10  # PGD iterations
 attack_images = 200  # held-out images attacked
 z_limit = 5.0  # z-score screen threshold on the input statistics
 max_bytes = 1000000  # request size limit of the guard
+fuzz_mutations = 10000  # seeded mutations of valid request bodies sent through the guard in process (hypothesis)
 live_server = True  # also send the hostile inputs to a real TorchServe with the guard in its handler
 run_dir = ""  # run folder; empty means outputs/interactive
 seed = 0  # seed for PGD random starts and untrained weights
@@ -48,8 +49,8 @@ import torch
 
 from lab2prod.core.results import record
 from lab2prod.kinds.codec import codec_for
+from lab2prod.studies import fuzz, security
 from lab2prod.studies import notebook as nb
-from lab2prod.studies import security
 from lab2prod.studies.serving import request_images
 
 run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
@@ -72,6 +73,24 @@ tried = security.try_inputs(codec, inputs)
 if live_server:
     tried = security.try_live(loaded, run_dir, inputs, tried, seed, max_bytes)
 pd.DataFrame(tried).set_index("input")
+
+# %% [markdown]
+# ## The fuzzed front door
+#
+# The list above holds the bad inputs someone thought of. Here hypothesis draws `fuzz_mutations`
+# mutations of the held-out request bodies from the seed: bit flips, truncations, splices of two
+# bodies, inserted bytes, image headers that declare huge sizes, malformed JSON and UTF-8, JSON
+# numbers replaced by NaN, Infinity or values no float32 holds. Each goes through the same guard in
+# process and must end accepted or refused with a reason code: any other exception is a crash a
+# client could trigger, and an accepted input holding NaN or Infinity would reach the model.
+
+# %%
+fuzzed = fuzz.fuzz_codec(codec, [body for _, body in request_images(loaded, 16, seed)], fuzz_mutations, seed)
+fuzz_summary = fuzzed.summary()
+pd.DataFrame([{"mutation": kind, "bodies": n} for kind, n in fuzz_summary["by_mutation"].items()]
+             + [{"mutation": f"refused: {code}", "bodies": n} for code, n in fuzz_summary["codes"].items()]
+             + [{"mutation": "accepted", "bodies": fuzzed.accepted},
+                {"mutation": "crashed", "bodies": fuzzed.crash_count}]).set_index("mutation")
 
 # %% [markdown]
 # ## Adversarial examples (FGSM, PGD)
@@ -129,16 +148,18 @@ pd.DataFrame(audit).set_index("item")
 #
 # `security:inputs`: every bad input refused with a reason, nothing crashed, and (live) the server
 # still answers. `security:integrity`: all integrity checks pass. `security:config`: every audit
-# item passes.
+# item passes. `security:fuzz`: every mutation accepted or refused with a reason code, none crashed,
+# nothing holding NaN or Infinity accepted.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-gates = security.security_gates(tried, integrity, audit)
+gates = [*security.security_gates(tried, integrity, audit), fuzz.fuzz_gate(fuzzed, "security:fuzz", fuzz_mutations)]
 record(run_dir, "security", security.SecurityResults(
     inputs=[{k: r.get(k) for k in ("input", "rejected", "reason", "server_alive", "server_status")}
                for r in tried or []],
     adversarial=adversarial,
     integrity=integrity,
     config_audit=audit,
+    fuzz=fuzz_summary,
 ), gates, notebook="07_security")
 nb.gates_frame(gates)[["verdict", "threshold"]]

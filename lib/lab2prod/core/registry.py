@@ -286,6 +286,8 @@ STUDIES: list[Study] = [
         Param("attack_images", int, 200, "held-out images attacked", ge=1),
         Param("z_limit", float, 5.0, "z-score screen threshold on the input statistics", gt=0),
         Param("max_bytes", int, 1000000, "request size limit of the guard", ge=1),
+        Param("fuzz_mutations", int, 10000, "seeded mutations of valid request bodies sent through the guard in "
+              "process (hypothesis)", ge=1),
         Param("live_server", bool, True,
               "also send the hostile inputs to a real TorchServe with the guard in its handler"),
         *_common("run_dir", "seed")), gate_items={"security:integrity": "model integrity"},

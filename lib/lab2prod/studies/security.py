@@ -51,6 +51,8 @@ class SecurityResults(Results):
     adversarial: dict | None = described("clean, FGSM and PGD accuracy, and what the z-score screen flagged")
     integrity: list = described("sha256 and weights-only loading checks")
     config_audit: list = described("the TorchServe configuration, item by item, with the fix")
+    fuzz: dict = described("the fuzzed front door in process: mutations, accepted, refused by reason code, "
+                           "crashes (with the first ones to replay), by mutation kind (lab2prod.studies.fuzz)")
 
 
 # ---------------------------------------------------------------- hostile inputs
