@@ -74,8 +74,9 @@ def test_every_exported_file_answers_the_golden_set_in_its_fresh_process(tmp_pat
     script = by_name["export: torchscript_script"]
     assert script["passed"] and script["max_abs_diff"] <= 1e-4 and script["inputs"].startswith(
         f"{chain.GOLDEN_COUNT} held-out requests")
-    # torch.export refuses the data-dependent branch: the stage fails with why, it does not vanish
-    assert by_name["export: torch_export"]["passed"] is False
+    # torch.export refuses the data-dependent branch: no file, no answers (its parity gate fails it); the stage
+    # stays in the chain with why, and is no break of the golden set
+    assert by_name["export: torch_export"]["passed"] is None
     assert "not produced at " in by_name["export: torch_export"]["detail"]
     assert "in forward: `if x.mean() > 0:" in by_name["export: torch_export"]["detail"]
 

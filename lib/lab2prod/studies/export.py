@@ -294,10 +294,10 @@ def check_exports(
             if not artifact.produced:
                 rows.append(ComparisonRow(artifact.format, 0, "-", device, False, error=artifact.error))
                 where = f" at {artifact.source}" if artifact.source else ""
-                if traced:
+                if traced:  # no file, no answers: its parity gate fails it (or skips it where it does not apply)
                     stages.append(chain.failed_stage(f"export: {artifact.format}", "export", loaded.task,
                                                      chain.golden_label(golden),
-                                                     f"not produced{where}: {artifact.error}"))
+                                                     f"not produced{where}: {artifact.error}", passed=None))
                 continue
             status, outputs = reload_in_fresh_process(artifact.format, artifact.path, {**cases, **traced}, device)
             if traced:
