@@ -146,6 +146,17 @@ def test_an_embedder_canary_speaks_of_cosine_not_top1():
     assert "cosine" in detail and "top-1" not in detail
 
 
+def test_a_slow_model_gets_traffic_long_enough_for_the_policys_minimum_of_v2_requests():
+    # 5 ms a request: 10 s at 80/20 gives v2 about 400 requests, more than enough
+    assert canary.traffic_duration(10.0, 0.005, [80, 20], 100) == 10.0
+    # 80 ms a request (a 22M-parameter encoder): 10 s would give v2 about 25, so it runs 50 s
+    assert canary.traffic_duration(10.0, 0.08, [80, 20], 100) == 50.0
+    # never past the bound, nor shorter than asked
+    assert canary.traffic_duration(10.0, 1.0, [80, 20], 100) == 60.0
+    assert canary.traffic_duration(120.0, 1.0, [80, 20], 100) == 120.0
+    assert canary.traffic_duration(10.0, 0.08, [100, 0], 100) == 10.0
+
+
 def test_log_distance_tells_close_versions_apart():
     p = torch.tensor([0.999999, 1e-6])
     q = torch.tensor([0.999998, 2e-6])

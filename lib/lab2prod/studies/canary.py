@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "CanaryResults",
     "Policy",
     "check_split",
+    "traffic_duration",
     "check_percentile",
     "candidate_model",
     "paired_accuracy",
@@ -354,6 +356,19 @@ def _closest(served: torch.Tensor, candidates: dict[str, torch.Tensor], task: st
     return name, distances[name]
 
 
+def traffic_duration(duration_s: float, per_request_s: float, weights, min_requests: int,
+                     max_duration_s: float = 60.0) -> float:
+    """Seconds of split traffic: `duration_s`, or longer where v2 would get fewer than `min_requests` in it (a
+    large model answers few requests a second, and the policy holds a canary it saw too little of), up to
+    `max_duration_s` (or `duration_s` when that is longer). The rate is the server's, one request at a time,
+    as measured by the parity requests (`per_request_s`), with a quarter to spare."""
+    share = weights[1] / sum(weights)
+    if share <= 0 or per_request_s <= 0:
+        return duration_s
+    needed = 1.25 * min_requests * per_request_s / share
+    return round(max(duration_s, min(needed, max(max_duration_s, duration_s))), 1)
+
+
 def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80, 20), users: int = 2,
             duration_s: float = 10.0, policy: Policy | None = None, offline: dict | None = None,
             check_requests: int = 32, seed: int = 0, config=None) -> dict:
@@ -361,7 +376,8 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
     each answers like its in-process model, split Locust traffic between them by `weights`, decide
     with `policy`, then apply the decision through the management API (promote: 2.0 becomes the
     default; roll back: 2.0 is unregistered; hold: nothing changes) and verify which version now
-    answers the unversioned route. The server is stopped before this returns."""
+    answers the unversioned route. The traffic runs `duration_s`, or longer where v2 would not get the
+    policy's minimum of requests in it (`traffic_duration`). The server is stopped before this returns."""
 
     weights = check_split(weights)
     policy = policy or Policy()
@@ -389,13 +405,16 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
             archive = torchserve.build_archive(loaded, serve_dir, name, config.threads, seed, file, version,
                                             f"{name}-v{version.split('.')[0]}")
             server.register(archive, config, name=name)
+        start = time.perf_counter()
         result["served_like_offline"] = {
             version: serving.live_parity(server, f"{name}/{version}", loaded, requests, module)
             for version, module in (("1.0", loaded.module), ("2.0", v2))}
+        per_request_s = (time.perf_counter() - start) / (2 * len(requests))
+        result["duration_s"] = traffic_duration(duration_s, per_request_s, weights, policy.min_requests)
         locustfile = loadtest.write_locustfile(serve_dir, requests, lab.suffix)
         routes = [{"path": f"/predictions/{name}/1.0", "weight": weights[0], "label": "v1"},
                   {"path": f"/predictions/{name}/2.0", "weight": weights[1], "label": "v2"}]
-        load = loadtest.run_locust(server, name, locustfile, users, duration_s, routes=routes)
+        load = loadtest.run_locust(server, name, locustfile, users, result["duration_s"], routes=routes)
         live = load.pop("by_route")
         samples = {label: live[label].pop("latencies_ms") for label in live}
         if samples["v1"] and samples["v2"]:
