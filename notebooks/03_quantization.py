@@ -46,6 +46,7 @@ threads = 1  # torch threads while timing (one per worker is the serving default
 min_run_time = 0.5  # seconds of timing per recipe and batch size
 accuracy_budget_pts = 1.0  # largest accuracy drop (points; top-1 disagreement when unlabelled) that passes
 eval_count = 360  # unlabelled inputs for fidelity (labelled models use all 360 held-out digits)
+sensitivity_max_s = 60.0  # sensitivity and frontier always run over budget; within it, only if estimated under this
 run_dir = ""  # run folder; empty means outputs/interactive
 seed = 0  # seed for input draws and untrained weights
 
@@ -104,15 +105,24 @@ fig = q.plot_quantization_tradeoff(results, max(batch_sizes), accuracy_budget_pt
 # frontier: layers go to int8 one step at a time, least sensitive first, and every step is
 # measured for quality and latency. When the whole-model recipe exceeds the budget, the fastest
 # step within it becomes the selective recipe, with its own row: not the step that quantizes the
-# most, the one that is fastest.
+# most, the one that is fastest; and the first layer, in the model's order, that loses more than
+# its share of the budget on its own is named: where the whole-model recipe starts to go wrong.
+# Within the budget they change no recommendation: on a model where they would take longer than
+# `sensitivity_max_s` (one evaluation per layer and per step), they are left out and the line
+# says how long they would take.
 
 # %%
-sensitivity = q.layer_sensitivity(loaded, "torch_ao_dynamic", types, data) if "torch_ao_dynamic" in methods else []
+wanted, why = q.sensitivity_wanted(results, loaded, "torch_ao_dynamic", types, data, accuracy_budget_pts,
+                                   sensitivity_max_s)
+sensitivity = q.layer_sensitivity(loaded, "torch_ao_dynamic", types, data) if wanted else []
 steps = q.frontier(loaded, "torch_ao_dynamic", types, sensitivity, data, max(batch_sizes), threads, min_run_time,
                    accuracy_budget_pts) if sensitivity else []
 print(q.add_selective(results, loaded, types, sensitivity, data, accuracy_budget_pts, batch_sizes, threads,
-                      min_run_time, seed, steps=steps))
-pd.DataFrame(sensitivity).set_index("layer") if sensitivity else "no layer of the chosen types to quantize"
+                      min_run_time, seed, steps=steps) if wanted else why)
+why_over = q.over_budget_text(results, sensitivity, loaded.module, accuracy_budget_pts)
+if why_over:
+    print(why_over)
+pd.DataFrame(sensitivity).set_index("layer") if sensitivity else None
 
 # %% [markdown]
 # One point per step: speed against quality lost. Green points fit the budget; the fastest of
@@ -122,7 +132,7 @@ pd.DataFrame(sensitivity).set_index("layer") if sensitivity else "no layer of th
 fig = q.plot_frontier(steps, accuracy_budget_pts) if steps else None
 
 # %%
-pd.DataFrame(steps).set_index("quantized_layers").round(4) if steps else "no frontier: torch_ao_dynamic not selected"
+pd.DataFrame(steps).set_index("quantized_layers").round(4) if steps else f"no frontier: {why}"
 
 # %% [markdown]
 # ## Export the recommended recipe and reload it in a fresh process
@@ -149,7 +159,7 @@ pd.DataFrame([exported]).set_index("method") if exported else "no recipe within 
 
 # %%
 # NBVAL_CHECK_OUTPUT
-gates = q.quantization_gates(results, best, exported, accuracy_budget_pts)
+gates = q.quantization_gates(results, best, exported, accuracy_budget_pts, why_over=why_over)
 record(run_dir, "quantization", q.QuantizationResults(
     model=loaded.card(),
     engine=quantized_engine,

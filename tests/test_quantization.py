@@ -121,6 +121,12 @@ def test_sensitivity_finds_the_fragile_layer_and_the_selective_recipe_keeps_it_f
     assert [(s["quantized_layers"], s["added"]) for s in steps] == [(0, ""), (1, "2"), (2, "0")]
     assert [s["within_budget"] for s in steps] == [True, True, False] and steps[0]["speedup"] == 1.0
     assert q.best_step(steps) is steps[1]
+    # over the budget the sensitivity is always measured; within it only when it is cheap enough
+    assert q.sensitivity_wanted(results, loaded, "torch_ao_dynamic", LINEAR, data, 5.0, 0.0)[0] is True
+    within, why = q.sensitivity_wanted(results, loaded, "torch_ao_dynamic", LINEAR, data, 1000.0, 0.0)
+    assert within is False and why.startswith("not measured") and "sensitivity_max_s=0" in why
+    assert q.sensitivity_wanted(results, loaded, "torch_ao_dynamic", LINEAR, data, 1000.0, 600.0)[0] is True
+    assert q.sensitivity_wanted(results[:1], loaded, "torch_ao_dynamic", LINEAR, data, 5.0, 60.0)[0] is False
     # the whole-model recipe is over budget: the fragile layer is named as where it starts to go wrong
     why = q.over_budget_text(results, sensitivity, loaded.module, 5.0)
     assert "over the 5-point budget; the first layer over its share (2.5 points of 2 layers) is 0 (Linear)" in why

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
     "EvalData",
     "eval_data",
     "first_layer_over_share",
+    "sensitivity_wanted",
     "over_budget_text",
     "quality",
     "MethodResult",
@@ -670,6 +672,31 @@ def add_selective(results: list[MethodResult], loaded, module_types, sensitivity
     return (f"selective recipe: {best['quantized_layers']} of {len(order)} layers in int8, {len(keep)} kept in fp32 "
             f"({selective.accuracy_drop_pts} pts; {best['speedup']:.2f}x fp32 at batch {best['batch_size']} on the "
             "frontier)")
+
+
+def sensitivity_wanted(results: list[MethodResult], loaded, method: str, module_types, data: EvalData,
+                       budget_pts: float, max_seconds: float) -> tuple[bool, str]:
+    """(whether to measure the per-layer sensitivity and the frontier, why). Always when the whole-model
+    `method` is over the budget: the selective recipe is built from them. Within the budget they change no
+    recommendation, so they run only when their estimate, one evaluation of `data` per layer and per frontier
+    step (timed once here), stays under `max_seconds`: on a large model they cost minutes."""
+    whole = next((r for r in results if r.method == method), None)
+    if whole is None:
+        return False, f"{method} was not measured: no per-layer sensitivity"
+    layers = quantized_layers(loaded.module, method, module_types)
+    if not layers:
+        return False, "no layer of the chosen types to quantize"
+    if whole.accuracy_drop_pts > budget_pts:
+        return True, f"{method} is over the budget: every layer is measured to build the selective recipe"
+    start = time.perf_counter()
+    outputs_of(loaded.module, data.inputs)
+    one = time.perf_counter() - start
+    estimate = one * (len(layers) + min(len(layers), 12))
+    if estimate <= max_seconds:
+        return True, f"measured: about {estimate:.0f} s ({len(layers)} layers and frontier steps)"
+    return False, (f"not measured: {method} is within the {budget_pts:g}-point budget, and the per-layer "
+                   f"sensitivity and frontier would take about {estimate:.0f} s ({len(layers)} layers and up to 12 "
+                   f"steps, {one:.1f} s an evaluation), over sensitivity_max_s={max_seconds:g}; raise it to see them")
 
 
 def first_layer_over_share(sensitivity: list[dict], module: nn.Module, budget_pts: float) -> dict | None:
