@@ -56,9 +56,13 @@ def test_drift_and_security_run_refuses_every_bad_input(run_cli, tmp_path):
         live = "False"  # no Java here: the guard is still tried in process
     out = tmp_path / "out"
     proc = run_cli("run", "--only", "drift,security", "--no-progress", "-p", "batches=12",
-                   "-p", "attack_images=40", "-p", f"live_server={live}", "--out", str(out), "--run-id", "r")
+                   "-p", "attack_images=40", "-p", f"live_server={live}", "-p", "fuzz_mutations=2000",
+                   "--out", str(out), "--run-id", "r")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS security:fuzz: 2000 mutations" in proc.stdout
     results = _summary(out, "r")["results"]
+    fuzzed = results["security"]["fuzz"]
+    assert fuzzed["mutations"] == 2000 and fuzzed["crashes"] == 0 and fuzzed["refused"] > 0
     assert results["drift"]["false_positive_rate"] <= 0.1
     scenarios = {(r["scenario"], r["test"]): r for r in results["drift"]["scenarios"]}
     assert scenarios[("motivating_case", "mmd_embedding")]["detection_rate"] >= 0.8
