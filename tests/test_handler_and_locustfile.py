@@ -172,9 +172,11 @@ def test_the_locustfile_splits_traffic_by_weight_sends_the_token_and_records_eve
         server.shutdown()
     recorded = json.loads(samples.read_text())
     assert len(recorded) >= 400, proc.stderr[-500:]
-    assert all(ok for _, ok, _, _ in recorded)  # every request carried the token and got 200
-    assert all(timing == "codec;dur=0.5, inference;dur=1.5" for _, _, _, timing in recorded)  # the header, kept
-    share_v2 = sum(label == "v2" for _, _, label, _ in recorded) / len(recorded)
+    assert all(ok and status == 200 for _, ok, _, _, status, _ in recorded)  # every request carried the token
+    assert all(timing == "codec;dur=0.5, inference;dur=1.5" for _, _, _, timing, _, _ in recorded)  # the header
+    ends = [ended for *_, ended in recorded]  # each request's wall-clock end, for the resilience timeline
+    assert max(ends) - min(ends) < 60 and sorted(ends)[0] > 1.7e9
+    share_v2 = sum(label == "v2" for _, _, label, _, _, _ in recorded) / len(recorded)
     assert 0.12 < share_v2 < 0.28
     assert {path for path, _, _ in _Stub.seen} == {"/predictions/model/1.0", "/predictions/model/2.0"}
     assert {size for _, _, size in _Stub.seen} == {8, 9}  # both request images were sent

@@ -113,7 +113,7 @@ class TinyServer:
 
     @contextmanager
     def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,
-              guard_max_bytes: int | None = None) -> Iterator[_Live]:
+              guard_max_bytes: int | None = None, folder: str = "serving") -> Iterator[_Live]:
         live = _Live(loaded, Path(run_dir), config, guard_max_bytes or config.max_request_size)
         live.thread.start()
         try:

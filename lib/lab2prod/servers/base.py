@@ -19,7 +19,7 @@ from typing import Protocol
 from lab2prod.core.errors import Lab2ProdError
 
 __all__ = ["TOKEN_ENV", "read_token", "Started", "ServerConfig", "grid", "modes_of", "artifacts_of", "Server", "Live",
-           "ServerClient", "tool_path", "free_port", "http_request", "limits_check"]
+           "Resilient", "ServerClient", "tool_path", "free_port", "http_request", "limits_check"]
 
 
 TOKEN_ENV = "LAB2PROD_TOKEN"  # on a cluster the token comes from a Secret through this variable
@@ -58,8 +58,9 @@ class ServerConfig:
     worker (0 = torch's default, a thread per core), server-side batching (`batch_size` requests gathered for
     at most `max_batch_delay_ms`), the body limit, the CPUs reserved per worker (0: the machine's CPUs
     shared evenly), the server's start-time mode (one of its `modes`; "default" is how it starts
-    untouched), and the artifact it serves (one of its `artifacts`, lab2prod.servers.artifacts). Each server
-    maps it to its own settings (`Server.native`)."""
+    untouched), the artifact it serves (one of its `artifacts`, lab2prod.servers.artifacts), and the bound on
+    requests waiting for a worker (`max_queue`; 0 is the server's own default, unbounded or large: past a bound
+    the server refuses at once with 503). Each server maps it to its own settings (`Server.native`)."""
 
     workers: int = 1
     threads: int = 1
@@ -69,6 +70,7 @@ class ServerConfig:
     cpus_per_worker: float = 0.0
     mode: str = "default"
     artifact: str = "torchscript"
+    max_queue: int = 0
 
 
 def grid(workers: Iterable[int], threads: Iterable[int], batch_sizes: Iterable[int], max_batch_delay_ms: int = 5,
@@ -98,6 +100,23 @@ class Live(Protocol):
 
     def limits(self, body: bytes, max_request_size: int, content_type: str | None) -> list[dict]:
         """What the server answers without a token, with a wrong one and to an oversized body."""
+
+
+class Resilient(Live, Protocol):
+    """What the resilience study needs beyond `Live` (lab2prod.studies.resilience): the processes that run the
+    model, the processes lab2prod started (a process is killed only when one of them is its ancestor), and an
+    update to a new version of the model the way the server does it, under load. A server whose live object
+    lacks them has those measurements skipped, saying so."""
+
+    def model_pids(self) -> list[int]:
+        """The pids of the processes that run the model now, as the server itself reports them."""
+
+    def own_pids(self) -> list[int]:
+        """The pids of the processes lab2prod started for this server (their descendants may be killed)."""
+
+    def update(self, version: str) -> None:
+        """Serve the same model as `version` in place of the running one, as the server updates in production;
+        answers name their version in the Server-Timing header (lab2prod.servers.timing.version_of)."""
 
 
 class ServerClient:
@@ -145,10 +164,10 @@ class Server(Protocol):
         """The server's own settings for `config` (a dataclass with a `label`)."""
 
     def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,
-              guard_max_bytes: int | None = None) -> AbstractContextManager[Live]:
-        """Start the server in `run_dir/serving` with the model deployed under `config` (its input guard refusing
-        bodies over `guard_max_bytes`, default the server's own limit); stopped when the context ends, also on
-        an error or an interrupt."""
+              guard_max_bytes: int | None = None, folder: str = "serving") -> AbstractContextManager[Live]:
+        """Start the server in `run_dir/<folder>` with the model deployed under `config` (its input guard refusing
+        bodies over `guard_max_bytes`, default the server's own limit), serving the run's exported artifacts;
+        stopped when the context ends, also on an error or an interrupt."""
 
     def write_files(self, loaded, run_dir: Path, chosen: ServerConfig, seed: int = 0) -> dict[str, str]:
         """Write the deployment files for the chosen configuration; {what: path relative to run_dir}."""

@@ -18,7 +18,7 @@ from lab2prod.servers.base import Live, ServerConfig, tool_path
 from lab2prod.servers.timing import batch_size, parse
 
 __all__ = ["LOCUSTFILE", "LOAD_GENERATOR_LIMIT", "content_type_of", "write_locustfile", "percentile_interval",
-           "latency_stats", "phase_means", "mean_batch_size", "run_locust", "load_sweep"]
+           "latency_stats", "phase_means", "mean_batch_size", "LocustRun", "run_locust", "load_sweep"]
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -38,11 +38,11 @@ def request_files(folder: Path) -> list[Path]:
 
 
 def write_locustfile(run_dir: Path, requests: list[tuple[str, bytes]], suffix: str = ".png",
-                     content_type: str = "") -> Path:
+                     content_type: str = "", folder: str = "serving") -> Path:
     """Save the locustfile and the request bodies (`suffix` .png for images, .json for JSON
-    requests) in run_dir/serving, for reuse against any host; `content_type`, when given, is what every body
+    requests) in run_dir/<folder>, for reuse against any host; `content_type`, when given, is what every body
     is sent with (written beside them as CONTENT_TYPE)."""
-    serve = Path(run_dir) / "serving"
+    serve = Path(run_dir) / folder
     images = serve / "requests"
     shutil.rmtree(images, ignore_errors=True)
     images.mkdir(parents=True, exist_ok=True)
@@ -115,30 +115,65 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class LocustRun:
+    """Locust running headless in the background against a server (loopback, `users` users spawned at once, for
+    `duration_s` seconds): `wait()` returns every request's sample, [latency ms, ok, route label, Server-Timing,
+    HTTP status (0: no answer), the wall-clock second it ended], and Locust's share of a core. The process is
+    stopped by its pid on `stop()` or when the context ends, also on an error or an interrupt."""
+
+    def __init__(self, server: Live, name: str, locustfile: Path, users: int, duration_s: float,
+                 max_requests: int = 20000, routes: list[dict] | None = None, tag: str = ""):
+        locustfile = Path(locustfile).resolve()  # Locust runs in the serving folder: a relative path would miss
+        self.serve = locustfile.parent
+        self.duration_s = duration_s
+        self.samples_file = self.serve / f"samples_{name}_{users}{tag}.json"
+        self.samples_file.unlink(missing_ok=True)
+        env = dict(os.environ, LAB2PROD_TOKEN=server.keys["inference"], LAB2PROD_IMAGES=str(self.serve / "requests"),
+                   LAB2PROD_MODEL=name, LAB2PROD_SAMPLES=str(self.samples_file),
+                   LAB2PROD_MAX_REQUESTS=str(max_requests), LAB2PROD_ROUTES=json.dumps(routes or []))
+        command = [tool_path("locust"), "-f", str(locustfile), "--headless", "-u", str(users), "-r", str(users),
+                   "--run-time", f"{max(1, int(round(duration_s)))}s", "--host", server.inference_url,
+                   "--only-summary", "--stop-timeout", "5", "--loglevel", "ERROR"]
+        self.began, self.used = time.monotonic(), _children_cpu_s()
+        self.process = subprocess.Popen(command, cwd=self.serve, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> LocustRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop Locust if it still runs (by the pid this object started). Safe to call twice."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def wait(self) -> tuple[list, float, float]:
+        """(samples, seconds it ran, Locust's share of one core) once Locust has ended."""
+        try:
+            _, stderr = self.process.communicate(timeout=self.duration_s + 120)
+        finally:
+            self.stop()
+        elapsed = time.monotonic() - self.began
+        locust_cpu = (_children_cpu_s() - self.used) / max(elapsed, 1e-9)  # Locust's share of one core
+        if not self.samples_file.exists():
+            raise Lab2ProdError(f"locust wrote no samples (exit {self.process.returncode}): "
+                                f"{(stderr or '').strip()[-300:]}")
+        samples = json.loads(self.samples_file.read_text())
+        self.samples_file.unlink()
+        return samples, elapsed, locust_cpu
+
+
 def run_locust(server: Live, name: str, locustfile: Path, users: int, duration_s: float,
                max_requests: int = 20000, routes: list[dict] | None = None) -> dict:
     """Run Locust headless against the server (loopback, `users` users spawned at once, for
     `duration_s` seconds) and compute the percentiles from every request's latency. With
     `routes` ([{path, weight, label}]) each request goes to one route drawn by weight, and
     `by_route` holds the same statistics per label, with the raw `latencies_ms`."""
-    locustfile = Path(locustfile).resolve()  # Locust runs in the serving folder: a relative path would miss
-    serve = locustfile.parent
-    samples_file = serve / f"samples_{name}_{users}.json"
-    samples_file.unlink(missing_ok=True)
-    env = dict(os.environ, LAB2PROD_TOKEN=server.keys["inference"], LAB2PROD_IMAGES=str(serve / "requests"),
-               LAB2PROD_MODEL=name, LAB2PROD_SAMPLES=str(samples_file), LAB2PROD_MAX_REQUESTS=str(max_requests),
-               LAB2PROD_ROUTES=json.dumps(routes or []))
-    command = [tool_path("locust"), "-f", str(locustfile), "--headless", "-u", str(users), "-r", str(users),
-               "--run-time", f"{max(1, int(round(duration_s)))}s", "--host", server.inference_url,
-               "--only-summary", "--stop-timeout", "5", "--loglevel", "ERROR"]
-    began, used = time.monotonic(), _children_cpu_s()
-    proc = subprocess.run(command, cwd=serve, env=env, capture_output=True, text=True, timeout=duration_s + 120)
-    elapsed = time.monotonic() - began
-    locust_cpu = (_children_cpu_s() - used) / max(elapsed, 1e-9)  # Locust's share of one core over the run
-    if not samples_file.exists():
-        raise Lab2ProdError(f"locust wrote no samples (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
-    samples = json.loads(samples_file.read_text())
-    samples_file.unlink()
+    with LocustRun(server, name, locustfile, users, duration_s, max_requests, routes) as run:
+        samples, elapsed, locust_cpu = run.wait()
     seconds = max(min(elapsed, duration_s), 1e-9)
     row = {"users": users, **latency_stats([s[0] for s in samples], [s[1] for s in samples], seconds),
            "locust_cpu": round(locust_cpu, 3), "limited_by_load_generator": locust_cpu >= LOAD_GENERATOR_LIMIT,

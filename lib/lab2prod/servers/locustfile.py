@@ -7,7 +7,8 @@ Split traffic between model versions by weight (a canary), as a weighted router 
                       {"path": "/predictions/model/2.0", "weight": 20, "label": "v2"}]'
 Settings (environment): LAB2PROD_MODEL (default "model"), LAB2PROD_IMAGES (folder of request
 bodies: .png/.jpg sent as bytes, .json as application/json), LAB2PROD_TOKEN, LAB2PROD_SAMPLES
-(file that receives every request's [latency ms, ok, route label, the Server-Timing header]),
+(file that receives every request's [latency ms, ok, route label, the Server-Timing header, HTTP status
+(0: no answer), the wall-clock second it ended]),
 LAB2PROD_MAX_REQUESTS (stop after that many; 0 means --run-time only).
 """
 
@@ -15,6 +16,7 @@ import itertools
 import json
 import os
 import random
+import time
 from pathlib import Path
 
 from locust import FastHttpUser, constant, events, task
@@ -40,7 +42,8 @@ _user_seeds = itertools.count()
 @events.request.add_listener
 def _record(request_type, name, response_time, response_length, exception, response=None, **kwargs):
     timing = response.headers.get("Server-Timing", "") if response is not None and response.headers else ""
-    _latencies.append([response_time, exception is None, name, timing or ""])
+    status = int(getattr(response, "status_code", 0) or 0) if response is not None else 0
+    _latencies.append([response_time, exception is None, name, timing or "", status, time.time()])
 
 
 @events.quitting.add_listener

@@ -10,35 +10,52 @@ header (W3C Server Timing: `codec;dur=0.41, queue;dur=1.2, inference;dur=2.3, po
 
 What the client saw minus their sum is the rest of the path: the HTTP server, the proxy, the network and
 the client itself. One more entry, `batch;desc=4`, says how many requests the server's batch held: how full the
-configured batches really were, read from the server rather than assumed.
+configured batches really were, read from the server rather than assumed; `version;desc=2.0` says which version
+of the model answered (the resilience study's update watches it change).
 """
 
 from __future__ import annotations
 
 import time
 
-__all__ = ["HEADER", "PHASES", "BATCH", "header_value", "parse", "batch_size", "Stopwatch"]
+__all__ = ["HEADER", "PHASES", "BATCH", "VERSION", "header_value", "parse", "described", "batch_size", "version_of",
+           "Stopwatch"]
 
 HEADER = "Server-Timing"
 PHASES = ("codec", "queue", "inference", "postprocess")
 BATCH = "batch"
+VERSION = "version"
 
 
-def header_value(phases: dict[str, float], batch: int | None = None) -> str:
-    """The Server-Timing header value of {phase: milliseconds}, and the size of the request's batch."""
+def header_value(phases: dict[str, float], batch: int | None = None, version: str | None = None) -> str:
+    """The Server-Timing header value of {phase: milliseconds}, the size of the request's batch and the version of
+    the model that answered."""
     entries = [f"{name};dur={float(ms):.3f}" for name, ms in phases.items()]
-    return ", ".join(entries + ([f"{BATCH};desc={int(batch)}"] if batch is not None else []))
+    entries += [f"{BATCH};desc={int(batch)}"] if batch is not None else []
+    entries += [f'{VERSION};desc="{version}"'] if version else []
+    return ", ".join(entries)
+
+
+def described(value: str | None, name: str) -> str | None:
+    """The `desc` of entry `name` of a Server-Timing header value (`batch;desc=4` gives "4"), or None."""
+    for entry in (value or "").split(","):
+        entry_name, *params = [part.strip() for part in entry.split(";")]
+        for param in params:
+            key, _, text = param.partition("=")
+            if entry_name == name and key.strip() == "desc":
+                return text.strip().strip('"')
+    return None
 
 
 def batch_size(value: str | None) -> int | None:
     """The `batch;desc=N` entry of a Server-Timing header value, or None."""
-    for entry in (value or "").split(","):
-        name, *params = [part.strip() for part in entry.split(";")]
-        for param in params:
-            key, _, number = param.partition("=")
-            if name == BATCH and key == "desc" and number.strip('"').isdigit():
-                return int(number.strip('"'))
-    return None
+    text = described(value, BATCH)
+    return int(text) if text and text.isdigit() else None
+
+
+def version_of(value: str | None) -> str | None:
+    """The `version;desc=...` entry of a Server-Timing header value: the model version that answered, or None."""
+    return described(value, VERSION)
 
 
 def parse(value: str | None) -> dict[str, float]:

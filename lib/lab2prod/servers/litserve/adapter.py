@@ -51,8 +51,8 @@ class LitConfig:
         return f"{self.workers} worker(s) x {threads}, batch {self.max_batch_size}{served}"
 
 
-def _serve_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "serving" / "litserve"
+def _serve_dir(run_dir: Path, folder: str = "serving") -> Path:
+    return Path(run_dir) / folder / "litserve"
 
 
 def config_content(model_dir: str, config: LitConfig, port: int = 8000, host: str = "127.0.0.1",
@@ -269,13 +269,14 @@ class LitServeServer:
 
     @contextmanager
     def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,
-              guard_max_bytes: int | None = None) -> Iterator[_Live]:
+              guard_max_bytes: int | None = None, folder: str = "serving") -> Iterator[_Live]:
         run_dir = Path(run_dir)
-        model_dir = write_model_dir(loaded, _serve_dir(run_dir) / "model", exported_torchscript(run_dir), seed,
+        model_dir = write_model_dir(loaded, _serve_dir(run_dir, folder) / "model", exported_torchscript(run_dir), seed,
                                     guard_max_bytes or config.max_request_size)
         for artifact in verified_artifacts(run_dir):
             copy_artifact(run_dir, artifact, model_dir)
-        live = _Live(LitServeProcess(_serve_dir(run_dir), model_dir, self.native(config)).start_cleanly(), run_dir)
+        live = _Live(LitServeProcess(_serve_dir(run_dir, folder), model_dir, self.native(config)).start_cleanly(),
+                     run_dir)
         try:
             yield live
         finally:

@@ -4,6 +4,8 @@ KubeRay RayService manifest of the chosen configuration. Ray Serve is maintained
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ import yaml
 
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.servers.artifacts import ARTIFACTS, copy_artifact, verified_artifacts
-from lab2prod.servers.base import ServerClient, ServerConfig, limits_check
+from lab2prod.servers.base import ServerClient, ServerConfig, http_request, limits_check
 from lab2prod.servers.rayserve.server import (
     DEPLOYMENT,
     RayConfig,
@@ -46,8 +48,8 @@ def metric_rows(samples: list[dict]) -> list[dict]:
     return [{"metric": name, "labels": "all replicas", "value": value} for name, value in sorted(totals.items())]
 
 
-def _model_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "serving" / "rayserve" / "model"
+def _model_dir(run_dir: Path, folder: str = "serving") -> Path:
+    return Path(run_dir) / folder / "rayserve" / "model"
 
 
 @dataclass
@@ -56,6 +58,9 @@ class _Live(ServerClient):
     model_dir: Path
     run_dir: Path
     model: str = "model"
+    loaded: object = None
+    seed: int = 0
+    config: ServerConfig | None = None
 
     @property
     def served_file(self) -> str:
@@ -68,6 +73,7 @@ class _Live(ServerClient):
             self.server.stop()
             self.server = RayServer(self.server.serve_dir, self.server.num_cpus, native.high_throughput).start_cleanly()
         self.server.deploy(self.model_dir, native, self.model)
+        self.config = config
 
     def scrape(self) -> list[dict]:
         return metric_rows(self.server.scrape_metrics())
@@ -76,6 +82,33 @@ class _Live(ServerClient):
         # Ray Serve has no /ping of TorchServe's: its rows are left out
         return [row for row in limits_check(self.server, self.model, body, max_request_size, content_type)
                 if not row["request"].startswith("ping")]
+
+    def model_pids(self) -> list[int]:
+        """The replicas' pids, each as the replica says (its settings route); asked until every running replica
+        answered, at most 20 times."""
+        replicas = max(1, (self.config or ServerConfig()).workers)
+        pids: set[int] = set()
+        for _ in range(20):
+            status, body = http_request("GET", f"{self.server.url}/predictions/{self.model}/settings",
+                                        self.server.token, timeout=10)
+            if status == 200:
+                pids.add(int(json.loads(body)["pid"]))
+            if len(pids) >= replicas:
+                break
+        return sorted(pids)
+
+    def own_pids(self) -> list[int]:
+        return self.server.recorded_pids()
+
+    def update(self, version: str) -> None:
+        """Ray Serve's update: the application redeployed with a model folder of the new version, a rolling
+        update (new replicas start before the old ones drain)."""
+        folder = self.model_dir.with_name(f"model_v{version}")
+        shutil.copytree(self.model_dir, folder, dirs_exist_ok=True)
+        spec = json.loads((folder / "lab2prod.json").read_text())
+        (folder / "lab2prod.json").write_text(json.dumps({**spec, "version": version}))
+        self.server.update(folder, SERVER.native(self.config or ServerConfig()), self.model)
+        self.model_dir = folder
 
 
 def audit_ray_config(path: Path, max_request_size: int = 10_000_000) -> list[dict]:
@@ -126,18 +159,19 @@ class RayServeServer:
         # Ray's default of 5 ongoing requests per replica caps a batch at 5: a replica takes two batches' worth
         ongoing = 5 if config.batch_size <= 2 else 2 * config.batch_size
         return RayConfig(config.workers, cpus, config.threads, config.batch_size, config.max_batch_delay_ms / 1000,
-                         config.max_request_size, ongoing, config.mode == "high_throughput", config.artifact)
+                         config.max_request_size, ongoing, config.mode == "high_throughput", config.artifact,
+                         config.max_queue or -1)
 
     @contextmanager
     def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,
-              guard_max_bytes: int | None = None) -> Iterator[_Live]:
+              guard_max_bytes: int | None = None, folder: str = "serving") -> Iterator[_Live]:
         run_dir = Path(run_dir)
-        model_dir = write_model_dir(loaded, _model_dir(run_dir), exported_torchscript(run_dir), seed,
+        model_dir = write_model_dir(loaded, _model_dir(run_dir, folder), exported_torchscript(run_dir), seed,
                                     guard_max_bytes or config.max_request_size)
         for artifact in verified_artifacts(run_dir):
             copy_artifact(run_dir, artifact, model_dir)
         live = _Live(RayServer(model_dir.parent, NUM_CPUS, self.native(config).high_throughput).start_cleanly(),
-                     model_dir, run_dir)
+                     model_dir, run_dir, loaded=loaded, seed=seed)
         try:
             live.deploy(config)
             yield live

@@ -55,8 +55,9 @@ LOCAL_DRAIN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1", "RAY_S
 class RayConfig:
     """The Ray Serve knobs: replicas, CPUs per replica, torch threads per replica, and
     `@serve.batch`'s max batch size and wait timeout; `max_request_size` bytes per body; the requests a
-    replica takes at once (`max_ongoing_requests`: Ray's default 5 caps how full a batch can get); and the
-    high-throughput mode (HIGH_THROUGHPUT_ENV, set when Ray starts)."""
+    replica takes at once (`max_ongoing_requests`: Ray's default 5 caps how full a batch can get); the requests
+    waiting beyond those (`max_queued_requests`: -1, Ray's default, is no bound; past a bound Ray answers 503 at
+    once); and the high-throughput mode (HIGH_THROUGHPUT_ENV, set when Ray starts)."""
 
     replicas: int = 1
     cpus_per_replica: float = 1.0
@@ -67,6 +68,7 @@ class RayConfig:
     max_ongoing_requests: int = 5
     high_throughput: bool = False
     artifact: str = "torchscript"
+    max_queued_requests: int = -1
 
     @property
     def label(self) -> str:
@@ -97,10 +99,11 @@ DEFAULT_RAY_CONFIG = RayConfig(replicas=1, cpus_per_replica=1.0, threads=0, max_
 
 
 def write_model_dir(loaded, folder: Path, model_file: Path | None = None, seed: int = 0,
-                    max_bytes: int = 1_000_000) -> Path:
+                    max_bytes: int = 1_000_000, version: str = "1.0") -> Path:
     """The folder a server loads: TorchScript `model.pt` (the export notebook's file, else a trace
     made here), `lab2prod.json` (task, class names, the codec's spec) and the codec's files (the
-    user's lab transform source, or the tokenizer). The TorchServe archive carries the same."""
+    user's lab transform source, or the tokenizer). The TorchServe archive carries the same. Each answer names
+    `version`."""
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,7 +114,7 @@ def write_model_dir(loaded, folder: Path, model_file: Path | None = None, seed: 
     codec_spec, _ = codec_for(loaded, max_bytes=max_bytes).archive(folder)
     (folder / "lab2prod.json").write_text(json.dumps({"family": loaded.family, "class_names": loaded.class_names,
                                                       "model": loaded.spec, "task": loaded.task,
-                                                      "codec": codec_spec}))
+                                                      "codec": codec_spec, "version": version}))
     return folder
 
 
@@ -183,6 +186,11 @@ class RayServer(Started):
         serve.start(http_options={"host": "127.0.0.1", "port": self.port}, logging_config={"log_level": "ERROR"})
         return self
 
+    def recorded_pids(self) -> list[int]:
+        """The pids of the Ray processes this server started (recorded at start)."""
+        record = self.serve_dir / "ray.pids"
+        return [int(p) for p in record.read_text().split()] if record.exists() else []
+
     def _record_pids(self) -> None:
         try:
             import ray._private.worker as worker
@@ -227,6 +235,27 @@ class RayServer(Started):
                 raise Lab2ProdError(f"Ray Serve could not deploy {name}: {status.message[-300:]}")
             time.sleep(0.5)
         raise Lab2ProdError(f"Ray Serve did not deploy {name} within {timeout_s:.0f} s")
+
+    def update(self, model_dir: Path, config: RayConfig, name: str = "model", timeout_s: float = 180) -> None:
+        """Replace the running application with the model of `model_dir` the way Ray Serve updates in place: the
+        same application redeployed, a rolling update that starts the new replicas before it stops the old ones
+        (which drain for Ray's default time). Room for one more replica must be reserved (CPUs per replica)."""
+        from ray import serve
+        from ray.serve import api
+
+        args = {"model_dir": str(model_dir), "token_file": str(self.key_file), **asdict(config)}
+        application = importlib.import_module(DEPLOYMENT).app(args)
+        api._run(application, _blocking=False, name=name, route_prefix=f"/predictions/{name}")
+        deadline = time.monotonic() + timeout_s
+        time.sleep(0.5)
+        while time.monotonic() < deadline:
+            status = serve.status().applications.get(name)
+            if status is not None and str(status.status).endswith("RUNNING"):
+                return
+            if status is not None and str(status.status).endswith("DEPLOY_FAILED"):
+                raise Lab2ProdError(f"Ray Serve could not update {name}: {status.message[-300:]}")
+            time.sleep(0.2)
+        raise Lab2ProdError(f"Ray Serve did not finish updating {name} within {timeout_s:.0f} s")
 
     def effective(self, name: str = "model") -> dict:
         """What Ray Serve runs for application `name`, read back from Ray itself: its running replicas

@@ -7,6 +7,7 @@ seed's server here; the pick never recommends it on speed alone."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ MODEL_NAME = "model"
 
 @dataclass
 class _Live(ServerClient):
-    """The running TorchServe and the archive registered now (`model`)."""
+    """The running TorchServe and the archive registered now (`model`), built in `serve_dir`."""
 
     server: TorchServe
     loaded: object
@@ -43,26 +44,51 @@ class _Live(ServerClient):
     guard_max_bytes: int = 1_000_000
     model: str = ""
     archives: dict = field(default_factory=dict)
+    serve_dir: Path | None = None
+    config: ServerConfig | None = None
+    version: str = "1.0"
 
     @property
     def served_file(self) -> str:
         return str(self.model_file.relative_to(self.run_dir)) if self.model_file else "traced here"
 
+    def _archive(self, config: ServerConfig, version: str = "1.0") -> Path:
+        key = (config.threads, config.max_queue, version)
+        if key not in self.archives:  # the first archive is the one the run leaves behind
+            archive = MODEL_NAME if not self.archives else f"m_t{config.threads}_q{config.max_queue}_v{version}"
+            self.archives[key] = build_archive(self.loaded, self.serve_dir or self.run_dir / "serving", MODEL_NAME,
+                                               config.threads, self.seed, self.model_file, version=version,
+                                               archive_name=archive, max_bytes=self.guard_max_bytes,
+                                               job_queue_size=config.max_queue)
+        return self.archives[key]
+
     def deploy(self, config: ServerConfig) -> None:
         if self.model:
             self.server.unregister(self.model)
-        if config.threads not in self.archives:  # the first archive is the one the run leaves behind
-            name = f"m_t{config.threads}" if self.archives else MODEL_NAME
-            self.archives[config.threads] = build_archive(self.loaded, self.run_dir / "serving", name,
-                                                          config.threads, self.seed, self.model_file,
-                                                          max_bytes=self.guard_max_bytes)
-        self.model = self.server.register(self.archives[config.threads], SERVER.native(config))
+        self.config, self.version = config, "1.0"
+        self.model = self.server.register(self._archive(config), SERVER.native(config), name=MODEL_NAME)
 
     def scrape(self) -> list[dict]:
         return scrape_metrics(self.server)
 
     def limits(self, body: bytes, max_request_size: int, content_type: str | None) -> list[dict]:
         return limits_check(self.server, self.model, body, max_request_size, content_type)
+
+    def model_pids(self) -> list[int]:
+        return [pid for info in self.server.describe(self.model) for pid in info["pids"]]
+
+    def own_pids(self) -> list[int]:
+        return [self.server.process.pid] if self.server.process else []
+
+    def update(self, version: str, drain_s: float = 2.0) -> None:
+        """TorchServe's update: register the new version beside the running one, make it the default, let the
+        requests the old one already holds finish (`drain_s`), then unregister it."""
+        old, config = self.version, self.config or ServerConfig()
+        self.server.register(self._archive(config, version), SERVER.native(config), name=self.model)
+        self.server.set_default(self.model, version)
+        time.sleep(drain_s)
+        self.server.unregister(self.model, old)
+        self.version = version
 
 
 def _properties(path: Path) -> dict:
@@ -132,13 +158,13 @@ class TorchServeServer:
 
     @contextmanager
     def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,
-              guard_max_bytes: int | None = None) -> Iterator[_Live]:
+              guard_max_bytes: int | None = None, folder: str = "serving") -> Iterator[_Live]:
         run_dir = Path(run_dir)
-        server = TorchServe(run_dir / "serving", self.native(config))
+        server = TorchServe(run_dir / folder, self.native(config))
         try:
             server.start()
             live = _Live(server, loaded, run_dir, seed, exported_torchscript(run_dir),
-                         guard_max_bytes or config.max_request_size)
+                         guard_max_bytes or config.max_request_size, serve_dir=run_dir / folder)
             live.deploy(config)
             yield live
         finally:

@@ -36,6 +36,8 @@ class Lab2ProdHandler(BaseHandler):
         super().initialize(context)
         self.task = spec.get("task", "classifier")
         self.codec = from_spec(spec["codec"], model_dir)
+        # the archive's version (torch-model-archiver --version): each answer names the version that gave it
+        self.version = str((getattr(context, "manifest", None) or {}).get("model", {}).get("modelVersion", "") or "")
 
     def preprocess(self, data):
         """(inputs per kept request, kept indices, outputs) where a refused request already has its output;
@@ -75,5 +77,6 @@ class Lab2ProdHandler(BaseHandler):
             for index, answer, codec_ms in zip(kept, answered, self.codec_ms, strict=True):
                 outputs[index] = answer
                 context.set_response_header(index, HEADER, header_value(
-                    {"codec": codec_ms, "inference": inference_ms, "postprocess": postprocess_ms}, len(items)))
+                    {"codec": codec_ms, "inference": inference_ms, "postprocess": postprocess_ms}, len(items),
+                    self.version))
         return outputs

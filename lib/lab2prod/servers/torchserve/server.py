@@ -135,12 +135,13 @@ def exported_torchscript(run_dir: Path) -> Path | None:
 
 def build_archive(loaded, serve_dir: Path, name: str, threads: int, seed: int = 0,
                   model_file: Path | None = None, version: str = "1.0", archive_name: str = "",
-                  max_bytes: int = 1_000_000) -> Path:
+                  max_bytes: int = 1_000_000, job_queue_size: int = 0) -> Path:
     """Build `archive_name` (default `name`).mar for model `name` at `version` from a TorchScript
     file (the export notebook's when given, else a trace made here) with lab2prod's handler, the
     model's request codec (`lab2prod.kinds.codec`: its guard settings, and the user's lab transform
     source or the tokenizer's files), the class names and a model-config.yaml carrying the
-    handler's thread count. Returns the .mar path."""
+    handler's thread count and, when `job_queue_size` is set, the model's own bound on waiting requests
+    (TorchServe answers 503 past it). Returns the .mar path."""
 
     serve_dir = Path(serve_dir)
     archive_name = archive_name or name
@@ -157,7 +158,8 @@ def build_archive(loaded, serve_dir: Path, name: str, threads: int, seed: int = 
     (work / "lab2prod.json").write_text(json.dumps({"family": loaded.family, "class_names": loaded.class_names,
                                                     "model": loaded.spec, "task": loaded.task,
                                                     "codec": codec_spec}))
-    (work / "model-config.yaml").write_text(f"handler:\n  threads: {int(threads)}\n")
+    queue = f"jobQueueSize: {int(job_queue_size)}\n" if job_queue_size else ""
+    (work / "model-config.yaml").write_text(f"{queue}handler:\n  threads: {int(threads)}\n")
     extra = ",".join(str(f) for f in [work / "lab2prod.json", *codec_files])
     command = [tool_path("torch-model-archiver"), "--model-name", name, "--version", version,
                "--serialized-file", str(model_file), "--handler", str(work / "lab2prod_handler.py"),
@@ -364,11 +366,20 @@ class TorchServe:
         if status != 200:
             raise Lab2ProdError(f"describing model {name} failed: HTTP {status} {body[:200]!r}")
         return [{"workers": len(info.get("workers", [])), "batch_size": info.get("batchSize"),
-                 "max_batch_delay_ms": info.get("maxBatchDelay"), "version": info.get("modelVersion")}
+                 "max_batch_delay_ms": info.get("maxBatchDelay"), "version": info.get("modelVersion"),
+                 "pids": [w["pid"] for w in info.get("workers", []) if w.get("pid") not in (None, -1)]}
                 for info in json.loads(body)]
 
-    def unregister(self, name: str) -> None:
-        http_request("DELETE", f"{self.management_url}/models/{name}", self.keys.get("management"), timeout=60)
+    def set_default(self, name: str, version: str) -> None:
+        """Make `version` of model `name` the one /predictions/<name> answers with."""
+        status, body = http_request("PUT", f"{self.management_url}/models/{name}/{version}/set-default",
+                                    self.keys.get("management"), timeout=60)
+        if status != 200:
+            raise Lab2ProdError(f"making {name} {version} the default failed: HTTP {status} {body[:200]!r}")
+
+    def unregister(self, name: str, version: str = "") -> None:
+        path = f"{name}/{version}" if version else name
+        http_request("DELETE", f"{self.management_url}/models/{path}", self.keys.get("management"), timeout=60)
 
     def predict(self, name: str, body: bytes, token: str | None = "",
                 content_type: str | None = None) -> tuple[int, bytes]:
