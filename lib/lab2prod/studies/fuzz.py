@@ -26,7 +26,7 @@ from lab2prod.core.inputs import tensors
 from lab2prod.core.results import gate
 from lab2prod.kinds.guard import Rejected
 
-__all__ = ["MUTATIONS", "FuzzReport", "mutate", "fuzz_codec", "fuzz_gate"]
+__all__ = ["MUTATIONS", "FuzzReport", "mutate", "mutations", "fuzz_codec", "fuzz_gate"]
 
 MUTATIONS = ("bit_flips", "truncate", "splice", "insert_bytes", "huge_header", "json_break", "bad_utf8",
              "json_numbers")
@@ -141,40 +141,20 @@ def _finite(value) -> bool:
         return True  # not tensors (a tokenizer's encoding as lists): nothing to check here
 
 
-def fuzz_codec(codec, good: list[bytes], count: int = 10_000, seed: int = 0) -> FuzzReport:
-    """Send `count` mutations of the valid bodies `good` through `codec` (a guarded codec of
-    lab2prod.kinds.codec) in process. hypothesis draws them from `seed`: the same seed gives the same bodies."""
-    if codec.guard is None:
-        raise Lab2ProdError("fuzz_codec was given a codec without its guard; build it with codec_for(loaded) "
-                            "(guarded=True), as a server runs it")
+def mutations(good: list[bytes], count: int = 10_000, seed: int = 0) -> list[tuple[str, bytes]]:
+    """`count` seeded mutations (kind, body) of the valid bodies `good`, drawn by hypothesis from `seed`: the same
+    seed gives the same bodies. One hypothesis run per kind of mutation, each its share of `count` (drawn from one
+    list, hypothesis would favour the kinds listed first)."""
     if not good:
-        raise Lab2ProdError("fuzz_codec needs at least one valid request body to mutate")
-    report = FuzzReport()
+        raise Lab2ProdError("fuzzing needs at least one valid request body to mutate")
+    drawn: list[tuple[str, bytes]] = []
 
-    def send(case: tuple[str, bytes]) -> None:
-        kind, body = case
-        report.mutations += 1
-        report.by_mutation[kind] += 1
-        try:
-            value = codec(body)
-        except Rejected as refused:
-            report.refused[refused.code or ""] += 1
-            report.refusals_without_code += not refused.code
-            return
-        except Exception as exc:  # a crash a client could trigger: what this fuzz is for
-            report.crash_count += 1
-            if len(report.crashes) < 20:
-                report.crashes.append({"mutation": kind, "error": f"{type(exc).__name__}: {str(exc)[:120]}",
-                                       "body_head": body[:48].hex()})
-            return
-        report.accepted += 1
-        report.not_finite_accepted += not _finite(value)
+    def keep(case: tuple[str, bytes]) -> None:
+        drawn.append(case)
 
-    # one hypothesis run per kind of mutation, each its share of `count` (drawn from one list, hypothesis would
-    # favour the kinds listed first)
     def run(kind: str, examples: int, run_seed: int) -> None:
         test = settings(max_examples=examples, database=None, deadline=None, phases=[Phase.generate],
-                        suppress_health_check=list(HealthCheck))(given(mutate(good, kind))(send))
+                        suppress_health_check=list(HealthCheck))(given(mutate(good, kind))(keep))
         hypothesis_seed(run_seed)(test)()
 
     for index, kind in enumerate(MUTATIONS):
@@ -182,9 +162,36 @@ def fuzz_codec(codec, good: list[bytes], count: int = 10_000, seed: int = 0) -> 
     # a kind with few distinct mutations of these bodies (a short text has few truncations) ends early, as
     # hypothesis draws no duplicates: the kinds without bound make up the rest
     for extra in range(100):
-        if report.mutations >= count:
+        if len(drawn) >= count:
             break
-        run(_UNBOUNDED[extra % len(_UNBOUNDED)], count - report.mutations, seed * 1000 + len(MUTATIONS) + extra)
+        run(_UNBOUNDED[extra % len(_UNBOUNDED)], count - len(drawn), seed * 1000 + len(MUTATIONS) + extra)
+    return drawn[:count]
+
+
+def fuzz_codec(codec, good: list[bytes], count: int = 10_000, seed: int = 0) -> FuzzReport:
+    """Send `count` mutations of the valid bodies `good` (`mutations`) through `codec` (a guarded codec of
+    lab2prod.kinds.codec) in process."""
+    if codec.guard is None:
+        raise Lab2ProdError("fuzz_codec was given a codec without its guard; build it with codec_for(loaded) "
+                            "(guarded=True), as a server runs it")
+    report = FuzzReport()
+    for kind, body in mutations(good, count, seed):
+        report.mutations += 1
+        report.by_mutation[kind] += 1
+        try:
+            value = codec(body)
+        except Rejected as refused:
+            report.refused[refused.code or ""] += 1
+            report.refusals_without_code += not refused.code
+            continue
+        except Exception as exc:  # a crash a client could trigger: what this fuzz is for
+            report.crash_count += 1
+            if len(report.crashes) < 20:
+                report.crashes.append({"mutation": kind, "error": f"{type(exc).__name__}: {str(exc)[:120]}",
+                                       "body_head": body[:48].hex()})
+            continue
+        report.accepted += 1
+        report.not_finite_accepted += not _finite(value)
     return report
 
 
