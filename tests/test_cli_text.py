@@ -17,7 +17,9 @@ def test_a_hugging_face_classifier_runs_every_notebook(run_cli, tmp_path, monkey
     save_hf_example(str(tmp_path / "tiny-bert"))
     out = tmp_path / "out"
     # a path relative to where the user runs lab2prod (run_cli's cwd), as README writes it
-    proc = run_cli("run", "--model", "hf:tiny-bert", "--no-progress", "-p", "benchmark.batch_sizes=[1,4]",
+    # resilience has its own tests (tests/test_resilience.py): its phases are seconds of load each
+    proc = run_cli("run", "--model", "hf:tiny-bert", "--no-progress", "--skip", "resilience",
+                   "-p", "benchmark.batch_sizes=[1,4]",
                    "-p", "benchmark.min_run_time=0.1", "-p", "quantization.min_run_time=0.1",
                    "-p", "quantization.batch_sizes=[1,4]", "-p", "export.batch_sizes=[1,4]", "-p", "drift.batches=4",
                    "-p", "serving.users=[1]", "-p", "serving.duration_s=1", "-p", "serving.tune_workers=[1]",

@@ -75,7 +75,10 @@ def test_every_registered_default_passes_its_own_checks():
     (["--only", "export", "-p", "batch_sizes=[-1]"], "batch_sizes=[-1] is out of range"),
     (["--only", "serving", "-p", "users=[0]"], "users=[0] is out of range: each item must be >= 1"),
     (["--only", "serving", "-p", "duration_s=0"], "duration_s=0 is out of range: must be > 0"),
-    (["-p", "sla_ms=50"], "'sla_ms' means different things in 3 notebooks"),
+    # load beyond what one machine's load generator can drive is refused before anything starts
+    (["--only", "serving", "-p", "serving.users=[1000000]"], "is out of range: each item must be <= 512"),
+    (["--only", "resilience", "-p", "soak_s=7200"], "soak_s=7200 is out of range: must be <= 3600"),
+    (["-p", "sla_ms=50"], "'sla_ms' means different things in 4 notebooks"),
     (["--only", "export", "--timeout", "0"], "--timeout 0 is not positive"),
     (["--only", "export", "-f", "missing.yaml"], "parameters file 'missing.yaml' cannot be read"),
 ])

@@ -7,6 +7,8 @@
     lab2prod run --only parity -p serving_transform=lab2prod.examples:serving_bicubic
     lab2prod run --only benchmark --model lab2prod.examples:digits_cnn_tta \
         --example-inputs lab2prod.examples:digits_inputs
+    lab2prod run --only export,resilience --model lab2prod.examples:leaky_cnn \
+        --example-inputs lab2prod.examples:digits_inputs
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ __all__ = [
     "lstm_classifier",
     "digits_inputs",
     "digits_cnn_tta",
+    "LeakyCNN",
+    "leaky_cnn",
     "digits_cnn_factory",
     "digits_transform",
     "save_digits_example",
@@ -249,6 +253,32 @@ def digits_cnn_tta() -> nn.Module:
     """The trained digits_cnn wrapped in 4-way shift test-time augmentation (a slower variant)."""
 
     return ShiftTTA(load_model("digits_cnn").module)
+
+
+class LeakyCNN(nn.Module):
+    """The digits CNN keeping every input it sees, as a cache or a debugging list left in `forward` does: its
+    answers are the model's, and its memory grows with every request until the worker dies. TorchScript keeps
+    the list (a scripted module's attribute), so the served file leaks too."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.seen = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return self.model(x)
+
+
+# TorchScript types the attribute from the class's annotation, which must be a type (not the string this module's
+# `from __future__ import annotations` would make of it)
+LeakyCNN.__annotations__ = {"seen": list[torch.Tensor]}
+
+
+def leaky_cnn() -> nn.Module:
+    """The trained digits_cnn leaking every input (`LeakyCNN`): the resilience study's soak must fail it."""
+
+    return LeakyCNN(load_model("digits_cnn").module)
 
 
 # ---------------------------------------------------------------- serving transforms (bytes -> tensor)
