@@ -5,6 +5,9 @@ import json
 import subprocess
 
 import pytest
+import yaml
+
+from lab2prod.servers.base import queue_bound
 
 
 def _summary(out, run_id):
@@ -30,6 +33,11 @@ def test_both_servers_are_measured_side_by_side_and_nothing_is_left_running(run_
                                      "meets_sla"}
     serve = out / "r" / "serving"
     assert (serve / "locustfile.py").exists() and "models=" in (serve / "config.properties").read_text()
+    # the written config bounds the queue (Little's law on the chosen configuration's rate), not TorchServe's 100
+    queue = int(next(line for line in (serve / "config.properties").read_text().splitlines()
+                     if line.startswith("job_queue_size=")).split("=")[1])
+    tuned = serving["tuned"]
+    assert queue == queue_bound(tuned["throughput_per_s"], 10000, tuned["workers"], tuned["batch_size"])
     assert (out / "r" / serving["kubernetes"]).exists()
     assert not (serve / "torchserve.pgid").exists() and not (serve / "key_file.json").exists()
     rows = {(r["server"], r["config"]) for r in serving["side_by_side"]}
@@ -38,6 +46,8 @@ def test_both_servers_are_measured_side_by_side_and_nothing_is_left_running(run_
     ray = serving["rayserve"]
     assert [r["status"] for r in ray["limits"]] == [401, 401, 200, 413]
     assert (out / "r" / ray["serve_config"]).exists() and (out / "r" / ray["rayservice"]).exists()
+    written = yaml.safe_load((out / "r" / ray["serve_config"]).read_text())
+    assert written["applications"][0]["args"]["max_queued_requests"] >= 1  # bounded, not Ray's -1
     executed = (out / "r" / "05_serving.ipynb").read_text()
     assert "share_of_in_process" in executed and "pick " in executed and "image/png" in executed  # table, line, plot
     report = (out / "r" / "report.html").read_text()

@@ -4,6 +4,7 @@ serving study, and the HTTP helpers the clients use (loopback only)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -19,7 +20,7 @@ from typing import Protocol
 from lab2prod.core.errors import Lab2ProdError
 
 __all__ = ["TOKEN_ENV", "read_token", "Started", "ServerConfig", "grid", "modes_of", "artifacts_of", "Server", "Live",
-           "Resilient", "ServerClient", "tool_path", "free_port", "http_request", "limits_check"]
+           "Resilient", "ServerClient", "queue_bound", "tool_path", "free_port", "http_request", "limits_check"]
 
 
 TOKEN_ENV = "LAB2PROD_TOKEN"  # on a cluster the token comes from a Secret through this variable
@@ -71,6 +72,13 @@ class ServerConfig:
     mode: str = "default"
     artifact: str = "torchscript"
     max_queue: int = 0
+
+
+def queue_bound(rate_per_s: float, sla_ms: float, workers: int = 1, batch_size: int = 1) -> int:
+    """How many requests may wait for a worker (`ServerConfig.max_queue`), by Little's law: at the measured rate a
+    queue of rate x SLA/2 is drained in half the SLA, so an admitted request still has the other half for its
+    own work; never below one full batch per worker."""
+    return max(workers * batch_size, math.ceil(max(rate_per_s, 0.0) * sla_ms / 2000))
 
 
 def grid(workers: Iterable[int], threads: Iterable[int], batch_sizes: Iterable[int], max_batch_delay_ms: int = 5,

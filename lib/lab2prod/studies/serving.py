@@ -21,7 +21,7 @@ from lab2prod.core.schema import Measure, Results, described
 from lab2prod.kinds.codec import answer_vector, answers, codec_for, kind_of, lab_answer
 from lab2prod.models.requests import request_bodies
 from lab2prod.servers.artifacts import ARTIFACT_TITLES, load_artifact, verified_artifacts
-from lab2prod.servers.base import Live, Server, ServerConfig, artifacts_of, grid, limits_check, modes_of
+from lab2prod.servers.base import Live, Server, ServerConfig, artifacts_of, grid, limits_check, modes_of, queue_bound
 from lab2prod.servers.loadtest import content_type_of, load_sweep, request_files, run_locust, write_locustfile
 from lab2prod.servers.registry import SERVERS, servers_named
 from lab2prod.servers.timing import PHASES
@@ -330,8 +330,12 @@ def evaluate(server: Server, loaded, run_dir: Path, config: ServerConfig, users_
     report.default = {**default, "default": True}
     report.tuning = [report.default, *tuned]
     report.chosen = choose(report.tuning)
-    chosen = ServerConfig(**{k: report.chosen[k] for k in ServerConfig.__dataclass_fields__}) \
+    chosen = ServerConfig(**{k: report.chosen[k] for k in ServerConfig.__dataclass_fields__ if k in report.chosen}) \
         if report.chosen else config
+    if report.chosen:  # the written configs bound the queue at what the chosen configuration drains within the SLA
+        bound = queue_bound(report.chosen["throughput_per_s"], sla_ms, chosen.workers, chosen.batch_size)
+        chosen = replace(chosen, max_queue=bound)
+        report.chosen["max_queue"] = bound
     report.files = server.write_files(loaded, run_dir, chosen, seed)
     return report
 
@@ -387,6 +391,8 @@ def _summary(report: ServingReport) -> dict:
         "metrics": report.metrics,
         "tuning": report.tuning,
         "tuned": {**{k: report.chosen[k] for k in keys}, "meets_sla": report.chosen["meets_sla"]}
+        if report.chosen else None,
+        "chosen_config": {k: report.chosen[k] for k in ServerConfig.__dataclass_fields__ if k in report.chosen}
         if report.chosen else None,
         "default": {k: report.default[k] for k in keys} if report.default else None,
         "locustfile": report.locustfile,

@@ -158,9 +158,11 @@ class RayServeServer:
         cpus = config.cpus_per_worker or NUM_CPUS / config.workers
         # Ray's default of 5 ongoing requests per replica caps a batch at 5: a replica takes two batches' worth
         ongoing = 5 if config.batch_size <= 2 else 2 * config.batch_size
+        # max_queue counts every request waiting for a worker: in Ray those a replica holds beyond its batch too
+        held = config.workers * max(0, ongoing - config.batch_size)
+        queued = max(1, config.max_queue - held) if config.max_queue else -1
         return RayConfig(config.workers, cpus, config.threads, config.batch_size, config.max_batch_delay_ms / 1000,
-                         config.max_request_size, ongoing, config.mode == "high_throughput", config.artifact,
-                         config.max_queue or -1)
+                         config.max_request_size, ongoing, config.mode == "high_throughput", config.artifact, queued)
 
     @contextmanager
     def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,

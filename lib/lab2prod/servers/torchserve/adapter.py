@@ -7,7 +7,6 @@ seed's server here; the pick never recommends it on speed alone."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,9 +84,7 @@ class _Live(ServerClient):
         requests the old one already holds finish (`drain_s`), then unregister it."""
         old, config = self.version, self.config or ServerConfig()
         self.server.register(self._archive(config, version), SERVER.native(config), name=self.model)
-        self.server.set_default(self.model, version)
-        time.sleep(drain_s)
-        self.server.unregister(self.model, old)
+        self.server.switch(self.model, version, old, drain_s)
         self.version = version
 
 
@@ -154,7 +151,7 @@ class TorchServeServer:
 
     def native(self, config: ServerConfig) -> ServeConfig:
         return ServeConfig(config.workers, config.threads, config.batch_size, config.max_batch_delay_ms,
-                           config.max_request_size)
+                           config.max_request_size, config.max_queue or ServeConfig.job_queue_size)
 
     @contextmanager
     def serve(self, loaded, run_dir: Path, config: ServerConfig, seed: int = 0,
@@ -175,7 +172,8 @@ class TorchServeServer:
         serve_dir = run_dir / "serving"
         native = self.native(chosen)
         # the archive the config names, with the chosen threads
-        build_archive(loaded, serve_dir, MODEL_NAME, chosen.threads, seed, exported_torchscript(run_dir))
+        build_archive(loaded, serve_dir, MODEL_NAME, chosen.threads, seed, exported_torchscript(run_dir),
+                      job_queue_size=chosen.max_queue)
         chosen_row = {"workers": native.workers, "threads": native.threads, "batch_size": native.batch_size,
                       "max_batch_delay_ms": native.max_batch_delay_ms}
         config_file = write_deployment_config(serve_dir, MODEL_NAME, chosen_row, native)
