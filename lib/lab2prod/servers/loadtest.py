@@ -118,11 +118,14 @@ def _children_cpu_s() -> float:
 class LocustRun:
     """Locust running headless in the background against a server (loopback, `users` users spawned at once, for
     `duration_s` seconds): `wait()` returns every request's sample, [latency ms, ok, route label, Server-Timing,
-    HTTP status (0: no answer), the wall-clock second it ended], and Locust's share of a core. The process is
+    HTTP status (0: no answer), the wall-clock second it ended], and Locust's share of a core; with `backoff_ms`
+    a user refused with 429 or 503 waits that long before its next request, and with `rate_per_user` each user
+    sends at most that many requests a second. The process is
     stopped by its pid on `stop()` or when the context ends, also on an error or an interrupt."""
 
     def __init__(self, server: Live, name: str, locustfile: Path, users: int, duration_s: float,
-                 max_requests: int = 20000, routes: list[dict] | None = None, tag: str = ""):
+                 max_requests: int = 20000, routes: list[dict] | None = None, tag: str = "", backoff_ms: float = 0,
+                 rate_per_user: float = 0):
         locustfile = Path(locustfile).resolve()  # Locust runs in the serving folder: a relative path would miss
         self.serve = locustfile.parent
         self.duration_s = duration_s
@@ -130,7 +133,8 @@ class LocustRun:
         self.samples_file.unlink(missing_ok=True)
         env = dict(os.environ, LAB2PROD_TOKEN=server.keys["inference"], LAB2PROD_IMAGES=str(self.serve / "requests"),
                    LAB2PROD_MODEL=name, LAB2PROD_SAMPLES=str(self.samples_file),
-                   LAB2PROD_MAX_REQUESTS=str(max_requests), LAB2PROD_ROUTES=json.dumps(routes or []))
+                   LAB2PROD_MAX_REQUESTS=str(max_requests), LAB2PROD_ROUTES=json.dumps(routes or []),
+                   LAB2PROD_BACKOFF_MS=str(backoff_ms), LAB2PROD_RATE_PER_USER=str(rate_per_user))
         command = [tool_path("locust"), "-f", str(locustfile), "--headless", "-u", str(users), "-r", str(users),
                    "--run-time", f"{max(1, int(round(duration_s)))}s", "--host", server.inference_url,
                    "--only-summary", "--stop-timeout", "5", "--loglevel", "ERROR"]

@@ -9,7 +9,10 @@ Settings (environment): LAB2PROD_MODEL (default "model"), LAB2PROD_IMAGES (folde
 bodies: .png/.jpg sent as bytes, .json as application/json), LAB2PROD_TOKEN, LAB2PROD_SAMPLES
 (file that receives every request's [latency ms, ok, route label, the Server-Timing header, HTTP status
 (0: no answer), the wall-clock second it ended]),
-LAB2PROD_MAX_REQUESTS (stop after that many; 0 means --run-time only).
+LAB2PROD_MAX_REQUESTS (stop after that many; 0 means --run-time only), LAB2PROD_BACKOFF_MS (after a 429 or 503
+answer a user waits that long before its next request, as a client that honours the refusal does; 0, the
+default, retries at once), LAB2PROD_RATE_PER_USER (each user's requests per second at most; 0, the default, sends
+the next request as soon as the last is answered).
 """
 
 import itertools
@@ -19,7 +22,8 @@ import random
 import time
 from pathlib import Path
 
-from locust import FastHttpUser, constant, events, task
+import gevent
+from locust import FastHttpUser, constant, constant_throughput, events, task
 
 MODEL = os.environ.get("LAB2PROD_MODEL", "model")
 # Request bodies: every file of the folder, sent with the Content-Type its CONTENT_TYPE file names (any kind of
@@ -32,6 +36,8 @@ BODIES = [(p.read_bytes(), DECLARED or ("application/json" if p.suffix == ".json
 TOKEN = os.environ.get("LAB2PROD_TOKEN", "")
 SAMPLES = os.environ.get("LAB2PROD_SAMPLES", "")
 MAX_REQUESTS = int(os.environ.get("LAB2PROD_MAX_REQUESTS", "0"))
+BACKOFF_S = float(os.environ.get("LAB2PROD_BACKOFF_MS", "0")) / 1000
+RATE_PER_USER = float(os.environ.get("LAB2PROD_RATE_PER_USER", "0"))
 ROUTES = json.loads(os.environ.get("LAB2PROD_ROUTES", "[]")) or [
     {"path": f"/predictions/{MODEL}", "weight": 1, "label": MODEL}]
 WEIGHTS = [route["weight"] for route in ROUTES]
@@ -53,7 +59,7 @@ def _save(environment, **kwargs):
 
 
 class Client(FastHttpUser):
-    wait_time = constant(0)
+    wait_time = constant_throughput(RATE_PER_USER) if RATE_PER_USER else constant(0)
 
     def on_start(self):
         self.index = 0
@@ -69,5 +75,7 @@ class Client(FastHttpUser):
                               catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}")
+        if BACKOFF_S and response.status_code in (429, 503):
+            gevent.sleep(BACKOFF_S)
         if MAX_REQUESTS and len(_latencies) >= MAX_REQUESTS:
             self.environment.runner.quit()
