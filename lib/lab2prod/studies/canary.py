@@ -375,7 +375,8 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
     """Serve v1 (version 1.0, the default) and v2 (2.0) as one model on a real TorchServe, check
     each answers like its in-process model, split Locust traffic between them by `weights`, decide
     with `policy`, then apply the decision through the management API (promote: 2.0 becomes the
-    default; roll back: 2.0 is unregistered; hold: nothing changes) and verify which version now
+    default, 1.0 drains and is unregistered, as the resilience study's update; roll back: 2.0 is unregistered;
+    hold: nothing changes) and verify which version now
     answers the unversioned route. The traffic runs `duration_s`, or longer where v2 would not get the
     policy's minimum of requests in it (`traffic_duration`). The server is stopped before this returns."""
 
@@ -434,9 +435,13 @@ def _apply(server, name: str, decision: str, probe: bytes, expected: dict[str, t
     """Carry the decision out on the live server and check which version answers /predictions/<name>."""
 
     key = server.keys.get("management")
-    if decision == "promote":
-        status, body = http_request("PUT", f"{server.management_url}/models/{name}/2.0/set-default", key)
-        action = "set 2.0 as the default version"
+    if decision == "promote":  # the update the resilience study measures under load: set-default, drain, unregister
+        try:
+            server.switch(name, "2.0", "1.0")
+            status, body = 200, b""
+        except Lab2ProdError as exc:
+            status, body = 0, str(exc).encode()
+        action = "made 2.0 the default, let 1.0 drain for 2 s and unregistered it"
         wanted = "2.0"
     elif decision == "roll back":
         status, body = http_request("DELETE", f"{server.management_url}/models/{name}/2.0", key, timeout=60)

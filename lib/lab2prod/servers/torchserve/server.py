@@ -377,6 +377,14 @@ class TorchServe:
         if status != 200:
             raise Lab2ProdError(f"making {name} {version} the default failed: HTTP {status} {body[:200]!r}")
 
+    def switch(self, name: str, new: str, old: str, drain_s: float = 2.0) -> None:
+        """TorchServe's update without a failed request, once `new` is registered beside `old`: make `new` the
+        default, let `old` finish what it holds (`drain_s`), then unregister it (the resilience study measures
+        this path under load; the canary's promote takes it too)."""
+        self.set_default(name, new)
+        time.sleep(drain_s)
+        self.unregister(name, old)
+
     def unregister(self, name: str, version: str = "") -> None:
         path = f"{name}/{version}" if version else name
         http_request("DELETE", f"{self.management_url}/models/{path}", self.keys.get("management"), timeout=60)
