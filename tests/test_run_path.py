@@ -63,6 +63,16 @@ def test_a_renamed_parameter_keeps_its_old_name_and_a_list_of_names_reads_commas
         resolve_parameters({"backends": "torchserve,triton"}, selected)
 
 
+def test_the_resilience_study_puts_the_servers_the_serving_study_was_given_through_its_phases():
+    selected = [study("serving"), study("resilience")]
+    both = ["torchserve", "rayserve"]
+    values = resolve_parameters({"serving.backends": "[torchserve,rayserve]"}, selected)
+    assert values["05_serving"]["backends"] == values["09_resilience"]["backends"] == both
+    values = resolve_parameters({"serving.backends": both, "resilience.backends": "torchserve"}, selected)
+    assert values["09_resilience"]["backends"] == ["torchserve"]  # its own value wins
+    assert "backends" not in resolve_parameters({}, selected)["09_resilience"]  # the notebook's default
+
+
 def test_every_registered_default_passes_its_own_checks():
     for registered in STUDIES:
         values = resolve_parameters({p.name: p.default for p in registered.params if p.name != "device"},

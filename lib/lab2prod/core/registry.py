@@ -138,6 +138,9 @@ class Study:
     # pyproject extras it needs: names, or "module:function" called with its parameters; a study that starts
     # TorchServe needs the serving extra too. Where one is missing, the runner skips it with the install line.
     needs: tuple[str, ...] | str = ()
+    # (parameter, study): where this study is not given the parameter itself, it takes that study's value
+    # (the resilience study puts the servers `serving.backends` names through its phases)
+    follows: tuple[tuple[str, str], ...] = ()
 
     @property
     def path(self) -> Path:
@@ -332,12 +335,16 @@ STUDIES: list[Study] = [
         Param("sla_ms", float, 100.0, "p99 objective of the admitted requests", gt=0),
         Param("overload_p99_factor", float, 5.0, "how far over the SLA an admitted request may be in a burst", ge=1),
         Param("cold_start_max_s", float, 120.0, "seconds from start to the first answer that pass", gt=0),
-        Param("soak_max_mb_per_min", float, 10.0, "memory growth that fails (lower end of its 95% interval)", ge=0),
+        Param("soak_max_kb_per_request", float, 8.0, "memory growth per answered request that fails (lower end of "
+              "its 95% interval)", ge=0),
         Param("recovery_max_s", float, 20.0, "seconds after the kill within which the rate must be back", gt=0),
+        Param("rate_limit_per_s", int, 0, "requests per second each client may send through the front door; 0: "
+              "half the rate the soak answered", ge=0, le=100000),
         Param("workers", int, 1, "workers (TorchServe) or replicas (Ray Serve)", ge=1, le=64),
         Param("threads", int, 1, "torch threads per worker", ge=1),
         Param("max_request_size", int, 1000000, "bytes; larger requests are refused", ge=1),
-        *_common("run_dir", "seed")), torchserve=True, needs="lab2prod.studies.serving:extras_needed"),
+        *_common("run_dir", "seed")), torchserve=True, needs="lab2prod.studies.serving:extras_needed",
+        follows=(("backends", "serving"),)),
     Study("report", "99_report", None, "lab2prod.run.report", (
         Param("run_dir", str, "", "run folder to report on; empty means outputs/interactive"),)),
 ]
@@ -376,8 +383,10 @@ def resolve_parameters(given: dict, selected: list[Study], common: dict | None =
     declares it; `study.name` targets one study. Unknown, ambiguous, mistyped and out-of-range
     values raise a Lab2ProdError that names the value and the fix. `common` values (the command
     line's --model, --device, ...) go to the studies that declare them, where `given` does not
-    set them."""
+    set them. A study that `follows` another for a parameter takes that study's value where it is not given
+    one of its own."""
     per_study: dict[str, dict] = {s.notebook: {} for s in selected}
+    own: set[tuple[str, str]] = set()  # (notebook, parameter) given to that study itself
     for name, value in (common or {}).items():
         for owner in selected:
             if owner.param(name) is not None:
@@ -406,6 +415,12 @@ def resolve_parameters(given: dict, selected: list[Study], common: dict | None =
         for owner in chosen:
             param = owner.param(name)
             per_study[owner.notebook][param.name] = param.validate(value, key)
+            own.add((owner.notebook, param.name))
+    for owner in selected:
+        for name, leader in owner.follows:
+            lead = next((s for s in selected if s.short == leader), None)
+            if lead is not None and name in per_study[lead.notebook] and (owner.notebook, name) not in own:
+                per_study[owner.notebook][name] = per_study[lead.notebook][name]
     return per_study
 
 

@@ -31,6 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import ClassVar
 
 import numpy as np
@@ -40,18 +41,25 @@ from lab2prod.core.results import gate, load_results
 from lab2prod.core.schema import Measure, Results, described
 from lab2prod.kinds.codec import codec_for
 from lab2prod.models.requests import request_bodies
-from lab2prod.servers.base import Server, ServerConfig
+from lab2prod.servers.base import Server, ServerConfig, queue_bound
+from lab2prod.servers.frontdoor import FrontDoor, audit_config, client_keys, haproxy_binary, write_config
 from lab2prod.servers.loadtest import LocustRun, write_locustfile
 from lab2prod.servers.timing import version_of
 from lab2prod.studies.fuzz import fuzz_codec, mutations
 
 __all__ = ["MAX_USERS", "MAX_SECONDS", "ResilienceResults", "Settings", "check_bounds", "slope_interval",
-           "rate_buckets", "recovery_seconds", "probes", "write_probes", "in_process_fuzz", "evaluate", "gates_of",
-           "summary_rows", "plot_timeline", "results"]
+           "tuned_config", "rate_buckets", "recovery_seconds", "probes", "write_probes", "in_process_fuzz", "evaluate",
+           "gates_of", "summary_rows", "plot_timeline", "results"]
 
 MAX_USERS = 512  # Locust users in one process on loopback: beyond this the load generator, not the server, is measured
 MAX_SECONDS = 3600  # a soak or a phase longer than an hour belongs to a load-test job, not a run
 BUCKET_S = 0.5  # width of the timeline's buckets
+# In a burst a refused user waits this long before its next request, as a client that honours 503 does: retried at
+# once, thousands of refusals a second would measure the load generator's loop, not the server's queue
+BURST_BACKOFF_MS = 100
+# The flooder sends this many times its limit: well past it, yet not so many refusals that the load generator, on
+# the same cores as the server, is what the other client waits for (a real flood comes from other machines)
+FLOOD_FACTOR = 3
 
 
 @dataclass(kw_only=True)
@@ -82,9 +90,10 @@ class Settings:
     fuzz_mutations: int = 10000
     sla_ms: float = 100.0
     cold_start_max_s: float = 120.0
-    soak_max_mb_per_min: float = 10.0
+    soak_max_kb_per_request: float = 8.0
     overload_p99_factor: float = 5.0
     recovery_max_s: float = 20.0
+    rate_limit_per_s: int = 0  # each client's limit at the front door; 0: half the rate the soak answered
 
     @property
     def burst_users(self) -> int:
@@ -241,11 +250,12 @@ def _fuzz_live(live, good: list[bytes], content_type: str, count: int, seed: int
             "refusals_without_reason": without_reason, "good_after": status == 200, "first_errors": first_errors}
 
 
-def _load(live, locustfile: Path, users: int, seconds: float, tag: str, during=None) -> tuple:
+def _load(live, locustfile: Path, users: int, seconds: float, tag: str, during=None, backoff_ms: float = 0) -> tuple:
     """Locust for `seconds` at `users`, calling `during()` while it runs: (samples, start, end, what `during`
     returned), times on the wall clock."""
     began = time.time()
-    with LocustRun(live, live.model, locustfile, users, seconds, max_requests=0, tag=tag) as run:
+    with LocustRun(live, live.model, locustfile, users, seconds, max_requests=0, tag=tag,
+                   backoff_ms=backoff_ms) as run:
         outcome = during() if during else None
         samples, _, _ = run.wait()
     return samples, began, time.time(), outcome
@@ -260,9 +270,10 @@ def _soak(live, locustfile: Path, users: int, seconds: float, sampler: _RssSampl
     ok = [s for s in samples if s[1]]
     rate = len(ok) / max(ended - began, 1e-9)
     per_request = fit["mb_per_min"] * 1024 / (rate * 60) if fit["mb_per_min"] is not None and rate else None
+    interval = [v * 1024 / (rate * 60) for v in fit["ci_mb_per_min"]] if per_request is not None else None
     return {"seconds": ended - began, "users": users, "requests": len(samples), "failed": len(samples) - len(ok),
             "rss_start_mb": rows[0][1] if rows else None, "rss_end_mb": rows[-1][1] if rows else None, **fit,
-            "kb_per_request": per_request,
+            "kb_per_request": per_request, "ci_kb_per_request": interval,
             "p99_ms": float(np.percentile([s[0] for s in ok], 99)) if ok else None,
             "timeline": rate_buckets(samples, began, ended), "t": (began, ended)}
 
@@ -327,6 +338,9 @@ def _update(live, locustfile: Path, users: int, seconds: float, version: str = "
         moments["done"] = time.time()
 
     samples, began, ended, _ = _load(live, locustfile, users, seconds, "_update", switch)
+    if moments["done"] > ended - 2.0:  # a slow switch ended with the load: a short extension sees its answers
+        more, _, ended, _ = _load(live, locustfile, users, 3.0, "_update_more")
+        samples += more
     event = moments["switch"]
     after = [s for s in samples if s[5] >= event]
     old = [s for s in after if s[1] and version_of(s[3]) != version]
@@ -337,6 +351,106 @@ def _update(live, locustfile: Path, users: int, seconds: float, version: str = "
             "switch_s": moments["done"] - event,
             "all_new_after_s": (max(s[5] for s in old) - event) if old else 0.0 if new else None,
             "timeline": rate_buckets(samples, began, ended), "t": (began, ended), "switch_at": event - began}
+
+
+def _paced(client, path: str, body: bytes, content_type: str, count: int, per_s: float) -> list[tuple[int, float]]:
+    """`count` requests of one client at most `per_s` a second: (status, ms) each."""
+    out = []
+    for _ in range(count):
+        began = time.perf_counter()
+        status, _, ms = client.post(path, body, content_type)
+        out.append((status, ms))
+        time.sleep(max(0.0, 1.0 / per_s - (time.perf_counter() - began)))
+    return out
+
+
+def _tls(door, path: str, body: bytes, content_type: str, samples: int = 40) -> dict:
+    """What the front door's TLS does: a client that verifies the generated certificate is answered, one that trusts
+    only the machine's store is refused, plain HTTP to the TLS port gets no answer; and the latency cost, measured
+    interleaved on the same door, with the connection kept (TLS's record cost) and new per request (its handshake)."""
+    verified = door.client("tls_kept").post(path, body, content_type)
+    untrusted = door.client("tls_new", verify=False).post(path, body, content_type)
+    plain_to_tls = door.client("plain_kept", tls=False, port=door.port)
+    plain_status = plain_to_tls.post(path, body, content_type)[0]
+    plain_to_tls.close()
+    modes = {"tls_kept": door.client("tls_kept"), "tls_new": door.client("tls_new", keep_alive=False),
+             "plain_kept": door.client("plain_kept", tls=False),
+             "plain_new": door.client("plain_new", tls=False, keep_alive=False)}
+    timings: dict[str, list[float]] = {mode: [] for mode in modes}
+    every = 2.0 / door.rate_per_s  # each mode has its own key: half its rate keeps the limit out of the numbers
+    for _ in range(samples):
+        began = time.perf_counter()
+        for mode, client in modes.items():
+            status, _, ms = client.post(path, body, content_type)
+            if status == 200:
+                timings[mode].append(ms)
+        time.sleep(max(0.0, every - (time.perf_counter() - began)))
+    for client in modes.values():
+        client.close()
+    p50 = {mode: float(np.median(ms)) if ms else None for mode, ms in timings.items()}
+    cost = (p50["tls_kept"] - p50["plain_kept"]) if None not in (p50["tls_kept"], p50["plain_kept"]) else None
+    handshake = (p50["tls_new"] - p50["plain_new"]) if None not in (p50["tls_new"], p50["plain_new"]) else None
+    return {"verified_status": verified[0], "untrusted_refused": untrusted[0] == 0,
+            "untrusted_error": untrusted[1][:120].decode(errors="replace"), "plain_refused": plain_status == 0,
+            "p50_ms": p50, "samples": {mode: len(ms) for mode, ms in timings.items()},
+            "cost_ms": cost, "handshake_ms": handshake}
+
+
+def _rate_limit(door, path: str, body: bytes, content_type: str, users: int, seconds: float, sla_ms: float) -> dict:
+    """One client floods the front door (Locust, `users` users, its own key, `FLOOD_FACTOR` x its limit) while
+    another sends a quarter of the limit per second with its own: the flooder's answers by status and its admitted
+    rate against the limit, the reason a 429 carries, and the other client's refusals and p99 against the SLA."""
+    flooder = SimpleNamespace(keys={"inference": door.keys["flooder"]}, inference_url=door.url, model=door.live.model)
+    steady = door.client("steady")
+    per_s = max(1.0, door.rate_per_s / 4)
+    began = time.time()
+    with LocustRun(flooder, door.live.model, door.locustfile, users, seconds, max_requests=0, tag="_flood",
+                   rate_per_user=FLOOD_FACTOR * door.rate_per_s / users) as run:
+        time.sleep(min(1.0, seconds / 4))  # the flood first fills its limit
+        prober = door.client("flooder")
+        for _ in range(200):  # the flooder's own key, until one request lands past its limit
+            probe = prober.post(path, body, content_type)
+            if probe[0] == 429:
+                break
+        prober.close()
+        calm = _paced(steady, path, body, content_type, max(5, int(per_s * (seconds - 1.5))), per_s)
+        samples, _, _ = run.wait()
+    ended = time.time()
+    steady.close()
+    statuses: dict[str, int] = {}
+    for s in samples:
+        statuses[str(s[4])] = statuses.get(str(s[4]), 0) + 1
+    window = max(ended - began, 1e-9)
+    try:
+        reason = json.loads(probe[1]).get("code") if probe[0] == 429 else None
+    except ValueError:
+        reason = None
+    answered = [ms for status, ms in calm if status == 200]
+    return {"limit_per_s": door.rate_per_s, "flooder_users": users, "flooder_by_status": statuses,
+            "flooder_admitted_per_s": statuses.get("200", 0) / window, "flooder_refused": statuses.get("429", 0),
+            "refusal_code": reason, "steady_per_s": per_s, "steady_requests": len(calm),
+            "steady_refused": len(calm) - len(answered),
+            "steady_p99_ms": float(np.percentile(answered, 99)) if answered else None,
+            "steady_p50_ms": float(np.median(answered)) if answered else None, "sla_ms": sla_ms,
+            "timeline": rate_buckets(samples, began, ended), "t": (began, ended)}
+
+
+def _front_door(live, run_dir: Path, name: str, locustfile: Path, settings: Settings, rate_per_s: int,
+                body: bytes, content_type: str) -> dict:
+    """HAProxy in front of the live server (lab2prod.servers.frontdoor): TLS checked and its cost measured, then
+    the per-client rate limit under a flood; the deployment's own front door config (TLS only, the measured
+    limit) written to frontdoor/<server>/haproxy.cfg and audited."""
+    folder = Path(run_dir) / "resilience" / f"{name}-frontdoor"
+    path = f"/predictions/{live.model}"
+    with FrontDoor(live, folder, ["tls_kept", "tls_new", "plain_kept", "plain_new", "flooder", "steady"],
+                   rate_per_s) as door:
+        door.locustfile = locustfile
+        tls = _tls(door, path, body, content_type)
+        limited = _rate_limit(door, path, body, content_type, settings.users, settings.burst_s, settings.sla_ms)
+    backend = live.inference_url.split("://", 1)[-1]
+    deployed = write_config(Path(run_dir) / "frontdoor" / name, backend, client_keys(["client"]), rate_per_s)
+    return {"tls": tls, "rate_limit": limited, "config": str(deployed.config.relative_to(run_dir)),
+            "audit": audit_config(deployed.config), "t": limited.pop("t")}
 
 
 def _back_to_normal(live, body: bytes, content_type: str, warm_p50_ms: float, limit_s: float = 30.0) -> float | None:
@@ -350,15 +464,16 @@ def _back_to_normal(live, body: bytes, content_type: str, warm_p50_ms: float, li
     return None
 
 
-def _burst(live, locustfile: Path, settings: Settings, label: str, body: bytes, content_type: str,
+def _burst(live, locustfile: Path, settings: Settings, users: int, label: str, body: bytes, content_type: str,
            warm_p50_ms: float) -> dict:
-    samples, began, ended, _ = _load(live, locustfile, settings.burst_users, settings.burst_s, f"_{label}")
+    samples, began, ended, _ = _load(live, locustfile, users, settings.burst_s, f"_{label}",
+                                     backoff_ms=BURST_BACKOFF_MS)
     timeout_ms = 10 * settings.sla_ms  # a client's patience: over it, the request counts as timed out
     statuses: dict[str, int] = {}
     for s in samples:
         statuses[str(s[4])] = statuses.get(str(s[4]), 0) + 1
     admitted = [s[0] for s in samples if s[1]]
-    return {"queue": label, "users": settings.burst_users, "requests": len(samples), "by_status": statuses,
+    return {"queue": label, "users": users, "requests": len(samples), "by_status": statuses,
             "admitted": len(admitted), "refused_fast": sum(1 for s in samples if s[4] in (429, 503)),
             "timed_out": sum(1 for s in samples if s[4] == 0 or s[0] > timeout_ms), "timeout_ms": timeout_ms,
             "server_errors": sum(1 for s in samples if s[4] >= 500 and s[4] != 503),
@@ -366,6 +481,17 @@ def _burst(live, locustfile: Path, settings: Settings, label: str, body: bytes, 
             "admitted_p99_samples": max(1, len(admitted) // 100) if admitted else 0,
             "back_to_normal_s": _back_to_normal(live, body, content_type, warm_p50_ms),
             "timeline": rate_buckets(samples, began, ended), "t": (began, ended)}
+
+
+def tuned_config(run_dir: Path, name: str, fallback: ServerConfig) -> tuple[ServerConfig, str]:
+    """The configuration the serving study chose for server `name` in this run (its workers, threads, batching,
+    mode and artifact), else `fallback`; with where it came from."""
+    serving = load_results(run_dir)[0].get("serving") or {}
+    chosen = ((serving.get("servers") or {}).get(name) or {}).get("chosen_config")
+    if not chosen:
+        return fallback, "the notebook's workers and threads (no tuned configuration of this server in the run)"
+    fields = {k: v for k, v in chosen.items() if k in ServerConfig.__dataclass_fields__}
+    return replace(fallback, **fields), "the serving study's tuned configuration"
 
 
 def in_process_fuzz(run_dir: Path, loaded, count: int, seed: int = 0) -> dict:
@@ -393,6 +519,19 @@ def write_probes(run_dir: Path, name: str, cold_start: dict) -> str:
     return str(path.relative_to(run_dir))
 
 
+def _answered_rate(out: dict, warm_p50_ms: float) -> float:
+    """The rate the soak answered, the server's capacity at `users`; without a soak, one request at a time at the
+    warm median."""
+    soak = out.get("soak")
+    return (soak["requests"] - soak["failed"]) / max(soak["seconds"], 1e-9) if soak else 1000 / max(warm_p50_ms, 1e-3)
+
+
+def _rate_limit_of(out: dict, warm_p50_ms: float) -> int:
+    """Each client's limit when none is set: half the rate the soak answered, so that one client cannot take the
+    server."""
+    return max(1, int(_answered_rate(out, warm_p50_ms) / 2))
+
+
 def _relative(phase: dict, t0: float) -> dict:
     """A phase with its wall-clock window made relative to the server's start (for the timeline)."""
     began, ended = phase.pop("t")
@@ -401,9 +540,10 @@ def _relative(phase: dict, t0: float) -> dict:
 
 def evaluate(server: Server, loaded, run_dir: Path, config: ServerConfig, settings: Settings, seed: int = 0,
              progress: bool = False) -> dict:
-    """Start `server` once in run_dir/resilience with `config` and run every phase (module docstring); the server
-    is stopped before this returns, also on an error or an interrupt. Phases the server cannot run (its live
-    object lacks a `Resilient` method) are left out with the reason."""
+    """Start `server` once in run_dir/resilience with the configuration the serving study chose for it in this run
+    (else `config`) and run every phase (module docstring); the server is stopped before this returns, also on an
+    error or an interrupt. Phases the server cannot run (its live object lacks a `Resilient` method) are left out
+    with the reason."""
     from tqdm import tqdm
 
     server.check()
@@ -413,10 +553,12 @@ def evaluate(server: Server, loaded, run_dir: Path, config: ServerConfig, settin
     requests = request_bodies(loaded, 64, seed)
     good = [body for _, body in requests]
     locustfile = write_locustfile(run_dir, requests, lab.suffix, lab.content_type, folder="resilience")
-    # half the CPUs reserved per worker: room for a rolling update to place the new version beside the old
-    config = replace(config, cpus_per_worker=config.cpus_per_worker or 1.0 / max(config.workers, 1))
-    out: dict = {"server": server.name, "title": server.title, "config": config.__dict__ | {}}
-    phases = tqdm(total=6, desc=server.title, unit="phase", disable=not progress)
+    config, source = tuned_config(run_dir, server.name, config)
+    # half the CPUs reserved for the workers: room for a rolling update to place the new version beside the old;
+    # the queue as the server has it by default (the overload phase bounds it)
+    config = replace(config, cpus_per_worker=1.0 / max(config.workers, 1), max_queue=0)
+    out: dict = {"server": server.name, "title": server.title, "config": config.__dict__ | {}, "config_source": source}
+    phases = tqdm(total=7, desc=server.title, unit="phase", disable=not progress)
     began = time.monotonic()
     with server.serve(loaded, run_dir, config, seed, folder="resilience") as live:
         t0 = time.time()
@@ -438,11 +580,22 @@ def evaluate(server: Server, loaded, run_dir: Path, config: ServerConfig, settin
             out["skipped"] = f"{server.title} does not report its model processes or update in place here"
             phases.update(3)
         warm = out["cold_start"]["warm_p50_ms"]
-        overload = [_relative(_burst(live, locustfile, settings, "server default", good[0], lab.content_type, warm),
-                              t0)]
-        bound = max(1, 2 * config.workers * config.batch_size)
+        rate = settings.rate_limit_per_s or _rate_limit_of(out, warm)
+        try:
+            haproxy_binary()
+        except Lab2ProdError as exc:
+            out["front_door_skipped"] = str(exc)
+        else:
+            out["front_door"] = _relative(_front_door(live, run_dir, server.name, locustfile, settings, rate, good[0],
+                                                      lab.content_type), t0)
+        phases.update()
+        bound = queue_bound(_answered_rate(out, warm), settings.sla_ms, config.workers, config.batch_size)
+        # closed-loop users hold one request each: past twice the bound and what the workers hold, it overflows
+        users = min(MAX_USERS, max(settings.burst_users, 2 * (bound + config.workers * config.batch_size)))
+        overload = [_relative(_burst(live, locustfile, settings, users, "server default", good[0], lab.content_type,
+                                     warm), t0)]
         live.deploy(replace(config, max_queue=bound))
-        overload.append(_relative(_burst(live, locustfile, settings, f"bounded at {bound}", good[0],
+        overload.append(_relative(_burst(live, locustfile, settings, users, f"bounded at {bound}", good[0],
                                          lab.content_type, warm), t0))
         out["overload"] = overload
         out["queue_bound"] = bound
@@ -507,10 +660,10 @@ def gates_of(servers: dict, settings: Settings, in_process: dict) -> list[dict]:
                                     f"{_seconds(s['recovery']['recovered_s'])}, availability "
                                     f"{s['recovery']['availability_pct']:.2f}%" for s in measured)))
         soak = [s["soak"] for s in measured]
-        gates.append(gate("resilience:soak", all(k["ci_mb_per_min"] is not None
-                                                 and k["ci_mb_per_min"][0] <= settings.soak_max_mb_per_min
+        gates.append(gate("resilience:soak", all(k["ci_kb_per_request"] is not None
+                                                 and k["ci_kb_per_request"][0] <= settings.soak_max_kb_per_request
                                                  for k in soak),
-                          _worst([k["mb_per_min"] for k in soak]), settings.soak_max_mb_per_min,
+                          _worst([k["kb_per_request"] for k in soak]), settings.soak_max_kb_per_request,
                           "; ".join(f"{s['title']}: RSS {_slope(s['soak'])} over {s['soak']['seconds']:.0f} s "
                                     f"({s['soak']['samples']} samples)" for s in measured)))
         upd = [s["update"] for s in measured]
@@ -520,6 +673,33 @@ def gates_of(servers: dict, settings: Settings, in_process: dict) -> list[dict]:
                           "; ".join(f"{s['title']}: {s['update']['failed_during_switch']} failed during the switch, "
                                     f"every answer from v{s['update']['version']} after "
                                     f"{_seconds(s['update']['all_new_after_s'])}" for s in measured)))
+    doors = [s for s in named if "front_door" in s]
+    if not doors:
+        reason = "; ".join(s.get("front_door_skipped", "") for s in named)
+        gates += [gate(f"resilience:{name}", False, None, None, reason, skipped=True) for name in ("rate_limit", "tls")]
+    else:
+        limits = [s["front_door"]["rate_limit"] for s in doors]
+        gates.append(gate("resilience:rate_limit", all(_limited(r) for r in limits),
+                          _worst([r["steady_p99_ms"] if r["steady_p99_ms"] is not None else math.inf for r in limits]),
+                          settings.sla_ms,
+                          "; ".join(f"{s['title']}: flooder ({s['front_door']['rate_limit']['flooder_users']} users) "
+                                    f"admitted {s['front_door']['rate_limit']['flooder_admitted_per_s']:.0f}/s of a "
+                                    f"limit of {s['front_door']['rate_limit']['limit_per_s']}/s, "
+                                    f"{s['front_door']['rate_limit']['flooder_refused']} answered 429 "
+                                    f"({s['front_door']['rate_limit']['refusal_code'] or 'no reason code'}); the "
+                                    f"other client: {s['front_door']['rate_limit']['steady_refused']} refused, p99 "
+                                    f"{_ms(s['front_door']['rate_limit']['steady_p99_ms'])}" for s in doors)))
+        tls = [s["front_door"]["tls"] for s in doors]
+        gates.append(gate("resilience:tls", all(t["verified_status"] == 200 and t["untrusted_refused"]
+                                                and t["plain_refused"] for t in tls)
+                          and all(r["passed"] for s in doors for r in s["front_door"]["audit"]),
+                          _worst([t["cost_ms"] for t in tls]), None,
+                          "; ".join(f"{s['title']}: verified {s['front_door']['tls']['verified_status']}, untrusted "
+                                    f"{'refused' if s['front_door']['tls']['untrusted_refused'] else 'ACCEPTED'}, "
+                                    f"plain HTTP {'refused' if s['front_door']['tls']['plain_refused'] else 'ANSWERED'}"
+                                    f"; TLS costs {_ms_fine(s['front_door']['tls']['cost_ms'])} per request on a kept "
+                                    f"connection, {_ms_fine(s['front_door']['tls']['handshake_ms'])} with a handshake "
+                                    f"each" for s in doors)))
     live_bad = [s["fuzz"]["server_errors"] + s["fuzz"]["refusals_without_reason"] + (not s["fuzz"]["good_after"])
                 for s in named]
     in_bad = in_process.get("crashes", 0) + in_process.get("refusals_without_code", 0) \
@@ -536,6 +716,18 @@ def gates_of(servers: dict, settings: Settings, in_process: dict) -> list[dict]:
     return gates
 
 
+def _limited(r: dict) -> bool:
+    """The rate limit held: the flooder was refused with a reason code and admitted at most its limit (a tenth
+    over, for the sliding window's edges), and the other client was never refused and kept within the SLA."""
+    return (r["flooder_refused"] > 0 and r["refusal_code"] == "rate_limited"
+            and r["flooder_admitted_per_s"] <= 1.1 * r["limit_per_s"] + 1 and r["steady_refused"] == 0
+            and r["steady_p99_ms"] is not None and r["steady_p99_ms"] <= r["sla_ms"])
+
+
+def _ms_fine(value) -> str:
+    return f"{value:+.2f} ms" if value is not None else "unmeasured"
+
+
 def _ms(value) -> str:
     return f"{value:.0f} ms" if value is not None else "none admitted"
 
@@ -548,8 +740,11 @@ def _slope(soak: dict) -> str:
     if soak["mb_per_min"] is None:
         return "too few samples"
     low, high = soak["ci_mb_per_min"]
-    per_request = f", {soak['kb_per_request']:.2f} KB per request" if soak.get("kb_per_request") is not None else ""
-    return f"{soak['mb_per_min']:+.1f} MB/min (95% interval {low:+.1f} to {high:+.1f}{per_request})"
+    if soak.get("ci_kb_per_request") is None:
+        return f"{soak['mb_per_min']:+.1f} MB/min (95% interval {low:+.1f} to {high:+.1f})"
+    low_kb, high_kb = soak["ci_kb_per_request"]
+    return (f"{soak['kb_per_request']:+.2f} KB per request (95% interval {low_kb:+.2f} to {high_kb:+.2f}), "
+            f"{soak['mb_per_min']:+.1f} MB/min")
 
 
 def summary_rows(servers: dict) -> list[dict]:
@@ -566,6 +761,9 @@ def summary_rows(servers: dict) -> list[dict]:
             "availability_pct": s.get("recovery", {}).get("availability_pct"),
             "soak_mb_per_min": s.get("soak", {}).get("mb_per_min"),
             "update_failed": s.get("update", {}).get("failed_during_switch"),
+            "rate_limit_per_s": s.get("front_door", {}).get("rate_limit", {}).get("limit_per_s"),
+            "other_client_p99_ms": s.get("front_door", {}).get("rate_limit", {}).get("steady_p99_ms"),
+            "tls_cost_ms": s.get("front_door", {}).get("tls", {}).get("cost_ms"),
             "fuzz_sent": s["fuzz"]["requests"], "fuzz_5xx": s["fuzz"]["server_errors"]})
     return rows
 
@@ -577,10 +775,13 @@ def plot_timeline(served: dict):
 
     fig, ax = plt.subplots(figsize=(11, 3.6))
     phases = [("soak", served.get("soak")), ("kill", served.get("recovery")), ("update", served.get("update")),
+              ("flood past a client's limit", served.get("front_door")),
               *[(f"burst, {b['queue']}", b) for b in served["overload"]]]
     for label, phase in phases:
         if not phase:
             continue
+        if "rate_limit" in phase:  # the front door: its flood's timeline, placed where the phase ran
+            phase = {**phase["rate_limit"], "began_s": phase["began_s"], "ended_s": phase["ended_s"]}
         times = [phase["began_s"] + b["t"] for b in phase["timeline"]]
         ax.plot(times, [b["ok_per_s"] for b in phase["timeline"]], color="tab:blue", lw=1.2)
         ax.bar(times, [b["failed_per_s"] for b in phase["timeline"]], width=BUCKET_S, color="tab:red", align="edge")

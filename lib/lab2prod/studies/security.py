@@ -18,6 +18,7 @@ from lab2prod.kinds.codec import codec_for
 from lab2prod.kinds.guard import InputGuard, Rejected
 from lab2prod.models.load import load_state_dict_file
 from lab2prod.servers.base import Server, ServerConfig
+from lab2prod.servers.frontdoor import audit_config
 from lab2prod.servers.registry import SERVERS
 from lab2prod.studies.serving import request_images
 
@@ -218,13 +219,17 @@ def integrity_checks(run_dir: Path, workdir: Path) -> list[dict]:
 
 def audit_servers(run_dir: Path) -> tuple[list[dict], list[Path]]:
     """Every registered server's audit of the config this run wrote for it (TorchServe's deployment config is
-    written when the serving study did not run): the rows, and the files audited."""
+    written when the serving study did not run), and of the front door's (TLS, a rate limit per client) when the
+    resilience study wrote one: the rows, and the files audited."""
     rows, audited = [], []
     for server in SERVERS.values():
         path, items = server.audit(Path(run_dir))
         if path is not None:
             rows += items
             audited.append(path)
+    for door in sorted((Path(run_dir) / "frontdoor").glob("*/haproxy.cfg")):
+        rows += [{**row, "item": f"{door.parent.name} front door: {row['item']}"} for row in audit_config(door)]
+        audited.append(door)
     return rows, audited
 
 
