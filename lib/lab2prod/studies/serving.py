@@ -81,6 +81,8 @@ class ServingResults(Results):
     metrics: list = described("TorchServe's Prometheus metrics after the load")
     tuning: list = described("per workers x threads x batch configuration at the tuning load")
     tuned: dict | None = described("the configuration chosen under the SLA")
+    chosen_config: dict | None = described("the chosen configuration whole (workers, threads, batching, mode, "
+                                           "artifact, the queue bound written), as later studies start the server")
     default: dict | None = described("what an untuned TorchServe did at the same load")
     config_file: str = described("config.properties written with the chosen configuration")
     locustfile: str = described("the locustfile left in the run folder")
