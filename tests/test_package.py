@@ -146,7 +146,7 @@ def test_init_writes_a_starter_whose_every_parameter_line_the_run_accepts_and_ne
     text = (tmp_path / "mine" / "lab2prod.yaml").read_text()
     # uncommented, every line is a parameter the run takes at its default, and every parameter has a line
     lines = [line.removeprefix("# ") for line in text.splitlines()
-             if re.match(r"(# )?[a-z_]+(\.[a-z_]+)?: ", line)]
+             if re.match(r"(# )?[a-z_0-9]+(\.[a-z_0-9]+)?: ", line)]
     values = yaml.safe_load("\n".join(lines))
     expected = {name for name in COMMON if name != "run_dir"} | {
         f"{s.short}.{p.name}" for s in STUDIES for p in s.params if p.name not in COMMON and p.name != "run_dir"}

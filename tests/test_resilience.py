@@ -137,7 +137,7 @@ def test_torchserve_goes_through_every_phase_and_a_model_keeping_its_inputs_fail
     gates = {g["name"]: g for g in summary["gates"] if g["name"].startswith("resilience:")}
     assert set(gates) == GATES and all(g["value"] is not None for g in gates.values())
     soak = gates["resilience:soak"]
-    assert soak["passed"] is False and soak["value"] > 2 * soak["threshold"], soak  # it grows with every request
+    assert soak["passed"] is False and soak["value"] > soak["threshold"], soak  # it grows with every request
     assert "KB per request" in soak["detail"] and "FAIL resilience:soak" in proc.stdout
     served = summary["results"]["resilience"]["servers"]["torchserve"]
     assert served["soak"]["samples"] >= 10 and served["cold_start"]["first_status"] == 200

@@ -335,7 +335,7 @@ STUDIES: list[Study] = [
         Param("sla_ms", float, 100.0, "p99 objective of the admitted requests", gt=0),
         Param("overload_p99_factor", float, 5.0, "how far over the SLA an admitted request may be in a burst", ge=1),
         Param("cold_start_max_s", float, 120.0, "seconds from start to the first answer that pass", gt=0),
-        Param("soak_max_kb_per_request", float, 8.0, "memory growth per answered request that fails (lower end of "
+        Param("soak_max_kb_per_request", float, 2.0, "memory growth per answered request that fails (lower end of "
               "its 95% interval)", ge=0),
         Param("recovery_max_s", float, 20.0, "seconds after the kill within which the rate must be back", gt=0),
         Param("rate_limit_per_s", int, 0, "requests per second each client may send through the front door; 0: "

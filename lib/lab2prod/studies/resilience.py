@@ -90,7 +90,7 @@ class Settings:
     fuzz_mutations: int = 10000
     sla_ms: float = 100.0
     cold_start_max_s: float = 120.0
-    soak_max_kb_per_request: float = 8.0
+    soak_max_kb_per_request: float = 2.0
     overload_p99_factor: float = 5.0
     recovery_max_s: float = 20.0
     rate_limit_per_s: int = 0  # each client's limit at the front door; 0: half the rate the soak answered
