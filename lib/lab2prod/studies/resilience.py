@@ -29,6 +29,7 @@ import signal
 import statistics
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -353,6 +354,11 @@ def _update(live, locustfile: Path, users: int, seconds: float, version: str = "
             "timeline": rate_buckets(samples, began, ended), "t": (began, ended), "switch_at": event - began}
 
 
+def _by_status(samples: list) -> dict[str, int]:
+    """How many samples got each HTTP status (0: no answer), in the order they first came."""
+    return dict(Counter(str(s[4]) for s in samples))
+
+
 def _paced(client, path: str, body: bytes, content_type: str, count: int, per_s: float) -> list[tuple[int, float]]:
     """`count` requests of one client at most `per_s` a second: (status, ms) each."""
     out = []
@@ -396,7 +402,8 @@ def _tls(door, path: str, body: bytes, content_type: str, samples: int = 40) -> 
             "cost_ms": cost, "handshake_ms": handshake}
 
 
-def _rate_limit(door, path: str, body: bytes, content_type: str, users: int, seconds: float, sla_ms: float) -> dict:
+def _rate_limit(door, locustfile: Path, path: str, body: bytes, content_type: str, users: int, seconds: float,
+                sla_ms: float) -> dict:
     """One client floods the front door (Locust, `users` users, its own key, `FLOOD_FACTOR` x its limit) while
     another sends a quarter of the limit per second with its own: the flooder's answers by status and its admitted
     rate against the limit, the reason a 429 carries, and the other client's refusals and p99 against the SLA."""
@@ -404,7 +411,7 @@ def _rate_limit(door, path: str, body: bytes, content_type: str, users: int, sec
     steady = door.client("steady")
     per_s = max(1.0, door.rate_per_s / 4)
     began = time.time()
-    with LocustRun(flooder, door.live.model, door.locustfile, users, seconds, max_requests=0, tag="_flood",
+    with LocustRun(flooder, door.live.model, locustfile, users, seconds, max_requests=0, tag="_flood",
                    rate_per_user=FLOOD_FACTOR * door.rate_per_s / users) as run:
         time.sleep(min(1.0, seconds / 4))  # the flood first fills its limit
         prober = door.client("flooder")
@@ -417,9 +424,7 @@ def _rate_limit(door, path: str, body: bytes, content_type: str, users: int, sec
         samples, _, _ = run.wait()
     ended = time.time()
     steady.close()
-    statuses: dict[str, int] = {}
-    for s in samples:
-        statuses[str(s[4])] = statuses.get(str(s[4]), 0) + 1
+    statuses = _by_status(samples)
     window = max(ended - began, 1e-9)
     try:
         reason = json.loads(probe[1]).get("code") if probe[0] == 429 else None
@@ -444,9 +449,9 @@ def _front_door(live, run_dir: Path, name: str, locustfile: Path, settings: Sett
     path = f"/predictions/{live.model}"
     with FrontDoor(live, folder, ["tls_kept", "tls_new", "plain_kept", "plain_new", "flooder", "steady"],
                    rate_per_s) as door:
-        door.locustfile = locustfile
         tls = _tls(door, path, body, content_type)
-        limited = _rate_limit(door, path, body, content_type, settings.users, settings.burst_s, settings.sla_ms)
+        limited = _rate_limit(door, locustfile, path, body, content_type, settings.users, settings.burst_s,
+                              settings.sla_ms)
     backend = live.inference_url.split("://", 1)[-1]
     deployed = write_config(Path(run_dir) / "frontdoor" / name, backend, client_keys(["client"]), rate_per_s)
     return {"tls": tls, "rate_limit": limited, "config": str(deployed.config.relative_to(run_dir)),
@@ -469,9 +474,7 @@ def _burst(live, locustfile: Path, settings: Settings, users: int, label: str, b
     samples, began, ended, _ = _load(live, locustfile, users, settings.burst_s, f"_{label}",
                                      backoff_ms=BURST_BACKOFF_MS)
     timeout_ms = 10 * settings.sla_ms  # a client's patience: over it, the request counts as timed out
-    statuses: dict[str, int] = {}
-    for s in samples:
-        statuses[str(s[4])] = statuses.get(str(s[4]), 0) + 1
+    statuses = _by_status(samples)
     admitted = [s[0] for s in samples if s[1]]
     return {"queue": label, "users": users, "requests": len(samples), "by_status": statuses,
             "admitted": len(admitted), "refused_fast": sum(1 for s in samples if s[4] in (429, 503)),
