@@ -47,6 +47,7 @@ seed = 0  # seed for input draws and untrained weights
 # %%
 import pandas as pd
 
+from lab2prod.core import progress
 from lab2prod.core.results import record
 from lab2prod.studies import export
 from lab2prod.studies import notebook as nb
@@ -68,7 +69,8 @@ pd.DataFrame([loaded.card()]).set_index("model")
 # line and code that did it, taken from torch.export's error or the tracer's warning.
 
 # %%
-artifacts = [export.export_model(loaded, fmt, run_dir / "models", seed) for fmt in formats]
+artifacts = [export.export_model(loaded, fmt, run_dir / "models", seed)
+             for fmt in progress.steps(formats, "export", "format")]
 export.artifacts_frame(artifacts, run_dir)
 
 # %% [markdown]

@@ -9,12 +9,13 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from lab2prod.core import extras
+from lab2prod.core import extras, progress
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.registry import STUDIES, Study, resolve_parameters
 from lab2prod.core.results import build_summary, gate, record, write_json
@@ -244,6 +245,44 @@ def _kill_kernel(kernel) -> None:
             pass
 
 
+@contextmanager
+def relayed_progress(run_dir: Path, show: bool):
+    """Progress inside a cell: the kernel writes its current step (lab2prod.core.progress) to a file in the
+    run folder, and a thread here shows it beside papermill's per-cell bar, twice a second. Nothing when the
+    bar is not shown."""
+    if not show:
+        yield
+        return
+    from tqdm import tqdm
+
+    path = Path(run_dir) / ".progress"
+    previous, os.environ[progress.ENV] = os.environ.get(progress.ENV), str(path)
+    done = threading.Event()
+
+    def relay():
+        shown = ""
+        while not done.wait(0.5):
+            text = progress.read(path)
+            if text != shown:
+                for bar in list(getattr(tqdm, "_instances", [])):
+                    if str(getattr(bar, "desc", "")).startswith("["):  # the runner's bars: "[i/n] notebook"
+                        bar.set_postfix_str(text)
+                shown = text
+
+    thread = threading.Thread(target=relay, name="lab2prod-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=2)
+        path.unlink(missing_ok=True)
+        if previous is None:
+            os.environ.pop(progress.ENV, None)
+        else:
+            os.environ[progress.ENV] = previous
+
+
 def _execute(study: Study, params: dict, run_dir: Path, stopper: _Stopper, bar, timeout: float | None) -> None:
     import papermill
 
@@ -282,7 +321,7 @@ def execute_run(selected: list[Study], per_study: dict[str, dict], params: dict,
     run_dir.mkdir(parents=True)
     records = []
     skipped = skipped_studies(selected, per_study)
-    with _Stopper(run_dir) as stopper:
+    with _Stopper(run_dir) as stopper, relayed_progress(run_dir, progress):
         for index, study in enumerate(selected, 1):
             if study.notebook in skipped:  # a skipped gate says so in the report's checklist
                 record(run_dir, study.short, {}, [gate(study.short, False, detail=skipped[study.notebook],

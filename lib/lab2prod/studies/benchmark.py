@@ -20,6 +20,7 @@ import torch
 from lab2prod.core import extras
 from lab2prod.core.errors import Lab2ProdError, one_line
 from lab2prod.core.inputs import Inputs, batch_size_of, call, export_program, first_tensor, load_aoti, to_device, trace
+from lab2prod.core.progress import steps as progress_steps
 from lab2prod.core.results import gate
 from lab2prod.core.schema import MODEL_CARD, Measure, Results, described
 from lab2prod.models.onnx_rt import OrtModule, export_to_temp, quantize_file
@@ -421,7 +422,6 @@ def run_sweep(loaded, variants, device: str, batch_sizes, threads: int | None, m
               seed: int = 0, flops_item: float | None = None, progress: bool = True) -> list[BenchmarkRow]:
     """Every variant at every batch size: built once, checked against eager fp32 on each batch,
     then timed with `measure`. A variant that cannot be built or run gets rows with its error."""
-    from tqdm import tqdm
 
     example = to_device(loaded.make_inputs(2, seed, "train"), device)
     batches = {b: to_device(loaded.make_inputs(b, seed, "test"), device) for b in batch_sizes}
@@ -431,7 +431,7 @@ def run_sweep(loaded, variants, device: str, batch_sizes, threads: int | None, m
     rows = []
     steps = [(v, b) for v in variants for b in batch_sizes]
     built: dict[str, Callable | Exception] = {}
-    for variant, batch_size in tqdm(steps, desc="benchmark", unit="run", disable=not progress):
+    for variant, batch_size in progress_steps(steps, "benchmark", "run", show=progress):
         row = BenchmarkRow(variant, device, batch_size)
         rows.append(row)
         if variant not in built:

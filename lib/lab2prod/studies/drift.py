@@ -14,6 +14,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from lab2prod.core.errors import Lab2ProdError
 from lab2prod.core.inputs import batch_size_of, call, first_tensor, map_tensors, take, tensors
+from lab2prod.core.progress import steps as progress_steps
 from lab2prod.core.results import gate
 from lab2prod.core.schema import Results, described
 from lab2prod.kinds.codec import kind_of
@@ -550,7 +551,6 @@ def evaluate_drift(loaded, batch_size: int = 64, batches: int = 50, alpha: float
     bugs (where the lab transform has a known recipe) and another source (photographs); for texts,
     typos, upper case, truncation and another source; for tensors, scaled, offset and noisy
     features, redrawn ids and cut sequences. Embeddings are read at `layer` (see embedding_layer)."""
-    from tqdm import tqdm
 
     source = drift_source(loaded, seed, include_bugs)
     if isinstance(source, str):
@@ -575,7 +575,7 @@ def evaluate_drift(loaded, batch_size: int = 64, batches: int = 50, alpha: float
         measured.append((name, kind, features(shift(source.current, rng), source.cur_labels if keeps_labels else None)))
     base_accuracy = next(current.accuracy for name, _, current in measured if name == "no shift")
     rows = []
-    for name, kind, current in tqdm(measured, desc="drift", unit="scenario", disable=not progress):
+    for name, kind, current in progress_steps(measured, "drift", "scenario", show=progress):
         change = None if current.accuracy is None or base_accuracy is None else \
             round(100 * (current.accuracy - base_accuracy), 2)
         for row in detection_rates(reference, current, batch_size, batches, alpha, classes, seed):

@@ -41,6 +41,7 @@ from lab2prod.core.inputs import (
     trace,
     varied_cases,
 )
+from lab2prod.core.progress import steps as progress_steps
 from lab2prod.core.results import gate
 from lab2prod.core.schema import MODEL_CARD, Measure, Results, described
 from lab2prod.models.load import LoadedModel
@@ -288,7 +289,7 @@ def check_exports(
         eager = _eager_outputs(loaded, cases, device)
         traced = golden if device == "cpu" else {}
         lab_answers = chain.golden_outputs(loaded.module, golden, loaded.task) if traced else None
-        for artifact in artifacts:
+        for artifact in progress_steps(artifacts, f"reload on {device}", "format"):
             if artifact.format == "aoti" and device != "cpu":
                 continue  # compiled for this CPU: a CUDA package is compiled on (and for) the GPU machine
             if not artifact.produced:

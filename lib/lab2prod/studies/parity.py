@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.progress import steps as progress_steps
 from lab2prod.core.results import gate
 from lab2prod.core.schema import Measure, Results, described
 from lab2prod.kinds.image import CLIENTS, encode_request
@@ -326,7 +327,6 @@ def evaluate_parity(loaded, lab_transform: str = "", serving_transform: str = ""
                     max_images: int = 0, seed: int = 0, progress: bool = True) -> ParityReport:
     """Compare the serving path (lab2prod's, or the user's `serving_transform`, bytes -> tensor)
     with the lab path on every client's encoding, and every selected bug on its client's."""
-    from tqdm import tqdm
 
 
     if not loaded.takes_images and not lab_transform:
@@ -347,7 +347,7 @@ def evaluate_parity(loaded, lab_transform: str = "", serving_transform: str = ""
         report.reason = ("the lab transform is not a torchvision Compose with Resize, CenterCrop and "
                          "Normalize, so the catalog cannot be derived")
     steps = [("client", c) for c in CLIENTS] + [("bug", b) for b in catalog]
-    for kind, item in tqdm(steps, desc="parity", unit="path", disable=not progress):
+    for kind, item in progress_steps(steps, "parity", "path", show=progress):
         if kind == "client":
             request_set = make_request_set(item, images, transform, loaded.module)
             report.request_sets[item] = request_set

@@ -38,6 +38,7 @@ from typing import ClassVar
 import numpy as np
 
 from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.progress import Counter as ProgressCounter
 from lab2prod.core.results import gate, load_results
 from lab2prod.core.schema import Measure, Results, described
 from lab2prod.kinds.codec import codec_for
@@ -547,8 +548,6 @@ def evaluate(server: Server, loaded, run_dir: Path, config: ServerConfig, settin
     (else `config`) and run every phase (module docstring); the server is stopped before this returns, also on an
     error or an interrupt. Phases the server cannot run (its live object lacks a `Resilient` method) are left out
     with the reason."""
-    from tqdm import tqdm
-
     server.check()
     check_bounds(settings)
     run_dir = Path(run_dir)
@@ -561,7 +560,7 @@ def evaluate(server: Server, loaded, run_dir: Path, config: ServerConfig, settin
     # the queue as the server has it by default (the overload phase bounds it)
     config = replace(config, cpus_per_worker=1.0 / max(config.workers, 1), max_queue=0)
     out: dict = {"server": server.name, "title": server.title, "config": config.__dict__ | {}, "config_source": source}
-    phases = tqdm(total=7, desc=server.title, unit="phase", disable=not progress)
+    phases = ProgressCounter(7, server.title, "phase", show=progress)
     began = time.monotonic()
     with server.serve(loaded, run_dir, config, seed, folder="resilience") as live:
         t0 = time.time()

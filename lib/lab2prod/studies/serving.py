@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from tqdm import tqdm
 
 from lab2prod.core import extras
 from lab2prod.core.inputs import cat
+from lab2prod.core.progress import steps as progress_steps
 from lab2prod.core.results import gate
 from lab2prod.core.schema import Measure, Results, described
 from lab2prod.kinds.codec import answer_vector, answers, codec_for, kind_of, lab_answer
@@ -235,7 +235,7 @@ def tune(server: Server, live: Live, locustfile: Path, configs: list[ServerConfi
     checked. The choice is the highest throughput whose p99 <= sla_ms among rows whose parity passed."""
     rows = []
     warm = request_files(Path(locustfile).parent / "requests")[0]
-    for config in tqdm(configs, desc=f"tune {server.name}", unit="config", disable=not progress):
+    for config in progress_steps(configs, f"tune {server.name}", "config", show=progress):
         live.deploy(config)
         live.predict(live.model, warm.read_bytes(), content_type=content_type_of(warm))
         parity = check(config) if check is not None else None

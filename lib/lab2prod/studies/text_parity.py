@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lab2prod.core.progress import steps as progress_steps
 from lab2prod.core.results import gate
 from lab2prod.kinds.codec import codec_for
 from lab2prod.kinds.preprocess import load_transform
@@ -228,7 +229,6 @@ def evaluate_text_parity(loaded, serving_transform: str = "", bugs=("all",), max
                          progress: bool = True) -> TextParityReport:
     """Compare the serving path (lab2prod's text codec, or the user's `serving_transform`,
     text -> encoding) with the lab path on every text, and every selected bug that applies."""
-    from tqdm import tqdm
 
 
     if loaded.text_path is None:
@@ -251,7 +251,7 @@ def evaluate_text_parity(loaded, serving_transform: str = "", bugs=("all",), max
                                           "older_vocabulary": "an older tokenizer beside the model"}.get(b.name, "more")
                       for b in catalog if not b.applies(ctx)}
     steps = [("serving", serving)] + [(b.name, lambda body, b=b: b.fn(body, ctx)) for b in report.catalog]
-    for name, path in tqdm(steps, desc="text parity", unit="path", disable=not progress):
+    for name, path in progress_steps(steps, "text parity", "path", show=progress):
         result = _run(name, path, requests, lab, lab_outputs, loaded.module, labels, loaded.task)
         (report.serving if name == "serving" else report.bugs).append(result)
     return report
