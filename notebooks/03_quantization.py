@@ -46,7 +46,7 @@ threads = 1  # torch threads while timing (one per worker is the serving default
 min_run_time = 0.5  # seconds of timing per recipe and batch size
 accuracy_budget_pts = 1.0  # largest accuracy drop (points; top-1 disagreement when unlabelled) that passes
 eval_count = 360  # unlabelled inputs for fidelity (labelled models use all 360 held-out digits)
-sensitivity_max_s = 60.0  # sensitivity and frontier always run over budget; within it, only if estimated under this
+sensitivity_max_s = 60.0  # over budget: sensitivity and frontiers sized to about this; within it: run if under it
 run_dir = ""  # run folder; empty means outputs/interactive
 seed = 0  # seed for input draws and untrained weights
 
@@ -103,30 +103,41 @@ fig = q.plot_quantization_tradeoff(results, max(batch_sizes), accuracy_budget_pt
 # Each layer quantized alone (torch.ao), the rest kept in fp32: its accuracy drop (or top-1
 # disagreement; for an embedder, 100 x (1 - cosine)) and its relative output error. Then the
 # frontier: layers go to int8 one step at a time, least sensitive first, and every step is
-# measured for quality and latency. When the whole-model recipe exceeds the budget, the fastest
-# step within it becomes the selective recipe, with its own row: not the step that quantizes the
-# most, the one that is fastest; and the first layer, in the model's order, that loses more than
-# its share of the budget on its own is named: where the whole-model recipe starts to go wrong.
-# Within the budget they change no recommendation: on a model where they would take longer than
-# `sensitivity_max_s` (one evaluation per layer and per step), they are left out and the line
-# says how long they would take.
+# measured for quality and latency. ONNX Runtime gets its own frontier when its whole-model int8
+# is over the budget too: the same order, each layer's ONNX nodes (found from the names the
+# exporter records) leaving `quantize_dynamic`'s `nodes_to_exclude` one step at a time. For each
+# runtime whose whole-model recipe exceeds the budget, the fastest step within it becomes a
+# selective recipe, with its own row: not the step that quantizes the most, the one that is
+# fastest; and the first layer, in the model's order, that loses more than its share of the
+# budget on its own is named: where the whole-model recipe starts to go wrong.
+#
+# On a large model each phase is sized to `sensitivity_max_s` from one timed evaluation: the
+# ranking on fewer inputs, fewer frontier steps (the line below says so); the selective recipe
+# is then measured on every input. Within the budget they change no recommendation: where they
+# would take longer than `sensitivity_max_s`, they are left out and the line says how long they
+# would take.
 
 # %%
-wanted, why = q.sensitivity_wanted(results, loaded, "torch_ao_dynamic", types, data, accuracy_budget_pts,
-                                   sensitivity_max_s)
-sensitivity = q.layer_sensitivity(loaded, "torch_ao_dynamic", types, data) if wanted else []
-steps = q.frontier(loaded, "torch_ao_dynamic", types, sensitivity, data, max(batch_sizes), threads, min_run_time,
-                   accuracy_budget_pts) if sensitivity else []
-print(q.add_selective(results, loaded, types, sensitivity, data, accuracy_budget_pts, batch_sizes, threads,
-                      min_run_time, seed, steps=steps) if wanted else why)
+wanted, why, inputs, max_steps = q.sensitivity_wanted(results, loaded, "torch_ao_dynamic", types, data,
+                                                     accuracy_budget_pts, sensitivity_max_s)
+ranked = q.sensitivity_inputs(data, inputs)
+sensitivity = q.layer_sensitivity(loaded, "torch_ao_dynamic", types, ranked) if wanted else []
+steps = q.frontier(loaded, "torch_ao_dynamic", types, sensitivity, ranked, max(batch_sizes), threads, min_run_time,
+                   accuracy_budget_pts, max_steps) if sensitivity else []
+steps += q.ort_frontier(loaded, results, sensitivity, ranked, max(batch_sizes), threads, min_run_time,
+                        accuracy_budget_pts, max_steps)[1:]
+print(why)
+if wanted:
+    print(q.add_selective(results, loaded, types, sensitivity, data, accuracy_budget_pts, batch_sizes, threads,
+                          min_run_time, seed, steps=steps))
 why_over = q.over_budget_text(results, sensitivity, loaded.module, accuracy_budget_pts)
 if why_over:
     print(why_over)
 pd.DataFrame(sensitivity).set_index("layer") if sensitivity else None
 
 # %% [markdown]
-# One point per step: speed against quality lost. Green points fit the budget; the fastest of
-# them is ringed.
+# One point per step: speed against quality lost, a line per runtime. Green points fit the
+# budget; the fastest of each runtime is ringed.
 
 # %%
 fig = q.plot_frontier(steps, accuracy_budget_pts) if steps else None
@@ -137,13 +148,16 @@ pd.DataFrame(steps).set_index("quantized_layers").round(4) if steps else f"no fr
 # %% [markdown]
 # ## Export the recommended recipe and reload it in a fresh process
 #
-# The recommended recipe is the fastest at the largest batch size within the accuracy budget.
-# torch.ao models are saved as TorchScript (the old path), torchao models through `torch.export`;
+# The recommended recipe is the fastest of any runtime at the largest batch size within the
+# accuracy budget, or fp32 itself when no recipe within the budget is faster than fp32.
+# torch.ao models are saved as TorchScript (the old path), torchao models through `torch.export`,
+# ONNX Runtime's as the int8 `.onnx` it wrote;
 # the file is loaded in a new Python process and compared with the in-process quantized model. The same
 # process answers the golden set, which the report's chain compares with the lab's answers.
 
 # %%
 best = q.recommended(results, accuracy_budget_pts, max(batch_sizes))
+print(q.recommendation_text(results, best, accuracy_budget_pts, max(batch_sizes)))
 stages = [] if best else [q.not_quantized_stage(loaded, "no recipe within the accuracy budget", failed=True)]
 exported = q.export_quantized(best, loaded, run_dir / "models", batch_sizes, seed, stages,
                               accuracy_budget_pts) if best else None

@@ -123,8 +123,12 @@ def test_sensitivity_finds_the_fragile_layer_and_the_selective_recipe_keeps_it_f
     assert q.best_step(steps) is steps[1]
     # over the budget the sensitivity is always measured; within it only when it is cheap enough
     assert q.sensitivity_wanted(results, loaded, "torch_ao_dynamic", LINEAR, data, 5.0, 0.0)[0] is True
-    within, why = q.sensitivity_wanted(results, loaded, "torch_ao_dynamic", LINEAR, data, 1000.0, 0.0)
+    within, why, _, _ = q.sensitivity_wanted(results, loaded, "torch_ao_dynamic", LINEAR, data, 1000.0, 0.0)
     assert within is False and why.startswith("not measured") and "sensitivity_max_s=0" in why
+    # over the budget with no time allowed, each phase shrinks to its floor: 64 inputs to rank, 3 steps, and says so
+    over, why, inputs, max_steps = q.sensitivity_wanted(results, loaded, "torch_ao_dynamic", LINEAR, data, 5.0, 0.0)
+    assert (over, inputs, max_steps) == (True, 64, 3) and "the ranking on 64 inputs, at most 3 frontier steps" in why
+    assert q.sensitivity_inputs(data, 64).count == 64 and q.sensitivity_inputs(data, 0) is data
     assert q.sensitivity_wanted(results, loaded, "torch_ao_dynamic", LINEAR, data, 1000.0, 600.0)[0] is True
     assert q.sensitivity_wanted(results[:1], loaded, "torch_ao_dynamic", LINEAR, data, 5.0, 60.0)[0] is False
     # the whole-model recipe is over budget: the fragile layer is named as where it starts to go wrong
@@ -136,7 +140,58 @@ def test_sensitivity_finds_the_fragile_layer_and_the_selective_recipe_keeps_it_f
     selective = results[-1]
     assert selective.method == "torch_ao_dynamic_selective" and selective.layers == ["2"]
     assert selective.accuracy_drop_pts <= 5.0
-    assert q.recommended(results, 5.0, 4) is selective
+    assert q.recommended(results, 5.0, 4, fp32_unless_faster=False) is selective
+
+
+def test_onnx_runtime_frontier_keeps_the_fragile_layers_nodes_in_fp32():
+    from lab2prod.models.onnx_rt import OrtModule
+
+    loaded = _loaded(_outlier_model(), (3, 16))  # 3-D inputs: each Linear exports to a MatMul ONNX Runtime quantizes
+    data = q.eval_data(loaded, count=200)
+    results = q.evaluate_methods(loaded, ["torch_ao_dynamic", "onnxruntime_int8_dynamic"], LINEAR, [4], threads=1,
+                                 min_run_time=0.01, data=data, progress=False)
+    whole = results[-1]
+    assert whole.method == "onnxruntime_int8_dynamic" and whole.accuracy_drop_pts > 5 and whole.layers == ["0", "2"]
+    assert q.ort_method(results, 5.0) is whole and q.ort_method(results, 1000.0) is None
+    sensitivity = q.layer_sensitivity(loaded, "torch_ao_dynamic", LINEAR, data)
+    order = q.ort_layer_order(whole.module.source, loaded.module, sensitivity)
+    assert [layer for layer, _ in order] == ["2", "0"] and all(len(nodes) == 1 for _, nodes in order)
+    steps = q.ort_frontier(loaded, results, sensitivity, data, 4, 1, 0.01, 5.0)
+    assert [(s["method"], s["quantized_layers"], s["added"]) for s in steps] == [
+        ("fp32", 0, ""), ("onnxruntime_int8_dynamic", 1, "2"), ("onnxruntime_int8_dynamic", 2, "0")]
+    assert [s["within_budget"] for s in steps] == [True, True, False] and steps[0]["speedup"] == 1.0
+    assert q.ort_frontier(loaded, results, [], data, 4, 1, 0.01, 5.0) == []  # nothing to order the nodes by
+    message = q.add_selective(results, loaded, LINEAR, sensitivity, data, 5.0, [4], 1, 0.01, steps=steps)
+    assert "onnxruntime_int8_dynamic_selective: 1 of 2 layers' nodes in int8, 1 kept in fp32" in message
+    assert "selective recipe: no step of the frontier fits" in message  # no torch.ao steps were given
+    selective = results[-1]
+    assert selective.method == "onnxruntime_int8_dynamic_selective" and isinstance(selective.module, OrtModule)
+    assert selective.layers == ["2"] and selective.keep_fp32 == ["0"] and selective.accuracy_drop_pts <= 5.0
+    assert selective.module.quantized_ops and 4 in selective.latency_ms
+
+
+def _timed(method: str, ms: float, drop: float) -> q.MethodResult:
+    quality = {"cosine": 1.0, "top1_agreement": 1.0, "relative_error": 0.0, "accuracy": None}
+    return q.MethodResult(method, nn.Identity(), [], [], 1, 0.0, 0.0, quality, drop, {16: ms})
+
+
+def test_the_recommendation_is_the_fastest_recipe_of_any_runtime_and_fp32_when_none_beats_it():
+    fp32 = _timed("fp32", 10.0, 0.0)
+    ort = _timed("onnxruntime_int8_dynamic_per_channel_selective", 5.0, 0.8)
+    results = [fp32, _timed("onnxruntime_fp32", 4.0, 0.0), _timed("torch_ao_dynamic_selective", 8.0, 0.5), ort,
+               _timed("onnxruntime_int8_dynamic_per_channel", 3.0, 1.5)]
+    assert q.recommended(results, 1.0, 16) is ort  # over the budget is never chosen, nor the unquantized session
+    assert "2.00x fp32 at batch 16" in q.recommendation_text(results, ort, 1.0, 16)
+    slower = [fp32, _timed("torch_ao_dynamic", 10.9, 0.2), _timed("torchao_int8_dynamic", 12.0, 0.1)]
+    assert q.recommended(slower, 1.0, 16) is fp32
+    assert q.recommended(slower, 1.0, 16, fp32_unless_faster=False).method == "torch_ao_dynamic"
+    text = q.recommendation_text(slower, fp32, 1.0, 16)
+    assert text.startswith("fp32: the fastest recipe within the 1-point budget, torch_ao_dynamic, is 0.92x fp32")
+    exported = {"produced": True, "max_abs_diff": 0.0, "top1_agreement": 1.0, "format": "torchscript_trace",
+                "error": None}
+    accuracy_gate, _ = q.quantization_gates(slower, fp32, exported, 1.0)
+    assert accuracy_gate["passed"] and accuracy_gate["detail"].startswith("fp32: the fastest recipe within")
+    assert q.recommended([fp32, _timed("torch_ao_dynamic", 5.0, 3.0)], 1.0, 16) is None
 
 
 def test_the_frontier_recommends_the_fastest_step_within_the_budget_not_the_most_quantized():

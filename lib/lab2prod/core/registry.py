@@ -245,8 +245,9 @@ STUDIES: list[Study] = [
               "largest accuracy drop (points; top-1 disagreement when unlabelled) that passes", ge=0),
         Param("eval_count", int, 360, "unlabelled inputs for fidelity (labelled models use all 360 held-out "
               "digits)", ge=1),
-        Param("sensitivity_max_s", float, 60.0, "per-layer sensitivity and the frontier always run when the "
-              "whole-model int8 is over the budget; within it, only when estimated under this many seconds", ge=0),
+        Param("sensitivity_max_s", float, 60.0, "per-layer sensitivity and the frontiers always run when a "
+              "whole-model int8 is over the budget, each sized to about this many seconds (fewer inputs to rank, "
+              "fewer steps); within it, only when estimated under this many seconds", ge=0),
         *_common("run_dir", "seed"))),
     Study("benchmark", "04_latency_benchmark", "latency SLA", "lab2prod.studies.benchmark", (
         *_MODEL, COMMON["device"],

@@ -27,7 +27,7 @@ from lab2prod.core.errors import Lab2ProdError, one_line
 from lab2prod.core.inputs import export_program
 
 __all__ = ["available", "versions", "export_onnx", "check_onnx", "external_files", "OrtModule", "quantize_file",
-           "QUANTIZED_OPS", "session_options"]
+           "QUANTIZED_OPS", "session_options", "inline_weights", "quantizable_nodes"]
 
 QUANTIZED_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear", "QAttention",
                  "DynamicQuantizeLSTM")
@@ -201,22 +201,66 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int
                  torch.bool: np.bool_, torch.uint8: np.uint8}
 
 
-def quantize_file(source: Path, target: Path, per_channel: bool = False) -> list[str]:
+def quantize_file(source: Path, target: Path, per_channel: bool = False, nodes_to_exclude=()) -> list[str]:
     """ONNX Runtime's dynamic int8 of `source` into `target` (weights int8, activations quantized
-    per call; MatMul/Gemm and Conv); returns the quantized operator types found in the result."""
+    per call; MatMul and Conv, and Gather from a constant table); the nodes named in `nodes_to_exclude`
+    stay in float. Returns the quantized operator types found in the result."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="lab2prod-ortq-") as tmp:
-        # quantize_dynamic wants the weights inside the model it reads
-        inlined = Path(tmp) / "inlined.onnx"
-        onnx.save(onnx.load(str(source)), str(inlined))
+        if external_files(source):  # quantize_dynamic wants the weights inside the model it reads
+            inlined = Path(tmp) / "inlined.onnx"
+            onnx.save(onnx.load(str(source)), str(inlined))
+            source = inlined
         # quantize_dynamic logs a pre-processing hint through the root logger on every call
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(inlined), str(target), per_channel=per_channel, weight_type=QuantType.QInt8)
+            quantize_dynamic(str(source), str(target), per_channel=per_channel, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=list(nodes_to_exclude))
     model = onnx.load(str(target), load_external_data=False)
     return sorted({node.op_type for node in model.graph.node if node.op_type in QUANTIZED_OPS})
+
+
+def inline_weights(source: Path, target: Path) -> Path:
+    """`source` rewritten as one file with its weights inside (quantize_dynamic reads no external data);
+    quantizing the same graph many times then reads one file each time."""
+    import onnx
+
+    onnx.save(onnx.load(str(source)), str(target))
+    return Path(target)
+
+
+# op -> the input that must be a constant. Gemm (a Linear on 2-D inputs) is not among the dynamic int8 ops.
+_WEIGHTED = {"MatMul": 1, "Conv": 1, "Gather": 0}
+
+
+def quantizable_nodes(path: Path, layers=()) -> list[dict]:
+    """The nodes ONNX Runtime's dynamic int8 quantizes in `path`: MatMul and Conv with a constant weight,
+    and Gather from a constant table (an embedding); not Gemm, which a Linear on 2-D inputs exports to.
+    Each is {"node", "op", "layer"}: `layer` is the deepest module among `layers` (the torch model's
+    module names) that the exporter recorded the node under (torch.onnx's name scopes), or "" when
+    none is; in graph order."""
+    import ast
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    wanted, rows = set(layers), []
+    for node in model.graph.node:
+        index = _WEIGHTED.get(node.op_type)
+        if index is None or len(node.input) <= index or node.input[index] not in constants:
+            continue
+        meta = {p.key: p.value for p in node.metadata_props}
+        try:
+            scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            scopes = []
+        layer = next((s for s in reversed(scopes) if s in wanted), "")
+        rows.append({"node": node.name, "op": node.op_type, "layer": layer})
+    return rows
 
 
 @contextlib.contextmanager

@@ -19,11 +19,12 @@ from torch import nn
 
 from lab2prod.core import extras
 from lab2prod.core.errors import Lab2ProdError
-from lab2prod.core.inputs import Inputs, batch_size_of, call, export_program, first_tensor, outputs_of, trace
+from lab2prod.core.inputs import Inputs, batch_size_of, call, export_program, first_tensor, outputs_of, take, trace
+from lab2prod.core.progress import steps as progress_steps
 from lab2prod.core.results import gate
 from lab2prod.core.schema import MODEL_CARD, Measure, Results, described
 from lab2prod.kinds.preprocess import load_transform
-from lab2prod.models.onnx_rt import OrtModule, export_to_temp, quantize_file
+from lab2prod.models.onnx_rt import OrtModule, export_to_temp, inline_weights, quantizable_nodes, quantize_file
 from lab2prod.models.reference import reference_images, reference_tensors
 from lab2prod.studies import chain
 from lab2prod.studies.export import reload_in_fresh_process
@@ -57,6 +58,11 @@ __all__ = [
     "frontier",
     "best_step",
     "add_selective",
+    "ort_frontier",
+    "ort_layer_order",
+    "ort_method",
+    "sensitivity_inputs",
+    "recommendation_text",
     "quantization_gates",
     "quantization_frame",
     "plot_quantization_tradeoff",
@@ -81,9 +87,11 @@ class QuantizationResults(Results):
     labelled: bool = described("whether quality is accuracy (labels) or fidelity to fp32")
     methods: list = described("per recipe and batch size: latency, speedup, size, quality, coverage")
     sensitivity: list = described("per layer quantized alone: accuracy drop or disagreement, output error")
-    frontier: list = described("layers to int8 one step at a time, least sensitive first: quality lost, cosine, "
-                               "latency and speedup at each step")
-    recommended: str | None = described("the fastest recipe within the accuracy budget")
+    frontier: list = described("layers to int8 one step at a time, least sensitive first, per runtime (torch.ao, "
+                               "and ONNX Runtime with nodes_to_exclude): quality lost, cosine, latency and speedup "
+                               "at each step")
+    recommended: str | None = described("the fastest recipe of any runtime within the accuracy budget, fp32 when "
+                                        "none within it is faster than fp32")
     export: dict | None = described("the recommended recipe exported and reloaded in a fresh process")
     findings: list = described("what the numbers say, one sentence each")
     skipped: dict = described("methods that do not apply to this model, with the reason (ONNX Runtime's when the "
@@ -220,7 +228,7 @@ def _ort_quantized(module: nn.Module, method: str, example) -> nn.Module:
     folder, source = export_to_temp(module, example)
     if method == "onnxruntime_fp32":
         session = OrtModule(source)
-        session.quantized_ops = []
+        session.quantized_ops, session.source = [], source
         weakref.finalize(session, shutil.rmtree, str(folder), True)
         return session
     target = folder / "model.int8.onnx"
@@ -230,7 +238,7 @@ def _ort_quantized(module: nn.Module, method: str, example) -> nn.Module:
         shutil.rmtree(folder, ignore_errors=True)
         raise Lab2ProdError(f"{method}: ONNX Runtime could not quantize the model ({exc})") from None
     quantized = OrtModule(target)
-    quantized.quantized_ops = ops
+    quantized.quantized_ops, quantized.source = ops, source
     weakref.finalize(quantized, shutil.rmtree, str(folder), True)
     return quantized
 
@@ -413,11 +421,10 @@ def _time(results: list[MethodResult], loaded, batch_sizes, threads, min_run_tim
           rounds: int = 2) -> None:
     # Recipes are timed in alternating rounds and each keeps its best median, so a slow moment of a
     # shared machine (or the order of measurement) does not decide which recipe looks faster.
-    from tqdm import tqdm
 
     steps = [(round_, b, r) for round_ in range(rounds) for b in batch_sizes for r in results]
     batches = {b: loaded.make_inputs(b, seed, "test") for b in batch_sizes}
-    for round_, batch_size, result in tqdm(steps, desc="latency", unit="run", disable=not progress):
+    for round_, batch_size, result in progress_steps(steps, "latency", "run", show=progress):
         median = latency_ms(result.module, batches[batch_size], threads, min_run_time / rounds)
         previous = result.latency_ms.get(batch_size)
         result.latency_ms[batch_size] = median if previous is None or round_ == 0 else min(previous, median)
@@ -444,32 +451,44 @@ def evaluate_methods(loaded, methods, module_types, batch_sizes, threads: int = 
                 raise
             skipped[method] = str(exc)
             continue
+        if getattr(model, "quantized_ops", None):  # ONNX Runtime's int8: the layers whose nodes it quantized
+            layers = ort_layers(model.source, loaded.module)
         results.append(_measure(method, model, layers, [], loaded, data, reference, fp32.quality))
     _time(results, loaded, batch_sizes, threads, min_run_time, seed, progress)
     return results
 
 
-def layer_sensitivity(loaded, method: str, module_types, data: EvalData) -> list[dict]:
+def sensitivity_inputs(data: EvalData, count: int) -> EvalData:
+    """The first `count` of `data` (all of it when `count` is 0 or larger): the per-layer sensitivity ranks layers,
+    and a ranking needs fewer inputs than a budget decision."""
+    if not count or count >= data.count:
+        return data
+    labels = data.labels[:count] if data.labels is not None else None
+    return EvalData(take(data.inputs, 0, count), labels, data.task)
+
+
+def layer_sensitivity(loaded, method: str, module_types, data: EvalData, progress: bool = False) -> list[dict]:
     """Quantize one layer at a time: each layer's accuracy drop (or disagreement) and relative
     output error vs fp32, most sensitive first."""
+
     reference = outputs_of(loaded.module, data.inputs)
     fp32 = quality(reference, reference, data.labels, data.task)
     layers = quantized_layers(loaded.module, method, module_types)
     named = dict(loaded.module.named_modules())
     rows = []
-    for layer in layers:
+    for layer in progress_steps(layers, "sensitivity", "layer", show=progress):
         model = quantize(loaded.module, method, module_types, keep_fp32=[n for n in layers if n != layer])
         row = quality(reference, outputs_of(model, data.inputs), data.labels, data.task)
         rows.append({"layer": layer, "type": type(named[layer]).__name__,
                      "parameters": sum(p.numel() for p in named[layer].parameters()),
                      "accuracy_drop_pts": _drop_pts(row, fp32), "relative_error": row["relative_error"],
-                     "cosine": row["cosine"]})
+                     "cosine": row["cosine"], "inputs": data.count})
     return sorted(rows, key=lambda r: (-r["accuracy_drop_pts"], -r["relative_error"]))
 
 
 def frontier(loaded, method: str, module_types, sensitivity: list[dict], data: EvalData, batch_size: int,
              threads: int, min_run_time: float, budget_pts: float, max_steps: int = 12,
-             rounds: int = 2) -> list[dict]:
+             rounds: int = 2, progress: bool = False) -> list[dict]:
     """The speed-fidelity frontier of a selective recipe: layers go to int8 one step at a time, least
     sensitive first (the per-layer `sensitivity`), and each step is measured: quality lost (points,
     as the budget counts them), cosine to fp32, median latency at `batch_size` and speedup over
@@ -477,21 +496,33 @@ def frontier(loaded, method: str, module_types, sensitivity: list[dict], data: E
     steps, spread evenly up to every layer. One row per step, fp32 first."""
     reference = outputs_of(loaded.module, data.inputs)
     fp32_quality = quality(reference, reference, data.labels, data.task)
+
     order = [r["layer"] for r in reversed(sensitivity)]  # least sensitive first
-    counts = sorted({int(round(c)) for c in np.linspace(1, len(order), min(len(order), max_steps))}) if order else []
     models = {0: loaded.module}
-    rows = [{"quantized_layers": 0, "kept_fp32": len(order), "added": "", "drop_pts": 0.0,
+    rows = [{"method": "fp32", "quantized_layers": 0, "kept_fp32": len(order), "added": "", "drop_pts": 0.0,
              "cosine": fp32_quality["cosine"]}]
-    for count in counts:
+    for count in progress_steps(_step_counts(len(order), max_steps), f"frontier {method}", "step", show=progress):
         model = quantize(loaded.module, method, module_types, keep_fp32=order[count:])
         row = quality(reference, outputs_of(model, data.inputs), data.labels, data.task)
         models[count] = model
-        rows.append({"quantized_layers": count, "kept_fp32": len(order) - count, "added": order[count - 1],
-                     "drop_pts": _drop_pts(row, fp32_quality), "cosine": row["cosine"]})
+        rows.append({"method": method, "quantized_layers": count, "kept_fp32": len(order) - count,
+                     "added": order[count - 1], "drop_pts": _drop_pts(row, fp32_quality), "cosine": row["cosine"]})
+    return _time_steps(rows, [models[row["quantized_layers"]] for row in rows], loaded, batch_size, threads,
+                       min_run_time, budget_pts, rounds)
+
+
+def _step_counts(layers: int, max_steps: int) -> list[int]:
+    """At most `max_steps` layer counts from 1 to `layers`, spread evenly."""
+    return sorted({int(round(c)) for c in np.linspace(1, layers, min(layers, max_steps))}) if layers else []
+
+
+def _time_steps(rows: list[dict], models: list, loaded, batch_size: int, threads: int, min_run_time: float,
+                budget_pts: float, rounds: int) -> list[dict]:
+    # every step and fp32 (the first row) in alternating rounds, the best median kept: speedups in one run
     batch = loaded.make_inputs(batch_size, 0, "test")
     for round_ in range(rounds):
-        for row in rows:
-            median = latency_ms(models[row["quantized_layers"]], batch, threads, min_run_time / rounds)
+        for row, model in zip(rows, models, strict=True):
+            median = latency_ms(model, batch, threads, min_run_time / rounds)
             row["latency_ms"] = median if round_ == 0 else min(row["latency_ms"], median)
     for row in rows:
         row["speedup"] = rows[0]["latency_ms"] / row["latency_ms"]
@@ -500,17 +531,118 @@ def frontier(loaded, method: str, module_types, sensitivity: list[dict], data: E
     return rows
 
 
-def best_step(steps: list[dict]) -> dict | None:
-    """The fastest frontier step within the budget that quantizes something; None when none fits."""
-    within = [s for s in steps if s["quantized_layers"] > 0 and s["within_budget"]]
+ORT_INT8 = ("onnxruntime_int8_dynamic_per_channel", "onnxruntime_int8_dynamic")
+
+
+def ort_layer_order(source: Path, module: nn.Module, sensitivity: list[dict]) -> list[tuple[str, list[str]]]:
+    """ONNX Runtime's quantizable nodes grouped by the torch layer they came from, in the order the frontier
+    quantizes them: the layers of the per-layer `sensitivity`, least sensitive first, then the groups it did not
+    measure (embeddings, convolutions, nodes under no layer), which go to int8 last. [(layer, [node, ...])]."""
+    names = {name for name, _ in module.named_modules() if name}
+    groups: dict[str, list[str]] = {}
+    for row in quantizable_nodes(source, names):
+        groups.setdefault(row["layer"] or f"{row['op']} {row['node']}", []).append(row["node"])
+    measured = [r["layer"] for r in reversed(sensitivity) if r["layer"] in groups]
+    return [(layer, groups[layer]) for layer in measured] + [(k, v) for k, v in groups.items() if k not in measured]
+
+
+def ort_layers(source: Path, module: nn.Module) -> list[str]:
+    """The torch layers whose ONNX nodes ONNX Runtime's dynamic int8 quantizes (a Linear on 2-D inputs, a Gemm,
+    is not among them), in the model's order."""
+    names = [name for name, _ in module.named_modules() if name]
+    found = {row["layer"] for row in quantizable_nodes(source, names)}
+    return [name for name in names if name in found]
+
+
+def ort_method(results: list[MethodResult], budget_pts: float) -> MethodResult | None:
+    """The ONNX Runtime int8 recipe the frontier starts from: the measured one that lost least, when every
+    measured one is over the budget (within it, the whole-model recipe is already a candidate); else None."""
+    ort = [r for r in results if r.method in ORT_INT8]
+    if not ort or any(r.accuracy_drop_pts <= budget_pts for r in ort):
+        return None
+    return min(ort, key=lambda r: (r.accuracy_drop_pts, ORT_INT8.index(r.method)))
+
+
+def _ort_step(source: Path, folder: Path, method: str, order, count: int) -> nn.Module:
+    exclude = [node for _, nodes in order[count:] for node in nodes]
+    target = Path(folder) / f"{method}_{count}.onnx"
+    per_channel = method.removesuffix("_selective").endswith("per_channel")
+    ops = quantize_file(source, target, per_channel=per_channel, nodes_to_exclude=exclude)
+    module = OrtModule(target)
+    module.quantized_ops, module.source = ops, source
+    return module
+
+
+def ort_frontier(loaded, results: list[MethodResult], sensitivity: list[dict], data: EvalData, batch_size: int,
+                 threads: int, min_run_time: float, budget_pts: float, max_steps: int = 8, rounds: int = 2,
+                 progress: bool = False) -> list[dict]:
+    """The frontier of ONNX Runtime's int8 with the sensitive nodes kept in fp32 (quantize_dynamic's
+    nodes_to_exclude): layer by layer in `ort_layer_order`, each step quantized, measured for quality and timed
+    against eager fp32 like `frontier`. Empty when no ONNX Runtime int8 recipe is over the budget
+    (`ort_method`) or no sensitivity was measured. One row per step, fp32 first."""
+
+    whole = ort_method(results, budget_pts)
+    if whole is None or not sensitivity:
+        return []
+    folder = Path(whole.module.path).parent
+    source = inline_weights(whole.module.source, folder / "inlined.onnx")
+    order = ort_layer_order(source, loaded.module, sensitivity)
+    reference = outputs_of(loaded.module, data.inputs)
+    fp32_quality = quality(reference, reference, data.labels, data.task)
+    rows = [{"method": "fp32", "quantized_layers": 0, "kept_fp32": len(order), "added": "", "drop_pts": 0.0,
+             "cosine": fp32_quality["cosine"]}]
+    models = [loaded.module]
+    try:
+        for count in progress_steps(_step_counts(len(order), max_steps), f"frontier {whole.method}", "step",
+                                    show=progress):
+            model = _ort_step(source, folder, whole.method, order, count)
+            row = quality(reference, outputs_of(model, data.inputs), data.labels, data.task)
+            models.append(model)
+            rows.append({"method": whole.method, "quantized_layers": count, "kept_fp32": len(order) - count,
+                         "added": order[count - 1][0], "drop_pts": _drop_pts(row, fp32_quality),
+                         "cosine": row["cosine"]})
+        return _time_steps(rows, models, loaded, batch_size, threads, min_run_time, budget_pts, rounds)
+    finally:
+        for model in models[1:]:
+            model._session = None
+            Path(model.path).unlink(missing_ok=True)
+
+
+def best_step(steps: list[dict], method: str = "") -> dict | None:
+    """The fastest frontier step within the budget that quantizes something (of `method`, when given); None when
+    none fits."""
+    within = [s for s in steps if s["quantized_layers"] > 0 and s["within_budget"]
+              and (not method or s.get("method") == method)]
     return min(within, key=lambda s: s["latency_ms"], default=None)
 
 
-def recommended(results: list[MethodResult], budget_pts: float, batch_size: int) -> MethodResult | None:
-    """The fastest quantized recipe at `batch_size` within the accuracy budget (ONNX Runtime's
-    included; its unquantized session is a reference, not a recipe)."""
+def recommended(results: list[MethodResult], budget_pts: float, batch_size: int,
+                fp32_unless_faster: bool = True) -> MethodResult | None:
+    """The fastest quantized recipe of any runtime at `batch_size` within the accuracy budget (ONNX Runtime's
+    included; its unquantized session is a reference, not a recipe). fp32 itself when none within the budget is
+    faster than fp32 (unless `fp32_unless_faster` is off); None when none is within the budget."""
     within = [r for r in results if r.method not in ("fp32", "onnxruntime_fp32") and r.accuracy_drop_pts <= budget_pts]
-    return min(within, key=lambda r: r.latency_ms[batch_size], default=None)
+    best = min(within, key=lambda r: r.latency_ms[batch_size], default=None)
+    if best is not None and fp32_unless_faster and best.latency_ms[batch_size] >= results[0].latency_ms[batch_size]:
+        return results[0]
+    return best
+
+
+def recommendation_text(results: list[MethodResult], best: MethodResult | None, budget_pts: float,
+                        batch_size: int) -> str:
+    """One line: what is recommended and why, from the measured numbers."""
+    if best is None:
+        return f"no recipe within the {budget_pts:g}-point budget"
+    fp32 = results[0].latency_ms[batch_size]
+    if best.method == "fp32":
+        within = [r for r in results[1:] if r.method != "onnxruntime_fp32" and r.accuracy_drop_pts <= budget_pts]
+        fastest = min(within, key=lambda r: r.latency_ms[batch_size])
+        return (f"fp32: the fastest recipe within the {budget_pts:g}-point budget, {fastest.method}, is "
+                f"{fp32 / fastest.latency_ms[batch_size]:.2f}x fp32 at batch {batch_size}; quantizing would not "
+                "make this model faster")
+    return (f"{best.method}: {fp32 / best.latency_ms[batch_size]:.2f}x fp32 at batch {batch_size}, "
+            f"{best.accuracy_drop_pts:g} points lost (budget {budget_pts:g}), the fastest of every runtime within "
+            "the budget")
 
 
 def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, seed: int = 0,
@@ -650,15 +782,26 @@ def _runtime_split(results: list[MethodResult], batch_sizes) -> list[str]:
 def add_selective(results: list[MethodResult], loaded, module_types, sensitivity: list[dict], data: EvalData,
                   budget_pts: float, batch_sizes, threads: int, min_run_time: float, seed: int = 0,
                   steps: list[dict] | None = None) -> str:
-    """Append a selective torch.ao recipe to `results` when the whole-model one exceeds the
-    budget: the fastest step of the frontier (`steps`) within the budget, timed at every batch
-    size like the other recipes. Returns a sentence saying what was done."""
+    """Append a selective recipe to `results` for each runtime whose whole-model int8 exceeds the budget: the
+    fastest step of its frontier (`steps`: torch.ao's and ONNX Runtime's) within the budget, timed at every batch
+    size like the other recipes. Returns what was done, a sentence per runtime."""
+    lines = [_add_torch_selective(results, loaded, module_types, sensitivity, data, budget_pts, batch_sizes, threads,
+                                  min_run_time, seed, steps or [])]
+    ort = ort_method(results, budget_pts)
+    if ort is not None:
+        lines.append(_add_ort_selective(results, ort, loaded, sensitivity, data, budget_pts, batch_sizes, threads,
+                                        min_run_time, seed, steps or []))
+    return "\n".join(lines)
+
+
+def _add_torch_selective(results, loaded, module_types, sensitivity, data, budget_pts, batch_sizes, threads,
+                         min_run_time, seed, steps) -> str:
     full = next((r for r in results if r.method == "torch_ao_dynamic"), None)
     if full is None:
         return "selective recipe: needs torch_ao_dynamic among the methods"
     if full.accuracy_drop_pts <= budget_pts:
         return "selective recipe: not needed, the whole-model recipe is within the budget"
-    best = best_step(steps or [])
+    best = best_step(steps, "torch_ao_dynamic")
     if best is None:
         return "selective recipe: no step of the frontier fits the budget, even with one layer quantized"
     order = [r["layer"] for r in reversed(sensitivity)]
@@ -674,29 +817,68 @@ def add_selective(results: list[MethodResult], loaded, module_types, sensitivity
             "frontier)")
 
 
+def _add_ort_selective(results, whole: MethodResult, loaded, sensitivity, data, budget_pts, batch_sizes, threads,
+                       min_run_time, seed, steps) -> str:
+    name = f"{whole.method}_selective"
+    best = best_step(steps, whole.method)
+    if best is None:
+        return (f"{name}: no step of ONNX Runtime's frontier fits the budget" if sensitivity else
+                f"{name}: not tried, no per-layer sensitivity to order the nodes by")
+    folder = Path(whole.module.path).parent
+    source = folder / "inlined.onnx"
+    if not source.exists():
+        inline_weights(whole.module.source, source)
+    order = ort_layer_order(source, loaded.module, sensitivity)
+    count = best["quantized_layers"]
+    model = _ort_step(source, folder, name, order, count)
+    named = {n for n, _ in loaded.module.named_modules()}
+    layers = [layer for layer, _ in order[:count] if layer in named]
+    keep = [layer for layer, _ in order[count:]]
+    selective = _measure(name, model, layers, keep, loaded, data, outputs_of(loaded.module, data.inputs),
+                         results[0].quality)
+    _time([selective], loaded, batch_sizes, threads, min_run_time, seed, progress=False)
+    results.append(selective)
+    return (f"{name}: {count} of {len(order)} layers' nodes in int8, {len(keep)} kept in fp32 (nodes_to_exclude; "
+            f"{selective.accuracy_drop_pts} pts; {best['speedup']:.2f}x fp32 at batch {best['batch_size']} on the "
+            "frontier)")
+
+
 def sensitivity_wanted(results: list[MethodResult], loaded, method: str, module_types, data: EvalData,
-                       budget_pts: float, max_seconds: float) -> tuple[bool, str]:
-    """(whether to measure the per-layer sensitivity and the frontier, why). Always when the whole-model
-    `method` is over the budget: the selective recipe is built from them. Within the budget they change no
-    recommendation, so they run only when their estimate, one evaluation of `data` per layer and per frontier
-    step (timed once here), stays under `max_seconds`: on a large model they cost minutes."""
+                       budget_pts: float, max_seconds: float) -> tuple[bool, str, int, int]:
+    """(whether to measure the per-layer sensitivity and the frontiers, why, inputs, steps). Always when a
+    whole-model int8 recipe (`method`, or every ONNX Runtime one) is over the budget: the selective recipes are
+    built from them. Then each of the two phases is sized to about `max_seconds` from one timed evaluation of
+    `data`: the sensitivity ranks layers on its first `inputs` (at least 64), and a frontier takes at most `steps`
+    steps (3 to 12); the selective recipe is measured again on every input. Within the budget they change no
+    recommendation, so they run on all inputs and 12 steps only when that estimate stays under `max_seconds`:
+    on a large model they cost minutes."""
     whole = next((r for r in results if r.method == method), None)
     if whole is None:
-        return False, f"{method} was not measured: no per-layer sensitivity"
+        return False, f"{method} was not measured: no per-layer sensitivity", 0, 0
     layers = quantized_layers(loaded.module, method, module_types)
     if not layers:
-        return False, "no layer of the chosen types to quantize"
-    if whole.accuracy_drop_pts > budget_pts:
-        return True, f"{method} is over the budget: every layer is measured to build the selective recipe"
+        return False, "no layer of the chosen types to quantize", 0, 0
+    over_budget = whole.accuracy_drop_pts > budget_pts or ort_method(results, budget_pts) is not None
     start = time.perf_counter()
     outputs_of(loaded.module, data.inputs)
-    one = time.perf_counter() - start
+    one = max(time.perf_counter() - start, 1e-6)
     estimate = one * (len(layers) + min(len(layers), 12))
-    if estimate <= max_seconds:
-        return True, f"measured: about {estimate:.0f} s ({len(layers)} layers and frontier steps)"
-    return False, (f"not measured: {method} is within the {budget_pts:g}-point budget, and the per-layer "
-                   f"sensitivity and frontier would take about {estimate:.0f} s ({len(layers)} layers and up to 12 "
-                   f"steps, {one:.1f} s an evaluation), over sensitivity_max_s={max_seconds:g}; raise it to see them")
+    if not over_budget:
+        if estimate <= max_seconds:
+            return True, f"measured: about {estimate:.0f} s ({len(layers)} layers and frontier steps)", data.count, 12
+        return False, (f"not measured: {method} is within the {budget_pts:g}-point budget, and the per-layer "
+                       f"sensitivity and frontier would take about {estimate:.0f} s ({len(layers)} layers and up to "
+                       f"12 steps, {one:.1f} s an evaluation), over sensitivity_max_s={max_seconds:g}; raise it to "
+                       "see them"), 0, 0
+    which = method if whole.accuracy_drop_pts > budget_pts else "every ONNX Runtime int8 recipe"
+    inputs = data.count if one * len(layers) <= max_seconds else min(
+        data.count, max(64, int(data.count * max_seconds / (one * len(layers)))))
+    steps = int(min(12, max(3, max_seconds // one)))
+    sized = ("" if inputs == data.count and steps == 12 else
+             f"; sized to sensitivity_max_s={max_seconds:g} ({one:.1f} s an evaluation of {data.count} inputs): the "
+             f"ranking on {inputs} inputs, at most {steps} frontier steps")
+    return True, f"{which} is over the budget: every layer is measured to build the selective recipe{sized}", \
+        inputs, steps
 
 
 def first_layer_over_share(sensitivity: list[dict], module: nn.Module, budget_pts: float) -> dict | None:
@@ -741,6 +923,8 @@ def quantization_gates(results: list[MethodResult], best: MethodResult | None, e
                      + (f"; {why_over}" if why_over else "")),
                 gate("quantization:export", False, None, atol, "no recipe to export")]
     touched = f"{len(best.layers)} layers quantized" if best.layers else "nothing to quantize (0% coverage)"
+    if best.method == "fp32":  # recipes fit the budget, but none was faster
+        touched = recommendation_text(results, best, budget_pts, max(best.latency_ms)).removeprefix("fp32: ")
     matches = bool(exported and exported["produced"] and exported["max_abs_diff"] is not None
                    and exported["max_abs_diff"] <= atol and exported["top1_agreement"] in (None, 1.0))
     detail = (exported or {}).get("error") or f"{exported['format']} reloads in a fresh process and matches"
@@ -793,23 +977,33 @@ def plot_quantization_tradeoff(results, batch_size: int, budget_pts: float):
 
 def plot_frontier(steps: list[dict], budget_pts: float):
     """The speed-fidelity frontier: speedup over fp32 (x) against quality lost in points (y), one
-    point per step labelled with its int8 layer count; within the budget green, the fastest of
-    those ringed, the budget a dashed line."""
+    point per step labelled with its int8 layer count, a line per runtime (from fp32); within the budget
+    green, the fastest of each runtime ringed, the budget a dashed line."""
     import matplotlib.pyplot as plt
 
 
-    best = best_step(steps)
+    fp32 = next(s for s in steps if s.get("method", "fp32") == "fp32")
+    methods = list(dict.fromkeys(s["method"] for s in steps if s.get("method", "fp32") != "fp32"))
+    if not methods:  # rows written before the frontier named its runtime
+        methods, steps = ["torch_ao_dynamic"], [{**s, "method": s.get("method") or "torch_ao_dynamic"}
+                                                for s in steps]
+        fp32 = steps[0]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([s["speedup"] for s in steps], [s["drop_pts"] for s in steps], "-", color="#bbbbbb", zorder=1)
-    for step in steps:
-        colour = "#2ca02c" if step["within_budget"] else "#d62728"
-        ax.scatter(step["speedup"], step["drop_pts"], s=50, color=colour, zorder=2,
-                   edgecolor="black" if step is best else colour, linewidth=2 if step is best else 0.5)
-        ax.annotate(str(step["quantized_layers"]), (step["speedup"], step["drop_pts"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+    for i, method in enumerate(methods):
+        mine = [fp32] + [s for s in steps if s["method"] == method and s["quantized_layers"] > 0]
+        best = best_step(mine, method)
+        ax.plot([s["speedup"] for s in mine], [s["drop_pts"] for s in mine], "-", color=f"C{i}", alpha=0.5,
+                zorder=1, label=method)
+        for step in mine[1:]:
+            colour = "#2ca02c" if step["within_budget"] else "#d62728"
+            ax.scatter(step["speedup"], step["drop_pts"], s=50, color=colour, zorder=2, marker="os^"[i % 3],
+                       edgecolor="black" if step is best else colour, linewidth=2 if step is best else 0.5)
+            ax.annotate(str(step["quantized_layers"]), (step["speedup"], step["drop_pts"]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+    ax.scatter(1.0, 0.0, s=40, color="#888888", zorder=2, label="fp32")
     ax.axhline(budget_pts, color="#b00020", linestyle="--", linewidth=1, label=f"budget {budget_pts:g} pts")
     ax.axvline(1.0, color="#888888", linewidth=0.8)
-    ax.set_xlabel(f"speedup over fp32 at batch {steps[0]['batch_size']} (right is faster)")
+    ax.set_xlabel(f"speedup over fp32 at batch {fp32['batch_size']} (right is faster)")
     ax.set_ylabel("quality lost (points; lower is better)")
     ax.set_title("Frontier: layers to int8, least sensitive first (labels: int8 layers)")
     ax.legend(fontsize=8)
