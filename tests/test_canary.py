@@ -105,9 +105,11 @@ def test_int8_candidate_differs_but_agrees(tmp_path):
 
 def test_v2_is_the_recipe_the_quantization_study_recommended_where_the_canary_can_serve_it(tmp_path):
     import json
+    import shutil
 
     from lab2prod.core.inputs import trace
     from lab2prod.models.load import load_model
+    from lab2prod.models.onnx_rt import OrtModule
     from lab2prod.studies.quantization import quantize, resolve_module_types
 
     loaded = load_model("digits_mlp")
@@ -115,9 +117,9 @@ def test_v2_is_the_recipe_the_quantization_study_recommended_where_the_canary_ca
     (tmp_path / "models").mkdir()
     torch.jit.save(trace(recipe, loaded.make_inputs(2, 0, "train")), str(tmp_path / "models" / "quantized_x.pt"))
 
-    def quantization_said(recommended, fmt):
+    def quantization_said(recommended, fmt, file="models/quantized_x.pt"):
         (tmp_path / "results").mkdir(exist_ok=True)
-        export = {"method": recommended, "format": fmt, "file": "models/quantized_x.pt", "produced": True,
+        export = {"method": recommended, "format": fmt, "file": file, "produced": True,
                   "error": None}
         (tmp_path / "results" / "quantization.json").write_text(json.dumps({
             "values": {"recommended": recommended, "export": export, "model": loaded.card()},
@@ -130,7 +132,13 @@ def test_v2_is_the_recipe_the_quantization_study_recommended_where_the_canary_ca
     assert "torch_ao_dynamic_selective" in label and isinstance(v2, torch.jit.ScriptModule)
     probe = loaded.make_inputs(8, 1)
     assert torch.equal(v2(probe), recipe(probe))  # the very recipe, from its file
-    quantization_said("onnxruntime_int8_dynamic_per_channel", "onnx")
+    onnx_recipe = quantize(loaded.module, "onnxruntime_int8_dynamic_per_channel", (), example=probe)
+    shutil.copyfile(onnx_recipe.path, tmp_path / "models" / "quantized_x.onnx")
+    quantization_said("onnxruntime_int8_dynamic_per_channel", "onnx", "models/quantized_x.onnx")
+    v2, label = canary.candidate_model(loaded, "recommended", run_dir=tmp_path)  # ONNX Runtime's int8 file itself
+    assert "onnxruntime_int8_dynamic_per_channel" in label and isinstance(v2, OrtModule)
+    assert torch.equal(v2(probe), onnx_recipe(probe))
+    quantization_said("torchao_int8_dynamic", "torch_export", "models/quantized_x.pt2")
     v2, label = canary.candidate_model(loaded, "recommended", run_dir=tmp_path)
     assert "does not serve" in label and any("quantized" in type(m).__module__ for m in v2.modules())
     other = load_model("digits_cnn")  # the quantization study measured digits_mlp, not this v1

@@ -29,9 +29,9 @@ class FakeContext:
     """What TorchServe hands a handler: system properties, the manifest, the model's yaml config,
     and a place for per-request response statuses and headers."""
 
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, serialized="model.pt"):
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
-        self.manifest = {"model": {"serializedFile": "model.pt", "modelName": "model"}}
+        self.manifest = {"model": {"serializedFile": serialized, "modelName": "model"}}
         self.model_yaml_config = {"handler": {"threads": 1}}
         self.statuses, self.headers = {}, {}
 
@@ -86,6 +86,32 @@ def test_handler_answers_like_the_lab_and_refuses_bad_requests_with_a_reason(han
     assert list(phases) == ["codec", "inference", "postprocess"] and all(ms >= 0 for ms in phases.values())
     # the batch held the three answered requests of the five sent (two were refused before it)
     assert {batch_size(h["Server-Timing"]) for h in context.headers.values()} == {3}
+
+
+def test_an_onnx_runtime_int8_file_is_served_like_the_recipe_in_process(tmp_path):
+    import shutil
+
+    from lab2prod.models.onnx_rt import OrtModule
+    from lab2prod.studies.quantization import quantize
+
+    loaded = load_model("digits_mlp")
+    recipe = quantize(loaded.module, "onnxruntime_int8_dynamic_per_channel", (), example=loaded.make_inputs(2, 0))
+    shutil.copyfile(recipe.path, tmp_path / "model.onnx")
+    spec, _ = codec_for(loaded).archive(tmp_path)
+    (tmp_path / "lab2prod.json").write_text(json.dumps({"family": loaded.family, "task": loaded.task, "codec": spec}))
+    threads = torch.get_num_threads()
+    handler = Lab2ProdHandler()
+    handler.initialize(FakeContext(tmp_path, "model.onnx"))
+    torch.set_num_threads(threads)
+    assert isinstance(handler.model, OrtModule)
+    requests = request_images(loaded, 3)
+    # one request a call: dynamic int8 quantizes activations by the range of the batch it is given
+    outputs = [handler.handle([{"data": body}], FakeContext(tmp_path, "model.onnx"))[0] for _, body in requests]
+    lab = codec_for(loaded, guarded=False)
+    with torch.inference_mode():
+        expected = torch.stack([lab_answer(recipe, lab, body, loaded.task) for _, body in requests])
+    for output, probabilities in zip(outputs, expected, strict=True):
+        assert max(abs(a - b) for a, b in zip(output["probabilities"], probabilities.tolist(), strict=True)) < 1e-5
 
 
 def test_handler_stages_can_be_called_one_by_one(handler_and_model):

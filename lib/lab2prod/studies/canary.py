@@ -20,6 +20,7 @@ from lab2prod.core.results import gate
 from lab2prod.core.schema import Results, described
 from lab2prod.kinds.codec import answer_vector, codec_for, lab_answer
 from lab2prod.models.load import load_model
+from lab2prod.models.onnx_rt import OrtModule
 from lab2prod.servers import loadtest
 from lab2prod.servers.torchserve import server as torchserve
 from lab2prod.servers.torchserve.server import http_request, trace_to_file
@@ -95,10 +96,14 @@ class Policy:
     min_requests: int = 100
 
 
+SERVED_FORMATS = ("torchscript_trace", "onnx")  # what the canary's TorchServe handler loads
+
+
 def recommended_candidate(run_dir, method: str = "torch_ao_dynamic", model: str = "") -> tuple[str, str, str]:
     """(candidate, method, why) for candidate "recommended": the file of the recipe this run's quantization study
     recommended for `model` (the label of v1), where its accuracy gate passed and the canary's TorchServe handler
-    can serve it (a TorchScript file: torch.ao, whole-model or selective); else "int8" with `method`, and why."""
+    can serve it (a TorchScript file: torch.ao, whole-model or selective, or fp32 itself; or ONNX Runtime's int8
+    file); else "int8" with `method`, and why."""
     path = Path(run_dir) / "results" / "quantization.json" if run_dir else None
     if path is None or not path.exists():
         return "int8", method, f"the quantization study has not run here: v2 is v1 quantized with {method}"
@@ -116,11 +121,11 @@ def recommended_candidate(run_dir, method: str = "torch_ao_dynamic", model: str 
     if not chosen:
         return "int8", method, (f"the quantization study found no recipe within its budget: v2 is v1 quantized "
                                 f"with {method}, which it did not recommend")
-    if exported.get("produced") and not exported.get("error") and exported.get("format") == "torchscript_trace":
+    if exported.get("produced") and not exported.get("error") and exported.get("format") in SERVED_FORMATS:
         return (str(Path(run_dir) / exported["file"]), method,
                 f"v2 is the recipe the quantization study recommended ({chosen})")
     return "int8", method, (f"the quantization study recommended {chosen}, which the canary's TorchServe handler "
-                            f"does not serve (it loads TorchScript): v2 is v1 quantized with {method}")
+                            f"does not serve (it loads TorchScript and ONNX): v2 is v1 quantized with {method}")
 
 
 def candidate_model(loaded, candidate: str, candidate_weights: str = "", method: str = "torch_ao_dynamic",
@@ -131,11 +136,14 @@ def candidate_model(loaded, candidate: str, candidate_weights: str = "", method:
 
     if candidate == "recommended":
         candidate, method, why = recommended_candidate(run_dir, method, loaded.label)
-        if candidate != "int8":  # the TorchScript file the quantization study wrote and reloaded
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
-                module = torch.jit.load(candidate, map_location="cpu").eval()
-            return module, f"{loaded.spec} int8, {why.removeprefix('v2 is ')}"
+        if candidate != "int8":  # the file the quantization study wrote and reloaded
+            if candidate.endswith(".onnx"):
+                module = OrtModule(candidate, threads=1)
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
+                    module = torch.jit.load(candidate, map_location="cpu").eval()
+            return module, f"{loaded.spec}, {why.removeprefix('v2 is ')}"
         module, label = candidate_model(loaded, "int8", "", method, seed)
         return module, f"{label}: {why.split(': ')[0]}"
     if candidate == "int8":
@@ -390,7 +398,7 @@ def rollout(loaded, v2: nn.Module, run_dir: Path, weights: tuple[int, int] = (80
     models_dir.mkdir(parents=True, exist_ok=True)
     example = loaded.make_inputs(2, seed, "train")
     files = {"1.0": torchserve.exported_torchscript(run_dir) or _trace(loaded.module, example, models_dir / "v1.pt"),
-             "2.0": _trace(v2, example, models_dir / "v2.pt")}
+             "2.0": Path(v2.path) if isinstance(v2, OrtModule) else _trace(v2, example, models_dir / "v2.pt")}
     requests = serving.request_images(loaded, check_requests, seed)
     lab = codec_for(loaded, guarded=False)
     probe = requests[0][1]

@@ -3,7 +3,8 @@
 TorchServe loads this file from the model archive (as `lab2prod_handler.py`); it imports lab2prod,
 so the served request path is the lab's codec object (`lab2prod.kinds.codec`), not a copy: image bytes
 through the user's lab transform (carried in the archive) or the family's recipe, JSON texts
-through the model's tokenizer (carried in the archive), or JSON arrays for tensor models.
+through the model's tokenizer (carried in the archive), or JSON arrays for tensor models. The
+archived model is TorchScript (`.pt`) or an ONNX file (`.onnx`, run in ONNX Runtime).
 """
 
 import json
@@ -15,6 +16,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from lab2prod.core.inputs import call, cat, first_tensor, to_device
 from lab2prod.kinds.codec import answers, from_spec
 from lab2prod.kinds.guard import Rejected
+from lab2prod.models.onnx_rt import OrtModule
 from lab2prod.servers.timing import HEADER, Stopwatch, header_value
 
 __all__ = ["Lab2ProdHandler"]
@@ -34,6 +36,10 @@ class Lab2ProdHandler(BaseHandler):
         if threads > 0:
             torch.set_num_threads(threads)  # one worker, one thread: no oversubscription
         super().initialize(context)
+        if str(self.model_pt_path or "").endswith(".onnx"):
+            # TorchServe opens an .onnx as a bare ONNX Runtime session; lab2prod's session module is called like
+            # the torch model it came from (tensors, positional or named), so the same codec feeds both
+            self.model = OrtModule(self.model_pt_path, threads=max(threads, 1))
         self.task = spec.get("task", "classifier")
         self.codec = from_spec(spec["codec"], model_dir)
         # the archive's version (torch-model-archiver --version): each answer names the version that gave it

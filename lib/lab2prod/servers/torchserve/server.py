@@ -137,7 +137,8 @@ def build_archive(loaded, serve_dir: Path, name: str, threads: int, seed: int = 
                   model_file: Path | None = None, version: str = "1.0", archive_name: str = "",
                   max_bytes: int = 1_000_000, job_queue_size: int = 0) -> Path:
     """Build `archive_name` (default `name`).mar for model `name` at `version` from a TorchScript
-    file (the export notebook's when given, else a trace made here) with lab2prod's handler, the
+    file (the export notebook's when given, else a trace made here) or an ONNX file (one file, its weights
+    inside, as ONNX Runtime's quantizer writes it) with lab2prod's handler, the
     model's request codec (`lab2prod.kinds.codec`: its guard settings, and the user's lab transform
     source or the tokenizer's files), the class names and a model-config.yaml carrying the
     handler's thread count and, when `job_queue_size` is set, the model's own bound on waiting requests
@@ -148,9 +149,12 @@ def build_archive(loaded, serve_dir: Path, name: str, threads: int, seed: int = 
     store, work = serve_dir / "model-store", serve_dir / "archive" / archive_name
     store.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
+    suffix = ".onnx" if model_file is not None and Path(model_file).suffix == ".onnx" else ".pt"
     if model_file is not None:
-        shutil.copyfile(model_file, work / "model.pt")
-    model_file = work / "model.pt"
+        for old in work.glob("model.*"):  # a version archived here before, maybe in the other format
+            old.unlink()
+        shutil.copyfile(model_file, work / f"model{suffix}")
+    model_file = work / f"model{suffix}"
     if not model_file.exists():
         trace_to_file(loaded.module, loaded.make_inputs(2, seed, "train"), model_file)
     shutil.copyfile(HANDLER_FILE, work / "lab2prod_handler.py")
