@@ -305,7 +305,8 @@ def serving_resize_without_crop(data: bytes) -> torch.Tensor:
 
 
 def save_hf_example(folder: str, task: str = "classifier", layers: int = 2, hidden: int = 64, seed: int = 0,
-                    train_steps: int = 60, outliers: int = 0, outlier_scale: float = 200.0) -> str:
+                    train_steps: int = 60, outliers: int = 0, outlier_scale: float = 200.0,
+                    vocab_size: int = 0, heads: int = 0) -> str:
     """Write a small Hugging Face checkpoint to `folder` the way a user's fine-tuned model is saved:
     a WordPiece tokenizer trained here on the bundled text sample and a BERT built from a config
     (seeded), both with save_pretrained. `task` "classifier" writes a sequence classifier with 4
@@ -314,7 +315,9 @@ def save_hf_example(folder: str, task: str = "classifier", layers: int = 2, hidd
     with its random weights. `outliers` > 0 gives that many Linear layers (spread over the depth)
     one input channel `outlier_scale` times larger, as trained transformers have outlier
     channels: per-tensor int8 then loses those layers' small weights, and a selective recipe
-    is needed to keep the fidelity. Returns the folder:
+    is needed to keep the fidelity. `vocab_size` (0: the tokenizer's 400 words) and `heads` (0: one per 32
+    wide) give a model the size of a real one: all-MiniLM-L6-v2's shape (22.7M parameters) is
+    `layers=6, hidden=384, heads=12, vocab_size=30522`. Returns the folder:
 
         python -c "from lab2prod.examples import save_hf_example; save_hf_example('tiny-bert')"
         lab2prod run --model hf:tiny-bert
@@ -334,8 +337,9 @@ def save_hf_example(folder: str, task: str = "classifier", layers: int = 2, hidd
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
     labels = ["complaint", "question", "news", "praise"]
-    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=max(1, hidden // 32), intermediate_size=hidden * 4,
+    config = BertConfig(vocab_size=max(vocab_size, tokenizer.get_vocab_size()), hidden_size=hidden,
+                        num_hidden_layers=layers, num_attention_heads=heads or max(1, hidden // 32),
+                        intermediate_size=hidden * 4,
                         max_position_embeddings=128, num_labels=len(labels),
                         id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
     torch.manual_seed(seed)
