@@ -61,14 +61,16 @@ pd.Series(machine, name="machine").to_frame()
 # `correct` says whether the variant matched eager fp32 on the same batch (cosine ≥ 0.999 and
 # top-1 agreement ≥ 99%); `n` is the number of timed calls; `stable` whether the median had
 # settled when sampling stopped. `peak_mem_bytes` is CUDA max allocated on a GPU and resident
-# memory growth while timing on the CPU.
+# memory growth while timing on the CPU. `brief` marks a batch whose checking call took over 4x
+# `sla_ms`: it cannot meet the SLA, so it gets one warm-up call and three timed ones instead of a
+# full sample (on a large model one such call takes seconds).
 
 # %%
 flops = bm.flops_per_item(loaded.module, loaded.make_inputs(2, seed))
 rows = []
 for dev in devices:
     rows += bm.run_sweep(loaded, bm.check_variants(variants, dev), dev, batch_sizes, threads, min_run_time,
-                         seed, flops, progress=False)
+                         seed, flops, progress=False, sla_ms=sla_ms)
 bm.benchmark_frame(rows)
 
 # %% [markdown]

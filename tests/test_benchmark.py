@@ -132,6 +132,14 @@ def test_sweep_measures_every_variant_and_batch_and_reports_unbuildable_ones():
                                       "mean_ms", "throughput_per_s", "peak_mem_bytes", "correct"}
 
 
+def test_a_call_far_over_the_sla_is_timed_briefly_and_marked():
+    loaded = _small_loaded()
+    rows = bm.run_sweep(loaded, ["eager"], "cpu", [1, 3], 1, 0.05, progress=False, sla_ms=1e-6)
+    assert all(r.brief and r.n == 3 and r.correct and r.p99_ms >= r.p50_ms for r in rows)
+    (row,) = bm.run_sweep(loaded, ["eager"], "cpu", [3], 1, 0.05, progress=False, sla_ms=1e6)
+    assert not row.brief and row.n >= 10 and row.as_dict()["brief"] is False
+
+
 def test_machine_info_names_the_hardware():
     from lab2prod.studies.environment import machine_snapshot
 

@@ -136,15 +136,16 @@ def measure(
     rel_spread: float = 0.05,
     min_samples: int = 10,
     clock: Callable[[], int] = time.perf_counter_ns,
+    window: int = 3,
 ) -> Timing:
     """Time `fn()` call by call.
 
-    Warm-up runs windows of calls until the median of one window is within `rel_spread` of the
-    previous one (or `warmup_s`, default a quarter of `min_run_time`, runs out). Sampling then
+    Warm-up runs windows of `window` calls until the median of one window is within `rel_spread` of
+    the previous one (or `warmup_s`, default a quarter of `min_run_time`, runs out). Sampling then
     runs at least `min_run_time` seconds and `min_samples` calls, and stops once the medians of
     the two halves of the samples agree within `rel_spread`, or at `max_run_time` (default 4x
-    `min_run_time`). CPU calls are timed with perf_counter_ns; CUDA calls with events, each
-    call synchronized. Threads are set for the measurement and restored.
+    `min_run_time`) once it has min(`min_samples`, 3) calls. CPU calls are timed with
+    perf_counter_ns; CUDA calls with events, each call synchronized. Threads are set for the measurement and restored.
     """
     cuda = device.startswith("cuda")
     max_run_time = max_run_time if max_run_time is not None else 4 * min_run_time
@@ -170,7 +171,7 @@ def measure(
 
         with torch.inference_mode():
             # Warm-up: first calls pick kernels, pack weights, compile, fill caches.
-            warm, window, settled, began = [], 3, False, clock()
+            warm, settled, began = [], False, clock()
             while True:
                 warm.extend(timed() for _ in range(window))
                 if len(warm) >= 2 * window:
@@ -194,7 +195,7 @@ def measure(
                     if abs(first - second) <= rel_spread * max(first, 1e-9):
                         stable = True
                         break
-                if elapsed >= max_run_time and len(samples) >= 2:
+                if elapsed >= max_run_time and len(samples) >= min(min_samples, 3):
                     break
         timing = Timing(np.asarray(samples), batch_size, device, torch.get_num_threads(), len(warm), settled, stable)
         timing.rss_growth_bytes = max(0, rss_bytes() - rss_before)
@@ -412,16 +413,24 @@ class BenchmarkRow:
     stable: bool = False
     gflops_per_s: float | None = None
     error: str | None = None
+    brief: bool = False
     samples_ms: list = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "samples_ms"}
 
 
+BRIEF_OVER_SLA = 4.0  # a call this many times over the SLA is timed briefly: it cannot meet the SLA
+
+
 def run_sweep(loaded, variants, device: str, batch_sizes, threads: int | None, min_run_time: float,
-              seed: int = 0, flops_item: float | None = None, progress: bool = True) -> list[BenchmarkRow]:
+              seed: int = 0, flops_item: float | None = None, progress: bool = True,
+              sla_ms: float | None = None) -> list[BenchmarkRow]:
     """Every variant at every batch size: built once, checked against eager fp32 on each batch,
-    then timed with `measure`. A variant that cannot be built or run gets rows with its error."""
+    then timed with `measure`. A variant that cannot be built or run gets rows with its error. Given
+    `sla_ms`, a batch whose checking call took over BRIEF_OVER_SLA times the SLA is timed briefly
+    (one warm-up call, three timed ones; `brief` on its row): on a large model such a call takes
+    seconds, and no number of samples would bring it within the SLA."""
 
     example = to_device(loaded.make_inputs(2, seed, "train"), device)
     batches = {b: to_device(loaded.make_inputs(b, seed, "test"), device) for b in batch_sizes}
@@ -445,12 +454,17 @@ def run_sweep(loaded, variants, device: str, batch_sizes, threads: int | None, m
             continue
         batch = batches[batch_size]
         try:
+            start = time.perf_counter()
             with torch.inference_mode():
                 output = first_tensor(call(fn, batch))
+            first_ms = (time.perf_counter() - start) * 1e3
             check = check_correct(references[batch_size], output, classifier=loaded.task == "classifier")
             row.correct, row.cosine, row.max_abs_diff = check["correct"], check["cosine"], check["max_abs_diff"]
+            row.brief = sla_ms is not None and first_ms > BRIEF_OVER_SLA * sla_ms
+            budget = (dict(min_run_time=0.0, max_run_time=0.0, warmup_s=0.0, min_samples=3, window=1) if row.brief
+                      else dict(min_run_time=min_run_time))
             timing = measure(lambda fn=fn, batch=batch: call(fn, batch), batch_size=batch_size, device=device,
-                             threads=threads, min_run_time=min_run_time)
+                             threads=threads, **budget)
         except Exception as exc:
             row.error = one_line(exc)
             continue

@@ -24,7 +24,14 @@ from lab2prod.core.progress import steps as progress_steps
 from lab2prod.core.results import gate
 from lab2prod.core.schema import MODEL_CARD, Measure, Results, described
 from lab2prod.kinds.preprocess import load_transform
-from lab2prod.models.onnx_rt import OrtModule, export_to_temp, inline_weights, quantizable_nodes, quantize_file
+from lab2prod.models.onnx_rt import (
+    OrtModule,
+    export_to_temp,
+    external_files,
+    inline_weights,
+    quantizable_nodes,
+    quantize_file,
+)
 from lab2prod.models.reference import reference_images, reference_tensors
 from lab2prod.studies import chain
 from lab2prod.studies.export import reload_in_fresh_process
@@ -193,13 +200,14 @@ def quantized_layers(module: nn.Module, method: str, module_types: tuple[type, .
     return [name for name, child in module.named_modules() if name and types and isinstance(child, types)]
 
 
-def quantize(module: nn.Module, method: str, module_types: tuple[type, ...], keep_fp32=(), example=None) -> nn.Module:
+def quantize(module: nn.Module, method: str, module_types: tuple[type, ...], keep_fp32=(), example=None,
+             onnx_file: Path | None = None) -> nn.Module:
     """A quantized copy of `module`; the layers named in `keep_fp32` stay in float. ONNX Runtime's
-    methods export `module` to ONNX on `example` and return the int8 file in a session
-    (lab2prod.models.onnx_rt.OrtModule; its files are removed with it)."""
+    methods export `module` to ONNX on `example` (or start from `onnx_file`, that export made once) and return
+    the int8 file in a session (lab2prod.models.onnx_rt.OrtModule; its files are removed with it)."""
     check_methods([method])
     if method.startswith("onnxruntime"):
-        return _ort_quantized(module, method, example)
+        return _ort_quantized(module, method, example, onnx_file)
     model = copy.deepcopy(module).eval()
     layers = [n for n in quantized_layers(model, method, module_types) if n not in set(keep_fp32)]
     if not layers:
@@ -218,14 +226,21 @@ def quantize(module: nn.Module, method: str, module_types: tuple[type, ...], kee
     return model
 
 
-def _ort_quantized(module: nn.Module, method: str, example) -> nn.Module:
+def _ort_quantized(module: nn.Module, method: str, example, onnx_file: Path | None = None) -> nn.Module:
     import shutil
+    import tempfile
     import weakref
 
 
-    if example is None:
+    if onnx_file is not None:  # a copy of the export in a folder of its own: each session removes its own files
+        folder = Path(tempfile.mkdtemp(prefix="lab2prod-onnx-"))
+        for path in [Path(onnx_file), *external_files(onnx_file)]:
+            shutil.copyfile(path, folder / path.name)
+        source = folder / Path(onnx_file).name
+    elif example is None:
         raise Lab2ProdError(f"{method} needs example inputs to export the model to ONNX")
-    folder, source = export_to_temp(module, example)
+    else:
+        folder, source = export_to_temp(module, example)
     if method == "onnxruntime_fp32":
         session = OrtModule(source)
         session.quantized_ops, session.source = [], source
@@ -442,20 +457,41 @@ def evaluate_methods(loaded, methods, module_types, batch_sizes, threads: int = 
     fp32 = _measure("fp32", loaded.module, [], [], loaded, data, reference, None)
     results = [fp32]
     example = loaded.make_inputs(2, seed, "train")
-    for method in methods:
-        layers = quantized_layers(loaded.module, method, module_types)
-        try:
-            model = quantize(loaded.module, method, module_types, example=example)
-        except Lab2ProdError as exc:
-            if skipped is None or not method.startswith("onnxruntime"):
-                raise
-            skipped[method] = str(exc)
-            continue
-        if getattr(model, "quantized_ops", None):  # ONNX Runtime's int8: the layers whose nodes it quantized
-            layers = ort_layers(model.source, loaded.module)
-        results.append(_measure(method, model, layers, [], loaded, data, reference, fp32.quality))
+    exported: dict = {}  # ONNX Runtime's methods start from one export of the model, made on first use
+    try:
+        for method in progress_steps(methods, "quantize", "method"):
+            layers = quantized_layers(loaded.module, method, module_types)
+            try:
+                onnx_file = _shared_export(exported, loaded.module, example) if method.startswith("onnx") else None
+                model = quantize(loaded.module, method, module_types, example=example, onnx_file=onnx_file)
+            except Lab2ProdError as exc:
+                if skipped is None or not method.startswith("onnxruntime"):
+                    raise
+                skipped[method] = str(exc)
+                continue
+            if getattr(model, "quantized_ops", None):  # ONNX Runtime's int8: the layers whose nodes it quantized
+                layers = ort_layers(model.source, loaded.module)
+            results.append(_measure(method, model, layers, [], loaded, data, reference, fp32.quality))
+    finally:
+        if "folder" in exported:
+            import shutil
+
+            shutil.rmtree(exported["folder"], ignore_errors=True)
     _time(results, loaded, batch_sizes, threads, min_run_time, seed, progress)
     return results
+
+
+def _shared_export(exported: dict, module: nn.Module, example) -> Path:
+    # the model's ONNX export, made once for every ONNX Runtime method; a model that does not export says so once
+    if "error" in exported:
+        raise exported["error"]
+    if "file" not in exported:
+        try:
+            exported["folder"], exported["file"] = export_to_temp(module, example)
+        except Lab2ProdError as exc:
+            exported["error"] = exc
+            raise
+    return exported["file"]
 
 
 def sensitivity_inputs(data: EvalData, count: int) -> EvalData:
@@ -847,11 +883,11 @@ def sensitivity_wanted(results: list[MethodResult], loaded, method: str, module_
                        budget_pts: float, max_seconds: float) -> tuple[bool, str, int, int]:
     """(whether to measure the per-layer sensitivity and the frontiers, why, inputs, steps). Always when a
     whole-model int8 recipe (`method`, or every ONNX Runtime one) is over the budget: the selective recipes are
-    built from them. Then each of the two phases is sized to about `max_seconds` from one timed evaluation of
-    `data`: the sensitivity ranks layers on its first `inputs` (at least 64), and a frontier takes at most `steps`
-    steps (3 to 12); the selective recipe is measured again on every input. Within the budget they change no
-    recommendation, so they run on all inputs and 12 steps only when that estimate stays under `max_seconds`:
-    on a large model they cost minutes."""
+    built from them. Then each phase is sized from one timed evaluation of `data`: the sensitivity ranks
+    layers on its first `inputs` (at least 64) in about half of `max_seconds`, and a frontier takes at most
+    `steps` steps (3 to 12, an evaluation each within `max_seconds`); the selective recipe is measured again
+    on every input. Within the budget they change no recommendation, so they run on all inputs and 12 steps
+    only when that estimate stays under `max_seconds`: on a large model they cost minutes."""
     whole = next((r for r in results if r.method == method), None)
     if whole is None:
         return False, f"{method} was not measured: no per-layer sensitivity", 0, 0
@@ -871,8 +907,9 @@ def sensitivity_wanted(results: list[MethodResult], loaded, method: str, module_
                        f"12 steps, {one:.1f} s an evaluation), over sensitivity_max_s={max_seconds:g}; raise it to "
                        "see them"), 0, 0
     which = method if whole.accuracy_drop_pts > budget_pts else "every ONNX Runtime int8 recipe"
-    inputs = data.count if one * len(layers) <= max_seconds else min(
-        data.count, max(64, int(data.count * max_seconds / (one * len(layers)))))
+    ranking_s = max_seconds / 2  # the other half for the frontiers
+    inputs = data.count if one * len(layers) <= ranking_s else min(
+        data.count, max(64, int(data.count * ranking_s / (one * len(layers)))))
     steps = int(min(12, max(3, max_seconds // one)))
     sized = ("" if inputs == data.count and steps == 12 else
              f"; sized to sensitivity_max_s={max_seconds:g} ({one:.1f} s an evaluation of {data.count} inputs): the "
