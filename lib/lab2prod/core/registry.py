@@ -340,7 +340,7 @@ STUDIES: list[Study] = [
               "its 95% interval)", ge=0),
         Param("recovery_max_s", float, 20.0, "seconds after the kill within which the rate must be back", gt=0),
         Param("rate_limit_per_s", int, 0, "requests per second each client may send through the front door; 0: "
-              "half the rate the soak answered", ge=0, le=100000),
+              "a third of the rate the soak answered", ge=0, le=100000),
         Param("workers", int, 1, "workers (TorchServe) or replicas (Ray Serve)", ge=1, le=64),
         Param("threads", int, 1, "torch threads per worker", ge=1),
         Param("max_request_size", int, 1000000, "bytes; larger requests are refused", ge=1),
