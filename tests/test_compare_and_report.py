@@ -65,6 +65,12 @@ def test_a_shifted_body_is_a_regression_even_when_run_a_had_a_tail_spike():
     # Seen in CI: run A's P99 was a spike, the 4x slower variant matched it while its P50 rose 4x.
     spiked = _verdicts(compare.compare_runs(_summary(p99=8.0, p50=0.7), _summary(p99=8.1, p50=2.8)))
     assert spiked[("latency", ROW)] == "REGRESSION"
+    # ... and in a later CI run A's spike (P99 3.41 ms on a P50 of 0.65) stood above B's whole 4x slower body
+    above = _verdicts(compare.compare_runs(_summary(p99=3.41, p50=0.65), _summary(p99=2.66, p50=2.65)))
+    assert above[("latency", ROW)] == "REGRESSION"
+    # a P99 that fell while the P50 rose less than twofold stays a tail-only change
+    milder = _verdicts(compare.compare_runs(_summary(p99=3.41, p50=0.65), _summary(p99=2.66, p50=1.0)))
+    assert milder[("latency", ROW)] == "tail only"
 
 
 def test_accuracy_size_gates_and_versions():

@@ -70,6 +70,13 @@ def flatten(values, prefix: str = "") -> dict[str, object]:
 
 # Below this many timed calls a P99 is one or two calls: too few to compare.
 MIN_SAMPLES = 100
+# A P50 (or throughput) this many times worse is a regression even where run A's P99 was a spike above B's.
+BODY_SHIFT = 2.0
+
+
+def _worse_by(body: tuple, factor: float) -> bool:
+    name, a, b = body
+    return b >= a * factor if name == "p50" else b * factor <= a
 
 
 def _latency(path: str, flat_a: dict, flat_b: dict, tolerance: float) -> tuple[str, str]:
@@ -77,7 +84,9 @@ def _latency(path: str, flat_a: dict, flat_b: dict, tolerance: float) -> tuple[s
     else the throughput). A regression is the body worse by more than `tolerance` with the P99
     not better: a slower model moves the whole distribution, while on a shared machine a P99
     alone moves by more than 10% between identical runs ("tail only", not a verdict). A P99
-    that did not move while the P50 quadrupled means run A's tail was a spike, not that B is fine."""
+    that did not move while the P50 quadrupled means run A's tail was a spike, not that B is fine; so does
+    a P99 that fell while the P50 doubled or more: a body that moved that far is a regression whatever the
+    tail (`BODY_SHIFT`)."""
     base = path[: -len("p99_ms")]
     a, b = float(flat_a[path]), float(flat_b[path])
     counts = flat_a.get(base + "n"), flat_b.get(base + "n")
@@ -93,7 +102,8 @@ def _latency(path: str, flat_a: dict, flat_b: dict, tolerance: float) -> tuple[s
         body, body_worse, body_better = None, True, True
     change = _pct(a, b) + (f" ({body[0]} {_pct(body[1], body[2])})" if body else "")
     tail_worse, tail_better = b > a * (1 + tolerance), b < a * (1 - tolerance)
-    if body_worse and not tail_better:  # the whole distribution moved (A's own tail may have been a spike)
+    shifted = body is not None and body_worse and _worse_by(body, BODY_SHIFT)
+    if body_worse and (not tail_better or shifted):  # the whole distribution moved (A's tail may have been a spike)
         return change, "REGRESSION"
     if body_better and not tail_worse:
         return change, "improved"
