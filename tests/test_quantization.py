@@ -172,7 +172,8 @@ def test_onnx_runtime_frontier_keeps_the_fragile_layers_nodes_in_fp32():
 
 def _timed(method: str, ms: float, drop: float) -> q.MethodResult:
     quality = {"cosine": 1.0, "top1_agreement": 1.0, "relative_error": 0.0, "accuracy": None}
-    return q.MethodResult(method, nn.Identity(), [], [], 1, 0.0, 0.0, quality, drop, {16: ms})
+    return q.MethodResult(method, nn.Identity(), [] if method == "fp32" else ["0"], [], 1, 0.0, 0.0, quality, drop,
+                          {16: ms})
 
 
 def test_the_recommendation_is_the_fastest_recipe_of_any_runtime_and_fp32_when_none_beats_it():

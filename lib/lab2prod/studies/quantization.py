@@ -530,21 +530,27 @@ def frontier(loaded, method: str, module_types, sensitivity: list[dict], data: E
     as the budget counts them), cosine to fp32, median latency at `batch_size` and speedup over
     fp32 (all steps and fp32 timed in alternating rounds, best median kept). At most `max_steps`
     steps, spread evenly up to every layer. One row per step, fp32 first."""
+    order = [r["layer"] for r in reversed(sensitivity)]  # least sensitive first
+    rows, models = _measured_steps(loaded, method, data, order, max_steps, progress,
+                                   lambda count: quantize(loaded.module, method, module_types, keep_fp32=order[count:]))
+    return _time_steps(rows, models, loaded, batch_size, threads, min_run_time, budget_pts, rounds)
+
+
+def _measured_steps(loaded, method: str, data: EvalData, order: list[str], max_steps: int, progress: bool,
+                    make) -> tuple[list[dict], list]:
+    # fp32, then `make(count)` for each step count (the first `count` of `order` in int8), each measured for
+    # quality on `data`: the rows and the models, both fp32 first; `models` holds what was made if a step fails
     reference = outputs_of(loaded.module, data.inputs)
     fp32_quality = quality(reference, reference, data.labels, data.task)
-
-    order = [r["layer"] for r in reversed(sensitivity)]  # least sensitive first
-    models = {0: loaded.module}
     rows = [{"method": "fp32", "quantized_layers": 0, "kept_fp32": len(order), "added": "", "drop_pts": 0.0,
              "cosine": fp32_quality["cosine"]}]
+    models = [loaded.module]
     for count in progress_steps(_step_counts(len(order), max_steps), f"frontier {method}", "step", show=progress):
-        model = quantize(loaded.module, method, module_types, keep_fp32=order[count:])
-        row = quality(reference, outputs_of(model, data.inputs), data.labels, data.task)
-        models[count] = model
+        models.append(make(count))
+        row = quality(reference, outputs_of(models[-1], data.inputs), data.labels, data.task)
         rows.append({"method": method, "quantized_layers": count, "kept_fp32": len(order) - count,
                      "added": order[count - 1], "drop_pts": _drop_pts(row, fp32_quality), "cosine": row["cosine"]})
-    return _time_steps(rows, [models[row["quantized_layers"]] for row in rows], loaded, batch_size, threads,
-                       min_run_time, budget_pts, rounds)
+    return rows, models
 
 
 def _step_counts(layers: int, max_steps: int) -> list[int]:
@@ -623,23 +629,18 @@ def ort_frontier(loaded, results: list[MethodResult], sensitivity: list[dict], d
     folder = Path(whole.module.path).parent
     source = inline_weights(whole.module.source, folder / "inlined.onnx")
     order = ort_layer_order(source, loaded.module, sensitivity)
-    reference = outputs_of(loaded.module, data.inputs)
-    fp32_quality = quality(reference, reference, data.labels, data.task)
-    rows = [{"method": "fp32", "quantized_layers": 0, "kept_fp32": len(order), "added": "", "drop_pts": 0.0,
-             "cosine": fp32_quality["cosine"]}]
-    models = [loaded.module]
+    made = []  # each step's file, removed once timed (or when a step fails)
+
+    def make(count: int) -> nn.Module:
+        made.append(_ort_step(source, folder, whole.method, order, count))
+        return made[-1]
+
     try:
-        for count in progress_steps(_step_counts(len(order), max_steps), f"frontier {whole.method}", "step",
-                                    show=progress):
-            model = _ort_step(source, folder, whole.method, order, count)
-            row = quality(reference, outputs_of(model, data.inputs), data.labels, data.task)
-            models.append(model)
-            rows.append({"method": whole.method, "quantized_layers": count, "kept_fp32": len(order) - count,
-                         "added": order[count - 1][0], "drop_pts": _drop_pts(row, fp32_quality),
-                         "cosine": row["cosine"]})
+        rows, models = _measured_steps(loaded, whole.method, data, [layer for layer, _ in order], max_steps,
+                                       progress, make)
         return _time_steps(rows, models, loaded, batch_size, threads, min_run_time, budget_pts, rounds)
     finally:
-        for model in models[1:]:
+        for model in made:
             model._session = None
             Path(model.path).unlink(missing_ok=True)
 
@@ -960,7 +961,7 @@ def quantization_gates(results: list[MethodResult], best: MethodResult | None, e
                      + (f"; {why_over}" if why_over else "")),
                 gate("quantization:export", False, None, atol, "no recipe to export")]
     touched = f"{len(best.layers)} layers quantized" if best.layers else "nothing to quantize (0% coverage)"
-    if best.method == "fp32":  # recipes fit the budget, but none was faster
+    if best.method == "fp32" and any(r.layers for r in results[1:]):  # recipes fit the budget, none was faster
         touched = recommendation_text(results, best, budget_pts, max(best.latency_ms)).removeprefix("fp32: ")
     matches = bool(exported and exported["produced"] and exported["max_abs_diff"] is not None
                    and exported["max_abs_diff"] <= atol and exported["top1_agreement"] in (None, 1.0))
