@@ -1,15 +1,27 @@
-"""File helpers shared by the cache, the exports and the results: checksums and atomic writes."""
+"""File helpers shared by the cache, the exports and the results: checksums, atomic writes, and the scratch
+folder that temporary files go in."""
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["sha256_file", "atomic_write", "archive_payload", "data_payload_limit"]
+__all__ = ["sha256_file", "atomic_write", "archive_payload", "data_payload_limit", "scratch_dir", "scratch_root",
+           "SCRATCH_ENV"]
+
+# Temporary files (ONNX exports, quantized copies, tokenizer vocabularies) go in one scratch folder per process.
+# A process that exits removes its own; a killed one cannot (nbval and `lab2prod run` stop a notebook's kernel
+# with SIGKILL), so the next lab2prod process removes the scratch folders of this user's processes that are
+# gone. A parent that owns the cleanup (the runner, for its kernels) names the folder in SCRATCH_ENV instead.
+SCRATCH_ENV = "LAB2PROD_SCRATCH"
+_SCRATCH_PREFIX = "lab2prod-scratch-"
+_scratch: dict[int, Path] = {}  # pid -> this process's scratch folder (a forked child makes its own)
 
 
 def sha256_file(path: Path) -> str:
@@ -34,6 +46,54 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def scratch_root() -> Path:
+    """This process's scratch folder: the one SCRATCH_ENV names, else a folder of its own in the system's
+    temporary folder, removed at exit (and by a later process when this one is killed)."""
+    given = os.environ.get(SCRATCH_ENV)
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        return Path(given)
+    pid = os.getpid()
+    folder = _scratch.get(pid)
+    if folder is None or not folder.is_dir():
+        _remove_orphaned_scratch()
+        folder = _scratch[pid] = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{pid}-"))
+        atexit.register(_remove_own_scratch, pid, folder)
+    return folder
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new, empty folder under this process's scratch folder (the caller may remove it sooner)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root()))
+
+
+def _remove_own_scratch(pid: int, folder: Path) -> None:
+    if os.getpid() == pid:  # a forked child inherits the exit handler, not the folder
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_orphaned_scratch() -> None:
+    """Remove the scratch folders of this user's lab2prod processes that no longer run."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_SCRATCH_PREFIX}*"):
+        pid = folder.name[len(_SCRATCH_PREFIX):].split("-")[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid() or _alive(int(pid)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: a check, nothing is sent
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _umask() -> int:

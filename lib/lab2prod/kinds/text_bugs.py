@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import string
-import tempfile
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.files import scratch_dir
 from lab2prod.kinds.text_path import ENCODING_KEYS, TextPath
 
 __all__ = ["TextBug", "TEXT_BUGS", "TextContext", "text_bug_names", "select_text_bugs", "request_text",
@@ -66,7 +66,7 @@ class TextContext:
         if backend is None or type(backend.model).__name__ != "WordPiece":
             return None
         if "vocab" not in self._cache:
-            folder = Path(tempfile.mkdtemp(prefix="lab2prod-vocab-"))
+            folder = scratch_dir("lab2prod-vocab-")
             vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
             (folder / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab), encoding="utf-8")
             self._cache["vocab"] = folder / "vocab.txt"

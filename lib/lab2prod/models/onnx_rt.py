@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lab2prod.core.errors import Lab2ProdError, one_line
+from lab2prod.core.files import scratch_dir, scratch_root
 from lab2prod.core.inputs import export_program
 
 __all__ = ["available", "versions", "export_onnx", "check_onnx", "external_files", "OrtModule", "quantize_file",
@@ -82,7 +83,7 @@ def check_onnx(path: Path) -> int:
     import onnx
 
     onnx.checker.check_model(str(path))
-    with tempfile.TemporaryDirectory(prefix="lab2prod-onnx-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lab2prod-onnx-", dir=scratch_root()) as tmp:
         onnx.shape_inference.infer_shapes_path(str(path), str(Path(tmp) / "inferred.onnx"))
     model = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -208,7 +209,7 @@ def quantize_file(source: Path, target: Path, per_channel: bool = False, nodes_t
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix="lab2prod-ortq-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lab2prod-ortq-", dir=scratch_root()) as tmp:
         if external_files(source):  # quantize_dynamic wants the weights inside the model it reads
             inlined = Path(tmp) / "inlined.onnx"
             onnx.save(onnx.load(str(source)), str(inlined))
@@ -278,7 +279,7 @@ def _quiet_root():
 
 def export_to_temp(module: nn.Module, example) -> tuple[Path, Path]:
     """(folder, file): the model exported to ONNX in a new temporary folder (the caller removes it)."""
-    folder = Path(tempfile.mkdtemp(prefix="lab2prod-onnx-"))
+    folder = scratch_dir("lab2prod-onnx-")
     try:
         export_onnx(module, example, folder / "model.onnx")
     except Exception as exc:

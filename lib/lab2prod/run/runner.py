@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lab2prod.core import extras, progress
 from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.files import SCRATCH_ENV
 from lab2prod.core.registry import STUDIES, Study, resolve_parameters
 from lab2prod.core.results import build_summary, gate, record, write_json
 from lab2prod.run.report import write_report
@@ -224,6 +225,9 @@ def private_kernel(kernel_name: str = "python3"):
     folder = Path(tempfile.mkdtemp(prefix="lab2prod-kernel-"))
     kernel = AsyncKernelManager(kernel_name=kernel_name, transport="ipc",
                                 connection_file=str(folder / "kernel.json"))
+    # the kernel is stopped with SIGKILL, which leaves it no time to remove its temporary files: they go
+    # in this folder (lab2prod.core.files.scratch_root), removed here once the kernel has stopped
+    previous, os.environ[SCRATCH_ENV] = os.environ.get(SCRATCH_ENV), str(folder / "scratch")
     try:
         yield kernel
     finally:
@@ -233,6 +237,10 @@ def private_kernel(kernel_name: str = "python3"):
             except Exception:  # already dead (Ctrl-C): make sure of it
                 _kill_kernel(kernel)
         shutil.rmtree(folder, ignore_errors=True)
+        if previous is None:
+            os.environ.pop(SCRATCH_ENV, None)
+        else:
+            os.environ[SCRATCH_ENV] = previous
 
 
 def _kill_kernel(kernel) -> None:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -19,6 +17,7 @@ import torch
 
 from lab2prod.core import extras
 from lab2prod.core.errors import Lab2ProdError, one_line
+from lab2prod.core.files import scratch_dir
 from lab2prod.core.inputs import Inputs, batch_size_of, call, export_program, first_tensor, load_aoti, to_device, trace
 from lab2prod.core.progress import steps as progress_steps
 from lab2prod.core.results import gate
@@ -299,7 +298,7 @@ def build_variant(module: torch.nn.Module, variant: str, device: str, example: I
 def _aoti_variant(module: torch.nn.Module, example: Inputs) -> Callable:
     """The model's torch.export program compiled ahead of time by AOTInductor for this CPU (what the export
     notebook's `aoti` format serves), loaded in its C++ runner; the package is removed with the runner."""
-    folder = Path(tempfile.mkdtemp(prefix="lab2prod-aoti-"))
+    folder = scratch_dir("lab2prod-aoti-")
     try:
         path = torch._inductor.aoti_compile_and_package(export_program(module, example)[1],
                                                         package_path=str(folder / "model.aoti.pt2"))

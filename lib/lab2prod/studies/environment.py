@@ -307,7 +307,8 @@ def exported_ops_check(program_module: torch.nn.Module, example) -> list[dict]:
 _UTF8_SCRIPT = """
 import json, sys, tempfile, os
 labels = json.loads(sys.argv[1])
-path = os.path.join(tempfile.mkdtemp(), "labels.txt")
+folder = tempfile.TemporaryDirectory()
+path = os.path.join(folder.name, "labels.txt")
 result = {"preferred_encoding": __import__("locale").getpreferredencoding(False)}
 for way, kwargs in (("naive", {}), ("utf-8", {"encoding": "utf-8"})):
     try:

@@ -29,7 +29,7 @@ import torch
 
 from lab2prod.core import extras
 from lab2prod.core.errors import Lab2ProdError, one_line
-from lab2prod.core.files import archive_payload, sha256_file
+from lab2prod.core.files import archive_payload, scratch_root, sha256_file
 from lab2prod.core.inputs import (
     Inputs,
     call,
@@ -250,7 +250,7 @@ def reload_in_fresh_process(
     fmt: str, path: Path, cases: dict[str, torch.Tensor], device: str = "cpu", timeout_s: float = 300
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Load `path` in a new Python process and run every case; returns (status, outputs)."""
-    with tempfile.TemporaryDirectory(prefix="lab2prod-reload-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lab2prod-reload-", dir=scratch_root()) as tmp:
         inputs_file, outputs_file = Path(tmp) / "inputs.pt", Path(tmp) / "outputs.pt"
         torch.save({name: map_tensors(torch.Tensor.clone, t) for name, t in cases.items()}, inputs_file)  # not views
         command = [sys.executable, "-m", "lab2prod.models.reload_check", fmt, str(path),

@@ -6,8 +6,10 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import shutil
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -19,6 +21,7 @@ from torch import nn
 
 from lab2prod.core import extras
 from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.files import scratch_dir
 from lab2prod.core.inputs import Inputs, batch_size_of, call, export_program, first_tensor, outputs_of, take, trace
 from lab2prod.core.progress import steps as progress_steps
 from lab2prod.core.results import gate
@@ -227,13 +230,8 @@ def quantize(module: nn.Module, method: str, module_types: tuple[type, ...], kee
 
 
 def _ort_quantized(module: nn.Module, method: str, example, onnx_file: Path | None = None) -> nn.Module:
-    import shutil
-    import tempfile
-    import weakref
-
-
     if onnx_file is not None:  # a copy of the export in a folder of its own: each session removes its own files
-        folder = Path(tempfile.mkdtemp(prefix="lab2prod-onnx-"))
+        folder = scratch_dir("lab2prod-onnx-")
         for path in [Path(onnx_file), *external_files(onnx_file)]:
             shutil.copyfile(path, folder / path.name)
         source = folder / Path(onnx_file).name
@@ -474,8 +472,6 @@ def evaluate_methods(loaded, methods, module_types, batch_sizes, threads: int = 
             results.append(_measure(method, model, layers, [], loaded, data, reference, fp32.quality))
     finally:
         if "folder" in exported:
-            import shutil
-
             shutil.rmtree(exported["folder"], ignore_errors=True)
     _time(results, loaded, batch_sizes, threads, min_run_time, seed, progress)
     return results
@@ -709,8 +705,6 @@ def export_quantized(result: MethodResult, loaded, out_dir: Path, batch_sizes, s
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if fmt == "onnx":  # the int8 file itself, as ONNX Runtime made it
-                import shutil
-
                 shutil.copyfile(result.module.path, path)
             elif fmt == "torchscript_trace":
                 torch.jit.save(trace(result.module, example), str(path))
