@@ -77,6 +77,27 @@ def test_ray_is_shut_down_after_an_error(tmp_path):
     assert not ray.is_initialized() and not (tmp_path / "ray" / "ray.pids").exists()
 
 
+def test_a_start_that_times_out_is_tried_once_more_after_what_it_started_is_stopped(tmp_path, monkeypatch):
+    import ray
+
+    attempts, left = [], []
+
+    def busy_machine_init(**kwargs):  # what ray.init leaves when its node does not register in time
+        left.append(subprocess.Popen(["sleep", "60"]))
+        attempts.append(kwargs["_temp_dir"])
+        message = ("The current node timed out during startup. This could happen because some of the raylet "
+                   "failed to startup or the GCS has become overloaded.")
+        raise Exception(message if len(attempts) == 1 else "port 6379 is taken")
+
+    monkeypatch.setattr(ray, "init", busy_machine_init)
+    with pytest.raises(Lab2ProdError, match="^Ray did not start: Exception: port 6379 is taken$") as error:
+        rayserve.RayServer(tmp_path / "ray").start()
+    assert "\n" not in str(error.value) and len(attempts) == 2  # retried on the timeout, not on the other error
+    assert [proc.wait(timeout=10) for proc in left] == [-signal.SIGKILL] * 2  # stopped by their pids
+    assert not any(Path(folder).exists() for folder in attempts)
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ and not ray.is_initialized()
+
+
 def test_the_serve_config_starts_with_serve_run_and_answers_the_right_class(digits, tmp_path, monkeypatch):
     import ray
     from ray import serve

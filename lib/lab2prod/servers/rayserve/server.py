@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lab2prod.core.errors import Lab2ProdError
+from lab2prod.core.errors import Lab2ProdError, one_line
 from lab2prod.core.paths import PACKAGE_DIR
 from lab2prod.kinds.codec import codec_for
 from lab2prod.servers.artifacts import ARTIFACT_TITLES
@@ -49,6 +49,10 @@ HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_O
 # leave. The Ray lab2prod starts on loopback has none, and tuning redeploys once per configuration: it drains
 # for 1 s. The written Serve config and RayService keep Ray's 30 s.
 LOCAL_DRAIN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1"}
+# Ray's own message when its node did not register with its GCS within 30 s (a busy machine); such a start is
+# tried again once
+STARTUP_TIMEOUT = "timed out during startup"
+START_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -167,8 +171,6 @@ class RayServer(Started):
         self.token = secrets.token_hex(16)
         self.key_file.write_text(json.dumps({"inference": self.token}))
         os.chmod(self.key_file, 0o600)
-        # Ray's temp folder path must stay short (it holds Unix sockets): not under the run folder.
-        self.temp_dir = tempfile.mkdtemp(prefix="lab2prod-ray-")
         self.port, self.metrics_port = free_port(), free_port()
         logging.getLogger("ray").setLevel(logging.ERROR)
         logging.getLogger("ray.serve").setLevel(logging.ERROR)
@@ -177,9 +179,28 @@ class RayServer(Started):
         # Ray's processes inherit this process's environment: the mode is set for them, and put back at stop
         self._saved_env = {name: os.environ.get(name) for name in mode}
         os.environ.update(mode)
-        ray.init(num_cpus=self.num_cpus, include_dashboard=False, _temp_dir=self.temp_dir, log_to_driver=False,
-                 configure_logging=False, _metrics_export_port=self.metrics_port,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(_paths()), **mode}})
+        for attempt in range(1, START_ATTEMPTS + 1):
+            # Ray's temp folder path must stay short (it holds Unix sockets): not under the run folder.
+            self.temp_dir = tempfile.mkdtemp(prefix="lab2prod-ray-")
+            before = _own_children()
+            try:
+                ray.init(num_cpus=self.num_cpus, include_dashboard=False, _temp_dir=self.temp_dir,
+                         log_to_driver=False, configure_logging=False, _metrics_export_port=self.metrics_port,
+                         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(_paths()), **mode}})
+                break
+            except Exception as exc:
+                # Ray gives its node 30 s to register with its GCS; on a busy machine it sometimes does not.
+                # What that start left running is this process's own children: stopped by pid, then one retry.
+                try:
+                    ray.shutdown()
+                finally:
+                    _kill(_own_children() - before)
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
+                if attempt == START_ATTEMPTS or STARTUP_TIMEOUT not in str(exc):
+                    self._restore_env()
+                    why = (f"its node did not register within 30 s, {attempt} times (a busy machine: try again "
+                           "when it is quieter)" if STARTUP_TIMEOUT in str(exc) else one_line(exc))
+                    raise Lab2ProdError(f"Ray did not start: {why}") from None
         self.started = True
         _RUNNING[id(self)] = self
         self._record_pids()
@@ -304,11 +325,14 @@ class RayServer(Started):
             _kill_pids(self.serve_dir / "ray.pids")
             self.key_file.unlink(missing_ok=True)
             shutil.rmtree(self.temp_dir, ignore_errors=True)
-            for name, value in self._saved_env.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+            self._restore_env()
+
+    def _restore_env(self) -> None:
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 
@@ -318,6 +342,21 @@ def _paths() -> list[str]:
 
     here = str(PACKAGE_DIR.parent)
     return [here] + [p for p in sys.path if p and Path(p).is_dir() and p != here]
+
+
+def _own_children() -> set[int]:
+    """The pids of the processes this process started (and theirs)."""
+    import psutil
+
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def _kill(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _kill_pids(pid_file: Path) -> None:
