@@ -124,6 +124,26 @@ def test_ray_serve_replaces_a_killed_replica_and_updates_without_a_failed_reques
     assert not (tmp_path / "resilience" / "rayserve" / "ray.pids").exists()
 
 
+def _window(kb: float, low: float) -> dict:
+    return {"seconds": 10.0, "requests": 700, "kb_per_request": kb, "ci_kb_per_request": [low, kb + 1],
+            "mb_per_min": kb * 4, "ci_mb_per_min": [low * 4, kb * 4 + 4], "samples": 40}
+
+
+@pytest.mark.parametrize("windows, judged, confirmed", [
+    ([_window(8.4, 6.5), _window(0.1, -0.8)], 0.1, True),  # an allocator's step in the first window, then flat
+    ([_window(8.4, 6.5), _window(8.1, 6.0)], 8.1, True),  # a leak grows in both
+    ([_window(0.9, -0.2)], 0.9, False),  # within the bound: no second window
+])
+def test_a_soak_over_the_bound_is_confirmed_in_a_second_window(monkeypatch, windows, judged, confirmed):
+    left = list(windows)
+    monkeypatch.setattr(resilience, "_soak", lambda *args: left.pop(0))
+    soak = resilience._soak_confirmed(None, Path("locustfile.py"), 4, 10.0, None, max_kb_per_request=2.0)
+    assert soak["kb_per_request"] == judged and not left and ("first_window" in soak) == confirmed
+    if confirmed:
+        assert soak["first_window"]["kb_per_request"] == 8.4
+        assert resilience._slope(soak).endswith("in a second window after +8.40 KB per request")
+
+
 def test_torchserve_goes_through_every_phase_and_a_model_keeping_its_inputs_fails_the_soak(run_cli, torchserve,
                                                                                             tmp_path):
     out = tmp_path / "out"
@@ -140,6 +160,8 @@ def test_torchserve_goes_through_every_phase_and_a_model_keeping_its_inputs_fail
     assert soak["passed"] is False and soak["value"] > soak["threshold"], soak  # it grows with every request
     assert "KB per request" in soak["detail"] and "FAIL resilience:soak" in proc.stdout
     served = summary["results"]["resilience"]["servers"]["torchserve"]
+    # a leak grows in the second window too, so the soak that confirms it fails as the first did
+    assert "in a second window after" in soak["detail"] and served["soak"]["first_window"]["kb_per_request"] > 2
     assert served["soak"]["samples"] >= 10 and served["cold_start"]["first_status"] == 200
     assert served["cold_start"]["covers_s"] >= 2 * served["cold_start"]["start_s"]
     # the fuzzed bodies: every one answered or refused with a reason, none a server error
