@@ -37,8 +37,10 @@ class Lab2ProdHandler(BaseHandler):
             torch.set_num_threads(threads)  # one worker, one thread: no oversubscription
         super().initialize(context)
         if str(self.model_pt_path or "").endswith(".onnx"):
-            # TorchServe opens an .onnx as a bare ONNX Runtime session; lab2prod's session module is called like
-            # the torch model it came from (tensors, positional or named), so the same codec feeds both
+            # TorchServe opens an .onnx as a bare ONNX Runtime session, with one thread per CPU; lab2prod's session
+            # module takes the worker's threads and is called like the torch model it came from (tensors,
+            # positional or named), so the same codec feeds both. It replaces TorchServe's session, which nothing
+            # else holds: the worker keeps one copy of the model once initialized.
             self.model = OrtModule(self.model_pt_path, threads=max(threads, 1))
         self.task = spec.get("task", "classifier")
         self.codec = from_spec(spec["codec"], model_dir)
