@@ -29,6 +29,7 @@ def test_a_hugging_face_classifier_runs_every_notebook(run_cli, tmp_path, monkey
                    # quantization one recipe of each kind of library (every recipe runs in the quantization tests)
                    "-p", "benchmark.variants=[eager,torchscript,torch_export,onnxruntime]",
                    "-p", "quantization.methods=[torch_ao_dynamic,onnxruntime_int8_dynamic]",
+                   "-p", "quantization.sensitivity_max_s=5",  # per layer only when a recipe is over the budget
                    # generous SLAs: this checks what every notebook does, not this shared machine's speed
                    "-p", "benchmark.sla_ms=10000", "-p", "serving.sla_ms=10000",
                    "--out", str(out), "--run-id", "r")

@@ -19,6 +19,8 @@ QUICK_SERVING = ("-p", "serving.users=[1]", "-p", "serving.duration_s=1", "-p", 
 # quantization recipe of each kind of library (every recipe runs in the quantization tests)
 PORTABLE = ["-p", "export.formats=[torchscript_script,torchscript_trace,torch_export,onnx]",
             "-p", "quantization.methods=[torch_ao_dynamic,onnxruntime_int8_dynamic]",
+            # the per-layer sensitivity only when a whole-model recipe is over the budget (its own tests run it)
+            "-p", "quantization.sensitivity_max_s=5",
             "-p", "benchmark.variants=[eager,torchscript,torch_export,dynamic_int8,onnxruntime,onnxruntime_int8]"]
 
 
@@ -53,7 +55,7 @@ def test_your_model_weights_and_image_folder_give_the_reference_accuracies(run_c
     proc = run_cli("run", "--only", "export,parity,quantization,serving", "--model",
                    "lab2prod.examples:digits_cnn_factory", "--weights", weights, "--data", data,
                    "--lab-transform", "lab2prod.examples:digits_transform", "--no-progress", *QUICK_SERVING,
-                   "-p", "quantization.min_run_time=0.1", "-p", "export.batch_sizes=[1,4]", *PORTABLE[:4],
+                   "-p", "quantization.min_run_time=0.1", "-p", "export.batch_sizes=[1,4]", *PORTABLE[:6],
                    "--out", str(out), "--run-id", "r")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = _summary(out, "r")["results"]
