@@ -220,7 +220,8 @@ display(pd.DataFrame([{"where": f"in process ({in_process.get('source')})", "sen
 # `recovery_max_s`. `resilience:soak`: memory growth, at the lower end of its 95% interval, at most
 # `soak_max_kb_per_request` (growth per answered request: a server that answers faster may grow faster per
 # minute); a soak over the bound is soaked again, and that second window is judged (a leak grows in both, an
-# allocator's warm-up step only in the first). `resilience:update`: no failed request during the switch, and answers from v2.
+# allocator's warm-up step only in the first). `resilience:update`: no failed request during the switch, and
+# answers from v2.
 # `resilience:rate_limit`: the flooder was refused with 429 and a reason code at about its limit, and
 # the other client was never refused and kept its p99 within `sla_ms`. `resilience:tls`: a verifying
 # client is answered, an unverified one and plain HTTP are refused, and the written config serves TLS
