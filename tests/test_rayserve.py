@@ -96,6 +96,7 @@ def test_a_start_that_times_out_is_tried_once_more_after_what_it_started_is_stop
     assert [proc.wait(timeout=10) for proc in left] == [-signal.SIGKILL] * 2  # stopped by their pids
     assert not any(Path(folder).exists() for folder in attempts)
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ and not ray.is_initialized()
+    assert not (tmp_path / "ray" / "key_file.json").exists()
 
 
 def test_the_serve_config_starts_with_serve_run_and_answers_the_right_class(digits, tmp_path, monkeypatch):

@@ -198,6 +198,7 @@ class RayServer(Started):
                 shutil.rmtree(self.temp_dir, ignore_errors=True)
                 if attempt == START_ATTEMPTS or STARTUP_TIMEOUT not in str(exc):
                     self._restore_env()
+                    self.key_file.unlink(missing_ok=True)
                     why = (f"its node did not register within 30 s, {attempt} times (a busy machine: try again "
                            "when it is quieter)" if STARTUP_TIMEOUT in str(exc) else one_line(exc))
                     raise Lab2ProdError(f"Ray did not start: {why}") from None
