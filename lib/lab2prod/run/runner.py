@@ -227,7 +227,7 @@ def private_kernel(kernel_name: str = "python3"):
                                 connection_file=str(folder / "kernel.json"))
     # the kernel is stopped with SIGKILL, which leaves it no time to remove its temporary files: they go
     # in this folder (lab2prod.core.files.scratch_root), removed here once the kernel has stopped
-    previous, os.environ[SCRATCH_ENV] = os.environ.get(SCRATCH_ENV), str(folder / "scratch")
+    previous = _set_env(SCRATCH_ENV, str(folder / "scratch"))
     try:
         yield kernel
     finally:
@@ -237,10 +237,7 @@ def private_kernel(kernel_name: str = "python3"):
             except Exception:  # already dead (Ctrl-C): make sure of it
                 _kill_kernel(kernel)
         shutil.rmtree(folder, ignore_errors=True)
-        if previous is None:
-            os.environ.pop(SCRATCH_ENV, None)
-        else:
-            os.environ[SCRATCH_ENV] = previous
+        _set_env(SCRATCH_ENV, previous)
 
 
 def _kill_kernel(kernel) -> None:
@@ -251,6 +248,16 @@ def _kill_kernel(kernel) -> None:
             os.killpg(os.getpgid(pid), signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _set_env(name: str, value: str | None) -> str | None:
+    """Set (or, given None, remove) an environment variable; returns its previous value."""
+    previous = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    return previous
 
 
 @contextmanager
@@ -264,7 +271,7 @@ def relayed_progress(run_dir: Path, show: bool):
     from tqdm import tqdm
 
     path = Path(run_dir) / ".progress"
-    previous, os.environ[progress.ENV] = os.environ.get(progress.ENV), str(path)
+    previous = _set_env(progress.ENV, str(path))
     done = threading.Event()
 
     def relay():
@@ -285,10 +292,7 @@ def relayed_progress(run_dir: Path, show: bool):
         done.set()
         thread.join(timeout=2)
         path.unlink(missing_ok=True)
-        if previous is None:
-            os.environ.pop(progress.ENV, None)
-        else:
-            os.environ[progress.ENV] = previous
+        _set_env(progress.ENV, previous)
 
 
 def _execute(study: Study, params: dict, run_dir: Path, stopper: _Stopper, bar, timeout: float | None) -> None:

@@ -353,6 +353,7 @@ def _own_children() -> set[int]:
 
 
 def _kill(pids: set[int]) -> None:
+    """SIGKILL each of `pids` still alive."""
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -364,11 +365,7 @@ def _kill_pids(pid_file: Path) -> None:
     """SIGKILL the Ray processes recorded in `pid_file` that are still alive, then remove it."""
     if not pid_file.exists():
         return
-    for line in pid_file.read_text().split():
-        try:
-            os.kill(int(line), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, ValueError):
-            pass
+    _kill({int(line) for line in pid_file.read_text().split() if line.isdigit()})
     pid_file.unlink(missing_ok=True)
 
 
